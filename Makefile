@@ -1,0 +1,35 @@
+# Set-up is idempotent: the virtualenv is (re)built only when pyproject.toml or
+# constraints.txt change. PYTHON must be 3.10+ (3.11 takes the CPU torch wheel on this
+# project's machines).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.slimbench-installed
+
+.PHONY: demo test lint benchmark reference clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/slimbench demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check .
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Rebuild the embedded corpus, evaluation sets and reference checkpoint (maintainers only;
+# the outputs are committed). About 30 minutes on 2 cores.
+reference: $(STAMP)
+	$(PY) scripts/build_corpus.py
+	$(PY) scripts/train_reference.py
+	$(PY) scripts/write_model_card.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

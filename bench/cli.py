@@ -1,0 +1,148 @@
+"""The ``slimbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slimbench import __version__
+from slimbench.errors import SlimbenchError
+from slimbench.log import setup_logging
+
+LS_WHAT = ("models", "recipes", "tasks", "backends")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="slimbench",
+        description="Benchmark and compress GPT-style causal LMs: latency, memory, quality.")
+    p.add_argument("--version", action="version", version=f"slimbench {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("ls", help="list the models, recipes, tasks and backends that exist")
+    ls.add_argument("what", nargs="?", choices=LS_WHAT, help="list only this kind")
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="'reference', 'shape:gpt2[:key=value,...]', a local "
+                                      "Hugging Face directory or a hub id")
+        sp.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle weights (.bin) when no safetensors exist; only for "
+                             "files you trust")
+        sp.add_argument("--trust-remote-code", action="store_true",
+                        help="run model code shipped with the checkpoint")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        sp.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+
+    ins = sub.add_parser("inspect", help="load a model and print what was loaded (JSON)")
+    model_args(ins)
+
+    ev = sub.add_parser("eval", help="score a model on tasks")
+    model_args(ev)
+    ev.add_argument("--task", action="append", help="task name (repeatable; default: all)")
+    ev.add_argument("--limit", type=int, help="examples per generation task")
+    ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    ev.add_argument("--out", type=Path, help="write the results JSON here")
+
+    demo = sub.add_parser("demo", help="run the default demo on the embedded reference")
+    demo.add_argument("--limit", type=int, default=100,
+                      help="examples per generation task (default 100)")
+    demo.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
+                      help="output folder (default runs/demo)")
+    return p
+
+
+def _load_options(args):
+    from slimbench.compress.loader import LoadOptions
+
+    return LoadOptions(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+                       trust_remote_code=args.trust_remote_code)
+
+
+def cmd_ls(args) -> None:
+    from slimbench.compress.shapes import SHAPES
+    from slimbench.tasks.specs import TASKS
+
+    sections = {
+        "models": [("reference", "embedded GPT-2 (4.3 M params) trained on CPython stdlib")]
+        + [(f"shape:{n}", "random weights, {n_layer} layers, d={n_embd}, {n_head} heads"
+            .format(**s)) for n, s in SHAPES.items()],
+        "recipes": [],
+        "tasks": [(n, TASKS.describe(n)) for n in TASKS.names()],
+        "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)")],
+    }
+    for what in [args.what] if args.what else LS_WHAT:
+        print(f"{what}:")
+        rows = sections[what] or [("(none yet)", "")]
+        for name, desc in rows:
+            print(f"  {name:<20} {desc}".rstrip())
+
+
+def cmd_inspect(args) -> None:
+    from slimbench.compress.loader import load_artifact
+
+    loaded = load_artifact(args.model, _load_options(args))
+    print(json.dumps(loaded.info.to_dict(), indent=2))
+
+
+def cmd_eval(args) -> None:
+    from slimbench import atomic
+    from slimbench.bench import environment
+    from slimbench.bench.torch_runtime import TorchRuntime
+    from slimbench.compress.loader import load_artifact
+    from slimbench.tasks.generation import run_task
+    from slimbench.tasks.specs import TASKS
+
+    names = args.task or TASKS.names()
+    for n in names:
+        TASKS.get(n)  # unknown names fail before any model is loaded
+    if args.limit is not None and args.limit <= 0:
+        raise SlimbenchError(f"--limit must be positive, got {args.limit}")
+    environment.set_threads(args.threads)
+    loaded = load_artifact(args.model, _load_options(args))
+    if loaded.info.random_weights:
+        raise SlimbenchError(f"{args.model} has random weights: its quality means nothing, "
+                             "so slimbench does not score it")
+    rt = TorchRuntime(loaded)
+    results = {}
+    for n in names:
+        res = run_task(rt, loaded.tokenizer, n, args.limit, show_progress=True)
+        results[n] = res
+        print(f"{n:<18} {res['metric']} = {res['value']:.3f}  (n={res['n']})")
+    if args.out:
+        atomic.write_json(args.out, {"model": loaded.info.to_dict(), "tasks": results,
+                                     "environment": environment.capture()})
+
+
+def cmd_demo(args) -> None:
+    from slimbench.bench.demo import run_demo
+
+    if args.limit is not None and args.limit <= 0:
+        raise SlimbenchError(f"--limit must be positive, got {args.limit}")
+    run_demo(args.out, args.limit, args.threads, device=args.device)
+
+
+COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        COMMANDS[args.command](args)
+    except SlimbenchError as e:
+        print(f"slimbench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("slimbench: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Wall-clock timing: warm up, then repeat until a minimum count *and* a minimum duration."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def time_callable(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10,
+                  min_seconds: float = 1.0, sync: Callable[[], None] | None = None,
+                  max_repeats: int = 10_000) -> list[float]:
+    """Seconds per call of ``fn``; ``sync`` (e.g. CUDA synchronize) runs inside the timed region
+    so asynchronous device work is counted."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_repeats and (
+            len(samples) < min_repeats or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def percentile(sorted_samples: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default method) of pre-sorted samples."""
+    if not sorted_samples:
+        raise ValueError("no samples")
+    pos = (len(sorted_samples) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+
+
+def summarize(samples: list[float], scale: float = 1e3) -> dict:
+    """Median, mean, p90, p99, stdev and CV of ``samples`` (times ``scale``: ms by default)."""
+    s = sorted(x * scale for x in samples)
+    mean = statistics.fmean(s)
+    stdev = statistics.stdev(s) if len(s) > 1 else 0.0
+    return {"n": len(s), "median": statistics.median(s), "mean": mean,
+            "p90": percentile(s, 90), "p99": percentile(s, 99), "stdev": stdev,
+            "cv": stdev / mean if mean else 0.0}

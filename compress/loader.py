@@ -1,0 +1,262 @@
+"""Load a checkpoint the one way every part of slimbench reads models.
+
+A *spec* names what to load:
+  ``reference``                  the embedded reference checkpoint
+  ``shape:gpt2[:n_layer=2,...]`` random weights in a GPT-2 shape (no download)
+  ``./dir`` or ``/abs/dir``      a local Hugging Face directory
+  ``org/name``                   a Hugging Face hub id (uses the local HF cache when offline)
+
+Weights load from safetensors only unless the caller opts in to pickle (``allow_pickle``):
+unpickling a file can run arbitrary code. ``trust_remote_code`` stays off unless asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
+from slimbench.compress.shapes import ShapeSpec, build_shape_model
+from slimbench.errors import ModelLoadError, UsageError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How to load a spec.
+
+    Args:
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        device: ``cpu`` or ``cuda`` (``cuda:N`` too).
+        allow_pickle: load ``pytorch_model.bin``-style weights when no safetensors exist.
+        trust_remote_code: run model code shipped with a checkpoint (off by default).
+        revision: hub revision (branch, tag or commit).
+        seed: seed for shape models' random weights.
+    """
+
+    dtype: str = "float32"
+    device: str = "cpu"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What was loaded; saved verbatim into results so reports know what they describe."""
+
+    spec: str
+    kind: str  # reference | local | hub | shape
+    path: str | None
+    random_weights: bool
+    model_type: str
+    parameters: int
+    nonzero_parameters: int
+    bytes_on_disk: int | None
+    dtype: str
+    device: str
+    weights_sha256: str | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: object | None  # a transformers tokenizer; None for shape models
+    info: ModelInfo
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters); tied weights count once."""
+    params = list(model.parameters())  # nn.Module.parameters() already de-duplicates ties
+    total = sum(p.numel() for p in params)
+    nonzero = sum(int(torch.count_nonzero(p).item()) for p in params)
+    return total, nonzero
+
+
+def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
+    """Load ``spec`` (see module docstring) as a causal LM in eval mode.
+
+    Raises:
+        ModelLoadError: missing path, corrupt or pickle-only checkpoint, not a causal LM,
+            hub failure.
+        UsageError: malformed shape spec or options.
+    """
+    opts = options or LoadOptions()
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {opts.device!r} requested but no CUDA GPU is available")
+    if spec == REFERENCE_NAME:
+        loaded = _load_dir(REFERENCE_DIR, spec, "reference", opts)
+    elif spec.startswith("shape:"):
+        shape = ShapeSpec.parse(spec)
+        model = build_shape_model(shape, seed=opts.seed)
+        loaded = LoadedModel(model, None, _info(model, shape.label, "shape", None, opts, True))
+    else:
+        path = Path(spec).expanduser()
+        if path.exists():
+            loaded = _load_dir(path, spec, "local", opts)
+        elif _looks_like_path(spec) or not _HUB_ID.match(spec):
+            raise ModelLoadError(f"model path {spec!r} does not exist")
+        else:
+            loaded = _load_hub(spec, opts)
+    loaded.model.to(device=opts.device, dtype=DTYPES[opts.dtype])
+    loaded.info.dtype, loaded.info.device = opts.dtype, opts.device
+    return loaded
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith("/") or spec.count("/") > 1
+
+
+def _check_causal(config, where: str) -> None:
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{where} is a {config.model_type!r} model, not a causal LM "
+            "(AutoModelForCausalLM has no class for it)")
+
+
+def _weight_files(path: Path) -> tuple[list[Path], list[Path]]:
+    safe = sorted(path.glob("*.safetensors"))
+    pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    return safe, pickled
+
+
+def _verify_safetensors(files: list[Path]) -> None:
+    """Open every file's header and tensor table so corruption fails here, clearly."""
+    from safetensors import safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                keys = list(st.keys())
+                if keys:  # reading one tensor checks that the data section is really there
+                    st.get_slice(keys[-1])[...]
+        except Exception as e:  # safetensors raises its own error types, not one base class
+            raise ModelLoadError(f"corrupt safetensors file {f}: {e}") from None
+
+
+def _load_dir(path: Path, spec: str, kind: str, opts: LoadOptions) -> LoadedModel:
+    if not path.is_dir():
+        raise ModelLoadError(f"{spec!r} is a file; expected a Hugging Face model directory")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{spec!r} has no config.json: not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
+    except Exception as e:  # transformers raises ValueError/OSError/KeyError variously
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {e}") from None
+    _check_causal(config, repr(spec))
+    safe, pickled = _weight_files(path)
+    if not safe:
+        if not pickled:
+            raise ModelLoadError(f"{spec!r} holds no weights (no *.safetensors file)")
+        if not opts.allow_pickle:
+            names = ", ".join(p.name for p in pickled)
+            raise ModelLoadError(
+                f"{spec!r} holds only pickle weights ({names}); unpickling can run code, so "
+                "slimbench loads safetensors only. Convert the checkpoint, or pass "
+                "--allow-pickle if you trust the file.")
+    _verify_safetensors(safe)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, config=config, use_safetensors=bool(safe),
+            trust_remote_code=opts.trust_remote_code, output_loading_info=True)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load weights from {spec!r}: {e}") from None
+    _check_loading_info(info, spec)
+    tokenizer = _tokenizer(path, opts)
+    files = safe or pickled
+    return LoadedModel(model.eval(), tokenizer,
+                       _info(model, spec, kind, str(path.resolve()), opts, False, files))
+
+
+def _check_loading_info(info: dict, spec: str) -> None:
+    # A checkpoint missing weights loads with random ones and only a warning; that would
+    # silently benchmark a different model than the user named.
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
+    mismatched = info.get("mismatched_keys", [])
+    if missing or mismatched:
+        what = missing[:5] or [m[0] if isinstance(m, tuple) else m for m in mismatched[:5]]
+        raise ModelLoadError(
+            f"{spec!r}: {len(missing)} weights missing and {len(mismatched)} of the wrong shape "
+            f"(e.g. {', '.join(map(str, what))}); refusing to fill them with random values")
+
+
+def _tokenizer(where: str | Path, opts: LoadOptions):
+    try:
+        return AutoTokenizer.from_pretrained(where, revision=opts.revision,
+                                             trust_remote_code=opts.trust_remote_code)
+    except Exception as e:  # a checkpoint without a tokenizer still benchmarks fine
+        log.info("no tokenizer for %s (%s); quality tasks will be unavailable", where, e)
+        return None
+
+
+def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
+    try:
+        config = AutoConfig.from_pretrained(hub_id, revision=opts.revision,
+                                            trust_remote_code=opts.trust_remote_code)
+        _check_causal(config, repr(hub_id))
+        model, info = AutoModelForCausalLM.from_pretrained(
+            hub_id, config=config, revision=opts.revision,
+            use_safetensors=None if opts.allow_pickle else True,
+            trust_remote_code=opts.trust_remote_code, output_loading_info=True)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"no local directory {hub_id!r}, and loading it as a Hugging Face hub id failed: "
+            f"{first}") from None
+    _check_loading_info(info, hub_id)
+    files = _hub_weight_files(hub_id, opts.revision)
+    return LoadedModel(model.eval(), _tokenizer(hub_id, opts),
+                       _info(model, hub_id, "hub", None, opts, False, files))
+
+
+def _hub_weight_files(hub_id: str, revision: str | None) -> list[Path]:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
+    except Exception:  # sizes are best-effort for hub models
+        return []
+    return sorted(snap.glob("*.safetensors"))
+
+
+def _info(model, spec: str, kind: str, path: str | None, opts: LoadOptions, random: bool,
+          files: list[Path] | None = None) -> ModelInfo:
+    total, nonzero = count_parameters(model)
+    files = files or []
+    digest = None
+    if files:
+        h = hashlib.sha256()
+        for f in files:
+            with open(f, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+        digest = h.hexdigest()
+    return ModelInfo(
+        spec=spec, kind=kind, path=path, random_weights=random,
+        model_type=model.config.model_type, parameters=total, nonzero_parameters=nonzero,
+        bytes_on_disk=sum(f.stat().st_size for f in files) if files else None,
+        dtype=opts.dtype, device=opts.device, weights_sha256=digest)

@@ -1,0 +1,26 @@
+"""Logging set-up: quiet by default (warnings only), ``-v`` for info, ``-vv`` for debug."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("slimbench").setLevel(level)
+    if verbosity <= 0:
+        # transformers and HF hub chatter (progress bars for weight loading, advisory warnings)
+        # is noise for a benchmark user; -v brings it back.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - transformers is a hard dependency
+            pass
+        warnings.filterwarnings("ignore", category=FutureWarning)

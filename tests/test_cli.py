@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slimbench.bench.cli import main
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_ls_lists_what_exists(capsys):
+    rc, out, _ = run(capsys, "ls")
+    assert rc == 0
+    for name in ("reference", "shape:gpt2", "shape:gpt2-medium", "shape:distilgpt2",
+                 "perplexity", "method_name", "docstring_summary", "docstring_body", "torch"):
+        assert f"  {name} " in out
+    rc, out, _ = run(capsys, "ls", "tasks")
+    assert rc == 0 and out.startswith("tasks:") and "shape:gpt2" not in out
+
+
+def test_inspect_reference(capsys):
+    rc, out, _ = run(capsys, "inspect", "reference")
+    info = json.loads(out)
+    assert rc == 0 and info["kind"] == "reference" and info["parameters"] > 4_000_000
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["inspect", "./missing-model"], "model path './missing-model' does not exist"),
+    (["inspect", "shape:gpt2:n_head=7"], "not divisible by n_head=7"),
+    (["inspect", "reference", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["eval", "reference", "--task", "perplexit"], "did you mean 'perplexity'?"),
+    (["eval", "shape:gpt2:n_layer=1", "--limit", "1"], "has random weights"),
+    (["eval", "reference", "--limit", "0"], "--limit must be positive"),
+    (["demo", "--limit", "-3"], "--limit must be positive"),
+])
+def test_bad_input_one_clear_error(capsys, argv, msg):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("slimbench: error: ") and msg in err
+    assert "Traceback" not in err
+
+
+def test_unknown_command_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_eval_writes_results(capsys, tmp_path):
+    out_file = tmp_path / "eval.json"
+    rc, out, _ = run(capsys, "eval", "reference", "--task", "method_name", "--limit", "4",
+                     "--threads", "1", "--out", str(out_file))
+    assert rc == 0 and "method_name" in out
+    data = json.loads(out_file.read_text())
+    assert data["tasks"]["method_name"]["n"] == 4
+    assert data["environment"]["torch_threads"] == 1
+
+
+def test_demo_end_to_end(capsys, tmp_path):
+    rc, out, _ = run(capsys, "demo", "--limit", "2", "--threads", "2", "--out", str(tmp_path))
+    assert rc == 0
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert set(data["tasks"]) == {"perplexity", "method_name", "docstring_summary",
+                                  "docstring_body"}
+    assert data["tasks"]["method_name"]["n"] == 2
+    assert data["latency"][0]["ms"]["median"] > 0
+    assert data["latency"][1]["ms_per_token"]["median"] > 0
+    assert "loaded the embedded reference" in out and "prefill(128)" in out
+
+
+def test_console_script_installed():
+    exe = Path(sys.executable).with_name("slimbench")
+    proc = subprocess.run([str(exe), "inspect", "/nonexistent/model"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == \
+        "slimbench: error: model path '/nonexistent/model' does not exist"

@@ -1,0 +1,41 @@
+"""CUDA paths; skipped cleanly (conftest) where torch sees no GPU."""
+
+import pytest
+
+from slimbench.bench.scenarios import decode_latency, prefill_latency
+from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.compress.loader import LoadOptions, load_artifact
+from slimbench.tasks.evalsets import load_evalset
+from slimbench.tasks.perplexity import perplexity
+
+pytestmark = pytest.mark.cuda
+
+
+def _ppl(device, dtype="float32"):
+    loaded = load_artifact("reference", LoadOptions(device=device, dtype=dtype))
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=20)]
+    return perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"], loaded
+
+
+def test_cuda_fp32_matches_cpu():
+    cpu, cpu_model = _ppl("cpu")
+    gpu, gpu_model = _ppl("cuda")
+    assert gpu == pytest.approx(cpu, rel=1e-4)
+    prompt = cpu_model.tokenizer("def read_config(path):\n    ")["input_ids"]
+    assert (TorchRuntime(gpu_model).greedy_generate(prompt, 24)
+            == TorchRuntime(cpu_model).greedy_generate(prompt, 24))
+
+
+def test_cuda_fp16_close_to_fp32():
+    fp32, _ = _ppl("cuda")
+    fp16, loaded = _ppl("cuda", "float16")
+    assert loaded.info.dtype == "float16"
+    assert fp16 == pytest.approx(fp32, rel=0.02)
+
+
+def test_cuda_latency_scenarios_synchronise():
+    loaded = load_artifact("shape:gpt2", LoadOptions(device="cuda", dtype="float16"))
+    rt = TorchRuntime(loaded)
+    pre = prefill_latency(rt, seq_len=128, min_seconds=0.2)
+    dec = decode_latency(rt, context=128, new_tokens=16, repeats=3)
+    assert pre["ms"]["median"] > 0 and dec["ms_per_token"]["median"] > 0

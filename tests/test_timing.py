@@ -1,0 +1,25 @@
+import pytest
+
+from slimbench.bench.timing import percentile, summarize, time_callable
+
+
+def test_percentile_matches_numpy_linear():
+    s = [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert percentile(s, 50) == 3.0
+    assert percentile(s, 90) == pytest.approx(4.0 + 0.6 * 6.0)
+    assert percentile(s, 100) == 10.0 and percentile(s, 0) == 1.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summarize_exact():
+    r = summarize([0.001, 0.002, 0.003, 0.004])  # seconds -> ms
+    assert r["n"] == 4 and r["median"] == pytest.approx(2.5) and r["mean"] == pytest.approx(2.5)
+    assert r["stdev"] == pytest.approx(1.2909944487358056)
+    assert r["cv"] == pytest.approx(1.2909944487358056 / 2.5)
+
+
+def test_time_callable_honours_min_count_and_warmup():
+    calls = []
+    samples = time_callable(lambda: calls.append(1), warmup=2, min_repeats=7, min_seconds=0)
+    assert len(samples) == 7 and len(calls) == 9
