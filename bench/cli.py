@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="examples per generation task (default 100)")
     demo.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
-                      help="output folder (default runs/demo)")
+    demo.add_argument("--out", type=Path, default=Path("runs"),
+                      help="folder for demo-<timestamp>.json (default runs)")
     return p
 
 
@@ -65,11 +65,15 @@ def _load_options(args):
 
 
 def cmd_ls(args) -> None:
+    from slimbench.compress.reference import reference_card
     from slimbench.compress.shapes import SHAPES
     from slimbench.tasks.specs import TASKS
 
+    card = reference_card()
     sections = {
-        "models": [("reference", "embedded GPT-2 (4.3 M params) trained on CPython stdlib")]
+        "models": [("reference", f"embedded GPT-2 ({card['parameters'] / 1e6:.1f} M params, "
+                                 f"validation perplexity {card['validation_perplexity']:.1f}) "
+                                 "trained on CPython stdlib")]
         + [(f"shape:{n}", "random weights, {n_layer} layers, d={n_embd}, {n_head} heads"
             .format(**s)) for n, s in SHAPES.items()],
         "recipes": [],
@@ -103,6 +107,9 @@ def cmd_eval(args) -> None:
         TASKS.get(n)  # unknown names fail before any model is loaded
     if args.limit is not None and args.limit <= 0:
         raise SlimbenchError(f"--limit must be positive, got {args.limit}")
+    if args.out and args.out.exists():
+        raise SlimbenchError(f"{args.out} already exists; choose another --out (slimbench "
+                             "never overwrites results)")
     environment.set_threads(args.threads)
     loaded = load_artifact(args.model, _load_options(args))
     if loaded.info.random_weights:

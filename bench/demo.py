@@ -50,7 +50,11 @@ def run_demo(out_dir: Path, limit: int | None, threads: int | None, device: str 
         "tasks": tasks, "latency": [prefill, decode],
         "wall_seconds": time.perf_counter() - t0,
     }
-    path = atomic.write_json(out_dir / "demo.json", result)
-    say(f"wrote {path} ({result['wall_seconds']:.0f} s). Not yet in the demo: compression "
-        "recipes, ONNX Runtime, reports and the gate (open issues 3-7).")
-    return result
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = out_dir / f"demo-{stamp}.json"
+    if path.exists():  # never overwrite an earlier result
+        path = out_dir / f"demo-{stamp}-{time.time_ns() % 10**6}.json"
+    atomic.write_json(path, result)
+    say(f"wrote {path} ({result['wall_seconds']:.0f} s). Not in this demo yet: compression "
+        "recipes, ONNX Runtime, HTML reports and the regression gate.")
+    return result | {"path": str(path)}

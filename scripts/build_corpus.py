@@ -112,8 +112,9 @@ def function_examples(rel: str, text: str) -> tuple[list, list, list]:
         m = re.match(r"(\s*)(async\s+)?def\s+", line_text)
         if not m:
             continue
-        indent = m.group(1)
-        name_at = def_line + m.end()
+        # Prompts never end in whitespace: byte-level BPE attaches a word's leading space to the
+        # word, so a prompt ending in "def " leaves the model an out-of-distribution lone space.
+        name_at = def_line + m.end() - 1
         if not node.name.startswith("__"):
             names.append({"path": rel, "prompt": _context_before(text, name_at),
                           "target": node.name})
@@ -127,22 +128,20 @@ def function_examples(rel: str, text: str) -> tuple[list, list, list]:
             continue
         summary, _, rest = doc.partition("\n")
         summary = summary.strip()
-        if len(summary.split()) < 3:
-            continue
-        prompt_end = raw_start + 3
-        summaries.append({"path": rel, "prompt": _context_before(text, prompt_end),
-                          "target": summary, "name": node.name})
+        if len(summary.split()) >= 3:  # shorter "summaries" are mostly labels, not sentences
+            summaries.append({"path": rel, "prompt": _context_before(text, raw_start + 3),
+                              "target": summary, "name": node.name})
         body = rest.strip().split("\n\n")[0]
         body_words = body.split()
-        if rest.startswith("\n") and 5 <= len(body_words) <= 80:
-            # prompt: everything up to the blank line after the summary, plus the body's indent
+        if rest.startswith("\n") and summary and 5 <= len(body_words) <= 100:
+            # prompt: up to the end of the summary line. The model writes the blank line and
+            # indent itself: BPE merges "\n\n" with the indent, so a prompt cut inside that
+            # whitespace run would end on a token the model never saw there.
             raw_doc = text[raw_start:]
-            blank = re.search(r"\n[ \t]*\n", raw_doc)
-            if blank is None:
+            if re.match(r'"""[^\n]*\n[ \t]*\n', raw_doc) is None:
                 continue
-            body_indent = indent + "    "
-            p_end = raw_start + blank.end()
-            bodies.append({"path": rel, "prompt": _context_before(text, p_end) + body_indent,
+            p_end = raw_start + raw_doc.index("\n")
+            bodies.append({"path": rel, "prompt": _context_before(text, p_end),
                            "target": " ".join(body_words), "summary": summary})
     return names, summaries, bodies
 
@@ -200,7 +199,7 @@ def main() -> None:
         "lm_stdlib": (sample(lm, PER_SET, "lm"),
                       "held-out stdlib source chunks for perplexity / bits-per-byte"),
         "method_name": (sample(names, PER_SET, "mn"),
-                        "preceding source + 'def ' -> function name; subtoken F1"),
+                        "preceding source + 'def' -> function name; subtoken F1"),
         "docstring_summary": (sample(summaries, PER_SET, "ds"),
                               "context + signature + '\"\"\"' -> docstring summary line; BLEU"),
         "docstring_body": (sample(bodies, PER_SET, "db"),

@@ -57,6 +57,6 @@ for _spec in (
              max_new_tokens=32, stop=("\n", '"""'), postprocess="first_line"),
     TaskSpec("docstring_body", "docstring_body", "generate", "rougeL", True,
              "write a docstring's first paragraph from signature + summary; ROUGE-1/2/L",
-             max_new_tokens=64, stop=('"""', "\n\n"), postprocess="paragraph"),
+             max_new_tokens=64, stop=('"""',), postprocess="paragraph"),
 ):
     TASKS.add(_spec.name, _spec, _spec.description)

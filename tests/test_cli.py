@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from slimbench.bench.cli import main
+from slimbench.compress.reference import reference_card
 
 
 def run(capsys, *argv):
@@ -27,7 +28,8 @@ def test_ls_lists_what_exists(capsys):
 def test_inspect_reference(capsys):
     rc, out, _ = run(capsys, "inspect", "reference")
     info = json.loads(out)
-    assert rc == 0 and info["kind"] == "reference" and info["parameters"] > 4_000_000
+    assert rc == 0 and info["kind"] == "reference"
+    assert info["parameters"] == reference_card()["parameters"]
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -60,12 +62,17 @@ def test_eval_writes_results(capsys, tmp_path):
     data = json.loads(out_file.read_text())
     assert data["tasks"]["method_name"]["n"] == 4
     assert data["environment"]["torch_threads"] == 1
+    # a second run never overwrites the first result
+    rc, _, err = run(capsys, "eval", "reference", "--limit", "1", "--out", str(out_file))
+    assert rc == 2 and "already exists" in err
+    assert json.loads(out_file.read_text()) == data
 
 
 def test_demo_end_to_end(capsys, tmp_path):
     rc, out, _ = run(capsys, "demo", "--limit", "2", "--threads", "2", "--out", str(tmp_path))
     assert rc == 0
-    data = json.loads((tmp_path / "demo.json").read_text())
+    (path,) = tmp_path.glob("demo-*.json")
+    data = json.loads(path.read_text())
     assert set(data["tasks"]) == {"perplexity", "method_name", "docstring_summary",
                                   "docstring_body"}
     assert data["tasks"]["method_name"]["n"] == 2

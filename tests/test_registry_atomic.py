@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -34,6 +35,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic.write_json(p, {"a": 2})
     assert json.loads(p.read_text()) == {"a": 2}
     assert [x.name for x in p.parent.iterdir()] == ["r.json"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):

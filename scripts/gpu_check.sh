@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One prepared GPU check (run on a lent CUDA machine from the repo root): the CUDA-marked tests
+# and the demo on cuda. Writes logs under $OUT (or ./gpu-check). Needs torch with CUDA,
+# transformers, tokenizers, safetensors, sacrebleu, rouge-score and pytest in `python3`.
+set -uo pipefail
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then  # extra wheels carried to a machine with no index
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -2
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', \
+torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+export PYTHONUNBUFFERED=1
+python3 -m pytest -q -rs tests/test_cuda.py tests/test_perplexity.py tests/test_generation.py \
+  tests/test_loader.py 2>&1 | tee "$OUT/cuda_tests.log"
+tests_rc=${PIPESTATUS[0]}
+slimbench demo --device cuda --limit 50 --out "$OUT" 2>&1 | tee "$OUT/demo.log"
+demo_rc=${PIPESTATUS[0]}
+echo "cuda tests rc=$tests_rc demo rc=$demo_rc"
+exit $(( tests_rc || demo_rc ))
