@@ -24,3 +24,9 @@ def setup_logging(verbosity: int = 0) -> None:
         except ImportError:  # pragma: no cover - transformers is a hard dependency
             pass
         warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_progress(show_progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when not asked for, and off when stderr is not a terminal (None),
+    so logs and CI output stay free of progress-bar redraws."""
+    return None if show_progress else True

@@ -8,6 +8,7 @@ import time
 from tqdm import tqdm
 
 from slimbench.errors import UsageError
+from slimbench.log import quiet_progress
 from slimbench.tasks import metrics
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.perplexity import PerplexityConfig, perplexity
@@ -72,7 +73,7 @@ def run_task(lm: CausalLM, tokenizer, name: str, limit: int | None = None,
         stop_ids = stop_token_ids(tokenizer, spec.stop)
         budget = lm.max_length - spec.max_new_tokens
         preds = []
-        for row in tqdm(rows, desc=name, unit="ex", disable=not show_progress):
+        for row in tqdm(rows, desc=name, unit="ex", disable=quiet_progress(show_progress)):
             ids = tokenizer(row["prompt"])["input_ids"][-budget:]  # keep the nearest context
             new = lm.greedy_generate(ids, spec.max_new_tokens, stop_ids)
             preds.append(postprocess(spec.postprocess, tokenizer.decode(new), spec.stop))

@@ -16,6 +16,7 @@ import math
 from tqdm import tqdm
 
 from slimbench.errors import UsageError
+from slimbench.log import quiet_progress
 from slimbench.tasks.protocol import CausalLM
 
 
@@ -73,7 +74,8 @@ def perplexity(lm: CausalLM, tokenizer, texts: list[str],
         for begin, end, first in windows(len(ids), config.context_length, config.stride):
             jobs.append((ids[begin:end], first - begin - 1))
     nll, count = 0.0, 0
-    bar = tqdm(total=len(jobs), desc="perplexity", unit="win", disable=not show_progress)
+    bar = tqdm(total=len(jobs), desc="perplexity", unit="win",
+               disable=quiet_progress(show_progress))
     for i in range(0, len(jobs), config.batch_size):
         chunk = jobs[i: i + config.batch_size]
         for (_, skip), lp in zip(chunk, lm.token_logprobs([w for w, _ in chunk]), strict=True):

@@ -31,3 +31,4 @@ class CausalLM(Protocol):
         Stops after ``max_new_tokens`` or right after emitting a token in ``stop_ids``.
         """
         ...
+
