@@ -183,17 +183,20 @@ def _load_dir(path: Path, spec: str, kind: str, opts: LoadOptions) -> LoadedMode
             trust_remote_code=opts.trust_remote_code, output_loading_info=True)
     except Exception as e:
         raise ModelLoadError(f"cannot load weights from {spec!r}: {e}") from None
-    _check_loading_info(info, spec)
+    _check_loading_info(info, spec, config)
     tokenizer = _tokenizer(path, opts)
     files = safe or pickled
     return LoadedModel(model.eval(), tokenizer,
                        _info(model, spec, kind, str(path.resolve()), opts, False, files))
 
 
-def _check_loading_info(info: dict, spec: str) -> None:
+def _check_loading_info(info: dict, spec: str, config) -> None:
     # A checkpoint missing weights loads with random ones and only a warning; that would
-    # silently benchmark a different model than the user named.
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
+    # silently benchmark a different model than the user named. A tied lm_head is the one
+    # weight that is legitimately absent from the file.
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [k for k in info.get("missing_keys", [])
+               if not (tied and k.endswith("lm_head.weight"))]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:
         what = missing[:5] or [m[0] if isinstance(m, tuple) else m for m in mismatched[:5]]
@@ -227,7 +230,7 @@ def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
         raise ModelLoadError(
             f"no local directory {hub_id!r}, and loading it as a Hugging Face hub id failed: "
             f"{first}") from None
-    _check_loading_info(info, hub_id)
+    _check_loading_info(info, hub_id, config)
     files = _hub_weight_files(hub_id, opts.revision)
     return LoadedModel(model.eval(), _tokenizer(hub_id, opts),
                        _info(model, hub_id, "hub", None, opts, False, files))
