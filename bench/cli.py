@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     ev.add_argument("--out", type=Path, help="write the results JSON here")
 
+    comp = sub.add_parser("compress", help="apply one recipe step to a model, writing an "
+                                           "artifact directory with its manifest")
+    comp.add_argument("model", help="model spec (as for inspect) or an artifact directory")
+    comp.add_argument("--step", required=True, help="recipe step (see `slimbench ls recipes`)")
+    comp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="step parameter (repeatable)")
+    comp.add_argument("--out", type=Path, required=True, help="new artifact directory")
+
     demo = sub.add_parser("demo", help="run the default demo on the embedded reference")
     demo.add_argument("--limit", type=int, default=100,
                       help="examples per generation task (default 100)")
@@ -67,6 +75,7 @@ def _load_options(args):
 def cmd_ls(args) -> None:
     from slimbench.compress.reference import reference_card
     from slimbench.compress.shapes import SHAPES
+    from slimbench.compress.steps import STEPS
     from slimbench.tasks.specs import TASKS
 
     card = reference_card()
@@ -76,7 +85,7 @@ def cmd_ls(args) -> None:
                                  "trained on CPython stdlib")]
         + [(f"shape:{n}", "random weights, {n_layer} layers, d={n_embd}, {n_head} heads"
             .format(**s)) for n, s in SHAPES.items()],
-        "recipes": [],
+        "recipes": [(n, STEPS.describe(n)) for n in STEPS.names()],
         "tasks": [(n, TASKS.describe(n)) for n in TASKS.names()],
         "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)")],
     }
@@ -126,6 +135,24 @@ def cmd_eval(args) -> None:
                                      "environment": environment.capture()})
 
 
+def cmd_compress(args) -> None:
+    from slimbench.compress.shapes import parse_value
+    from slimbench.compress.steps import STEPS, make_config, run_step
+
+    params = {}
+    for item in args.set:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise SlimbenchError(f"--set {item!r} must look like key=value")
+        params[key.strip()] = parse_value(raw.strip())
+    make_config(STEPS.get(args.step), params)  # bad names and values fail before any work
+    manifest = run_step(args.step, params, args.model, args.out)
+    summary = {k: manifest.get(k) for k in ("step", "recipe", "bytes_on_disk", "quantization",
+                                             "parity")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote artifact {args.out}")
+
+
 def cmd_demo(args) -> None:
     from slimbench.bench.demo import run_demo
 
@@ -134,7 +161,8 @@ def cmd_demo(args) -> None:
     run_demo(args.out, args.limit, args.threads, device=args.device)
 
 
-COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

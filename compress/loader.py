@@ -22,6 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from slimbench.compress.artifact import read_manifest
 from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
 from slimbench.compress.shapes import ShapeSpec, build_shape_model
 from slimbench.errors import ModelLoadError, UsageError
@@ -71,10 +72,12 @@ class ModelInfo:
     model_type: str
     parameters: int
     nonzero_parameters: int
-    bytes_on_disk: int | None
+    bytes_on_disk: int | None  # bytes of the weight files (None for in-memory shape models)
     dtype: str
     device: str
     weights_sha256: str | None
+    recipe: list[str] = dataclasses.field(default_factory=list)  # steps that made an artifact
+    manifest: dict | None = None  # the artifact's manifest, when there is one
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,7 +118,7 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     else:
         path = Path(spec).expanduser()
         if path.exists():
-            loaded = _load_dir(path, spec, "local", opts)
+            loaded = _load_local(path, spec, opts)
         elif _looks_like_path(spec) or not _HUB_ID.match(spec):
             raise ModelLoadError(f"model path {spec!r} does not exist")
         else:
@@ -123,6 +126,40 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     loaded.model.to(device=opts.device, dtype=DTYPES[opts.dtype])
     loaded.info.dtype, loaded.info.device = opts.dtype, opts.device
     return loaded
+
+
+def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest is None:
+        return _load_dir(path, spec, "local", opts)
+    loaded = _load_dir(path, spec, "artifact", opts)
+    info = loaded.info
+    info.recipe, info.manifest = list(manifest["recipe"]), manifest
+    info.random_weights = bool(manifest.get("random_weights", False))
+    transform = manifest.get("load_transform")
+    if transform and (opts.device != "cpu" or opts.dtype != "float32"):
+        raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
+    if transform:
+        from slimbench.compress.steps import STEPS, make_config
+
+        step = STEPS.get(transform)
+        loaded = step.transform(loaded, make_config(step, manifest["config"]))
+        _check_same_audit(loaded, manifest, spec)
+    return loaded
+
+
+def _check_same_audit(loaded: LoadedModel, manifest: dict, spec: str) -> None:
+    """The transform re-applied at load must give what the manifest recorded."""
+    from slimbench.compress.quant_torch import audit_quantization
+
+    now = audit_quantization(loaded.model)
+    then = manifest.get("quantization", {})
+    keys = ("block_linears", "block_linears_int8", "lm_head")
+    if any(now[k] != then.get(k) for k in keys):
+        raise ModelLoadError(
+            f"{spec!r}: re-applying {manifest['load_transform']} gave "
+            f"{ {k: now[k] for k in keys} }, but the manifest recorded "
+            f"{ {k: then.get(k) for k in keys} }")
 
 
 def _looks_like_path(spec: str) -> bool:

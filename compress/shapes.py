@@ -62,11 +62,12 @@ class ShapeSpec:
             key, eq, raw = item.partition("=")
             if not eq:
                 raise UsageError(f"shape override {item!r} must look like key=value")
-            overrides.append((key.strip(), _parse_value(raw.strip())))
+            overrides.append((key.strip(), parse_value(raw.strip())))
         return cls(name, tuple(overrides))
 
 
-def _parse_value(raw: str) -> object:
+def parse_value(raw: str) -> object:
+    """``"2"`` -> 2, ``"0.5"`` -> 0.5, ``"true"`` -> True, anything else stays a string."""
     for conv in (int, float):
         try:
             return conv(raw)

@@ -19,7 +19,8 @@ def test_ls_lists_what_exists(capsys):
     rc, out, _ = run(capsys, "ls")
     assert rc == 0
     for name in ("reference", "shape:gpt2", "shape:gpt2-medium", "shape:distilgpt2",
-                 "perplexity", "method_name", "docstring_summary", "docstring_body", "torch"):
+                 "perplexity", "method_name", "docstring_summary", "docstring_body", "torch",
+                 "torch_dynamic_int8"):
         assert f"  {name} " in out
     rc, out, _ = run(capsys, "ls", "tasks")
     assert rc == 0 and out.startswith("tasks:") and "shape:gpt2" not in out
@@ -40,12 +41,19 @@ def test_inspect_reference(capsys):
     (["eval", "shape:gpt2:n_layer=1", "--limit", "1"], "has random weights"),
     (["eval", "reference", "--limit", "0"], "--limit must be positive"),
     (["demo", "--limit", "-3"], "--limit must be positive"),
+    (["compress", "reference", "--step", "torch_dynamic_int8", "--set", "bits=4", "--out",
+      "never-written"], "unknown parameter(s) bits"),
+    (["compress", "reference", "--step", "torch_dynamic_int8", "--set", "bits", "--out",
+      "never-written"], "must look like key=value"),
+    (["compress", "reference", "--step", "prune", "--out", "never-written"],
+     "unknown recipe step 'prune'"),
 ])
 def test_bad_input_one_clear_error(capsys, argv, msg):
     rc, out, err = run(capsys, *argv)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("slimbench: error: ") and msg in err
     assert "Traceback" not in err
+    assert not Path("never-written").exists()
 
 
 def test_unknown_command_is_usage_error(capsys):

@@ -1,0 +1,113 @@
+"""PyTorch dynamic INT8 quantization of every transformer Linear, with a coverage audit.
+
+Engine: ``torch.ao.quantization.quantize_dynamic`` (fbgemm/x86 int8 GEMMs with per-tensor
+weight scales and dynamically quantized activations). torch.ao is deprecated in favour of
+torchao but still ships in torch 2.13; it is used until a torchao variant is added and measured
+against it. Its deprecation warnings are silenced here only.
+
+The pitfall this module exists for: HF GPT-2 blocks use ``Conv1D``, so quantizing
+``{nn.Linear}`` on a raw model touches only ``lm_head``. We normalize Conv1D -> Linear first
+(``conv1d.normalize_conv1d``) and then *count* what was quantized in every block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
+
+from slimbench.compress.conv1d import normalize_conv1d
+from slimbench.errors import SlimbenchError, UsageError
+
+_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)\.")
+
+
+class CompressionError(SlimbenchError):
+    """A compression step that did not compress what it claims (exit 1)."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchDynamicInt8Config:
+    """Args:
+        include_lm_head: quantize the output projection too (it is tied to the embedding in
+            GPT-2; quantizing it costs more quality per byte than the blocks do).
+        engine: torch quantized engine (``x86``, ``fbgemm``, ``onednn`` or ``qnnpack``).
+    """
+
+    include_lm_head: bool = False
+    engine: str = "x86"
+
+    def __post_init__(self) -> None:
+        engines = torch.backends.quantized.supported_engines
+        if self.engine not in engines:
+            raise UsageError(f"quantized engine {self.engine!r} is not available here; "
+                             f"choose one of {', '.join(e for e in engines if e != 'none')}")
+
+
+def quantize_dynamic_int8(model: nn.Module, config: TorchDynamicInt8Config) -> nn.Module:
+    """Normalize Conv1D and quantize Linears (in place; returns the quantized model)."""
+    torch.backends.quantized.engine = config.engine
+    normalize_conv1d(model)
+    names = {name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)
+             and (config.include_lm_head or not name.endswith("lm_head"))}
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(
+            model, {name: qconfig for name in names}, dtype=torch.qint8, inplace=True)
+
+
+def audit_quantization(model: nn.Module) -> dict:
+    """Count quantized vs float linear layers per transformer block, from the modules present.
+
+    Conv1D counts as a float linear layer: that is what a quantizer that missed it left behind.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    per_block: dict[str, dict[str, int]] = {}
+    lm_head = "absent"
+    for name, mod in model.named_modules():
+        quantized = isinstance(mod, nnqd.Linear)
+        is_float = isinstance(mod, (nn.Linear, Conv1D)) and not quantized
+        if not (quantized or is_float):
+            continue
+        if name.endswith("lm_head"):
+            lm_head = "int8" if quantized else "float"
+            continue
+        m = _BLOCK.search(name + ".")
+        if m:
+            slot = per_block.setdefault(m.group(1), {"int8": 0, "float": 0})
+            slot["int8" if quantized else "float"] += 1
+    q = sum(b["int8"] for b in per_block.values())
+    total = q + sum(b["float"] for b in per_block.values())
+    return {"blocks": len(per_block), "block_linears": total, "block_linears_int8": q,
+            "per_block_int8": {k: v["int8"] for k, v in sorted(per_block.items(), key=lambda kv:
+                                                                int(kv[0]))},
+            "lm_head": lm_head, "int8_weight_bytes": _int8_weight_bytes(model)}
+
+
+def _int8_weight_bytes(model: nn.Module) -> int:
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, nnqd.Linear):
+            total += mod.weight().numel()  # one byte per int8 weight; scales are per tensor
+    return total
+
+
+def require_full_coverage(audit: dict) -> None:
+    """Raise unless every linear layer of every block is quantized."""
+    if audit["block_linears_int8"] == 0:
+        raise CompressionError(
+            "dynamic int8 quantized nothing inside the transformer blocks "
+            f"({audit['block_linears']} float linear layers left; lm_head: {audit['lm_head']})")
+    if audit["block_linears_int8"] < audit["block_linears"]:
+        raise CompressionError(
+            f"dynamic int8 covered only {audit['block_linears_int8']} of "
+            f"{audit['block_linears']} block linear layers: {audit['per_block_int8']}")

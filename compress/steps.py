@@ -1,0 +1,107 @@
+"""Recipe steps: registered by name, each with a config dataclass validated before any work.
+
+A step takes a loaded model and writes an artifact directory with its manifest. Steps whose
+result cannot be stored as safetensors (torch dynamic int8 packs weights into opaque objects)
+store the parent's weights plus a ``load_transform`` that ``load_artifact`` re-applies and
+re-audits; such a manifest says so, and its ``bytes_on_disk`` is the float file it really is.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from slimbench.compress.artifact import finish_manifest, staging_dir
+from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.quant_torch import (
+    TorchDynamicInt8Config,
+    audit_quantization,
+    quantize_dynamic_int8,
+    require_full_coverage,
+)
+from slimbench.errors import UsageError
+from slimbench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    config_cls: type
+    apply: Callable  # (parent LoadedModel, config, staging dir) -> manifest fields
+    transform: Callable | None = None  # re-applied at load time (load_transform steps)
+
+
+STEPS: Registry[Step] = Registry("recipe step")
+
+
+def make_config(step: Step, params: dict):
+    """The step's config from user parameters, with one clear message for a bad one."""
+    fields = {f.name for f in dataclasses.fields(step.config_cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise UsageError(f"step {step.name}: unknown parameter(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(fields)) or '(none)'}")
+    try:
+        return step.config_cls(**params)
+    except TypeError as e:
+        raise UsageError(f"step {step.name}: {e}") from None
+
+
+def run_step(name: str, params: dict, parent_spec: str, out: Path) -> dict:
+    """Load ``parent_spec``, apply step ``name`` and write the artifact to ``out``.
+
+    Returns:
+        The artifact's manifest.
+    """
+    step = STEPS.get(name)
+    config = make_config(step, params)  # validated before any model is loaded
+    parent = load_artifact(parent_spec)
+    with staging_dir(out) as tmp:
+        fields = step.apply(parent, config, tmp)
+        manifest = finish_manifest(tmp, {
+            "step": name, "config": dataclasses.asdict(config),
+            "recipe": [*parent_recipe(parent), name],
+            "parent": {"spec": parent_spec, "weights_sha256": parent.info.weights_sha256,
+                       "parameters": parent.info.parameters},
+            "random_weights": parent.info.random_weights, **fields})
+    return manifest
+
+
+def parent_recipe(parent: LoadedModel) -> list[str]:
+    return list(getattr(parent.info, "recipe", None) or [])
+
+
+def _save_parent(parent: LoadedModel, tmp: Path) -> None:
+    parent.model.save_pretrained(tmp, safe_serialization=True)
+    if parent.tokenizer is not None:
+        parent.tokenizer.save_pretrained(tmp)
+
+
+def _apply_torch_int8(parent: LoadedModel, config: TorchDynamicInt8Config, tmp: Path) -> dict:
+    _save_parent(parent, tmp)  # float weights; quantization is re-applied on load
+    params, nonzero = count_parameters(parent.model)
+    quantized = quantize_dynamic_int8(copy.deepcopy(parent.model), config)
+    audit = audit_quantization(quantized)
+    require_full_coverage(audit)
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    return {"format": "hf", "load_transform": "torch_dynamic_int8", "parameters": params,
+            "nonzero_parameters": nonzero,
+            "dtypes": {"block_weights": "int8", "activations": "float32 (quantized per call)"},
+            "quantization": audit,
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(quantized), prompts)}
+
+
+def _transform_torch_int8(loaded: LoadedModel, config: TorchDynamicInt8Config) -> LoadedModel:
+    loaded.model = quantize_dynamic_int8(loaded.model, config)
+    return loaded
+
+
+STEPS.add("torch_dynamic_int8", Step("torch_dynamic_int8", TorchDynamicInt8Config,
+                                     _apply_torch_int8, _transform_torch_int8),
+          "PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")

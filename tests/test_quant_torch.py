@@ -1,0 +1,128 @@
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.compress.artifact import MANIFEST
+from slimbench.compress.conv1d import count_conv1d, normalize_conv1d
+from slimbench.compress.loader import LoadOptions, load_artifact
+from slimbench.compress.quant_torch import (
+    CompressionError,
+    TorchDynamicInt8Config,
+    audit_quantization,
+    quantize_dynamic_int8,
+    require_full_coverage,
+)
+from slimbench.compress.steps import run_step
+from slimbench.errors import ModelLoadError, UsageError
+from slimbench.tasks.evalsets import load_evalset
+from slimbench.tasks.perplexity import perplexity
+
+
+@pytest.fixture(scope="module")
+def gpt2_shape():
+    return load_artifact("shape:gpt2").model
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_artifact("reference")
+
+
+def test_conv1d_to_linear_is_equivalent(reference):
+    model = copy.deepcopy(reference.model)
+    prompt = reference.tokenizer("class Reader:\n    def read(self, n):\n        return")
+    ids = torch.tensor([prompt["input_ids"]])
+    with torch.no_grad():
+        before = model(ids).logits
+        greedy_before = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert normalize_conv1d(model) == 4 * 4 and count_conv1d(model) == 0
+    assert all(isinstance(model.transformer.h[i].mlp.c_fc, nn.Linear) for i in range(4))
+    with torch.no_grad():
+        after = model(ids).logits
+        greedy_after = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert torch.allclose(before, after, atol=1e-4, rtol=0)
+    assert torch.equal(greedy_before, greedy_after)
+
+
+def test_every_block_linear_quantized_on_gpt2_shapes(gpt2_shape):
+    q = quantize_dynamic_int8(copy.deepcopy(gpt2_shape), TorchDynamicInt8Config())
+    audit = audit_quantization(q)
+    assert audit["blocks"] == 12 and audit["block_linears"] == 48
+    assert audit["block_linears_int8"] == 48
+    assert audit["per_block_int8"] == {str(i): 4 for i in range(12)}
+    assert audit["lm_head"] == "float"
+    # 12 blocks x (768x2304 + 768x768 + 768x3072 + 3072x768) int8 weights
+    assert audit["int8_weight_bytes"] == 12 * 768 * (2304 + 768 + 3072 + 3072)
+    require_full_coverage(audit)
+    with_head = audit_quantization(quantize_dynamic_int8(
+        copy.deepcopy(gpt2_shape), TorchDynamicInt8Config(include_lm_head=True)))
+    assert with_head["lm_head"] == "int8" and with_head["block_linears_int8"] == 48
+
+
+def test_naive_quantize_dynamic_is_caught(gpt2_shape):
+    """The known pitfall: {nn.Linear} on raw GPT-2 quantizes only lm_head."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(gpt2_shape), {nn.Linear}, dtype=torch.qint8)
+    audit = audit_quantization(naive)
+    assert audit["block_linears_int8"] == 0 and audit["block_linears"] == 48
+    assert audit["lm_head"] == "int8"
+    with pytest.raises(CompressionError, match="quantized nothing inside the transformer blocks"):
+        require_full_coverage(audit)
+
+
+def test_bad_engine():
+    with pytest.raises(UsageError, match="quantized engine 'tpu' is not available"):
+        TorchDynamicInt8Config(engine="tpu")
+
+
+def test_int8_artifact_round_trip(tmp_path, reference):
+    out = tmp_path / "ref-int8"
+    manifest = run_step("torch_dynamic_int8", {}, "reference", out)
+    on_disk = json.loads((out / MANIFEST).read_text())
+    assert on_disk["quantization"]["block_linears_int8"] == 16 == manifest["quantization"][
+        "block_linears"]
+    assert on_disk["parent"]["weights_sha256"] == reference.info.weights_sha256
+    assert on_disk["recipe"] == ["torch_dynamic_int8"] and on_disk["random_weights"] is False
+    assert on_disk["bytes_on_disk"] == sum(f["bytes"] for f in on_disk["files"].values())
+    assert 0.8 <= on_disk["parity"]["top1_agreement"] <= 1.0
+    assert not list(tmp_path.glob(".*partial"))  # staging directory renamed away
+
+    loaded = load_artifact(str(out))
+    assert loaded.info.kind == "artifact" and loaded.info.recipe == ["torch_dynamic_int8"]
+    assert audit_quantization(loaded.model)["block_linears_int8"] == 16
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=40)]
+    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts)["perplexity"]
+    int8 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"]
+    assert int8 != fp32 and abs(int8 / fp32 - 1) < 0.03
+
+    with pytest.raises(UsageError, match="already exists"):
+        run_step("torch_dynamic_int8", {}, "reference", out)
+    with pytest.raises(UsageError, match="runs on cpu in float32 only"):
+        load_artifact(str(out), LoadOptions(dtype="bfloat16"))
+
+
+def test_tampered_manifest_is_refused(tmp_path):
+    out = tmp_path / "tiny-int8"
+    run_step("torch_dynamic_int8", {}, "shape:gpt2:n_layer=2,n_embd=64,n_head=4", out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["random_weights"] is True  # inherited from the shape model
+    assert load_artifact(str(out)).info.random_weights is True
+    manifest["quantization"]["block_linears_int8"] = 99
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="manifest recorded"):
+        load_artifact(str(out))
+
+
+def test_bad_step_parameters_fail_before_work(tmp_path):
+    with pytest.raises(UsageError, match=r"unknown parameter\(s\) bits"):
+        run_step("torch_dynamic_int8", {"bits": 4}, "reference", tmp_path / "x")
+    with pytest.raises(UsageError, match="unknown recipe step 'torch_int8'"):
+        run_step("torch_int8", {}, "reference", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
