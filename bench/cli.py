@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="score a model on tasks")
     model_args(ev)
     ev.add_argument("--task", action="append", help="task name (repeatable; default: all)")
-    ev.add_argument("--limit", type=int, help="examples per generation task")
+    ev.add_argument("--limit", type=int, help="examples per task (default: all)")
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     ev.add_argument("--out", type=Path, help="write the results JSON here")
 
@@ -106,7 +106,7 @@ def cmd_inspect(args) -> None:
 def cmd_eval(args) -> None:
     from slimbench import atomic
     from slimbench.bench import environment
-    from slimbench.bench.torch_runtime import TorchRuntime
+    from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
     from slimbench.tasks.generation import run_task
     from slimbench.tasks.specs import TASKS
@@ -119,12 +119,11 @@ def cmd_eval(args) -> None:
     if args.out and args.out.exists():
         raise SlimbenchError(f"{args.out} already exists; choose another --out (slimbench "
                              "never overwrites results)")
-    environment.set_threads(args.threads)
     loaded = load_artifact(args.model, _load_options(args))
     if loaded.info.random_weights:
         raise SlimbenchError(f"{args.model} has random weights: its quality means nothing, "
                              "so slimbench does not score it")
-    rt = TorchRuntime(loaded)
+    rt = make_runtime(loaded, environment.set_threads(args.threads))
     results = {}
     for n in names:
         res = run_task(rt, loaded.tokenizer, n, args.limit, show_progress=True)

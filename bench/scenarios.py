@@ -20,7 +20,7 @@ def _ids(vocab: int, length: int, batch: int = 1, seed: int = 0) -> torch.Tensor
 
 def prefill_latency(rt, seq_len: int, batch: int = 1, min_seconds: float = 1.0) -> dict:
     """Milliseconds for one forward pass over ``batch x seq_len`` prompt tokens."""
-    ids = _ids(rt.model.config.vocab_size, seq_len, batch)
+    ids = _ids(rt.vocab_size, seq_len, batch)
     samples = time_callable(lambda: rt.forward(ids), min_seconds=min_seconds, sync=rt._sync)
     return {"scenario": "prefill", "seq_len": seq_len, "batch": batch, "ms": summarize(samples)}
 
@@ -34,7 +34,7 @@ def decode_latency(rt, context: int, new_tokens: int = 32, repeats: int = 5,
     """
     if context + new_tokens > rt.max_length:
         raise ValueError(f"context {context} + {new_tokens} tokens exceeds {rt.max_length}")
-    prompt = _ids(rt.model.config.vocab_size, context)
+    prompt = _ids(rt.vocab_size, context)
     samples = []
     for i in range(warmup + repeats):
         logits, past = rt.forward(prompt)

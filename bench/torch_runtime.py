@@ -24,6 +24,7 @@ class TorchRuntime:
         self.info = loaded.info
         cfg = self.model.config
         self.max_length = int(getattr(cfg, "n_positions", None) or cfg.max_position_embeddings)
+        self.vocab_size = int(cfg.vocab_size)
         self.device = next(self.model.parameters()).device
         # transformers 5.2x renamed `past_key_values` to `cache` (argument and output field)
         params = inspect.signature(self.model.forward).parameters

@@ -123,7 +123,8 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
             raise ModelLoadError(f"model path {spec!r} does not exist")
         else:
             loaded = _load_hub(spec, opts)
-    loaded.model.to(device=opts.device, dtype=DTYPES[opts.dtype])
+    if isinstance(loaded.model, torch.nn.Module):
+        loaded.model.to(device=opts.device, dtype=DTYPES[opts.dtype])
     loaded.info.dtype, loaded.info.device = opts.dtype, opts.device
     return loaded
 
@@ -132,6 +133,8 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest is None:
         return _load_dir(path, spec, "local", opts)
+    if manifest.get("format") == "onnx":
+        return _load_onnx(path, spec, manifest, opts)
     loaded = _load_dir(path, spec, "artifact", opts)
     info = loaded.info
     info.recipe, info.manifest = list(manifest["recipe"]), manifest
@@ -146,6 +149,26 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
         loaded = step.transform(loaded, make_config(step, manifest["config"]))
         _check_same_audit(loaded, manifest, spec)
     return loaded
+
+
+def _load_onnx(path: Path, spec: str, manifest: dict, opts: LoadOptions) -> LoadedModel:
+    from slimbench.compress.onnx_model import OnnxModel
+
+    if opts.dtype != "float32":
+        raise UsageError(f"{spec!r} is an ONNX artifact; its dtype is fixed at export "
+                         f"(got --dtype {opts.dtype})")
+    config = AutoConfig.from_pretrained(path)
+    onnx_files = [path / n for n in manifest["files"] if n.startswith(manifest["onnx_file"])]
+    model = OnnxModel(path / manifest["onnx_file"], config, opts.device)
+    digest = manifest["files"][manifest["onnx_file"]]["sha256"]
+    info = ModelInfo(
+        spec=spec, kind="artifact", path=str(path.resolve()),
+        random_weights=bool(manifest.get("random_weights")), model_type=config.model_type,
+        parameters=manifest["parameters"], nonzero_parameters=manifest["nonzero_parameters"],
+        bytes_on_disk=sum(f.stat().st_size for f in onnx_files), dtype=opts.dtype,
+        device=opts.device, weights_sha256=digest, recipe=list(manifest["recipe"]),
+        manifest=manifest)
+    return LoadedModel(model, _tokenizer(path, opts), info)
 
 
 def _check_same_audit(loaded: LoadedModel, manifest: dict, spec: str) -> None:

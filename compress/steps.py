@@ -16,8 +16,11 @@ from pathlib import Path
 
 from slimbench.compress.artifact import finish_manifest, staging_dir
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.onnx_export import ExportOnnxConfig, export_onnx
+from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.quant_torch import (
+    CompressionError,
     TorchDynamicInt8Config,
     audit_quantization,
     quantize_dynamic_int8,
@@ -27,6 +30,7 @@ from slimbench.errors import UsageError
 from slimbench.registry import Registry
 
 log = logging.getLogger(__name__)
+FP32_PARITY = 1e-4  # max |Δlogits| an fp32 export may show against torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +106,32 @@ def _transform_torch_int8(loaded: LoadedModel, config: TorchDynamicInt8Config) -
     return loaded
 
 
+def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, tmp: Path) -> dict:
+    if isinstance(parent.model, OnnxModel):
+        raise UsageError("export_onnx needs a torch model; this is already an ONNX artifact")
+    if parent.info.device != "cpu" or parent.info.dtype != "float32":
+        raise UsageError("export_onnx exports float32 models loaded on cpu")
+    params, nonzero = count_parameters(parent.model)
+    path = export_onnx(copy.deepcopy(parent.model), tmp, config)
+    parent.model.config.save_pretrained(tmp)
+    if parent.tokenizer is not None:
+        parent.tokenizer.save_pretrained(tmp)
+    child = OnnxModel(path, parent.model.config)
+    session = child.session()
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    checked = parity(torch_logits_fn(parent.model), onnx_logits_fn(child, session), prompts)
+    ok = (checked["max_abs_logit_diff"] <= FP32_PARITY
+          and checked["greedy_identical"] == checked["greedy_prompts"])
+    if not ok:
+        raise CompressionError(f"ONNX export does not reproduce the torch model: {checked}")
+    return {"format": "onnx", "onnx_file": path.name, "opset": config.opset,
+            "parameters": params, "nonzero_parameters": nonzero, "dtypes": {"weights": "float32"},
+            "graph": onnx_op_counts(path),
+            "parity": checked | {"target_max_abs_logit_diff": FP32_PARITY}}
+
+
+STEPS.add("export_onnx", Step("export_onnx", ExportOnnxConfig, _apply_export_onnx),
+          "ONNX export: one merged graph with explicit KV cache, dynamic batch/sequence")
 STEPS.add("torch_dynamic_int8", Step("torch_dynamic_int8", TorchDynamicInt8Config,
                                      _apply_torch_int8, _transform_torch_int8),
           "PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")

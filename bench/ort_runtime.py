@@ -1,0 +1,75 @@
+"""ONNX Runtime backend: the ``CausalLM`` protocol over an exported merged KV-cache graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimbench.compress.loader import LoadedModel
+from slimbench.compress.onnx_export import io_names
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+class OrtRuntime:
+    """Runs an ONNX artifact in an ORT session (one per runtime, threads fixed).
+
+    Args:
+        loaded: what ``load_artifact`` returned for an ONNX artifact.
+        threads: ORT intra-op threads (None: ORT's default).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
+        self.onnx = loaded.model
+        self.info = loaded.info
+        self.session = self.onnx.session(threads)
+        cfg = self.onnx.config
+        self.max_length = int(cfg.n_positions)
+        self.vocab_size = int(cfg.vocab_size)
+        self.input_names, self.output_names = io_names(cfg.n_layer)
+        self.fallback_nodes = None  # filled by the harness when it profiles placement
+
+    def _sync(self) -> None:  # session.run returns host arrays: already synchronous
+        pass
+
+    def forward(self, input_ids, past=None):
+        """One graph run; returns (logits, presents) as numpy arrays."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        past = past if past is not None else self.onnx.empty_past(ids.shape[0])
+        feeds = {"input_ids": ids, **dict(zip(self.input_names[1:], past, strict=True))}
+        out = self.session.run(None, feeds)
+        return out[0], out[1:]
+
+    def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        lengths = [len(x) for x in batch]
+        if min(lengths) < 1 or max(lengths) > self.max_length:
+            raise ValueError(f"sequence lengths must be in [1, {self.max_length}]")
+        ids = np.zeros((len(batch), max(lengths)), dtype=np.int64)  # right padding
+        for i, x in enumerate(batch):
+            ids[i, : len(x)] = x
+        logits, _ = self.forward(ids)
+        lp = log_softmax(logits[:, :-1])
+        picked = np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
+        return [picked[i, : n - 1] for i, n in enumerate(lengths)]
+
+    def greedy_generate(self, prompt: list[int], max_new_tokens: int,
+                        stop_ids: frozenset[int] = frozenset()) -> list[int]:
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) + max_new_tokens > self.max_length:
+            raise ValueError(f"prompt ({len(prompt)}) + {max_new_tokens} new tokens exceeds "
+                             f"{self.max_length} positions")
+        logits, past = self.forward([prompt])
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(logits[0, -1].argmax())
+            new.append(token)
+            if token in stop_ids or len(new) == max_new_tokens:
+                break
+            logits, past = self.forward([[token]], past)
+        return new

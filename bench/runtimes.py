@@ -1,0 +1,16 @@
+"""Pick the runtime for a loaded artifact: torch eager or ONNX Runtime."""
+
+from __future__ import annotations
+
+from slimbench.compress.loader import LoadedModel
+from slimbench.compress.onnx_model import OnnxModel
+
+
+def make_runtime(loaded: LoadedModel, threads: int | None = None):
+    if isinstance(loaded.model, OnnxModel):
+        from slimbench.bench.ort_runtime import OrtRuntime
+
+        return OrtRuntime(loaded, threads)
+    from slimbench.bench.torch_runtime import TorchRuntime
+
+    return TorchRuntime(loaded)

@@ -1,0 +1,108 @@
+"""ONNX export of a GPT-2 causal LM as one merged graph with an explicit KV cache.
+
+Graph I/O (L layers, H heads, D head size):
+  inputs   input_ids (batch, seq) int64; past_key_i, past_value_i (batch, H, past, D) float
+  outputs  logits (batch, seq, vocab); present_key_i, present_value_i (batch, H, past+seq, D)
+Prefill passes past tensors with past = 0; decode passes the previous presents. There is no
+attention-mask input: sequences in a batch are right-padded, which a causal mask makes exact.
+
+Exporter: transformers 5 returns a ``DynamicCache`` that the exporters cannot take as an input,
+so ``_KVWrapper`` turns flat past tensors into a cache and the output cache back into tensors.
+We use the TorchScript exporter (``dynamo=False``): it keeps ``dynamic_axes`` symbolic even
+for a past length of 0, which lets one graph serve prefill and decode, whereas
+``torch.export`` specialises 0-sized dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimbench.compress.conv1d import normalize_conv1d
+from slimbench.errors import UsageError
+
+ONNX_FILE = "model.onnx"
+# Protobuf files cannot exceed 2 GB; above this size the weights go to external data.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOnnxConfig:
+    """Args:
+        opset: ONNX opset to export with.
+    """
+
+    opset: int = 18
+
+    def __post_init__(self) -> None:
+        if not 14 <= self.opset <= 21:
+            raise UsageError(f"opset must be in [14, 21], got {self.opset}")
+
+
+def io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    past = [f"past_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+    present = [f"present_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+    return ["input_ids", *past], ["logits", *present]
+
+
+class _KVWrapper(nn.Module):
+    """Tensor-only interface over an HF causal LM: (input_ids, *past) -> (logits, *present)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.n_layer = model.config.n_layer
+
+    def forward(self, input_ids, *past):
+        from transformers import DynamicCache
+
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)]
+        out = self.model(input_ids=input_ids, use_cache=True,
+                         **{_cache_kw(self.model): DynamicCache(ddp_cache_data=pairs)})
+        cache = getattr(out, _cache_kw(self.model))
+        flat = []
+        for layer in cache.layers:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def _cache_kw(model: nn.Module) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else \
+        "past_key_values"
+
+
+def export_onnx(model: nn.Module, out_dir: Path, config: ExportOnnxConfig) -> Path:
+    """Export ``model`` (float32, CPU) to ``out_dir/model.onnx``; returns the path.
+
+    Conv1D layers are normalized to Linear first, so the projections appear as MatMul nodes
+    with constant weights, the form ONNX Runtime's quantizers and fusions recognise.
+    """
+    normalize_conv1d(model)
+    cfg = model.config
+    heads, head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+    inputs, outputs = io_names(cfg.n_layer)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    past = [torch.zeros(2, heads, 4, head_dim) for _ in range(2 * cfg.n_layer)]
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    axes |= {n: {0: "batch", 2: "past"} for n in inputs[1:]}
+    axes |= {n: {0: "batch", 2: "total"} for n in outputs[1:]}
+    path = out_dir / ONNX_FILE
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_KVWrapper(model).eval(), (ids, *past), str(path), input_names=inputs,
+                          output_names=outputs, dynamic_axes=axes, opset_version=config.opset,
+                          dynamo=False, do_constant_folding=True)
+    if big:
+        import onnx
+
+        proto = onnx.load(str(path))
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=ONNX_FILE + ".data")
+    return path
