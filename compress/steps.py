@@ -11,14 +11,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from slimbench.compress.artifact import finish_manifest, staging_dir
+from slimbench.compress.artifact import MANIFEST, finish_manifest, staging_dir
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
-from slimbench.compress.onnx_export import ExportOnnxConfig, export_onnx
+from slimbench.compress.onnx_export import ONNX_FILE, ExportOnnxConfig, export_onnx
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.quant_ort import (
+    OrtDynamicInt8Config,
+    check_parent_is_onnx,
+    ort_dynamic_int8,
+    require_onnx_coverage,
+)
 from slimbench.compress.quant_torch import (
     CompressionError,
     TorchDynamicInt8Config,
@@ -130,6 +137,37 @@ def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, tmp: Path)
             "parity": checked | {"target_max_abs_logit_diff": FP32_PARITY}}
 
 
+def _copy_side_files(src: Path, dst: Path) -> None:
+    """Config and tokenizer files travel with every ONNX artifact."""
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(("model.onnx", MANIFEST)):
+            shutil.copy2(f, dst / f.name)
+
+
+def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
+                            tmp: Path) -> dict:
+    check_parent_is_onnx(parent)
+    src = parent.model.path
+    _copy_side_files(src.parent, tmp)
+    dst = tmp / ONNX_FILE
+    audit = ort_dynamic_int8(src, dst, config)
+    require_onnx_coverage(audit)
+    child = OnnxModel(dst, parent.model.config)
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    checked = parity(onnx_logits_fn(parent.model), onnx_logits_fn(child), prompts)
+    pm = parent.info.manifest or {}
+    return {"format": "onnx", "onnx_file": ONNX_FILE, "opset": pm.get("opset"),
+            "parameters": parent.info.parameters,
+            "nonzero_parameters": parent.info.nonzero_parameters,
+            "dtypes": {"weights": "int8" + (" (embeddings too)" if config.quantize_embeddings
+                                            else ""), "activations": "dynamic uint8"},
+            "graph": onnx_op_counts(dst), "quantization": audit,
+            "bytes_vs_parent": dst.stat().st_size / src.stat().st_size, "parity": checked}
+
+
+STEPS.add("ort_dynamic_int8", Step("ort_dynamic_int8", OrtDynamicInt8Config,
+                                   _apply_ort_dynamic_int8),
+          "ONNX Runtime dynamic INT8 of every weight MatMul (+ embeddings) of an ONNX artifact")
 STEPS.add("export_onnx", Step("export_onnx", ExportOnnxConfig, _apply_export_onnx),
           "ONNX export: one merged graph with explicit KV cache, dynamic batch/sequence")
 STEPS.add("torch_dynamic_int8", Step("torch_dynamic_int8", TorchDynamicInt8Config,

@@ -74,3 +74,34 @@ def test_bad_uses(exported, tmp_path):
     with pytest.raises(UsageError, match=r"opset must be in \[14, 21\]"):
         run_step("export_onnx", {"opset": 9}, "reference", tmp_path / "old")
     assert not (tmp_path / "again").exists() and not (tmp_path / "old").exists()
+
+
+def test_ort_dynamic_int8_on_reference(exported, tmp_path):
+    out = tmp_path / "int8"
+    m = run_step("ort_dynamic_int8", {}, str(exported), out)
+    q = m["quantization"]
+    assert q["block_matmuls"] == q["block_matmuls_int8"] == 16 and q["lm_head"] == "int8"
+    assert q["per_block_int8"] == {"0": 4, "1": 4, "2": 4, "3": 4}
+    assert q["float_weight_matmuls_left"] == 0
+    assert m["recipe"] == ["export_onnx", "ort_dynamic_int8"]
+    assert (out / "model.onnx").stat().st_size <= 0.30 * (exported / "model.onnx").stat().st_size
+    assert m["parity"]["top1_agreement"] >= 0.9
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=30)]
+    fp32 = load_artifact(str(exported))
+    int8 = load_artifact(str(out))
+    p32 = perplexity(make_runtime(fp32), fp32.tokenizer, texts)["perplexity"]
+    p8 = perplexity(make_runtime(int8), int8.tokenizer, texts)["perplexity"]
+    assert p8 != p32 and abs(p8 / p32 - 1) < 0.03
+
+
+def test_ort_quantization_needs_onnx_parent(tmp_path):
+    with pytest.raises(UsageError, match="needs an ONNX artifact"):
+        run_step("ort_dynamic_int8", {}, "reference", tmp_path / "x")
+
+
+def test_all_48_block_matmuls_quantized_on_gpt2_depth(tmp_path):
+    # gpt2's 12 blocks (narrowed to keep the test fast): 48 block weight MatMuls
+    run_step("export_onnx", {}, "shape:gpt2:n_embd=64,n_head=4", tmp_path / "fp32")
+    m = run_step("ort_dynamic_int8", {}, str(tmp_path / "fp32"), tmp_path / "int8")
+    assert m["quantization"]["block_matmuls"] == m["quantization"]["block_matmuls_int8"] == 48
+    assert m["random_weights"] is True
