@@ -87,7 +87,8 @@ def cmd_ls(args) -> None:
             .format(**s)) for n, s in SHAPES.items()],
         "recipes": [(n, STEPS.describe(n)) for n in STEPS.names()],
         "tasks": [(n, TASKS.describe(n)) for n in TASKS.names()],
-        "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)")],
+        "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)"),
+                     ("onnxruntime", "ONNX Runtime for ONNX artifacts (CPU EP; CUDA EP on cuda)")],
     }
     for what in [args.what] if args.what else LS_WHAT:
         print(f"{what}:")
