@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -29,6 +30,93 @@ class OrtDynamicInt8Config:
     quantize_embeddings: bool = True
 
 
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclasses.dataclass(frozen=True)
+class OrtStaticInt8Config:
+    """Args:
+        method: calibration method: ``minmax``, ``entropy`` or ``percentile``.
+        samples: calibration sequences, drawn from the *training* split of the corpus.
+        seq_len: tokens per calibration sequence.
+        per_channel: one weight scale per output channel.
+    """
+
+    method: str = "minmax"
+    samples: int = 32
+    seq_len: int = 128
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise UsageError(f"calibration method must be one of {CALIBRATION_METHODS}, "
+                             f"got {self.method!r}")
+        if self.samples < 1 or self.seq_len < 2:
+            raise UsageError(f"samples must be >= 1 and seq_len >= 2, got {self.samples}, "
+                             f"{self.seq_len}")
+
+
+def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) -> list:
+    """``samples`` token sequences of ``seq_len`` from the corpus train split (held out from
+    every evaluation set), or seeded random ids for models without a tokenizer."""
+    import numpy as np
+
+    if tokenizer is None:
+        rng = np.random.default_rng(0)
+        return [rng.integers(0, vocab_size, size=(1, seq_len)) for _ in range(samples)]
+    from slimbench.tasks.corpus import load_corpus
+
+    out = []
+    for row in load_corpus("train"):
+        ids = tokenizer(row["text"][:20_000])["input_ids"]
+        for start in range(0, len(ids) - seq_len, seq_len * 8):
+            out.append(np.array([ids[start: start + seq_len]], dtype=np.int64))
+            if len(out) == samples:
+                return out
+    return out
+
+
+def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_model,
+                    tokenizer) -> dict:
+    """QDQ static INT8 of the weight MatMuls with activation ranges from calibration data."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    batches = calibration_batches(tokenizer, onnx_model.config.vocab_size, config.samples,
+                                  config.seq_len)
+    from slimbench.compress.onnx_export import io_names
+
+    names = io_names(onnx_model.config.n_layer)[0]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self):
+            ids = next(self.it, None)
+            if ids is None:
+                return None
+            return {"input_ids": ids, **dict(zip(names[1:], onnx_model.empty_past(1),
+                                                 strict=True))}
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.method]
+    with _quiet_root_logger():
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method,
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True})
+    return audit_onnx_quantization(src, dst) | {"calibration": {
+        "method": config.method, "samples": len(batches), "seq_len": config.seq_len,
+        "source": "corpus train split"}}
+
+
 def weight_matmuls(path: Path) -> dict[str, int]:
     """MatMul nodes with a constant weight operand, per block (``lm_head`` and ``other`` too)."""
     import onnx
@@ -43,12 +131,18 @@ def weight_matmuls(path: Path) -> dict[str, int]:
 
 
 def quantized_matmuls(path: Path) -> dict[str, int]:
+    """Integer MatMul nodes, and (QDQ graphs) MatMuls whose weight comes from a
+    DequantizeLinear of an int8 initializer."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    dq_weights = {n.output[0] for n in graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     counts: dict[str, int] = {}
     for node in graph.node:
-        if node.op_type in QUANTIZED_MATMULS:
+        qdq = node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in dq_weights
+        if node.op_type in QUANTIZED_MATMULS or qdq:
             counts[_where(node.name)] = counts.get(_where(node.name), 0) + 1
     return counts
 
@@ -63,15 +157,22 @@ def _where(node_name: str) -> str:
 def ort_dynamic_int8(src: Path, dst: Path, config: OrtDynamicInt8Config) -> dict:
     """Quantize ``src`` into ``dst``; returns the audit (float vs int8 weight MatMuls)."""
     ops = ["MatMul"] + (["Gather"] if config.quantize_embeddings else [])
+    with _quiet_root_logger():
+        _quantize(src, dst, ops, config)
+    return audit_onnx_quantization(src, dst)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizers give advice through the root logger; keep it for -v."""
     root = logging.getLogger()
     level = root.level
-    if not log.isEnabledFor(logging.INFO):  # ORT's quantizer advises via the root logger
+    if not log.isEnabledFor(logging.INFO):
         root.setLevel(logging.ERROR)
     try:
-        _quantize(src, dst, ops, config)
+        yield
     finally:
         root.setLevel(level)
-    return audit_onnx_quantization(src, dst)
 
 
 def _quantize(src: Path, dst: Path, ops: list[str], config: OrtDynamicInt8Config) -> None:

@@ -22,8 +22,10 @@ from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_cou
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.quant_ort import (
     OrtDynamicInt8Config,
+    OrtStaticInt8Config,
     check_parent_is_onnx,
     ort_dynamic_int8,
+    ort_static_int8,
     require_onnx_coverage,
 )
 from slimbench.compress.quant_torch import (
@@ -152,19 +154,39 @@ def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
     dst = tmp / ONNX_FILE
     audit = ort_dynamic_int8(src, dst, config)
     require_onnx_coverage(audit)
+    weights = "int8" + (" (embeddings too)" if config.quantize_embeddings else "")
+    return _ort_quant_fields(parent, dst, audit, weights, "dynamic uint8")
+
+
+def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,
+                           tmp: Path) -> dict:
+    check_parent_is_onnx(parent)
+    src = parent.model.path
+    _copy_side_files(src.parent, tmp)
+    dst = tmp / ONNX_FILE
+    audit = ort_static_int8(src, dst, config, parent.model, parent.tokenizer)
+    require_onnx_coverage(audit)
+    return _ort_quant_fields(parent, dst, audit, "int8 (QDQ)", "static int8 (calibrated)")
+
+
+def _ort_quant_fields(parent: LoadedModel, dst: Path, audit: dict, weights: str,
+                      activations: str) -> dict:
+    src = parent.model.path
     child = OnnxModel(dst, parent.model.config)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
-    checked = parity(onnx_logits_fn(parent.model), onnx_logits_fn(child), prompts)
     pm = parent.info.manifest or {}
     return {"format": "onnx", "onnx_file": ONNX_FILE, "opset": pm.get("opset"),
             "parameters": parent.info.parameters,
             "nonzero_parameters": parent.info.nonzero_parameters,
-            "dtypes": {"weights": "int8" + (" (embeddings too)" if config.quantize_embeddings
-                                            else ""), "activations": "dynamic uint8"},
+            "dtypes": {"weights": weights, "activations": activations},
             "graph": onnx_op_counts(dst), "quantization": audit,
-            "bytes_vs_parent": dst.stat().st_size / src.stat().st_size, "parity": checked}
+            "bytes_vs_parent": dst.stat().st_size / src.stat().st_size,
+            "parity": parity(onnx_logits_fn(parent.model), onnx_logits_fn(child), prompts)}
 
 
+STEPS.add("ort_static_int8", Step("ort_static_int8", OrtStaticInt8Config,
+                                  _apply_ort_static_int8),
+          "ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the train corpus")
 STEPS.add("ort_dynamic_int8", Step("ort_dynamic_int8", OrtDynamicInt8Config,
                                    _apply_ort_dynamic_int8),
           "ONNX Runtime dynamic INT8 of every weight MatMul (+ embeddings) of an ONNX artifact")

@@ -105,3 +105,23 @@ def test_all_48_block_matmuls_quantized_on_gpt2_depth(tmp_path):
     m = run_step("ort_dynamic_int8", {}, str(tmp_path / "fp32"), tmp_path / "int8")
     assert m["quantization"]["block_matmuls"] == m["quantization"]["block_matmuls_int8"] == 48
     assert m["random_weights"] is True
+
+
+def test_ort_static_int8_qdq(exported, tmp_path):
+    m = run_step("ort_static_int8", {"samples": 8}, str(exported), tmp_path / "minmax")
+    q = m["quantization"]
+    assert q["block_matmuls"] == q["block_matmuls_int8"] == 16
+    assert q["calibration"] == {"method": "minmax", "samples": 8, "seq_len": 128,
+                                "source": "corpus train split"}
+    assert m["graph"]["QuantizeLinear"] > 0 and m["graph"]["DequantizeLinear"] > 0
+    pct = run_step("ort_static_int8", {"samples": 8, "method": "percentile"}, str(exported),
+                   tmp_path / "pct")
+    assert pct["files"]["model.onnx"]["sha256"] != m["files"]["model.onnx"]["sha256"]
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=30)]
+    fp32 = load_artifact(str(exported))
+    int8 = load_artifact(str(tmp_path / "minmax"))
+    p32 = perplexity(make_runtime(fp32), fp32.tokenizer, texts)["perplexity"]
+    p8 = perplexity(make_runtime(int8), int8.tokenizer, texts)["perplexity"]
+    assert p8 != p32 and abs(p8 / p32 - 1) < 0.05
+    with pytest.raises(UsageError, match="calibration method must be one of"):
+        run_step("ort_static_int8", {"method": "kl"}, str(exported), tmp_path / "bad")
