@@ -265,7 +265,12 @@ def _check_loading_info(info: dict, spec: str, config) -> None:
             f"(e.g. {', '.join(map(str, what))}); refusing to fill them with random values")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def _tokenizer(where: str | Path, opts: LoadOptions):
+    if isinstance(where, Path) and not any((where / f).exists() for f in TOKENIZER_FILES):
+        return None  # transformers 5 would build an empty tokenizer from config.json alone
     try:
         return AutoTokenizer.from_pretrained(where, revision=opts.revision,
                                              trust_remote_code=opts.trust_remote_code)

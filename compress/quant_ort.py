@@ -73,12 +73,15 @@ def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) 
             out.append(np.array([ids[start: start + seq_len]], dtype=np.int64))
             if len(out) == samples:
                 return out
+    if not out:
+        raise UsageError(f"no calibration sequence of {seq_len} tokens in the corpus")
     return out
 
 
 def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_model,
                     tokenizer) -> dict:
     """QDQ static INT8 of the weight MatMuls with activation ranges from calibration data."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -111,7 +114,8 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
                         op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method,
-                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True})
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True,
+                                       "DefaultTensorType": onnx.TensorProto.FLOAT})
     return audit_onnx_quantization(src, dst) | {"calibration": {
         "method": config.method, "samples": len(batches), "seq_len": config.seq_len,
         "source": "corpus train split"}}
@@ -176,12 +180,16 @@ def _quiet_root_logger():
 
 
 def _quantize(src: Path, dst: Path, ops: list[str], config: OrtDynamicInt8Config) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                      per_channel=config.per_channel, reduce_range=config.reduce_range,
                      op_types_to_quantize=ops,
-                     extra_options={"MatMulConstBOnly": True})  # weights only, not QK/AV
+                     extra_options={"MatMulConstBOnly": True,  # weights only, not QK/AV
+                                    # ORT contrib ops (after ort_optimize) defeat ONNX shape
+                                    # inference; their outputs are float
+                                    "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def audit_onnx_quantization(parent: Path, child: Path) -> dict:

@@ -19,6 +19,7 @@ from slimbench.compress.artifact import MANIFEST, finish_manifest, staging_dir
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
 from slimbench.compress.onnx_export import ONNX_FILE, ExportOnnxConfig, export_onnx
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
+from slimbench.compress.ort_optimize import OrtOptimizeConfig, ort_optimize
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.quant_ort import (
     OrtDynamicInt8Config,
@@ -184,6 +185,21 @@ def _ort_quant_fields(parent: LoadedModel, dst: Path, audit: dict, weights: str,
             "parity": parity(onnx_logits_fn(parent.model), onnx_logits_fn(child), prompts)}
 
 
+def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, tmp: Path) -> dict:
+    check_parent_is_onnx(parent)
+    src, cfg = parent.model.path, parent.model.config
+    _copy_side_files(src.parent, tmp)
+    dst = tmp / ONNX_FILE
+    fusions = ort_optimize(src, dst, config, cfg.n_head, cfg.n_embd)
+    fields = _ort_quant_fields(parent, dst, {}, "float32", "float32")
+    fields.pop("quantization")
+    if fields["parity"]["max_abs_logit_diff"] > FP32_PARITY:
+        raise CompressionError(f"optimized graph drifted from its parent: {fields['parity']}")
+    return fields | {"fusions": fusions}
+
+
+STEPS.add("ort_optimize", Step("ort_optimize", OrtOptimizeConfig, _apply_ort_optimize),
+          "ONNX Runtime transformer optimizer (GPT-2 fusions) on an ONNX artifact")
 STEPS.add("ort_static_int8", Step("ort_static_int8", OrtStaticInt8Config,
                                   _apply_ort_static_int8),
           "ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the train corpus")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU check (run on a lent CUDA machine from the repo root): the CUDA-marked tests
-# and the demo on cuda. Writes logs under $OUT (or ./gpu-check). Needs torch with CUDA,
-# transformers, tokenizers, safetensors, sacrebleu, rouge-score and pytest in `python3`.
+# One prepared GPU check (run on a lent CUDA machine from the repo root): the whole test suite
+# (CUDA-marked tests included) and the demo on cuda. Writes logs under $OUT (or ./gpu-check).
+# Needs torch with CUDA, transformers, onnx, onnxruntime, sacrebleu, rouge-score and pytest.
 set -uo pipefail
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -14,8 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 export PYTHONUNBUFFERED=1
-python3 -m pytest -q -rs tests/test_cuda.py tests/test_perplexity.py tests/test_generation.py \
-  tests/test_loader.py 2>&1 | tee "$OUT/cuda_tests.log"
+python3 -m pytest -q -rs tests 2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
 slimbench demo --device cuda --limit 50 --out "$OUT" 2>&1 | tee "$OUT/demo.log"
 demo_rc=${PIPESTATUS[0]}

@@ -128,3 +128,9 @@ def test_unknown_hub_id_offline():
     with pytest.raises(ModelLoadError, match=r"no local directory 'nobody/nothing', and loading "
                                              r"it as a Hugging Face hub id failed"):
         load_artifact("nobody/nothing")
+
+
+def test_dir_without_tokenizer_files_has_no_tokenizer(tmp_path, tiny_model):
+    d = tmp_path / "no-tok"
+    tiny_model.save_pretrained(d)
+    assert load_artifact(str(d)).tokenizer is None

@@ -58,9 +58,9 @@ def test_dynamic_batch_sequence_and_past(exported, reference):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 4096, size=(3, 10))
     logits, present = rt.forward(ids)
-    assert logits.shape == (3, 10, 4096) and present[0].shape == (3, 6, 10, 32)
+    assert logits.shape == (3, 10, 4096) and present[0].shape() == [3, 6, 10, 32]
     step_logits, present2 = rt.forward(ids[:, :1], present)
-    assert present2[0].shape == (3, 6, 11, 32)
+    assert present2[0].shape() == [3, 6, 11, 32]
     full, _ = rt.forward(np.concatenate([ids, ids[:, :1]], axis=1))
     assert np.abs(step_logits[:, 0] - full[:, -1]).max() < 1e-4
     assert len(present) == 2 * 4 and io_names(4)[1][1] == "present_key_0"
@@ -125,3 +125,15 @@ def test_ort_static_int8_qdq(exported, tmp_path):
     assert p8 != p32 and abs(p8 / p32 - 1) < 0.05
     with pytest.raises(UsageError, match="calibration method must be one of"):
         run_step("ort_static_int8", {"method": "kl"}, str(exported), tmp_path / "bad")
+
+
+def test_ort_optimize_records_fusions_and_chains(exported, tmp_path):
+    m = run_step("ort_optimize", {}, str(exported), tmp_path / "opt")
+    assert m["fusions"]["applied"].get("SkipLayerNormalization", 0) > 0
+    assert "Attention" in m["fusions"]["applied"] or "Attention" in m["fusions"]["not_applied"]
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-4 and m["recipe"] == ["export_onnx",
+                                                                       "ort_optimize"]
+    q = run_step("ort_dynamic_int8", {}, str(tmp_path / "opt"), tmp_path / "opt-int8")
+    assert q["quantization"]["block_matmuls_int8"] == 16
+    assert q["recipe"] == ["export_onnx", "ort_optimize", "ort_dynamic_int8"]
+    assert q["parent"]["spec"] == str(tmp_path / "opt")
