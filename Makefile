@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/slimbench demo
 
+# ruff first, so that pytest's summary is the last line of the output
 test: $(STAMP)
-	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
