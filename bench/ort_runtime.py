@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimbench.bench.runtime_base import RuntimeBase
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_export import io_names
 
@@ -14,7 +15,7 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-class OrtRuntime:
+class OrtRuntime(RuntimeBase):
     """Runs an ONNX artifact in an ORT session (one per runtime, threads fixed).
 
     Args:
@@ -64,30 +65,8 @@ class OrtRuntime:
         return outs[0].numpy(), outs[1:]
 
     def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        lengths = [len(x) for x in batch]
-        if min(lengths) < 1 or max(lengths) > self.max_length:
-            raise ValueError(f"sequence lengths must be in [1, {self.max_length}]")
-        ids = np.zeros((len(batch), max(lengths)), dtype=np.int64)  # right padding
-        for i, x in enumerate(batch):
-            ids[i, : len(x)] = x
+        ids, lengths = self._padded(batch)
         logits, _ = self.forward(ids)
         lp = log_softmax(logits[:, :-1])
         picked = np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
         return [picked[i, : n - 1] for i, n in enumerate(lengths)]
-
-    def greedy_generate(self, prompt: list[int], max_new_tokens: int,
-                        stop_ids: frozenset[int] = frozenset()) -> list[int]:
-        if not prompt:
-            raise ValueError("empty prompt")
-        if len(prompt) + max_new_tokens > self.max_length:
-            raise ValueError(f"prompt ({len(prompt)}) + {max_new_tokens} new tokens exceeds "
-                             f"{self.max_length} positions")
-        logits, past = self.forward([prompt])
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(logits[0, -1].argmax())
-            new.append(token)
-            if token in stop_ids or len(new) == max_new_tokens:
-                break
-            logits, past = self.forward([[token]], past)
-        return new

@@ -149,25 +149,28 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
                             tmp: Path) -> dict:
-    check_parent_is_onnx(parent)
-    src = parent.model.path
-    _copy_side_files(src.parent, tmp)
-    dst = tmp / ONNX_FILE
-    audit = ort_dynamic_int8(src, dst, config)
-    require_onnx_coverage(audit)
     weights = "int8" + (" (embeddings too)" if config.quantize_embeddings else "")
-    return _ort_quant_fields(parent, dst, audit, weights, "dynamic uint8")
+    return _ort_quant_step(parent, tmp, lambda src, dst: ort_dynamic_int8(src, dst, config),
+                           weights, "dynamic uint8")
 
 
 def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,
                            tmp: Path) -> dict:
+    def quantize(src: Path, dst: Path) -> dict:
+        return ort_static_int8(src, dst, config, parent.model, parent.tokenizer)
+
+    return _ort_quant_step(parent, tmp, quantize, "int8 (QDQ)", "static int8 (calibrated)")
+
+
+def _ort_quant_step(parent: LoadedModel, tmp: Path, quantize, weights: str,
+                    activations: str) -> dict:
     check_parent_is_onnx(parent)
     src = parent.model.path
     _copy_side_files(src.parent, tmp)
     dst = tmp / ONNX_FILE
-    audit = ort_static_int8(src, dst, config, parent.model, parent.tokenizer)
+    audit = quantize(src, dst)
     require_onnx_coverage(audit)
-    return _ort_quant_fields(parent, dst, audit, "int8 (QDQ)", "static int8 (calibrated)")
+    return _ort_quant_fields(parent, dst, audit, weights, activations)
 
 
 def _ort_quant_fields(parent: LoadedModel, dst: Path, audit: dict, weights: str,
