@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the checkpoint")
         sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-        sp.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+        sp.add_argument("--dtype", help="float32, float16 or bfloat16 (default: as stored)")
 
     ins = sub.add_parser("inspect", help="load a model and print what was loaded (JSON)")
     model_args(ins)

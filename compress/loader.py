@@ -39,7 +39,8 @@ class LoadOptions:
     """How to load a spec.
 
     Args:
-        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        dtype: ``float32``, ``float16`` or ``bfloat16``; None loads as stored (an artifact's
+            ``load_dtype``, else float32).
         device: ``cpu`` or ``cuda`` (``cuda:N`` too).
         allow_pickle: load ``pytorch_model.bin``-style weights when no safetensors exist.
         trust_remote_code: run model code shipped with a checkpoint (off by default).
@@ -47,7 +48,7 @@ class LoadOptions:
         seed: seed for shape models' random weights.
     """
 
-    dtype: str = "float32"
+    dtype: str | None = None
     device: str = "cpu"
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -55,7 +56,7 @@ class LoadOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise UsageError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
@@ -123,9 +124,10 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
             raise ModelLoadError(f"model path {spec!r} does not exist")
         else:
             loaded = _load_hub(spec, opts)
+    dtype = opts.dtype or (loaded.info.manifest or {}).get("load_dtype") or "float32"
     if isinstance(loaded.model, torch.nn.Module):
-        loaded.model.to(device=opts.device, dtype=DTYPES[opts.dtype])
-    loaded.info.dtype, loaded.info.device = opts.dtype, opts.device
+        loaded.model.to(device=opts.device, dtype=DTYPES[dtype])
+    loaded.info.dtype, loaded.info.device = dtype, opts.device
     return loaded
 
 
@@ -140,7 +142,7 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
     info.recipe, info.manifest = list(manifest["recipe"]), manifest
     info.random_weights = bool(manifest.get("random_weights", False))
     transform = manifest.get("load_transform")
-    if transform and (opts.device != "cpu" or opts.dtype != "float32"):
+    if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
         raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
     if transform:
         from slimbench.compress.steps import STEPS, make_config
@@ -154,7 +156,7 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
 def _load_onnx(path: Path, spec: str, manifest: dict, opts: LoadOptions) -> LoadedModel:
     from slimbench.compress.onnx_model import OnnxModel
 
-    if opts.dtype != "float32":
+    if opts.dtype not in (None, "float32"):
         raise UsageError(f"{spec!r} is an ONNX artifact; its dtype is fixed at export "
                          f"(got --dtype {opts.dtype})")
     config = AutoConfig.from_pretrained(path)
@@ -165,7 +167,7 @@ def _load_onnx(path: Path, spec: str, manifest: dict, opts: LoadOptions) -> Load
         spec=spec, kind="artifact", path=str(path.resolve()),
         random_weights=bool(manifest.get("random_weights")), model_type=config.model_type,
         parameters=manifest["parameters"], nonzero_parameters=manifest["nonzero_parameters"],
-        bytes_on_disk=sum(f.stat().st_size for f in onnx_files), dtype=opts.dtype,
+        bytes_on_disk=sum(f.stat().st_size for f in onnx_files), dtype="float32",
         device=opts.device, weights_sha256=digest, recipe=list(manifest["recipe"]),
         manifest=manifest)
     return LoadedModel(model, _tokenizer(path, opts), info)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slimbench.compress.artifact import MANIFEST, finish_manifest, staging_dir
-from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.casts import OrtFp16Config, TorchCastConfig, ort_fp16
+from slimbench.compress.loader import DTYPES, LoadedModel, count_parameters, load_artifact
 from slimbench.compress.onnx_export import ONNX_FILE, ExportOnnxConfig, export_onnx
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
 from slimbench.compress.ort_optimize import OrtOptimizeConfig, ort_optimize
@@ -201,6 +202,32 @@ def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, tmp: Pat
     return fields | {"fusions": fusions}
 
 
+def _apply_torch_cast(parent: LoadedModel, config: TorchCastConfig, tmp: Path) -> dict:
+    if isinstance(parent.model, OnnxModel):
+        raise UsageError("torch_cast needs a torch model; use ort_fp16 for ONNX artifacts")
+    params, nonzero = count_parameters(parent.model)
+    half = copy.deepcopy(parent.model).to(DTYPES[config.dtype])
+    _save_parent(LoadedModel(half, parent.tokenizer, parent.info), tmp)
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    return {"format": "hf", "load_dtype": config.dtype, "parameters": params,
+            "nonzero_parameters": nonzero, "dtypes": {"weights": config.dtype},
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(half), prompts)}
+
+
+def _apply_ort_fp16(parent: LoadedModel, config: OrtFp16Config, tmp: Path) -> dict:
+    check_parent_is_onnx(parent)
+    src = parent.model.path
+    _copy_side_files(src.parent, tmp)
+    ort_fp16(src, tmp / ONNX_FILE, config)
+    fields = _ort_quant_fields(parent, tmp / ONNX_FILE, {}, "float16", "float16")
+    fields.pop("quantization")
+    return fields
+
+
+STEPS.add("torch_cast", Step("torch_cast", TorchCastConfig, _apply_torch_cast),
+          "store torch weights as bfloat16 (CPU) or float16 (CUDA)")
+STEPS.add("ort_fp16", Step("ort_fp16", OrtFp16Config, _apply_ort_fp16),
+          "convert an ONNX artifact to float16 (float32 inputs/outputs kept)")
 STEPS.add("ort_optimize", Step("ort_optimize", OrtOptimizeConfig, _apply_ort_optimize),
           "ONNX Runtime transformer optimizer (GPT-2 fusions) on an ONNX artifact")
 STEPS.add("ort_static_int8", Step("ort_static_int8", OrtStaticInt8Config,

@@ -21,7 +21,7 @@ def test_ls_lists_what_exists(capsys):
     for name in ("reference", "shape:gpt2", "shape:gpt2-medium", "shape:distilgpt2",
                  "perplexity", "method_name", "docstring_summary", "docstring_body", "torch",
                  "torch_dynamic_int8", "export_onnx", "ort_dynamic_int8", "ort_static_int8",
-                 "ort_optimize", "onnxruntime"):
+                 "ort_optimize", "torch_cast", "ort_fp16", "onnxruntime"):
         assert f"  {name} " in out
     rc, out, _ = run(capsys, "ls", "tasks")
     assert rc == 0 and out.startswith("tasks:") and "shape:gpt2" not in out

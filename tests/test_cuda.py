@@ -39,3 +39,15 @@ def test_cuda_latency_scenarios_synchronise():
     pre = prefill_latency(rt, seq_len=128, min_seconds=0.2)
     dec = decode_latency(rt, context=128, new_tokens=16, repeats=3)
     assert pre["ms"]["median"] > 0 and dec["ms_per_token"]["median"] > 0
+
+
+def test_cuda_fp16_artifact(tmp_path):
+    from slimbench.compress.steps import run_step
+
+    run_step("torch_cast", {"dtype": "float16"}, "reference", tmp_path / "fp16")
+    fp32, _ = _ppl("cuda")
+    loaded = load_artifact(str(tmp_path / "fp16"), LoadOptions(device="cuda"))
+    assert loaded.info.dtype == "float16"
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=20)]
+    fp16 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"]
+    assert fp16 == pytest.approx(fp32, rel=0.02)

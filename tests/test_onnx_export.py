@@ -137,3 +137,10 @@ def test_ort_optimize_records_fusions_and_chains(exported, tmp_path):
     assert q["quantization"]["block_matmuls_int8"] == 16
     assert q["recipe"] == ["export_onnx", "ort_optimize", "ort_dynamic_int8"]
     assert q["parent"]["spec"] == str(tmp_path / "opt")
+
+
+def test_ort_fp16_halves_bytes(exported, tmp_path):
+    m = run_step("ort_fp16", {}, str(exported), tmp_path / "fp16")
+    assert m["files"]["model.onnx"]["bytes"] < 0.55 * (exported / "model.onnx").stat().st_size
+    assert m["dtypes"]["weights"] == "float16"
+    assert m["parity"]["top1_agreement"] >= 0.99 and m["parity"]["max_abs_logit_diff"] < 0.05

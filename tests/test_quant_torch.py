@@ -126,3 +126,20 @@ def test_bad_step_parameters_fail_before_work(tmp_path):
     with pytest.raises(UsageError, match="unknown recipe step 'torch_int8'"):
         run_step("torch_int8", {}, "reference", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_torch_bf16_cast_halves_bytes_and_keeps_quality(tmp_path, reference):
+    out = tmp_path / "bf16"
+    m = run_step("torch_cast", {"dtype": "bfloat16"}, "reference", out)
+    assert m["load_dtype"] == "bfloat16" and m["parity"]["top1_agreement"] >= 0.95
+    weights = m["files"]["model.safetensors"]["bytes"]
+    assert weights < 0.55 * reference.info.bytes_on_disk
+    loaded = load_artifact(str(out))  # loads as stored
+    assert loaded.info.dtype == "bfloat16"
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=10)]
+    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts)["perplexity"]
+    bf16 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"]
+    assert abs(bf16 / fp32 - 1) < 0.01
+    with pytest.raises(UsageError, match="dtype must be one of"):
+        run_step("torch_cast", {"dtype": "int4"}, "reference", tmp_path / "bad")
