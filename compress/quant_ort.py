@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 from slimbench.errors import UsageError
@@ -31,6 +32,7 @@ class OrtDynamicInt8Config:
 
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ENTROPY_QUANTIZED_BINS = 128  # int8: the KL search folds the histogram into 128 bins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +42,18 @@ class OrtStaticInt8Config:
         samples: calibration sequences, drawn from the *training* split of the corpus.
         seq_len: tokens per calibration sequence.
         per_channel: one weight scale per output channel.
+        num_bins: histogram bins collected for ``entropy`` and ``percentile``. For entropy
+            this must exceed the 128 quantized bins, otherwise the KL search has nothing to
+            choose from and the ranges equal MinMax (ORT's default of 128 does exactly that).
+        percentile: the covered share of the activation histogram for ``percentile``.
     """
 
     method: str = "minmax"
     samples: int = 32
     seq_len: int = 128
     per_channel: bool = False
+    num_bins: int = 2048
+    percentile: float = 99.999
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -54,6 +62,10 @@ class OrtStaticInt8Config:
         if self.samples < 1 or self.seq_len < 2:
             raise UsageError(f"samples must be >= 1 and seq_len >= 2, got {self.samples}, "
                              f"{self.seq_len}")
+        if self.num_bins <= ENTROPY_QUANTIZED_BINS:
+            raise UsageError(f"num_bins must exceed {ENTROPY_QUANTIZED_BINS}, got {self.num_bins}")
+        if not 50 < self.percentile <= 100:
+            raise UsageError(f"percentile must be in (50, 100], got {self.percentile}")
 
 
 def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) -> list:
@@ -109,16 +121,42 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
-    with _quiet_root_logger():
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="slimbench-calib-") as tmp:
+        cache = _calibrate(src, Reader(), method, config, Path(tmp))
+        quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=method,
+                        calibrate_method=method, calibration_cache_path=str(cache),
                         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True,
                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
     return audit_onnx_quantization(src, dst) | {"calibration": {
         "method": config.method, "samples": len(batches), "seq_len": config.seq_len,
-        "source": "corpus train split"}}
+        "num_bins": config.num_bins if config.method != "minmax" else None,
+        "percentile": config.percentile if config.method == "percentile" else None,
+        "source": "corpus train split" if tokenizer is not None else "seeded random ids"}}
+
+
+def _calibrate(src: Path, reader, method, config: OrtStaticInt8Config, tmp: Path) -> Path:
+    """Collect activation ranges with ORT's calibrator and save them as a calibration cache.
+
+    ``quantize_static`` builds its calibrator with fixed histogram options (128 bins for
+    entropy, which degenerates to MinMax); creating it here lets the config choose them.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    options = {"symmetric": True}  # matches ActivationSymmetric in the quantizer
+    if config.method in ("entropy", "percentile"):
+        options["num_bins"] = config.num_bins
+    if config.method == "entropy":
+        options["num_quantized_bins"] = ENTROPY_QUANTIZED_BINS
+    if config.method == "percentile":
+        options["percentile"] = config.percentile
+    calibrator = create_calibrator(src, ["MatMul"], augmented_model_path=str(tmp / "aug.onnx"),
+                                   calibrate_method=method, extra_options=options)
+    calibrator.collect_data(reader)
+    cache = tmp / "ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def weight_matmuls(path: Path) -> dict[str, int]:

@@ -58,12 +58,19 @@ def test_dynamic_batch_sequence_and_past(exported, reference):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 4096, size=(3, 10))
     logits, present = rt.forward(ids)
-    assert logits.shape == (3, 10, 4096) and present[0].shape() == [3, 6, 10, 32]
+    assert logits.shape == (3, 10, 4096) and (present.length, present.batch) == (10, 3)
     step_logits, present2 = rt.forward(ids[:, :1], present)
-    assert present2[0].shape() == [3, 6, 11, 32]
-    full, _ = rt.forward(np.concatenate([ids, ids[:, :1]], axis=1))
-    assert np.abs(step_logits[:, 0] - full[:, -1]).max() < 1e-4
-    assert len(present) == 2 * 4 and io_names(4)[1][1] == "present_key_0"
+    assert present2.length == 11 and present2.slot != present.slot
+    step2_logits, _ = rt.forward(ids[:, 1:2], present2)
+    full, _ = rt.forward(np.concatenate([ids, ids[:, :2]], axis=1), keep_cache=False)
+    assert np.abs(step_logits[:, 0] - full[:, -2]).max() < 1e-4
+    assert np.abs(step2_logits[:, 0] - full[:, -1]).max() < 1e-4
+    assert io_names(4)[1][1] == "present_key_0"
+    # the buffers of an older cache have been overwritten: continuing it must be refused
+    with pytest.raises(ValueError, match="stale or mismatched KV cache"):
+        rt.forward(ids[:, :1], present)
+    with pytest.raises(ValueError, match="exceed the model's 256"):
+        rt.forward(rng.integers(0, 4096, size=(1, 257)))
 
 
 def test_bad_uses(exported, tmp_path):
@@ -112,6 +119,7 @@ def test_ort_static_int8_qdq(exported, tmp_path):
     q = m["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 16
     assert q["calibration"] == {"method": "minmax", "samples": 8, "seq_len": 128,
+                                "num_bins": None, "percentile": None,
                                 "source": "corpus train split"}
     assert m["graph"]["QuantizeLinear"] > 0 and m["graph"]["DequantizeLinear"] > 0
     pct = run_step("ort_static_int8", {"samples": 8, "method": "percentile"}, str(exported),
@@ -125,6 +133,21 @@ def test_ort_static_int8_qdq(exported, tmp_path):
     assert p8 != p32 and abs(p8 / p32 - 1) < 0.05
     with pytest.raises(UsageError, match="calibration method must be one of"):
         run_step("ort_static_int8", {"method": "kl"}, str(exported), tmp_path / "bad")
+    with pytest.raises(UsageError, match="num_bins must exceed 128"):
+        run_step("ort_static_int8", {"method": "entropy", "num_bins": 128}, str(exported),
+                 tmp_path / "bad")
+
+
+def test_entropy_calibration_is_not_minmax(exported, tmp_path):
+    # quantize_static alone builds the entropy calibrator with 128 bins, which reproduces the
+    # MinMax ranges byte for byte; the step's own calibrator must give different ranges
+    mm = run_step("ort_static_int8", {"samples": 2, "seq_len": 32}, str(exported),
+                  tmp_path / "minmax")
+    ent = run_step("ort_static_int8", {"samples": 2, "seq_len": 32, "method": "entropy"},
+                   str(exported), tmp_path / "entropy")
+    assert ent["quantization"]["calibration"]["num_bins"] == 2048
+    assert ent["quantization"]["block_matmuls_int8"] == 16
+    assert ent["files"]["model.onnx"]["sha256"] != mm["files"]["model.onnx"]["sha256"]
 
 
 def test_ort_optimize_records_fusions_and_chains(exported, tmp_path):
