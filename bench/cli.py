@@ -47,13 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     ev.add_argument("--out", type=Path, help="write the results JSON here")
 
-    comp = sub.add_parser("compress", help="apply one recipe step to a model, writing an "
-                                           "artifact directory with its manifest")
-    comp.add_argument("model", help="model spec (as for inspect) or an artifact directory")
-    comp.add_argument("--step", required=True, help="recipe step (see `slimbench ls recipes`)")
+    comp = sub.add_parser("compress", help="apply a recipe step (or a YAML recipe of steps) "
+                                           "to a model, writing artifacts with manifests")
+    comp.add_argument("model", nargs="?",
+                      help="model spec (as for inspect) or an artifact directory; with "
+                           "--recipe, defaults to the recipe's model")
+    how = comp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--step", help="recipe step (see `slimbench ls recipes`)")
+    how.add_argument("--recipe", type=Path, help="YAML recipe: steps applied in order")
     comp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="step parameter (repeatable)")
-    comp.add_argument("--out", type=Path, required=True, help="new artifact directory")
+                      help="step parameter (repeatable; with --step)")
+    comp.add_argument("--out", type=Path, required=True,
+                      help="new artifact directory (with --recipe: a folder of them)")
 
     demo = sub.add_parser("demo", help="run the default demo on the embedded reference")
     demo.add_argument("--limit", type=int, default=100,
@@ -139,6 +144,11 @@ def cmd_compress(args) -> None:
     from slimbench.compress.shapes import parse_value
     from slimbench.compress.steps import STEPS, make_config, run_step
 
+    if args.recipe is not None:
+        _compress_recipe(args)
+        return
+    if args.model is None:
+        raise SlimbenchError("compress --step needs a model")
     params = {}
     for item in args.set:
         key, eq, raw = item.partition("=")
@@ -151,6 +161,23 @@ def cmd_compress(args) -> None:
                                              "parity")}
     print(json.dumps(summary, indent=2))
     print(f"wrote artifact {args.out}")
+
+
+def _compress_recipe(args) -> None:
+    from slimbench.compress.recipe import load_recipe, resolve, run_recipe
+
+    if args.set:
+        raise SlimbenchError("--set applies to --step; put recipe parameters in the YAML")
+    recipe = load_recipe(args.recipe)
+    model = args.model or recipe.model
+    if model is None:
+        raise SlimbenchError(f"{args.recipe} names no model; pass one on the command line")
+    resolve(recipe, model)  # every step checked before any work
+    manifests = run_recipe(recipe, model, args.out)
+    for m in manifests:
+        print(f"{'/'.join(m['recipe']):<60} {m['parameters']:>12,} params "
+              f"{m['bytes_on_disk']:>12,} bytes")
+    print(f"wrote {len(manifests)} artifacts under {args.out}")
 
 
 def cmd_demo(args) -> None:

@@ -9,6 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from slimbench.compress.calibration import calibration_batches
 from slimbench.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -66,28 +67,6 @@ class OrtStaticInt8Config:
             raise UsageError(f"num_bins must exceed {ENTROPY_QUANTIZED_BINS}, got {self.num_bins}")
         if not 50 < self.percentile <= 100:
             raise UsageError(f"percentile must be in (50, 100], got {self.percentile}")
-
-
-def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) -> list:
-    """``samples`` token sequences of ``seq_len`` from the corpus train split (held out from
-    every evaluation set), or seeded random ids for models without a tokenizer."""
-    import numpy as np
-
-    if tokenizer is None:
-        rng = np.random.default_rng(0)
-        return [rng.integers(0, vocab_size, size=(1, seq_len)) for _ in range(samples)]
-    from slimbench.tasks.corpus import load_corpus
-
-    out = []
-    for row in load_corpus("train"):
-        ids = tokenizer(row["text"][:20_000])["input_ids"]
-        for start in range(0, len(ids) - seq_len, seq_len * 8):
-            out.append(np.array([ids[start: start + seq_len]], dtype=np.int64))
-            if len(out) == samples:
-                return out
-    if not out:
-        raise UsageError(f"no calibration sequence of {seq_len} tokens in the corpus")
-    return out
 
 
 def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_model,

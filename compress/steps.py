@@ -16,12 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slimbench.compress.artifact import MANIFEST, finish_manifest, staging_dir
+from slimbench.compress.calibration import calibration_batches
 from slimbench.compress.casts import OrtFp16Config, TorchCastConfig, ort_fp16
+from slimbench.compress.distill import DistillConfig, distill, shallow_student
 from slimbench.compress.loader import DTYPES, LoadedModel, count_parameters, load_artifact
 from slimbench.compress.onnx_export import ONNX_FILE, ExportOnnxConfig, export_onnx
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
 from slimbench.compress.ort_optimize import OrtOptimizeConfig, ort_optimize
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.prune_structured import (
+    StructuredPruneConfig,
+    prune_structured,
+    to_gpt2,
+)
+from slimbench.compress.prune_unstructured import UnstructuredPruneConfig, prune_unstructured
 from slimbench.compress.quant_ort import (
     OrtDynamicInt8Config,
     OrtStaticInt8Config,
@@ -83,9 +91,19 @@ def run_step(name: str, params: dict, parent_spec: str, out: Path) -> dict:
             "step": name, "config": dataclasses.asdict(config),
             "recipe": [*parent_recipe(parent), name],
             "parent": {"spec": parent_spec, "weights_sha256": parent.info.weights_sha256,
+                       "manifest_sha256": (_manifest_sha256(parent_spec) if parent.info.manifest
+                                           else None),
                        "parameters": parent.info.parameters},
             "random_weights": parent.info.random_weights, **fields})
     return manifest
+
+
+def _manifest_sha256(spec: str) -> str | None:
+    """The parent artifact's manifest hash: links a chain of artifacts to each other."""
+    import hashlib
+
+    path = Path(spec) / MANIFEST
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def parent_recipe(parent: LoadedModel) -> list[str]:
@@ -224,6 +242,99 @@ def _apply_ort_fp16(parent: LoadedModel, config: OrtFp16Config, tmp: Path) -> di
     return fields
 
 
+def _require_torch_fp32(parent: LoadedModel, step: str) -> None:
+    if isinstance(parent.model, OnnxModel):
+        raise UsageError(f"{step} needs a torch model, not an ONNX artifact")
+    if parent.info.dtype != "float32" or (parent.info.manifest or {}).get("load_transform"):
+        raise UsageError(f"{step} needs a float32 torch model (apply it before quantizing "
+                         "or casting)")
+
+
+def _calibration(parent: LoadedModel, samples: int, seq_len: int) -> list:
+    return calibration_batches(parent.tokenizer, parent.model.config.vocab_size, samples,
+                               min(seq_len, parent.model.config.n_positions))
+
+
+def _apply_prune_unstructured(parent: LoadedModel, config: UnstructuredPruneConfig,
+                              tmp: Path) -> dict:
+    _require_torch_fp32(parent, "prune_unstructured")
+    model = copy.deepcopy(parent.model)
+    batches = (_calibration(parent, config.calib_samples, config.calib_seq_len)
+               if config.method == "wanda" else None)
+    audit = prune_unstructured(model, config, batches)
+    # exact counts per layer: k = round(s * n) zeros, so the overall share is within rounding
+    if abs(audit["realized"] - audit["requested"]) > 1e-3:
+        raise CompressionError(f"realized sparsity {audit['realized']:.4f} does not match the "
+                               f"requested {audit['requested']:.4f}")
+    _save_parent(LoadedModel(model, parent.tokenizer, parent.info), tmp)
+    params, nonzero = count_parameters(model)
+    prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
+    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
+            "dtypes": {"weights": "float32 (dense, zeros stored)"}, "sparsity": audit,
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}
+
+
+def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
+                            tmp: Path) -> dict:
+    _require_torch_fp32(parent, "prune_structured")
+    if parent.model.config.model_type != "gpt2":
+        raise UsageError("prune_structured knows GPT-2's layout; got model type "
+                         f"{parent.model.config.model_type!r}")
+    work = copy.deepcopy(parent.model)
+    batches = (_calibration(parent, config.calib_samples, config.calib_seq_len)
+               if config.importance == "taylor" else None)
+    audit = prune_structured(work, config, batches)
+    model = to_gpt2(work)
+    prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
+    rebuilt = parity(torch_logits_fn(work), torch_logits_fn(model), prompts)
+    if rebuilt["max_abs_logit_diff"] > 1e-5:
+        raise CompressionError(f"pruned model changed when rebuilt from its config: {rebuilt}")
+    _save_parent(LoadedModel(model, parent.tokenizer, parent.info), tmp)
+    reloaded = load_artifact(str(tmp))  # what a user gets back from disk, checked now
+    params, nonzero = count_parameters(reloaded.model)
+    if params != audit["parameters"][1] or reloaded.model.config.n_inner != audit["n_inner"][1]:
+        raise CompressionError("pruned checkpoint does not reload with the pruned shapes")
+    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
+            "dtypes": {"weights": "float32"}, "structure": audit,
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}
+
+
+def _apply_distill(parent: LoadedModel, config: DistillConfig, tmp: Path) -> dict:
+    _require_torch_fp32(parent, "distill")
+    student = copy.deepcopy(parent.model)
+    if config.student_layers is not None:
+        student = shallow_student(student, config.student_layers)
+    teacher, teacher_info = None, None
+    if config.alpha > 0 or config.hidden_weight > 0:
+        if config.teacher is None and config.student_layers is None:
+            raise UsageError("distill: set teacher=SPEC (the parent is the student)")
+        if config.teacher is None:
+            teacher, teacher_info = parent.model, parent.info
+        else:
+            loaded = load_artifact(config.teacher)
+            if isinstance(loaded.model, OnnxModel):
+                raise UsageError("distill: the teacher must be a torch model")
+            teacher, teacher_info = loaded.model, loaded.info
+    record = distill(student, teacher, parent.tokenizer, config, show_progress=True)
+    student.to("cpu")
+    _save_parent(LoadedModel(student, parent.tokenizer, parent.info), tmp)
+    params, nonzero = count_parameters(student)
+    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
+            "dtypes": {"weights": "float32"},
+            "teacher": None if teacher_info is None else {
+                "spec": config.teacher or "(parent)", "weights_sha256":
+                    teacher_info.weights_sha256, "parameters": teacher_info.parameters},
+            "student_layers": student.config.n_layer, "training": record}
+
+
+STEPS.add("prune_unstructured", Step("prune_unstructured", UnstructuredPruneConfig,
+                                     _apply_prune_unstructured),
+          "magnitude / Wanda / N:M unstructured pruning (zeros stored; no dense speedup)")
+STEPS.add("prune_structured", Step("prune_structured", StructuredPruneConfig,
+                                   _apply_prune_structured),
+          "remove heads, MLP channels and width with torch-pruning: a smaller GPT-2")
+STEPS.add("distill", Step("distill", DistillConfig, _apply_distill),
+          "teacher -> student distillation (KL + CE) on the corpus; or a shallower student")
 STEPS.add("torch_cast", Step("torch_cast", TorchCastConfig, _apply_torch_cast),
           "store torch weights as bfloat16 (CPU) or float16 (CUDA)")
 STEPS.add("ort_fp16", Step("ort_fp16", OrtFp16Config, _apply_ort_fp16),

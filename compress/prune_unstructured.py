@@ -1,0 +1,210 @@
+"""Unstructured pruning: magnitude (per layer or global), Wanda, and N:M masks.
+
+Masks are made permanent (pruned weights are stored as zeros), and the audit counts the zeros
+that are really there. Dense kernels do the same work on zeros, so none of this speeds up
+inference by itself; the manifest says so and reports what sparse storage would weigh.
+
+Wanda (Sun et al., 2023) scores a weight by |W_ij| * ||X_j||_2, the norm of its input feature
+over calibration tokens, and prunes within each output row. torch-pruning's unstructured
+support is magnitude-only and offers neither Wanda nor N:M, so both are written here; they are
+a few tensor operations each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from slimbench.errors import UsageError
+
+METHODS = ("magnitude", "wanda")
+SCOPES = ("layer", "global")
+_NM = re.compile(r"^(\d+):(\d+)$")
+NO_SPEEDUP = ("unstructured sparsity: the weights are stored dense with zeros; dense kernels do "
+              "the same work, so expect no latency or memory gain from this step alone")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnstructuredPruneConfig:
+    """Args:
+        method: ``magnitude`` or ``wanda`` (needs calibration activations).
+        sparsity: share of weights to zero in the pruned layers (implied by ``n_m`` if given).
+        scope: ``layer`` (each layer to ``sparsity``) or ``global`` (one magnitude threshold
+            over all pruned layers; magnitude only, Wanda always compares within a row).
+        n_m: semi-structured ``"N:M"`` masks: N of every M consecutive input weights kept.
+        include_embeddings: prune the token embedding too (tied to lm_head in GPT-2).
+        include_lm_head: prune an untied lm_head.
+        calib_samples: calibration sequences for Wanda (corpus train split).
+        calib_seq_len: tokens per calibration sequence.
+    """
+
+    method: str = "magnitude"
+    sparsity: float | None = None
+    scope: str = "layer"
+    n_m: str | None = None
+    include_embeddings: bool = False
+    include_lm_head: bool = False
+    calib_samples: int = 16
+    calib_seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"pruning method must be one of {METHODS}, got {self.method!r}")
+        if self.scope not in SCOPES:
+            raise UsageError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.n_m is not None:
+            n, m = parse_n_m(self.n_m)
+            if self.sparsity is not None and abs(self.sparsity - (1 - n / m)) > 1e-9:
+                raise UsageError(f"n_m {self.n_m} implies sparsity {1 - n / m:g}; "
+                                 f"drop sparsity={self.sparsity} or make it agree")
+            if self.scope != "layer":
+                raise UsageError("n_m masks are per row; scope must be 'layer'")
+        elif self.sparsity is None:
+            raise UsageError("give sparsity (e.g. 0.5) or n_m (e.g. '2:4')")
+        elif not 0 < self.sparsity < 1:
+            raise UsageError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        if self.method == "wanda" and self.scope == "global":
+            raise UsageError("wanda prunes within each output row; use scope 'layer'")
+        if self.calib_samples < 1 or self.calib_seq_len < 2:
+            raise UsageError("calib_samples must be >= 1 and calib_seq_len >= 2")
+
+    @property
+    def target_sparsity(self) -> float:
+        if self.n_m is not None:
+            n, m = parse_n_m(self.n_m)
+            return 1 - n / m
+        return float(self.sparsity)
+
+
+def parse_n_m(text: str) -> tuple[int, int]:
+    match = _NM.match(str(text))
+    if not match:
+        raise UsageError(f"n_m must look like '2:4', got {text!r}")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise UsageError(f"n_m {text}: need 0 < N < M")
+    return n, m
+
+
+def _rows_view(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in): Conv1D stores (in, out), so its transpose (a view)."""
+    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+
+
+def prunable_layers(model: nn.Module, config: UnstructuredPruneConfig) -> dict[str, nn.Module]:
+    """Block projections, plus the embedding / an untied lm_head when asked."""
+    layers = {name: mod for name, mod in model.named_modules()
+              if isinstance(mod, (nn.Linear, Conv1D)) and not name.endswith("lm_head")}
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    if config.include_embeddings or (config.include_lm_head and tied):
+        layers["transformer.wte"] = emb
+    if config.include_lm_head and not tied and head is not None:
+        layers["lm_head"] = head
+    return layers
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: list) -> dict:
+    """||X_j||_2 per input feature of each layer over all calibration tokens (Wanda)."""
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, mod in layers.items():
+        if isinstance(mod, nn.Embedding):
+            continue  # an embedding's "input" is a token id: score it by magnitude alone
+
+        def hook(_m, args, name=name):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (tokens, in)
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        for ids in batches:
+            model(input_ids=torch.as_tensor(ids), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.sqrt() for k, v in sums.items()}
+
+
+def _mask_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-mask with exactly the ``k`` lowest scores (of the flattened tensor) off."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    if k > 0:
+        keep[torch.argsort(scores.flatten(), stable=True)[:k]] = False
+    return keep.view_as(scores)
+
+
+def _row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Per output row (dim 0 of (out, in)), the lowest ``sparsity`` share off."""
+    k = round(sparsity * scores.shape[1])
+    order = torch.argsort(scores, dim=1, stable=True)
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep.scatter_(1, order[:, :k], False)
+    return keep
+
+
+def _n_m_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In each group of ``m`` consecutive input weights of a row, keep the ``n`` best."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise UsageError(f"n_m {n}:{m}: input width {cols} is not a multiple of {m}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.argsort(groups, dim=2, descending=True, stable=True)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(2, order[..., :n], True)
+    return keep.reshape(rows, cols)
+
+
+@torch.no_grad()
+def prune_unstructured(model: nn.Module, config: UnstructuredPruneConfig,
+                       calibration: list | None = None) -> dict:
+    """Zero weights of ``model`` in place; returns the sparsity audit."""
+    layers = prunable_layers(model, config)
+    norms = input_norms(model, layers, calibration or []) if config.method == "wanda" else {}
+    if config.method == "wanda" and not norms:
+        raise UsageError("wanda needs calibration batches")
+    scores = {}
+    for name, mod in layers.items():
+        w = _rows_view(mod).float().abs()
+        scores[name] = w * norms[name][None, :] if name in norms else w
+    if config.scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        keep_all = _mask_lowest(flat, round(config.target_sparsity * flat.numel()))
+        masks, start = {}, 0
+        for name, s in scores.items():
+            masks[name] = keep_all[start: start + s.numel()].view_as(s)
+            start += s.numel()
+    elif config.n_m is not None:
+        n, m = parse_n_m(config.n_m)
+        masks = {name: _n_m_mask(s, n, m) for name, s in scores.items()}
+    elif config.method == "wanda":
+        masks = {name: _row_mask(s, config.target_sparsity) for name, s in scores.items()}
+    else:
+        masks = {name: _mask_lowest(s, round(config.target_sparsity * s.numel()))
+                 for name, s in scores.items()}
+    for name, mod in layers.items():
+        _rows_view(mod).mul_(masks[name].to(mod.weight.dtype))  # writes through the view
+    return sparsity_audit(layers, config)
+
+
+def sparsity_audit(layers: dict[str, nn.Module], config: UnstructuredPruneConfig) -> dict:
+    """Zeros really present per layer and overall, and what CSR storage of them would weigh."""
+    per_layer, zeros, total, csr_bytes, dense_bytes = {}, 0, 0, 0, 0
+    for name, mod in layers.items():
+        w = _rows_view(mod).detach()
+        z = int((w == 0).sum())
+        per_layer[name] = round(z / w.numel(), 6)
+        zeros, total = zeros + z, total + w.numel()
+        # CSR: the nonzero values, an int32 column index each, an int32 pointer per row + 1
+        csr_bytes += (w.numel() - z) * (w.element_size() + 4) + 4 * (w.shape[0] + 1)
+        dense_bytes += w.numel() * w.element_size()
+    return {"method": config.method, "scope": config.scope, "n_m": config.n_m,
+            "requested": config.target_sparsity, "realized": zeros / total,
+            "pruned_weights": total, "zeros": zeros, "per_layer": per_layer,
+            "dense_bytes_of_pruned_layers": dense_bytes,
+            "csr_bytes_of_pruned_layers": csr_bytes, "note": NO_SPEEDUP}
