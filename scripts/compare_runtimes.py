@@ -8,7 +8,9 @@ For ONNX artifacts also the floor under the loop, measured on the same decode st
            which builds the decode bindings that later ones reuse;
   plain    a plain ``session.run`` with numpy feeds at the middle past length, the way
            simple ORT generate loops step (outputs allocated by ORT, cache copied to numpy).
-`hf generate` times ``model.generate`` of a torch spec for orientation.
+`hf generate` times ``model.generate`` of a torch spec for orientation. With --perplexity,
+each row also gets parameters (nonzero), weight bytes on disk and the perplexity task's score
+on the artifact itself.
 
     python scripts/compare_runtimes.py --threads 2 shape:gpt2 /tmp/g2/torch-int8 /tmp/g2/onnx
 """
@@ -108,12 +110,15 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--hf-generate", help="also time model.generate of this torch spec")
+    ap.add_argument("--perplexity", action="store_true",
+                    help="add parameters, bytes and perplexity (full lm_stdlib set)")
     args = ap.parse_args()
     set_threads(args.threads)
     print(f"{'artifact':<34} {'prefill ms':>10} {'decode ms/tok':>13} {'run ms':>7} "
           f"{'overhead':>8} {'cold':>8} {'plain run':>9}")
     for spec in args.specs:
-        rt = make_runtime(load_artifact(spec), threads=args.threads)
+        loaded = load_artifact(spec)
+        rt = make_runtime(loaded, threads=args.threads)
         pre = prefill_latency(rt, args.context)["ms"]["median"]
         dec = decode_latency(rt, args.context, args.new_tokens, args.repeats)
         dec_ms = dec["ms_per_token"]["median"]
@@ -122,6 +127,13 @@ def main() -> None:
             floor = ort_floor(rt, args.context, args.new_tokens, args.repeats)
             row += (f" {floor['run_ms']:>7.2f} {floor['overhead_ms']:>+8.2f} "
                     f"{floor['overhead_cold_ms']:>+8.2f} {floor['plain_ms']:>9.2f}")
+        if args.perplexity:
+            from slimbench.tasks.generation import run_task
+
+            ppl = run_task(rt, loaded.tokenizer, "perplexity")["value"]
+            info = loaded.info
+            row += (f"  params {info.parameters:,} (nonzero {info.nonzero_parameters:,}) "
+                    f"bytes {info.bytes_on_disk:,} ppl {ppl:.3f}")
         print(row, flush=True)
     if args.hf_generate:
         ms = hf_generate_ms(args.hf_generate, args.context, args.new_tokens, args.repeats)
