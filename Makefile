@@ -22,6 +22,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Timings of the key paths with pytest-benchmark (not part of `make test`). Compare against a
+# saved run: make benchmark BENCH_ARGS="--benchmark-compare --benchmark-compare-fail=median:10%"
+benchmark: $(STAMP)
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-autosave $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

@@ -1,16 +1,23 @@
-"""A minimal environment record (versions, threads, machine) saved with every result."""
+"""The environment record saved with every result: machine, threads, versions, source, seeds,
+and a measured memory bandwidth (decode is bandwidth-bound: weight bytes / bandwidth is the
+floor a decode step cannot beat)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
+import time
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "torch-pruning",
-            "sacrebleu", "rouge-score", "pandas")
+PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "onnxruntime",
+            "torch-pruning", "sacrebleu", "rouge-score", "pandas", "numpy")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+             "amx_bf16", "amx_int8")
 
 
 def set_threads(threads: int | None) -> int:
@@ -22,7 +29,82 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
-def capture() -> dict:
+def cpu_info() -> dict:
+    """CPU model and the instruction-set flags that change int8/bf16 kernel speed."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(),
+            "flags": {f: f in flags for f in CPU_FLAGS} if flags else None}
+
+
+def ram_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def git_state() -> dict:
+    """Commit and dirty flag of the slimbench checkout in use (None for an installed wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True, timeout=10).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Host memory copy bandwidth in bytes/s (best of ``repeats`` copies; read + write counted).
+
+    A short copy test rather than STREAM: it is what a decode step does to its weights
+    (stream them through the cores once), and it takes well under a second.
+    """
+    import numpy as np
+
+    src = np.ones(megabytes * (1 << 20) // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def gpu_info() -> dict | None:
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    info = {"name": props.name, "memory_bytes": props.total_memory,
+            "capability": f"{props.major}.{props.minor}", "cuda_runtime": torch.version.cuda,
+            "count": torch.cuda.device_count(), "driver": None}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # NVML absent: the driver stays unknown rather than guessed
+        pass
+    return info
+
+
+def capture(bandwidth: bool = False, seeds: dict | None = None) -> dict:
     versions = {}
     for name in PACKAGES:
         try:
@@ -32,10 +114,11 @@ def capture() -> dict:
     env = {
         "python": sys.version.split()[0], "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(), "ram_bytes": ram_bytes(),
         "torch_threads": torch.get_num_threads(), "packages": versions,
-        "cuda_available": torch.cuda.is_available(),
+        "cuda_available": torch.cuda.is_available(), "gpu": gpu_info(),
+        "git": git_state(), "seeds": seeds or {},
     }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda_runtime"] = torch.version.cuda
+    if bandwidth:
+        env["memory_bandwidth_bytes_per_s"] = memory_bandwidth()
     return env

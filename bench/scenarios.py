@@ -29,8 +29,8 @@ def decode_latency(rt, context: int, new_tokens: int = 32, repeats: int = 5,
                    warmup: int = 1) -> dict:
     """Milliseconds per generated token with a KV cache after a ``context``-token prompt.
 
-    Each repeat prefills (untimed), then times ``new_tokens`` single-token steps; the sample
-    is their mean, so the figure excludes time to first token.
+    Each repeat prefills (untimed), then times ``new_tokens`` single-token steps one by one,
+    so the figure excludes time to first token and its percentiles are per-token.
     """
     if context + new_tokens > rt.max_length:
         raise ValueError(f"context {context} + {new_tokens} tokens exceeds {rt.max_length}")
@@ -39,12 +39,52 @@ def decode_latency(rt, context: int, new_tokens: int = 32, repeats: int = 5,
     for i in range(warmup + repeats):
         logits, past = rt.forward(prompt)
         rt._sync()
-        t0 = time.perf_counter()
         for _ in range(new_tokens):
-            token = logits[:, -1:].argmax(-1)
-            logits, past = rt.forward(token, past)
-        rt._sync()
-        if i >= warmup:
-            samples.append((time.perf_counter() - t0) / new_tokens)
+            t0 = time.perf_counter()
+            logits, past = rt.forward(logits[:, -1:].argmax(-1), past)
+            rt._sync()
+            if i >= warmup:
+                samples.append(time.perf_counter() - t0)
     return {"scenario": "decode", "context": context, "new_tokens": new_tokens,
-            "ms_per_token": summarize(samples)}
+            "repeats": repeats, "ms_per_token": summarize(samples)}
+
+
+def generate_latency(rt, prompt_len: int, new_tokens: int = 32, repeats: int = 5,
+                     warmup: int = 1) -> dict:
+    """End-to-end greedy generation of exactly ``new_tokens`` (no early stop): time to first
+    token (prefill + first argmax), time per output token after it, and tokens/s."""
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be >= 2 to separate first-token and per-token time")
+    if prompt_len + new_tokens > rt.max_length:
+        raise ValueError(f"prompt {prompt_len} + {new_tokens} tokens exceeds {rt.max_length}")
+    prompt = _ids(rt.vocab_size, prompt_len)
+    ttft, tpot, rate = [], [], []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        logits, past = rt.forward(prompt)
+        token = logits[:, -1:].argmax(-1)
+        rt._sync()
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            logits, past = rt.forward(token, past)
+            token = logits[:, -1:].argmax(-1)
+        rt._sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            ttft.append(t1 - t0)
+            tpot.append((t2 - t1) / (new_tokens - 1))
+            rate.append(new_tokens / (t2 - t0))
+    return {"scenario": "generate", "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "ttft_ms": summarize(ttft), "tpot_ms": summarize(tpot),
+            "tokens_per_s": summarize(rate, scale=1.0)}
+
+
+def batch_sweep(rt, seq_len: int, batches: tuple[int, ...] = (1, 2, 4, 8),
+                min_seconds: float = 1.0) -> list[dict]:
+    """Prefill latency at each batch size (throughput = batch * seq_len / latency)."""
+    out = []
+    for b in batches:
+        r = prefill_latency(rt, seq_len, batch=b, min_seconds=min_seconds)
+        r["tokens_per_s"] = b * seq_len / (r["ms"]["median"] / 1e3)
+        out.append(r)
+    return out

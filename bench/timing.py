@@ -38,11 +38,40 @@ def percentile(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
 
 
+CV_WARNING = 0.10  # pyperf warns above 10%: such a figure is too noisy to gate on
+
+
+def bootstrap_median_ci(samples: list[float], resamples: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median.
+
+    Written with numpy rather than ``scipy.stats.bootstrap`` to keep scipy out of the
+    dependencies; it is the plain percentile method, seeded, so a result is reproducible.
+    """
+    import numpy as np
+
+    x = np.asarray(samples, dtype=np.float64)
+    if len(x) < 2:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, len(x), size=(resamples, len(x)))], axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def summarize(samples: list[float], scale: float = 1e3) -> dict:
-    """Median, mean, p90, p99, stdev and CV of ``samples`` (times ``scale``: ms by default)."""
+    """Median, mean, p90, p99, stdev, CV and the median's 95% bootstrap interval of
+    ``samples`` (times ``scale``: ms by default), with a warning when CV is high."""
     s = sorted(x * scale for x in samples)
     mean = statistics.fmean(s)
     stdev = statistics.stdev(s) if len(s) > 1 else 0.0
-    return {"n": len(s), "median": statistics.median(s), "mean": mean,
-            "p90": percentile(s, 90), "p99": percentile(s, 99), "stdev": stdev,
-            "cv": stdev / mean if mean else 0.0}
+    cv = stdev / mean if mean else 0.0
+    lo, hi = bootstrap_median_ci(s)
+    out = {"n": len(s), "median": statistics.median(s), "mean": mean,
+           "p90": percentile(s, 90), "p99": percentile(s, 99), "stdev": stdev,
+           "cv": cv, "median_ci95": [lo, hi], "min": s[0], "max": s[-1]}
+    if cv > CV_WARNING:
+        out["warning"] = (f"high variation: CV {cv:.1%} > {CV_WARNING:.0%}; the machine was "
+                          "busy or the run too short to trust this figure")
+    return out

@@ -23,3 +23,18 @@ def test_time_callable_honours_min_count_and_warmup():
     calls = []
     samples = time_callable(lambda: calls.append(1), warmup=2, min_repeats=7, min_seconds=0)
     assert len(samples) == 7 and len(calls) == 9
+
+
+def test_summarize_interval_and_warning():
+    import numpy as np
+
+    steady = summarize([0.010] * 20)
+    assert steady["median_ci95"] == [10.0, 10.0] and "warning" not in steady
+    rng = np.random.default_rng(1)
+    noisy = list(0.01 + 0.004 * rng.standard_normal(50))
+    r = summarize(noisy)
+    lo, hi = r["median_ci95"]
+    assert lo < r["median"] < hi and hi - lo < 3.0
+    assert r == summarize(noisy)  # seeded: the same samples give the same interval
+    assert "high variation" in r["warning"] and r["cv"] > 0.1
+    assert summarize([0.001, 0.002, 0.003])["p90"] == pytest.approx(2.8)

@@ -1,0 +1,80 @@
+"""One latency cell: an artifact on a backend and device, its scenarios, memory and environment.
+
+``latency_cell`` returns plain values so that ``run_isolated("slimbench.bench.cell:latency_cell",
+...)`` can run it in its own process; called directly it works the same (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from slimbench.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyConfig:
+    """Args:
+        prefill: prompt lengths for prefill latency.
+        decode_contexts: context lengths for per-token decode latency.
+        new_tokens: tokens per decode / generate repeat (min = max, no early stop).
+        generate_prompt: prompt length of the end-to-end generate scenario (0 = skip it).
+        batches: batch sizes for the prefill batch sweep (empty = skip it).
+        repeats: decode / generate repeats after one warm-up.
+        min_seconds: minimum timed duration per prefill figure.
+    """
+
+    prefill: tuple[int, ...] = (128,)
+    decode_contexts: tuple[int, ...] = (128,)
+    new_tokens: int = 32
+    generate_prompt: int = 128
+    batches: tuple[int, ...] = ()
+    repeats: int = 5
+    min_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.new_tokens < 2 or self.repeats < 1 or self.min_seconds < 0:
+            raise UsageError("new_tokens must be >= 2, repeats >= 1 and min_seconds >= 0")
+        for name in ("prefill", "decode_contexts", "batches"):
+            if any(int(v) < 1 for v in getattr(self, name)):
+                raise UsageError(f"{name} values must be >= 1")
+
+
+def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
+                 config: dict | None = None, dtype: str | None = None) -> dict:
+    """Load ``model`` and measure the configured scenarios; returns a JSON-ready dict."""
+    from slimbench.bench import environment, memory, scenarios
+    from slimbench.bench.runtimes import make_runtime
+    from slimbench.compress.loader import LoadOptions, load_artifact
+
+    cfg = LatencyConfig(**(config or {}))
+    n_threads = environment.set_threads(threads)
+    loaded = load_artifact(model, LoadOptions(device=device, dtype=dtype))
+    rt = make_runtime(loaded, threads=n_threads)
+    out = {"model": model, "backend": rt.backend, "device": device, "threads": n_threads,
+           "config": dataclasses.asdict(cfg), "artifact": loaded.info.to_dict()}
+    results = [scenarios.prefill_latency(rt, n, min_seconds=cfg.min_seconds)
+               for n in cfg.prefill]
+    results += [scenarios.decode_latency(rt, c, cfg.new_tokens, cfg.repeats)
+                for c in cfg.decode_contexts]
+    if cfg.generate_prompt:
+        results.append(scenarios.generate_latency(rt, cfg.generate_prompt, cfg.new_tokens,
+                                                  cfg.repeats))
+    if cfg.batches:
+        results += scenarios.batch_sweep(rt, cfg.prefill[0], tuple(cfg.batches),
+                                         cfg.min_seconds)
+    out["scenarios"] = results
+    out["memory"] = memory.snapshot(loaded.info, device)
+    out["environment"] = environment.capture(bandwidth=True, seeds={"inputs": 0})
+    bandwidth = out["environment"]["memory_bandwidth_bytes_per_s"]
+    weights = loaded.info.bytes_on_disk
+    if weights and device == "cpu":
+        # a decode step streams every weight once: bytes / bandwidth is its floor
+        floor_ms = weights / bandwidth * 1e3
+        for r in results:
+            if r["scenario"] == "decode":
+                r["bandwidth_floor_ms"] = floor_ms
+                r["floor_fraction"] = floor_ms / r["ms_per_token"]["median"]
+    warnings = [f"{r['scenario']}: {s['warning']}" for r in results
+                for s in r.values() if isinstance(s, dict) and "warning" in s]
+    out["warnings"] = warnings
+    return out

@@ -1,0 +1,85 @@
+"""Run one cell in its own spawned process, with a timeout.
+
+A crash (segfault, ``os._exit``), an out-of-memory kill or a timeout marks that cell failed
+with the reason, and the caller goes on with the next cell. Spawn (not fork) gives every cell
+a fresh interpreter: no torch/ORT thread pools or allocator state inherited from the parent,
+and a clean peak-RSS figure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import signal
+import time
+import traceback
+
+
+def _child(target: str, kwargs: dict, conn) -> None:
+    """Child side: import ``module:function``, call it, send back ("ok", result) or the error."""
+    try:
+        module, _, name = target.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        conn.send(("ok", fn(**kwargs)))
+    except BaseException as e:  # noqa: BLE001 - everything must reach the parent as a reason
+        conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+    finally:
+        conn.close()
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def run_isolated(target: str, kwargs: dict | None = None, timeout: float = 600.0) -> dict:
+    """Call ``target`` (``"package.module:function"``) with ``kwargs`` in a spawned process.
+
+    Returns:
+        ``{"status": "ok", "result": ..., "seconds": ...}`` or
+        ``{"status": "failed", "reason": ..., "seconds": ...}``; never raises for the child's
+        failure. The result must be picklable (a dict of plain values).
+    """
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(target, kwargs or {}, child_conn), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    child_conn.close()  # the child holds the only writer: EOF means it is gone
+    message = None
+    deadline = t0 + timeout
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            break
+        if parent_conn.poll(min(left, 0.5)):
+            try:
+                message = parent_conn.recv()
+            except EOFError:  # died without a word
+                message = None
+            break
+        if not proc.is_alive() and not parent_conn.poll(0):
+            break
+    timed_out = message is None and time.perf_counter() >= deadline
+    if timed_out or proc.is_alive():
+        proc.join(5 if message is not None else 0)
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+    seconds = time.perf_counter() - t0
+    if message is not None and message[0] == "ok":
+        return {"status": "ok", "result": message[1], "seconds": seconds}
+    if message is not None:
+        return {"status": "failed", "reason": message[1], "traceback": message[2],
+                "seconds": seconds}
+    if timed_out:
+        reason = f"timeout: still running after {timeout:g} s (killed)"
+    elif proc.exitcode is not None and proc.exitcode < 0:
+        name = _signal_name(proc.exitcode)
+        hint = " (the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+        reason = f"killed by {name}{hint}"
+    else:
+        reason = f"exited with status {proc.exitcode} before returning a result"
+    return {"status": "failed", "reason": reason, "seconds": seconds}

@@ -1,0 +1,83 @@
+"""One memory taxonomy for every cell. Each field is defined once, here (``FIELDS``), and the
+README's table is checked against it by a test.
+
+Peak RSS is the kernel's high-water mark for the process (VmHWM), which is why every cell runs
+in its own process: a shared process would report the largest model it ever loaded.
+"""
+
+from __future__ import annotations
+
+import resource
+
+FIELDS = {
+    "peak_rss_bytes": "peak resident set size of the cell's process (Linux VmHWM / ru_maxrss): "
+                      "weights, activations, runtime arenas and the Python interpreter",
+    "rss_bytes": "resident set size of the cell's process when the figure was taken",
+    "cuda_max_allocated_bytes": "torch.cuda.max_memory_allocated: peak bytes in live torch "
+                                "tensors on the GPU (torch backend only)",
+    "cuda_max_reserved_bytes": "torch.cuda.max_memory_reserved: peak bytes held by torch's "
+                               "caching allocator, freed tensors included",
+    "gpu_process_bytes": "GPU memory used by the cell's process according to NVML (any "
+                         "backend; ONNX Runtime's CUDA arena included); absent without NVML",
+    "model_bytes_on_disk": "bytes of the artifact's weight files (safetensors or ONNX + "
+                           "external data)",
+    "parameters": "parameter count (tied weights once)",
+    "nonzero_parameters": "parameters that are not exactly zero (what sparsity removed)",
+}
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return None
+
+
+def process_memory() -> dict:
+    """Host-side memory of this process."""
+    peak = _status_bytes("VmHWM")
+    if peak is None:  # not Linux: ru_maxrss is kB on Linux, bytes on macOS
+        import sys
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return {"peak_rss_bytes": peak, "rss_bytes": _status_bytes("VmRSS")}
+
+
+def cuda_memory(device_index: int = 0) -> dict:
+    """torch's CUDA peaks and, where NVML is importable, this process's GPU memory."""
+    import torch
+
+    out: dict = {}
+    if not torch.cuda.is_available():
+        return out
+    out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device_index)
+    out["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(device_index)
+    try:
+        import os
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid():
+                out["gpu_process_bytes"] = int(proc.usedGpuMemory)
+    except Exception:  # NVML absent or unsupported (containers): the field stays absent
+        pass
+    return out
+
+
+def snapshot(info=None, device: str = "cpu") -> dict:
+    """Every memory field that applies: process, CUDA (on a CUDA device) and the model's."""
+    out = process_memory()
+    if device.startswith("cuda"):
+        out |= cuda_memory(int(device.partition(":")[2] or 0))
+    if info is not None:
+        out |= {"model_bytes_on_disk": info.bytes_on_disk, "parameters": info.parameters,
+                "nonzero_parameters": info.nonzero_parameters}
+    return out

@@ -1,0 +1,29 @@
+"""Cell functions the isolation tests run in spawned processes (importable by name)."""
+
+import os
+import time
+
+
+def ok(x):
+    from slimbench.bench.memory import process_memory
+
+    return {"double": 2 * x, "memory": process_memory()}
+
+
+def hard_exit():
+    os._exit(3)
+
+
+def sleeps(seconds):
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def raises():
+    raise ValueError("bad cell config")
+
+
+def killed():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,89 @@
+"""Cell isolation, the memory taxonomy and environment capture."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from slimbench.bench import environment
+from slimbench.bench.isolation import run_isolated
+from slimbench.bench.memory import FIELDS, snapshot
+from slimbench.compress.loader import load_artifact
+
+
+@pytest.fixture(autouse=True)
+def _cells_importable(monkeypatch):
+    # spawned children inherit sys.path: this makes tests/isolation_cells.py importable there
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+
+
+def test_isolated_cell_returns_its_result():
+    r = run_isolated("isolation_cells:ok", {"x": 21}, timeout=120)
+    assert r["status"] == "ok" and r["result"]["double"] == 42
+    assert r["result"]["memory"]["peak_rss_bytes"] > 10 * 2**20  # an interpreter at least
+
+
+def test_failing_cells_fail_alone_with_their_reason():
+    cells = [("isolation_cells:hard_exit", {}, 120), ("isolation_cells:sleeps", {"seconds": 30}, 3),
+             ("isolation_cells:raises", {}, 120), ("isolation_cells:killed", {}, 120),
+             ("isolation_cells:ok", {"x": 1}, 120)]
+    results = [run_isolated(t, kw, timeout=to) for t, kw, to in cells]
+    assert [r["status"] for r in results] == ["failed"] * 4 + ["ok"]
+    assert results[0]["reason"] == "exited with status 3 before returning a result"
+    assert results[1]["reason"].startswith("timeout: still running after 3 s")
+    assert results[1]["seconds"] < 15
+    assert results[2]["reason"] == "ValueError: bad cell config"
+    assert results[3]["reason"].startswith("killed by SIGKILL")
+    assert results[4]["result"]["double"] == 2
+
+
+def test_memory_fields_present_positive_and_documented():
+    info = load_artifact("reference").info
+    snap = snapshot(info, "cpu")
+    for key in ("peak_rss_bytes", "rss_bytes", "model_bytes_on_disk", "parameters",
+                "nonzero_parameters"):
+        assert snap[key] > 0, key
+    assert snap["peak_rss_bytes"] >= snap["rss_bytes"]
+    assert set(snap) <= set(FIELDS)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for field in FIELDS:  # defined once in bench/memory.py, listed in the README
+        assert re.search(rf"`{field}`", readme), field
+
+
+def test_environment_capture():
+    env = environment.capture(bandwidth=True, seeds={"inputs": 0})
+    assert env["cpu"]["cores"] >= 1 and env["ram_bytes"] > 2**30
+    assert env["cpu"]["flags"] is None or "avx512_vnni" in env["cpu"]["flags"]
+    assert env["memory_bandwidth_bytes_per_s"] > 1e8
+    assert env["packages"]["torch"] and env["seeds"] == {"inputs": 0}
+    assert re.fullmatch(r"[0-9a-f]{40}", env["git"]["commit"] or "0" * 40)
+    assert env["gpu"] is None or env["gpu"]["memory_bytes"] > 0
+
+
+@pytest.mark.cuda
+def test_cuda_memory_fields():
+    loaded = load_artifact("reference", __import__(
+        "slimbench.compress.loader", fromlist=["LoadOptions"]).LoadOptions(device="cuda"))
+    snap = snapshot(loaded.info, "cuda")
+    assert snap["cuda_max_allocated_bytes"] > 0
+    assert snap["cuda_max_reserved_bytes"] >= snap["cuda_max_allocated_bytes"]
+
+
+def test_latency_cell_in_its_own_process():
+    cfg = {"prefill": [16], "decode_contexts": [16], "new_tokens": 4, "generate_prompt": 8,
+           "batches": [1, 2], "repeats": 2, "min_seconds": 0.0}
+    r = run_isolated("slimbench.bench.cell:latency_cell",
+                     {"model": "reference", "threads": 1, "config": cfg}, timeout=300)
+    assert r["status"] == "ok", r.get("reason")
+    cell = r["result"]
+    kinds = [s["scenario"] for s in cell["scenarios"]]
+    assert kinds == ["prefill", "decode", "generate", "prefill", "prefill"]
+    decode, gen = cell["scenarios"][1], cell["scenarios"][2]
+    assert decode["ms_per_token"]["n"] == 4 * 2  # per-token samples of the timed repeats
+    assert 0 < decode["floor_fraction"]
+    assert gen["ttft_ms"]["median"] > 0 and gen["tokens_per_s"]["median"] > 0
+    sweep = cell["scenarios"][3:]
+    assert [s["batch"] for s in sweep] == [1, 2]
+    assert sweep[1]["tokens_per_s"] == pytest.approx(2 * 16 / (sweep[1]["ms"]["median"] / 1e3))
+    assert cell["memory"]["peak_rss_bytes"] > cell["memory"]["model_bytes_on_disk"]
+    assert cell["threads"] == 1 and cell["environment"]["torch_threads"] == 1
