@@ -80,7 +80,7 @@ def test_latency_cell_in_its_own_process():
     assert kinds == ["prefill", "decode", "generate", "prefill", "prefill"]
     decode, gen = cell["scenarios"][1], cell["scenarios"][2]
     assert decode["ms_per_token"]["n"] == 4 * 2  # per-token samples of the timed repeats
-    assert 0 < decode["floor_fraction"]
+    assert decode["floor_fraction"] > 0
     assert gen["ttft_ms"]["median"] > 0 and gen["tokens_per_s"]["median"] > 0
     sweep = cell["scenarios"][3:]
     assert [s["batch"] for s in sweep] == [1, 2]
