@@ -76,5 +76,10 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
                 r["floor_fraction"] = floor_ms / r["ms_per_token"]["median"]
     warnings = [f"{r['scenario']}: {s['warning']}" for r in results
                 for s in r.values() if isinstance(s, dict) and "warning" in s]
+    if rt.backend == "onnxruntime":
+        out["placement"] = rt.node_placement()
+        if out["placement"]["fallback_nodes"]:
+            warnings.append(f"{out['placement']['fallback_nodes']} ONNX nodes ran on a fallback "
+                            f"provider: {out['placement']['fallback_ops']}")
     out["warnings"] = warnings
     return out

@@ -15,6 +15,7 @@ and the logits come out of a bound host buffer.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -179,6 +180,41 @@ class OrtRuntime(RuntimeBase):
         if self._pool is not None and logits is self._pool.logits:
             logits = logits.copy()  # the buffer is overwritten by the next step
         return logits, new_past
+
+    def node_placement(self) -> dict:
+        """Which execution provider ran each graph node, from ORT's profiler on one prefill.
+
+        Nodes that the primary provider (CUDA on a GPU) could not take run on the CPU
+        provider, often with copies around them: the harness reports them as fallbacks.
+        """
+        import collections
+        import json
+        import tempfile
+
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="slimbench-ortprof-") as tmp:
+            opts = ort.SessionOptions()
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tmp) / "profile")
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(str(self.onnx.path), opts,
+                                           providers=self.onnx.providers())
+            feeds = {"input_ids": np.zeros((1, 4), dtype=np.int64)}
+            feeds |= dict(zip(self.input_names[1:], self.onnx.empty_past(1, self.kv_dtype),
+                              strict=True))
+            session.run(None, feeds)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        nodes = {}
+        for e in events:  # one "<node>_kernel_time" event per node run
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                nodes[e["name"]] = (e["args"].get("provider"), e["args"].get("op_name"))
+        primary = session.get_providers()[0]
+        by_provider = collections.Counter(p for p, _ in nodes.values())
+        fallback = collections.Counter(op for p, op in nodes.values() if p != primary)
+        self.fallback_nodes = sum(fallback.values())
+        return {"primary": primary, "nodes_by_provider": dict(by_provider),
+                "fallback_nodes": self.fallback_nodes, "fallback_ops": dict(fallback)}
 
     def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
         ids, lengths = self._padded(batch)

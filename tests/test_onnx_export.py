@@ -167,3 +167,15 @@ def test_ort_fp16_halves_bytes(exported, tmp_path):
     assert m["files"]["model.onnx"]["bytes"] < 0.55 * (exported / "model.onnx").stat().st_size
     assert m["dtypes"]["weights"] == "float16"
     assert m["parity"]["top1_agreement"] >= 0.99 and m["parity"]["max_abs_logit_diff"] < 0.05
+
+
+def test_node_placement_on_cpu_has_no_fallbacks(exported):
+    rt = OrtRuntime(load_artifact(str(exported)))
+    placement = rt.node_placement()
+    assert placement["primary"] == "CPUExecutionProvider"
+    assert placement["fallback_nodes"] == 0 == rt.fallback_nodes
+    import onnx
+
+    graph_nodes = len(onnx.load(str(exported / "model.onnx")).graph.node)
+    # every node that ran is counted once (constant-folded ones never run)
+    assert 0 < placement["nodes_by_provider"]["CPUExecutionProvider"] <= graph_nodes
