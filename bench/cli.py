@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from slimbench import __version__
+from slimbench import __version__, atomic
 from slimbench.errors import SlimbenchError
 from slimbench.log import setup_logging
 
@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="step parameter (repeatable; with --step)")
     comp.add_argument("--out", type=Path, required=True,
                       help="new artifact directory (with --recipe: a folder of them)")
+
+    gate = sub.add_parser("gate", help="compare a candidate run with a baseline; exit 1 on a "
+                                       "regression or a missing metric")
+    gate.add_argument("--baseline", type=Path, required=True,
+                      help="baseline run directory or results.json")
+    gate.add_argument("--candidate", type=Path, required=True,
+                      help="candidate run directory or results.json")
+    gate.add_argument("--policy", type=Path, help="gate policy YAML (default: built-in)")
 
     demo = sub.add_parser("demo", help="run the default demo on the embedded reference")
     demo.add_argument("--limit", type=int, default=100,
@@ -180,6 +188,27 @@ def _compress_recipe(args) -> None:
     print(f"wrote {len(manifests)} artifacts under {args.out}")
 
 
+def cmd_gate(args) -> None:
+    from datetime import datetime, timezone
+
+    from slimbench.reports.gate import compare, load_policy, markdown
+    from slimbench.reports.table import load_rows
+
+    policy = load_policy(args.policy)
+    baseline = load_rows(args.baseline)
+    candidate = load_rows(args.candidate)
+    checks = compare(baseline, candidate, policy)
+    text = markdown(checks)
+    print(text, end="")
+    if args.candidate.is_dir():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+        path = args.candidate / f"gate-{stamp}.md"
+        atomic.write_text(path, text)
+        print(f"wrote {path}")
+    if any(c["status"] == "fail" for c in checks):
+        raise GateFailed("the candidate regressed or lacks baseline metrics")
+
+
 def cmd_demo(args) -> None:
     from slimbench.bench.demo import run_demo
 
@@ -189,7 +218,11 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,
-            "demo": cmd_demo}
+            "gate": cmd_gate, "demo": cmd_demo}
+
+
+class GateFailed(SlimbenchError):
+    exit_code = 1
 
 
 def main(argv: list[str] | None = None) -> int:

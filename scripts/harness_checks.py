@@ -1,0 +1,69 @@
+"""The harness's own figures: repeatability of a cell, and the cost of measuring.
+
+1. Repeatability: the same decode cell run N times, each in its own spawned process; reports
+   each median ms/token and the CV of the medians.
+2. Overhead: what timing adds per iteration (timer calls + bookkeeping, measured by timing an
+   empty callable the same way), as a share of the reference model's decode step.
+
+    python scripts/harness_checks.py --model shape:gpt2 --runs 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from slimbench.bench.isolation import run_isolated
+
+
+def repeatability(model: str, runs: int, threads: int, context: int, new_tokens: int) -> list:
+    cfg = {"prefill": [], "decode_contexts": [context], "new_tokens": new_tokens,
+           "generate_prompt": 0, "repeats": 5, "min_seconds": 0.0}
+    medians = []
+    for i in range(runs):
+        r = run_isolated("slimbench.bench.cell:latency_cell",
+                         {"model": model, "threads": threads, "config": cfg}, timeout=900)
+        if r["status"] != "ok":
+            raise SystemExit(f"run {i}: {r['reason']}")
+        dec = r["result"]["scenarios"][0]["ms_per_token"]
+        medians.append(dec["median"])
+        print(f"run {i + 1}: median {dec['median']:.3f} ms/token (CV within run "
+              f"{dec['cv']:.1%}, 95% CI {dec['median_ci95'][0]:.3f}-{dec['median_ci95'][1]:.3f})",
+              flush=True)
+    return medians
+
+
+def overhead_per_iteration(n: int = 200_000) -> float:
+    """Seconds the decode loop's timing adds per step: two perf_counter calls and an append."""
+    samples: list[float] = []
+    t_start = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        samples.append(time.perf_counter() - t0)
+    return (time.perf_counter() - t_start) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="shape:gpt2")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    args = ap.parse_args()
+    medians = repeatability(args.model, args.runs, args.threads, args.context, args.new_tokens)
+    cv = statistics.stdev(medians) / statistics.fmean(medians) if len(medians) > 1 else 0.0
+    print(f"{args.model}: medians {[round(m, 3) for m in medians]} ms/token; CV of the "
+          f"medians {cv:.2%}")
+    per_iter = overhead_per_iteration()
+    ref = run_isolated("slimbench.bench.cell:latency_cell", {
+        "model": "reference", "threads": args.threads, "config": {
+            "prefill": [], "decode_contexts": [args.context], "generate_prompt": 0}})
+    ref_ms = ref["result"]["scenarios"][0]["ms_per_token"]["median"]
+    print(f"harness overhead per timed step {per_iter * 1e6:.2f} us = "
+          f"{per_iter * 1e3 / ref_ms:.3%} of the reference's decode step ({ref_ms:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()

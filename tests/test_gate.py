@@ -1,0 +1,147 @@
+"""The regression gate: pass on identical runs, fail on each kind of regression and on gaps."""
+
+import copy
+import json
+
+import pytest
+
+from slimbench.bench.cli import main
+from slimbench.errors import UsageError
+from slimbench.reports.gate import compare, load_policy, markdown
+from slimbench.reports.table import RESULTS_FORMAT, load_rows, rows_from_cell
+
+
+def _cell():
+    """A cell result shaped like the runner's, with hand-set figures."""
+    def stat(median, lo, hi):
+        return {"median": median, "median_ci95": [lo, hi]}
+
+    return {
+        "cell": {"id": "int8-ort-cpu", "variant": "int8", "backend": "onnxruntime",
+                 "device": "cpu"},
+        "status": "ok",
+        "latency": {"scenarios": [
+            {"scenario": "prefill", "seq_len": 128, "batch": 1, "ms": stat(20.0, 19.5, 20.5)},
+            {"scenario": "decode", "context": 128, "ms_per_token": stat(10.0, 9.9, 10.1)},
+            {"scenario": "generate", "prompt_len": 128, "ttft_ms": stat(21.0, 20.0, 22.0),
+             "tpot_ms": stat(10.0, 9.8, 10.2), "tokens_per_s": stat(95.0, 93.0, 97.0)}],
+            "memory": {"peak_rss_bytes": 500e6, "model_bytes_on_disk": 3e6,
+                       "parameters": 2.6e6}},
+        "quality": {
+            "perplexity": {"metrics": {"perplexity": {"value": 47.0, "ci95": [45.0, 49.0],
+                                                      "higher_is_better": False}}},
+            "docstring_summary": {"metrics": {"bleu": {"value": 0.63, "ci95": [0.4, 0.9],
+                                                       "higher_is_better": True}}}},
+    }
+
+
+def _rows(cell):
+    return rows_from_cell(cell)
+
+
+def _status(checks, metric):
+    return next(c for c in checks if c["metric"] == metric)["status"]
+
+
+def test_rows_carry_direction_and_intervals():
+    rows = {r["metric"]: r for r in _rows(_cell())}
+    assert rows["decode_ms_per_token@128"]["higher_is_better"] is False
+    assert rows["tokens_per_s@128"]["higher_is_better"] is True
+    assert (rows["perplexity.perplexity"]["ci_low"], rows["perplexity.perplexity"]["ci_high"]) \
+        == (45.0, 49.0)
+    assert rows["docstring_summary.bleu"]["kind"] == "quality"
+    assert rows["model_bytes_on_disk"]["kind"] == "size"
+    assert rows_from_cell(_cell() | {"status": "failed"}) == []
+
+
+def test_identical_runs_pass():
+    checks = compare(_rows(_cell()), _rows(_cell()), load_policy(None))
+    assert {c["status"] for c in checks} == {"pass"} and len(checks) == 10
+    assert markdown(checks).startswith("**slimbench gate: PASS** (10 checks)")
+
+
+@pytest.mark.parametrize("path, value, metric", [
+    (("latency", "scenarios", 1, "ms_per_token"), {"median": 12.0, "median_ci95": [11.8, 12.2]},
+     "decode_ms_per_token@128"),
+    (("quality", "perplexity", "metrics", "perplexity", "value"), 49.0,
+     "perplexity.perplexity"),
+    (("quality", "docstring_summary", "metrics", "bleu", "value"), 0.5,
+     "docstring_summary.bleu"),
+    (("latency", "scenarios", 2, "tokens_per_s"), {"median": 70.0, "median_ci95": [68.0, 72.0]},
+     "tokens_per_s@128"),
+    (("latency", "memory", "model_bytes_on_disk"), 4e6, "model_bytes_on_disk"),
+])
+def test_each_kind_of_regression_fails(path, value, metric):
+    cand = copy.deepcopy(_cell())
+    target = cand
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    checks = compare(_rows(_cell()), _rows(cand), load_policy(None))
+    assert _status(checks, metric) == "fail"
+    assert sum(c["status"] == "fail" for c in checks) == 1
+    assert "FAIL** (1 of 10 checks)" in markdown(checks)
+
+
+def test_latency_change_inside_the_noise_passes():
+    cand = copy.deepcopy(_cell())
+    # 15% slower median, but the intervals overlap: not a significant regression
+    cand["latency"]["scenarios"][0]["ms"] = {"median": 23.0, "median_ci95": [20.0, 26.0]}
+    check = next(c for c in compare(_rows(_cell()), _rows(cand), load_policy(None))
+                 if c["metric"] == "prefill_ms@128")
+    assert check["status"] == "pass" and "intervals overlap" in check["why"]
+
+
+def test_improvements_pass_and_missing_metrics_fail():
+    cand = copy.deepcopy(_cell())
+    cand["quality"]["perplexity"]["metrics"]["perplexity"]["value"] = 40.0  # better
+    del cand["quality"]["docstring_summary"]
+    checks = compare(_rows(_cell()), _rows(cand), load_policy(None))
+    assert _status(checks, "perplexity.perplexity") == "pass"
+    missing = next(c for c in checks if c["metric"] == "docstring_summary.bleu")
+    assert missing["status"] == "fail" and missing["why"] == "missing in the candidate"
+    failed_cell = compare(_rows(_cell()), rows_from_cell(_cell() | {"status": "failed"}),
+                          load_policy(None))
+    assert {c["status"] for c in failed_cell} == {"fail"}
+
+
+def test_policy_overrides(tmp_path):
+    policy = tmp_path / "gate.yaml"
+    policy.write_text("metrics:\n  perplexity.perplexity: {relative: 0.10}\n"
+                      "  docstring_summary.bleu: {absolute: 0.2}\n")
+    cand = copy.deepcopy(_cell())
+    cand["quality"]["perplexity"]["metrics"]["perplexity"]["value"] = 49.0  # +4.3% < 10%
+    cand["quality"]["docstring_summary"]["metrics"]["bleu"]["value"] = 0.5  # -0.13 < 0.2
+    checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
+    assert {c["status"] for c in checks} == {"pass"}
+    policy.write_text("metrics:\n  bleu: {relative: 0.1, absolute: 2}\n")
+    with pytest.raises(UsageError, match="give one of relative / absolute"):
+        load_policy(policy)
+
+
+def _write_results(path, rows):
+    path.write_text(json.dumps({"slimbench_results": RESULTS_FORMAT, "rows": rows}))
+    return path
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    base = _write_results(tmp_path / "base.json", _rows(_cell()))
+    same = _write_results(tmp_path / "same.json", _rows(_cell()))
+    assert main(["gate", "--baseline", str(base), "--candidate", str(same)]) == 0
+    worse = copy.deepcopy(_cell())
+    worse["quality"]["perplexity"]["metrics"]["perplexity"]["value"] = 60.0
+    run = tmp_path / "run"
+    (run / "cells").mkdir(parents=True)
+    (run / "cells" / "int8.json").write_text(json.dumps(worse))
+    assert main(["gate", "--baseline", str(base), "--candidate", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "| FAIL | int8 | onnxruntime | cpu | perplexity.perplexity | 47 | 60 | +27.7% |" in out
+    assert len(list(run.glob("gate-*.md"))) == 1  # the summary lands in the run directory
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": 3}')
+    assert main(["gate", "--baseline", str(bad), "--candidate", str(same)]) == 2
+    assert "not a slimbench results file" in capsys.readouterr().err
+    bad.write_text("{not json")
+    assert main(["gate", "--baseline", str(bad), "--candidate", str(same)]) == 2
+    assert main(["gate", "--baseline", str(tmp_path / "nope"), "--candidate", str(same)]) == 2
+    assert load_rows(same) == _rows(_cell())
