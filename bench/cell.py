@@ -42,7 +42,7 @@ class LatencyConfig:
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
                  config: dict | None = None, dtype: str | None = None) -> dict:
     """Load ``model`` and measure the configured scenarios; returns a JSON-ready dict."""
-    from slimbench.bench import environment, memory, scenarios
+    from slimbench.bench import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
 
@@ -50,8 +50,15 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
     n_threads = environment.set_threads(threads)
     loaded = load_artifact(model, LoadOptions(device=device, dtype=dtype))
     rt = make_runtime(loaded, threads=n_threads)
-    out = {"model": model, "backend": rt.backend, "device": device, "threads": n_threads,
-           "config": dataclasses.asdict(cfg), "artifact": loaded.info.to_dict()}
+    return {"model": model, "backend": rt.backend, "device": device, "threads": n_threads,
+            "config": dataclasses.asdict(cfg), "artifact": loaded.info.to_dict(),
+            **measure_latency(rt, loaded, cfg, device)}
+
+
+def measure_latency(rt, loaded, cfg: LatencyConfig, device: str) -> dict:
+    """Scenarios, memory, environment (with bandwidth) and warnings for one runtime."""
+    from slimbench.bench import environment, memory, scenarios
+
     results = [scenarios.prefill_latency(rt, n, min_seconds=cfg.min_seconds)
                for n in cfg.prefill]
     results += [scenarios.decode_latency(rt, c, cfg.new_tokens, cfg.repeats)
@@ -62,9 +69,8 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
     if cfg.batches:
         results += scenarios.batch_sweep(rt, cfg.prefill[0], tuple(cfg.batches),
                                          cfg.min_seconds)
-    out["scenarios"] = results
-    out["memory"] = memory.snapshot(loaded.info, device)
-    out["environment"] = environment.capture(bandwidth=True, seeds={"inputs": 0})
+    out = {"scenarios": results, "memory": memory.snapshot(loaded.info, device),
+           "environment": environment.capture(bandwidth=True, seeds={"inputs": 0})}
     bandwidth = out["environment"]["memory_bandwidth_bytes_per_s"]
     weights = loaded.info.bytes_on_disk
     if weights and device == "cpu":
@@ -82,4 +88,27 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
             warnings.append(f"{out['placement']['fallback_nodes']} ONNX nodes ran on a fallback "
                             f"provider: {out['placement']['fallback_ops']}")
     out["warnings"] = warnings
+    return out
+
+
+def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
+               tasks: list[str], task_limit: int | None, quality: bool,
+               perplexity_limit: int | None = None) -> dict:
+    """One suite cell: latency and (unless ``quality`` is off) every task, on one runtime, so
+    the quality comes from the very artifact that was timed."""
+    from slimbench.bench import environment
+    from slimbench.bench.runtimes import make_runtime
+    from slimbench.compress.loader import LoadOptions, load_artifact
+    from slimbench.tasks.generation import run_task
+
+    cfg = LatencyConfig(**latency)
+    n_threads = environment.set_threads(threads)
+    loaded = load_artifact(artifact, LoadOptions(device=device))
+    rt = make_runtime(loaded, threads=n_threads)
+    out = {"backend": rt.backend, "threads": n_threads, "artifact": loaded.info.to_dict(),
+           "latency": measure_latency(rt, loaded, cfg, device), "quality": {}}
+    if quality:
+        for name in tasks:
+            limit = perplexity_limit if name == "perplexity" else task_limit
+            out["quality"][name] = run_task(rt, loaded.tokenizer, name, limit)
     return out

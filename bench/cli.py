@@ -60,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", type=Path, required=True,
                       help="new artifact directory (with --recipe: a folder of them)")
 
+    run = sub.add_parser("run", help="run a suite YAML: every cell isolated, results and "
+                                     "report in the run directory")
+    run.add_argument("suite", type=Path, help="suite YAML file")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="suite overrides with dotted keys, e.g. threads=1 latency.repeats=3")
+    run.add_argument("--out", type=Path, required=True, help="run directory (new, or --resume)")
+    run.add_argument("--resume", action="store_true", help="skip cells already finished ok")
+    run.add_argument("--cache", type=Path,
+                     help="artifact cache (default: .artifacts beside the run directory)")
+
+    rep = sub.add_parser("report", help="re-render a run's tables and HTML from its cell JSON")
+    rep.add_argument("run_dir", type=Path)
+
     gate = sub.add_parser("gate", help="compare a candidate run with a baseline; exit 1 on a "
                                        "regression or a missing metric")
     gate.add_argument("--baseline", type=Path, required=True,
@@ -188,6 +201,38 @@ def _compress_recipe(args) -> None:
     print(f"wrote {len(manifests)} artifacts under {args.out}")
 
 
+def cmd_run(args) -> None:
+    from slimbench.bench.runner import run_suite
+    from slimbench.bench.suite import load_suite
+
+    suite = load_suite(args.suite, args.overrides)  # everything validated before any work
+    results = run_suite(suite, args.out, resume=args.resume, cache=args.cache)
+    _report(args.out, suite.baseline_variant)
+    ok = sum(r["status"] == "ok" for r in results)
+    print(f"{ok} of {len(results)} cells ok; results in {args.out}")
+
+
+def _report(run_dir: Path, baseline_variant: str | None) -> None:
+    from slimbench.reports.html import render_html
+    from slimbench.reports.output import write_tables
+
+    summary = write_tables(run_dir, baseline_variant)
+    html = render_html(run_dir, run_dir.name, baseline_variant)
+    print(f"wrote {run_dir / 'results.csv'} ({summary['rows']} rows from {summary['cells']} "
+          f"cells), {run_dir / 'summary.csv'}, {html}")
+    for cid in summary["failed"]:
+        print(f"  failed: {cid}")
+    for cid in summary["skipped"]:
+        print(f"  skipped: {cid}")
+
+
+def cmd_report(args) -> None:
+    suite = args.run_dir / "suite.json"
+    if not suite.is_file():
+        raise SlimbenchError(f"{args.run_dir} is not a run directory (no suite.json)")
+    _report(args.run_dir, json.loads(suite.read_text()).get("baseline_variant"))
+
+
 def cmd_gate(args) -> None:
     from datetime import datetime, timezone
 
@@ -218,7 +263,7 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,
-            "gate": cmd_gate, "demo": cmd_demo}
+            "run": cmd_run, "report": cmd_report, "gate": cmd_gate, "demo": cmd_demo}
 
 
 class GateFailed(SlimbenchError):

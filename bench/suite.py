@@ -1,0 +1,149 @@
+"""Suite files: which variants, devices, scenarios and tasks a run measures.
+
+    name: demo
+    variants:                       # name -> input model + recipe steps (as in recipe YAML)
+      baseline: {model: reference}
+      ort-int8: {model: reference, recipe: [export_onnx, ort_dynamic_int8]}
+    devices: [cpu, cuda]            # cuda cells are skipped, with the reason, without a GPU
+    threads: 2
+    latency: {prefill: [128], decode_contexts: [128], new_tokens: 32, repeats: 5}
+    tasks: [perplexity, method_name]
+    task_limit: 50                  # examples per generation task
+    perplexity_limit: 100           # texts for perplexity (default: all)
+    timeout: 900                    # seconds per cell
+    baseline_variant: baseline      # deltas in reports are against this variant
+
+Overrides from the command line use dotted keys: ``threads=1 latency.repeats=3``. Everything is
+validated before any work: unknown keys, steps, parameters and tasks fail with one message.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from slimbench.errors import SlimbenchError, UsageError
+
+KEYS = {"name", "variants", "devices", "threads", "latency", "tasks", "task_limit", "timeout",
+        "baseline_variant", "perplexity_limit"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    model: str
+    recipe: tuple[tuple[str, dict], ...] = ()
+    quality: bool = True  # random-weight shape models are timed, never scored
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    variants: tuple[Variant, ...]
+    devices: tuple[str, ...]
+    threads: int
+    latency: dict
+    tasks: tuple[str, ...]
+    task_limit: int | None
+    timeout: float
+    baseline_variant: str
+    perplexity_limit: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``key.sub=value`` strings applied to the parsed YAML (values parsed as YAML scalars)."""
+    import yaml
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"override {item!r} must look like key=value")
+        parts = key.split(".")
+        if parts[0] not in KEYS:
+            raise UsageError(f"override {item!r}: unknown suite key {parts[0]!r}")
+        target = data
+        for p in parts[:-1]:
+            target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"override {item!r}: {p} is not a mapping")
+        target[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def parse_suite(data, source: str = "suite") -> Suite:
+    from slimbench.bench.cell import LatencyConfig
+    from slimbench.compress.recipe import parse_recipe, resolve
+    from slimbench.tasks.specs import resolve_task
+
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: expected a mapping")
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(KEYS))}")
+    raw = data.get("variants")
+    if not isinstance(raw, dict) or not raw:
+        raise UsageError(f"{source}: 'variants' must map names to {{model, recipe}}")
+    variants = []
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "recipe",
+                                                                             "quality"}:
+            raise UsageError(f"{source}: variant {name}: give model (and optionally recipe, "
+                             "quality)")
+        steps: tuple = ()
+        if spec.get("recipe"):
+            try:
+                recipe = parse_recipe({"steps": spec["recipe"]}, f"{source}: variant {name}")
+                steps = tuple(resolve(recipe, str(spec["model"])))
+            except SlimbenchError as e:
+                raise UsageError(f"{source}: variant {name}: {e}") from None
+        quality = bool(spec.get("quality", not str(spec["model"]).startswith("shape:")))
+        variants.append(Variant(str(name), str(spec["model"]), steps, quality))
+    devices = tuple(data.get("devices") or ["cpu"])
+    for d in devices:
+        if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise UsageError(f"{source}: device {d!r}: use cpu, cuda or cuda:N")
+    latency = dict(data.get("latency") or {})
+    try:
+        LatencyConfig(**latency)
+    except TypeError as e:
+        raise UsageError(f"{source}: latency: {e}") from None
+    tasks = tuple(data.get("tasks") or ())
+    for t in tasks:
+        try:
+            resolve_task(t)
+        except SlimbenchError as e:
+            raise UsageError(f"{source}: {e}") from None
+    threads = int(data.get("threads") or 0)
+    limit = data.get("task_limit")
+    timeout = float(data.get("timeout", 900))
+    names = [v.name for v in variants]
+    base = data.get("baseline_variant", names[0])
+    if base not in names:
+        raise UsageError(f"{source}: baseline_variant {base!r} is not a variant ({names})")
+    if threads < 0 or timeout <= 0 or (limit is not None and int(limit) < 1):
+        raise UsageError(f"{source}: threads >= 0, timeout > 0 and task_limit >= 1 please")
+    ppl_limit = data.get("perplexity_limit")
+    if ppl_limit is not None and int(ppl_limit) < 1:
+        raise UsageError(f"{source}: perplexity_limit must be >= 1")
+    return Suite(str(data.get("name", "suite")), tuple(variants), devices, threads, latency,
+                 tasks, None if limit is None else int(limit), timeout, base,
+                 None if ppl_limit is None else int(ppl_limit))
+
+
+def load_suite(path: Path, overrides: list[str] = ()) -> Suite:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"suite file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path} is not valid YAML: {e}") from None
+    return parse_suite(apply_overrides(data or {}, list(overrides)), str(path))

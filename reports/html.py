@@ -1,0 +1,172 @@
+"""``report.html``: one self-contained page (inline SVG charts, no external files or scripts).
+
+Sections: summary table with deltas against the baseline variant (green = better, red =
+worse, by each metric's direction), Pareto charts (quality vs decode latency, quality vs size),
+per-variant audit (did it compress: quantized counts, sparsity, structure, parity), warnings
+(high CV, fallback providers, failed or skipped cells) and the environment. Every string goes
+through Jinja2's autoescaping.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from slimbench import atomic
+from slimbench.reports.table import load_cells, rows_from_cell, to_frame
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>slimbench report: {{ name }}</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.better{background:#d8f5d8}.worse{background:#f8d7d7}.warn{color:#a35a00}
+.fail{color:#b00020;font-weight:bold}
+figure{display:inline-block;margin:0 2em 1em 0}
+</style></head><body>
+<h1>slimbench report: {{ name }}</h1>
+<p>{{ cells|length }} cells, {{ ok }} ok. Baseline variant: <b>{{ baseline }}</b>.</p>
+<h2>Summary</h2>
+<table id="summary"><thead><tr><th>variant</th><th>backend</th><th>device</th>
+{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in summary %}<tr><td>{{ row.variant }}</td><td>{{ row.backend }}</td>
+<td>{{ row.device }}</td>{% for c in row.cells %}<td class="{{ c.cls }}">{{ c.text }}</td>
+{% endfor %}</tr>{% endfor %}</tbody></table>
+<h2>Trade-offs</h2>
+{% for fig in figures %}<figure>{{ fig.svg|safe }}<figcaption>{{ fig.caption }}</figcaption>
+</figure>{% endfor %}
+<h2>Audit: did it compress?</h2>
+<table id="audit"><thead><tr><th>cell</th><th>recipe</th><th>parameters</th><th>nonzero</th>
+<th>bytes on disk</th><th>evidence</th></tr></thead><tbody>
+{% for a in audit %}<tr><td>{{ a.cell }}</td><td>{{ a.recipe }}</td><td>{{ a.parameters }}</td>
+<td>{{ a.nonzero }}</td><td>{{ a.bytes }}</td><td style="text-align:left">{{ a.evidence }}</td>
+</tr>{% endfor %}</tbody></table>
+<h2>Warnings</h2>
+{% if warnings %}<ul>{% for w in warnings %}<li class="{{ w.cls }}">{{ w.text }}</li>
+{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
+<h2>Environment</h2>
+<table id="environment">{% for k, v in environment %}<tr><td>{{ k }}</td>
+<td style="text-align:left">{{ v }}</td></tr>{% endfor %}</table>
+</body></html>
+"""
+
+
+def _fmt(v) -> str:
+    if v is None or v != v:  # None or NaN
+        return "—"
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
+def _evidence(artifact: dict) -> str:
+    """The manifest's proof that a step did what it says, in one line."""
+    m = artifact.get("manifest") or {}
+    parts = []
+    if q := m.get("quantization"):
+        if "block_linears" in q:
+            parts.append(f"int8 block linears {q['block_linears_int8']}/{q['block_linears']}")
+        if "block_matmuls" in q:
+            parts.append(f"int8 block MatMuls {q['block_matmuls_int8']}/{q['block_matmuls']}")
+    if s := m.get("sparsity"):
+        parts.append(f"sparsity {s['realized']:.1%} of pruned layers ({s['method']}"
+                     f"{', ' + s['n_m'] if s.get('n_m') else ''}); dense kernels: no speedup")
+    if st := m.get("structure"):
+        parts.append(f"heads {st['heads'][0]}→{st['heads'][1]}, n_inner {st['n_inner'][0]}→"
+                     f"{st['n_inner'][1]}, n_embd {st['n_embd'][0]}→{st['n_embd'][1]}")
+    if t := m.get("training"):
+        parts.append(f"distilled {t['steps']} steps, val ppl {t.get('final_val_perplexity')}")
+    if p := m.get("parity"):
+        parts.append(f"parity max|Δlogits| {p['max_abs_logit_diff']:.3g}, top-1 "
+                     f"{p['top1_agreement']:.1%}")
+    return "; ".join(parts) or "no transform (input model)"
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline in HTML
+
+
+def _pareto(frame, x_metric: str, y_metric: str, x_label: str, y_label: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = frame[frame.metric == x_metric].set_index(["variant", "device"])["value"]
+    y = frame[frame.metric == y_metric].set_index(["variant", "device"])["value"]
+    both = x.to_frame("x").join(y.to_frame("y"), how="inner").dropna()
+    if both.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.scatter(both.x, both.y)
+    for (variant, device), r in both.iterrows():
+        ax.annotate(f"{variant} ({device})", (r.x, r.y), fontsize=8, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
+    import jinja2
+
+    from slimbench.reports.output import summary_frame
+
+    cells = load_cells(run_dir)
+    rows = [r for c in cells for r in rows_from_cell(c)]
+    frame = to_frame(rows)
+    direction = {r["metric"]: r["higher_is_better"] for r in rows}
+    metrics = [m for m in dict.fromkeys(r["metric"] for r in rows)
+               if m.split("@")[0] not in ("ttft_ms", "peak_rss_bytes", "nonzero_parameters")]
+    wide = summary_frame(rows, baseline)
+    summary = []
+    for _, r in wide.iterrows():
+        out = []
+        for m in metrics:
+            delta = r.get(f"Δ {m}")
+            cls, text = "", _fmt(r.get(m))
+            if delta is not None and delta == delta and r["variant"] != baseline and delta:
+                good = (delta > 0) == direction[m]
+                cls = "better" if good else "worse"
+                text += f" ({delta:+.1%})"
+            out.append({"cls": cls, "text": text})
+        summary.append({"variant": r["variant"], "backend": r["backend"],
+                        "device": r["device"], "cells": out})
+    figures = []
+    ppl = "perplexity.perplexity"
+    decode = next((m for m in metrics if m.startswith("decode_ms_per_token")), None)
+    for x, label in ((decode, "decode ms/token"), ("model_bytes_on_disk", "bytes on disk")):
+        svg = _pareto(frame, x, ppl, label, "perplexity (lower is better)") if x else None
+        if svg:
+            figures.append({"svg": svg, "caption": f"perplexity vs {label}"})
+    audit, warnings = [], []
+    env = {}
+    for c in cells:
+        cid = c["cell"]["id"]
+        if c.get("status") != "ok":
+            warnings.append({"cls": "fail", "text": f"{cid}: {c['status']}: {c.get('reason')}"})
+            continue
+        art = c.get("artifact") or {}
+        audit.append({"cell": cid, "recipe": " → ".join(c["cell"].get("recipe") or []) or "—",
+                      "parameters": _fmt(art.get("parameters")),
+                      "nonzero": _fmt(art.get("nonzero_parameters")),
+                      "bytes": _fmt(art.get("bytes_on_disk")), "evidence": _evidence(art)})
+        for w in (c.get("latency") or {}).get("warnings", []):
+            warnings.append({"cls": "warn", "text": f"{cid}: {w}"})
+        env = env or (c.get("latency") or {}).get("environment", {})
+    environment = [(k, v) for k, v in env.items() if k != "packages"]
+    environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
+    html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
+        name=name, cells=cells, ok=sum(c.get("status") == "ok" for c in cells),
+        baseline=baseline, metrics=metrics, summary=summary, figures=figures, audit=audit,
+        warnings=warnings, environment=environment)
+    path = Path(run_dir) / "report.html"
+    atomic.write_text(path, html)
+    return path
