@@ -104,11 +104,14 @@ def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dic
     batched = bool(getattr(lm, "batched_generation", False))
     size = requested if batched else 1
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    # a CausalLM written before batched generation existed still runs, one prompt a call
+    generate_batch = getattr(lm, "greedy_generate_batch", None) or (
+        lambda ps, n, stop: [lm.greedy_generate(p, n, stop) for p in ps])
     new_tokens: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(rows), desc=spec.name, unit="ex", disable=quiet_progress(show_progress))
     for k in range(0, len(order), size):
         chunk = order[k: k + size]
-        outs = lm.greedy_generate_batch([prompts[i] for i in chunk], g.max_new_tokens, stop_ids)
+        outs = generate_batch([prompts[i] for i in chunk], g.max_new_tokens, stop_ids)
         for i, new in zip(chunk, outs, strict=True):
             new_tokens[i] = new
         bar.update(len(chunk))

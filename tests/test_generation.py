@@ -106,3 +106,11 @@ def test_unbatched_runtime_falls_back_and_says_so(tiny_dir):
     assert "no batched generation" in res["protocol"]["padding"]
     assert [e["prediction"] for e in res["examples"]] == [e["prediction"] for e in ref["examples"]]
     assert res["ci95"] is None and res["metrics"]["f1"]["resamples"] == 0
+
+    class Legacy:  # a CausalLM from before greedy_generate_batch existed
+        max_length = rt.max_length
+        greedy_generate = staticmethod(rt.greedy_generate)
+
+    old = run_task(Legacy(), loaded.tokenizer, "method_name", limit=3, batch_size=8,
+                   resamples=0)
+    assert [e["prediction"] for e in old["examples"]] == [e["prediction"] for e in ref["examples"]]
