@@ -42,10 +42,19 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="score a model on tasks")
     model_args(ev)
-    ev.add_argument("--task", action="append", help="task name (repeatable; default: all)")
-    ev.add_argument("--limit", type=int, help="examples per task (default: all)")
+    ev.add_argument("--task", action="append",
+                    help="task name or task YAML file (repeatable; default: all built-in)")
+    ev.add_argument("--limit", type=int, help="examples per task (default: the task's own)")
+    ev.add_argument("--batch-size", type=int,
+                    help="batch size for generation and perplexity (default: the task's own)")
+    ev.add_argument("--resamples", type=int, default=None,
+                    help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
+    ev.add_argument("--baseline", help="also measure fidelity (top-1 agreement, KL, greedy "
+                                       "exact match) against this model spec on the "
+                                       "perplexity text")
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
-    ev.add_argument("--out", type=Path, help="write the results JSON here")
+    ev.add_argument("--out", type=Path, help="write the results JSON here, and per-example "
+                                             "outputs to <out stem>.examples.jsonl beside it")
 
     comp = sub.add_parser("compress", help="apply a recipe step (or a YAML recipe of steps) "
                                            "to a model, writing artifacts with manifests")
@@ -130,35 +139,83 @@ def cmd_inspect(args) -> None:
     print(json.dumps(loaded.info.to_dict(), indent=2))
 
 
+def examples_path(out: Path) -> Path:
+    """``runs/eval.json`` -> ``runs/eval.examples.jsonl``."""
+    return out.with_name(out.stem + ".examples.jsonl")
+
+
 def cmd_eval(args) -> None:
     from slimbench import atomic
     from slimbench.bench import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
+    from slimbench.tasks.bootstrap import RESAMPLES
     from slimbench.tasks.generation import run_task
-    from slimbench.tasks.specs import TASKS
+    from slimbench.tasks.specs import TASKS, resolve_task
 
-    names = args.task or TASKS.names()
-    for n in names:
-        TASKS.get(n)  # unknown names fail before any model is loaded
-    if args.limit is not None and args.limit <= 0:
-        raise SlimbenchError(f"--limit must be positive, got {args.limit}")
-    if args.out and args.out.exists():
-        raise SlimbenchError(f"{args.out} already exists; choose another --out (slimbench "
-                             "never overwrites results)")
+    # unknown names and bad task files fail before any model is loaded
+    specs = [resolve_task(n) for n in (args.task or TASKS.names())]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise SlimbenchError(f"task names repeat: {', '.join(names)}")
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value <= 0:
+            raise SlimbenchError(f"{flag} must be positive, got {value}")
+    resamples = RESAMPLES if args.resamples is None else args.resamples
+    if resamples < 0:
+        raise SlimbenchError(f"--resamples must be >= 0, got {resamples}")
+    if args.out:
+        for path in (args.out, examples_path(args.out)):
+            if path.exists():
+                raise SlimbenchError(f"{path} already exists; choose another --out (slimbench "
+                                     "never overwrites results)")
     loaded = load_artifact(args.model, _load_options(args))
     if loaded.info.random_weights:
         raise SlimbenchError(f"{args.model} has random weights: its quality means nothing, "
                              "so slimbench does not score it")
     rt = make_runtime(loaded, environment.set_threads(args.threads))
-    results = {}
-    for n in names:
-        res = run_task(rt, loaded.tokenizer, n, args.limit, show_progress=True)
-        results[n] = res
-        print(f"{n:<18} {res['metric']} = {res['value']:.3f}  (n={res['n']})")
+    results, examples = {}, []
+    for spec in specs:
+        res = run_task(rt, loaded.tokenizer, spec, args.limit, show_progress=True,
+                       batch_size=args.batch_size, resamples=resamples)
+        examples += [{"task": spec.name} | e for e in res.pop("examples")]
+        results[spec.name] = res
+        ci = res["ci95"]
+        ci_text = f"  95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        print(f"{spec.name:<18} {res['metric']} = {res['value']:.3f}{ci_text}  "
+              f"(n={res['n']}, {res['seconds']:.1f} s)")
+    if args.baseline:
+        results["fidelity"] = _fidelity(args, rt, loaded, resamples)
     if args.out:
+        ex_path = examples_path(args.out)
+        # examples first: the results JSON names a file that exists when it appears
+        atomic.write_text(ex_path, "".join(json.dumps(e, sort_keys=True) + "\n"
+                                           for e in examples))
         atomic.write_json(args.out, {"model": loaded.info.to_dict(), "tasks": results,
+                                     "examples_file": ex_path.name,
                                      "environment": environment.capture()})
+        print(f"wrote {args.out} and {ex_path}")
+
+
+def _fidelity(args, rt, loaded, resamples: int) -> dict:
+    from slimbench.bench.runtimes import make_runtime
+    from slimbench.compress.loader import load_artifact
+    from slimbench.tasks.fidelity import FidelityConfig, fidelity
+    from slimbench.tasks.sources import load_rows, render
+    from slimbench.tasks.specs import TASKS
+
+    base_loaded = load_artifact(args.baseline, _load_options(args))
+    if base_loaded.info.random_weights:
+        raise SlimbenchError(f"baseline {args.baseline} has random weights")
+    spec = TASKS.get("perplexity")
+    texts = [render(spec.text, r) for r in load_rows(spec, args.limit)]
+    cfg = FidelityConfig(spec.perplexity)
+    res = fidelity(rt, make_runtime(base_loaded, args.threads), loaded.tokenizer, texts, cfg,
+                   resamples=resamples, show_progress=True) | {"baseline": args.baseline}
+    print(f"{'fidelity':<18} top-1 agreement {res['top1_agreement']['value']:.4f}, "
+          f"KL {res['kl_nats']['value']:.3g} nats, greedy exact match "
+          f"{res['greedy_exact_match']['value']:.3f} vs {args.baseline}")
+    return res
 
 
 def cmd_compress(args) -> None:

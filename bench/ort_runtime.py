@@ -73,6 +73,9 @@ class OrtRuntime(RuntimeBase):
     """
 
     backend = "onnxruntime"
+    # the exported graph has no attention-mask input, so prompts of different lengths cannot
+    # share a padded batch: greedy_generate_batch falls back to one example at a time
+    batched_generation = False
 
     def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
         self.onnx = loaded.model
@@ -222,3 +225,10 @@ class OrtRuntime(RuntimeBase):
         lp = log_softmax(logits[:, :-1])
         picked = np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
         return [picked[i, : n - 1] for i, n in enumerate(lengths)]
+
+    def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        # right padding needs no mask under a causal graph: pads come after each sequence
+        ids, lengths = self._padded(batch)
+        logits, _ = self.forward(ids, keep_cache=False)
+        lp = log_softmax(logits)  # (B, T, V) float64
+        return [lp[i, :n] for i, n in enumerate(lengths)]

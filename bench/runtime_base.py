@@ -11,6 +11,8 @@ import numpy as np
 
 class RuntimeBase:
     max_length: int
+    # True where ``greedy_generate_batch`` really batches (it needs an attention mask input)
+    batched_generation = False
 
     def forward(self, input_ids, past=None):  # pragma: no cover - implemented by backends
         raise NotImplementedError
@@ -41,3 +43,9 @@ class RuntimeBase:
                 break
             logits, past = self.forward(np.array([[token]], dtype=np.int64), past)
         return new
+
+    def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                              stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
+        """One example at a time: a backend without an attention-mask input (the exported
+        ONNX graph) cannot pad a batch of prompts of different lengths."""
+        return [self.greedy_generate(p, max_new_tokens, stop_ids) for p in prompts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -9,11 +10,12 @@ from tqdm import tqdm
 
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
-from slimbench.tasks import metrics
-from slimbench.tasks.evalsets import load_evalset
-from slimbench.tasks.perplexity import PerplexityConfig, perplexity
+from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
+from slimbench.tasks.perplexity import per_text_nll, summarize
 from slimbench.tasks.protocol import CausalLM
-from slimbench.tasks.specs import TASKS, TaskSpec
+from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
+from slimbench.tasks.sources import load_rows, render
+from slimbench.tasks.specs import TaskSpec, resolve_task
 
 _IDENT = re.compile(r"\s*([A-Za-z_]\w*)")
 
@@ -25,6 +27,8 @@ def postprocess(kind: str, text: str, stop: tuple[str, ...]) -> str:
     if kind == "identifier":
         m = _IDENT.match(text)
         return m.group(1) if m else ""
+    if kind == "strip":
+        return text.strip()
     if kind == "first_line":
         return text.split("\n", 1)[0].strip()
     # paragraph: lines up to the first blank one, whitespace folded
@@ -47,42 +51,131 @@ def stop_token_ids(tokenizer, stop: tuple[str, ...]) -> frozenset[int]:
 
 
 def score(spec: TaskSpec, predictions: list[str], references: list[str]) -> dict:
-    if spec.metric == "f1":
-        return metrics.subtoken_f1(predictions, references)
-    if spec.metric == "bleu":
-        return metrics.corpus_bleu(predictions, references)
-    if spec.metric.startswith("rouge"):
-        return metrics.rouge(predictions, references)
-    raise UsageError(f"task {spec.name}: no scorer for metric {spec.metric!r}")
+    """Every metric of ``spec`` on the whole set (no interval), plus each metric's info
+    (BLEU signature, ROUGE stemming): ``{"bleu": 0.63, "signature": "nrefs:1|..."}``."""
+    out = {}
+    for m in spec.metric_list:
+        scorer = METRICS[m.metric]
+        opts = with_defaults(scorer, dict(m.options))
+        out[m.metric] = scorer.aggregate(scorer.stats(predictions, references, **opts), **opts)
+        out |= scorer.info(**opts)
+    return out
 
 
-def run_task(lm: CausalLM, tokenizer, name: str, limit: int | None = None,
-             show_progress: bool = False) -> dict:
-    """Evaluate ``lm`` on task ``name``; the result carries scores, protocol and examples."""
-    spec = TASKS.get(name)
+def _score_with_ci(spec: TaskSpec, predictions: list[str], references: list[str],
+                   resamples: int, seed: int) -> tuple[dict, list[dict]]:
+    """Per metric ``{value, ci95, resamples, seed, higher_is_better, ...info}``, and per
+    example the metric on that example alone (macro-F1 has no per-example value)."""
+    results, per_example = {}, [{} for _ in predictions]
+    for m in spec.metric_list:
+        scorer = METRICS[m.metric]
+        opts = with_defaults(scorer, dict(m.options))
+        rows = scorer.stats(predictions, references, **opts)
+        results[m.metric] = bootstrap_ci(rows, lambda r, o=opts, s=scorer: s.aggregate(r, **o),
+                                         resamples, seed) \
+            | {"higher_is_better": m.higher_is_better} | scorer.info(**opts)
+        if m.metric != "macro_f1":
+            for i, ex in enumerate(per_example):
+                ex[m.metric] = scorer.aggregate(rows[i: i + 1], **opts)
+    return results, per_example
+
+
+def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
+                         batch_size: int | None = None,
+                         show_progress: bool = False) -> tuple[list[str], dict]:
+    """Greedy predictions for ``rows`` in row order, and the generation protocol used.
+
+    Prompts are sorted by length so that a batch pads little; with left padding, an attention
+    mask and position ids from the mask, a row's continuation does not depend on its batch.
+    """
+    g = spec.generation
+    budget = lm.max_length - g.max_new_tokens
+    if budget < 1:
+        raise UsageError(f"task {spec.name}: max_new_tokens {g.max_new_tokens} leaves no room "
+                         f"for a prompt in {lm.max_length} positions")
+    stop_ids = stop_token_ids(tokenizer, g.stop)
+    prompts = []
+    for row in rows:
+        ids = tokenizer(render(spec.prompt, row))["input_ids"][-budget:]  # nearest context
+        if not ids:
+            raise UsageError(f"task {spec.name}: row {row['id']!r} has an empty prompt")
+        prompts.append(ids)
+    requested = batch_size or g.batch_size
+    batched = bool(getattr(lm, "batched_generation", False))
+    size = requested if batched else 1
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    # a CausalLM written before batched generation existed still runs, one prompt a call
+    generate_batch = getattr(lm, "greedy_generate_batch", None) or (
+        lambda ps, n, stop: [lm.greedy_generate(p, n, stop) for p in ps])
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    bar = tqdm(total=len(rows), desc=spec.name, unit="ex", disable=quiet_progress(show_progress))
+    for k in range(0, len(order), size):
+        chunk = order[k: k + size]
+        outs = generate_batch([prompts[i] for i in chunk], g.max_new_tokens, stop_ids)
+        for i, new in zip(chunk, outs, strict=True):
+            new_tokens[i] = new
+        bar.update(len(chunk))
+    bar.close()
+    preds = [postprocess(g.postprocess, tokenizer.decode(n), g.stop) for n in new_tokens]
+    protocol = dataclasses.asdict(g) | {
+        "batch_size": size, "batch_size_requested": requested,
+        "padding": "left, attention mask, position ids from the mask" if batched and size > 1
+        else "none: one example per call" + ("" if batched else
+                                             f" ({type(lm).__name__} has no batched generation)"),
+        "prompt_truncation": f"keep the last {budget} tokens",
+    }
+    return preds, protocol
+
+
+def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = None,
+             show_progress: bool = False, batch_size: int | None = None,
+             resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+    """Evaluate ``lm`` on a task (registered name, task YAML path, or ``TaskSpec``).
+
+    Returns:
+        ``task``, ``version``, headline ``metric``/``value``/``ci95``/``higher_is_better``,
+        ``metrics`` (each with its bootstrap interval), ``scores`` (plain values), ``n``,
+        ``seconds``, ``protocol``, ``task_spec`` and ``examples`` (per-example outputs).
+    """
+    spec = resolve_task(name)
     if tokenizer is None:
-        raise UsageError(f"task {name} needs a tokenizer, and this model has none "
+        raise UsageError(f"task {spec.name} needs a tokenizer, and this model has none "
                          "(random-weight shape models have no quality to measure)")
-    rows = load_evalset(spec.evalset, limit)
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"batch size must be positive, got {batch_size}")
+    rows = load_rows(spec, limit)
     t0 = time.perf_counter()
     if spec.kind == "perplexity":
-        scores = perplexity(lm, tokenizer, [r["text"] for r in rows], PerplexityConfig(),
-                            show_progress=show_progress)
-        examples = []
+        cfg = spec.perplexity
+        if batch_size:
+            cfg = dataclasses.replace(cfg, batch_size=batch_size)
+        texts = [render(spec.text, r) for r in rows]
+        stats, n_windows = per_text_nll(lm, tokenizer, texts, cfg, show_progress)
+        scores = summarize(stats, n_windows, cfg)
+        protocol = scores["protocol"]
+        metric_results = {
+            m.metric: bootstrap_ci(stats, PERPLEXITY_METRICS[m.metric].aggregate, resamples,
+                                   seed) | {"higher_is_better": m.higher_is_better,
+                                            "resampled": "texts"}
+            for m in spec.metric_list}
+        examples = [{"id": r["id"], "nll_nats": float(s[0]), "tokens": int(s[1]),
+                     "bytes": int(s[2])}
+                    for r, s in zip(rows, stats, strict=True)]
     else:
-        stop_ids = stop_token_ids(tokenizer, spec.stop)
-        budget = lm.max_length - spec.max_new_tokens
-        preds = []
-        for row in tqdm(rows, desc=name, unit="ex", disable=quiet_progress(show_progress)):
-            ids = tokenizer(row["prompt"])["input_ids"][-budget:]  # keep the nearest context
-            new = lm.greedy_generate(ids, spec.max_new_tokens, stop_ids)
-            preds.append(postprocess(spec.postprocess, tokenizer.decode(new), spec.stop))
-        refs = [r["target"] for r in rows]
-        scores = score(spec, preds, refs)
-        examples = [{"id": r["id"], "prediction": p, "reference": r["target"]}
-                    for r, p in zip(rows, preds, strict=True)]
+        preds, protocol = generate_predictions(lm, tokenizer, spec, rows, batch_size,
+                                               show_progress)
+        refs = [render(spec.target, r) for r in rows]
+        metric_results, per_example = _score_with_ci(spec, preds, refs, resamples, seed)
+        scores = {k: v["value"] for k, v in metric_results.items()}
+        for v in metric_results.values():
+            scores |= {k: v[k] for k in ("signature", "use_stemmer") if k in v}
+        examples = [{"id": r["id"], "prediction": p, "reference": ref, "scores": e}
+                    for r, p, ref, e in zip(rows, preds, refs, per_example, strict=True)]
+    head = metric_results[spec.metric]
     return {
-        "task": name, "metric": spec.metric, "value": scores[spec.metric],
-        "higher_is_better": spec.higher_is_better, "scores": scores, "n": len(rows),
-        "seconds": time.perf_counter() - t0, "examples": examples,
+        "task": spec.name, "version": spec.version, "dataset": spec.dataset.describe(),
+        "metric": spec.metric, "value": head["value"], "ci95": head["ci95"],
+        "higher_is_better": spec.higher_is_better, "metrics": metric_results,
+        "scores": scores, "n": len(rows), "seconds": time.perf_counter() - t0,
+        "protocol": protocol, "task_spec": spec.to_dict(), "examples": examples,
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 from tqdm import tqdm
 
 from slimbench.errors import UsageError
@@ -52,6 +53,57 @@ def windows(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, 
     return out
 
 
+def window_jobs(tokenizer, texts: list[str], config: PerplexityConfig,
+                max_length: int) -> list[tuple[int, list[int], int]]:
+    """``(text index, window ids, offset of the first scored target in the window's
+    next-token predictions)`` for every window of every text; shared with fidelity, so that
+    both score exactly the same positions."""
+    if config.context_length > max_length:
+        raise UsageError(f"context_length {config.context_length} exceeds the model's "
+                         f"maximum of {max_length} positions")
+    bos = tokenizer.bos_token_id if config.bos else None
+    if config.bos and bos is None:
+        raise UsageError("the tokenizer has no BOS token; set bos: false")
+    jobs = []
+    for t, text in enumerate(texts):
+        ids = ([bos] if config.bos else []) + tokenizer(text)["input_ids"]
+        for begin, end, first in windows(len(ids), config.context_length, config.stride):
+            jobs.append((t, ids[begin:end], first - begin - 1))
+    return jobs
+
+
+def per_text_nll(lm: CausalLM, tokenizer, texts: list[str],
+                 config: PerplexityConfig = PerplexityConfig(),
+                 show_progress: bool = False) -> tuple[np.ndarray, int]:
+    """(len(texts), 3) rows of (NLL nats, scored tokens, utf-8 bytes), and the window count."""
+    jobs = window_jobs(tokenizer, texts, config, lm.max_length)
+    rows = np.zeros((len(texts), 3))
+    rows[:, 2] = [len(text.encode("utf-8")) for text in texts]
+    bar = tqdm(total=len(jobs), desc="perplexity", unit="win",
+               disable=quiet_progress(show_progress))
+    for i in range(0, len(jobs), config.batch_size):
+        chunk = jobs[i: i + config.batch_size]
+        for (t, _, skip), lp in zip(chunk, lm.token_logprobs([w for _, w, _ in chunk]),
+                                    strict=True):
+            rows[t, 0] -= float(lp[skip:].sum())
+            rows[t, 1] += len(lp) - skip
+        bar.update(len(chunk))
+    bar.close()
+    if rows[:, 1].sum() == 0:
+        raise UsageError("no tokens to score: texts are empty or shorter than two tokens")
+    return rows, len(jobs)
+
+
+def summarize(rows: np.ndarray, n_windows: int, config: PerplexityConfig) -> dict:
+    nll, count, n_bytes = float(rows[:, 0].sum()), int(rows[:, 1].sum()), int(rows[:, 2].sum())
+    return {
+        "perplexity": math.exp(nll / count),
+        "bits_per_byte": nll / math.log(2) / n_bytes,
+        "nll_nats": nll, "tokens": count, "bytes": n_bytes, "windows": n_windows,
+        "protocol": dataclasses.asdict(config) | {"unit": "token", "texts": len(rows)},
+    }
+
+
 def perplexity(lm: CausalLM, tokenizer, texts: list[str],
                config: PerplexityConfig = PerplexityConfig(), show_progress: bool = False) -> dict:
     """Token perplexity and bits per byte of ``texts`` under ``lm``.
@@ -60,35 +112,5 @@ def perplexity(lm: CausalLM, tokenizer, texts: list[str],
         dict with ``perplexity``, ``bits_per_byte``, ``nll_nats``, ``tokens`` (scored),
         ``bytes`` and ``protocol``.
     """
-    if config.context_length > lm.max_length:
-        raise UsageError(f"context_length {config.context_length} exceeds the model's "
-                         f"maximum of {lm.max_length} positions")
-    bos = tokenizer.bos_token_id if config.bos else None
-    if config.bos and bos is None:
-        raise UsageError("the tokenizer has no BOS token; set bos: false")
-    jobs = []  # (window ids, offset of first target within the window's logprobs)
-    n_bytes = 0
-    for text in texts:
-        ids = ([bos] if config.bos else []) + tokenizer(text)["input_ids"]
-        n_bytes += len(text.encode("utf-8"))
-        for begin, end, first in windows(len(ids), config.context_length, config.stride):
-            jobs.append((ids[begin:end], first - begin - 1))
-    nll, count = 0.0, 0
-    bar = tqdm(total=len(jobs), desc="perplexity", unit="win",
-               disable=quiet_progress(show_progress))
-    for i in range(0, len(jobs), config.batch_size):
-        chunk = jobs[i: i + config.batch_size]
-        for (_, skip), lp in zip(chunk, lm.token_logprobs([w for w, _ in chunk]), strict=True):
-            nll -= float(lp[skip:].sum())
-            count += len(lp) - skip
-        bar.update(len(chunk))
-    bar.close()
-    if count == 0:
-        raise UsageError("no tokens to score: texts are empty or shorter than two tokens")
-    return {
-        "perplexity": math.exp(nll / count),
-        "bits_per_byte": nll / math.log(2) / n_bytes,
-        "nll_nats": nll, "tokens": count, "bytes": n_bytes, "windows": len(jobs),
-        "protocol": dataclasses.asdict(config) | {"unit": "token", "texts": len(texts)},
-    }
-
+    rows, n_windows = per_text_nll(lm, tokenizer, texts, config, show_progress)
+    return summarize(rows, n_windows, config)

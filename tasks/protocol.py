@@ -24,6 +24,18 @@ class CausalLM(Protocol):
         """
         ...
 
+    def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        """For each sequence ``x`` (length T), the full ``log p(. | x[:t+1])`` for t = 0..T-1.
+
+        Returns float64 arrays of shape (T, V): row t is the distribution of token t+1.
+        """
+        ...
+
+    def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                              stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
+        """``greedy_generate`` for each prompt; each result as if generated alone."""
+        ...
+
     def greedy_generate(self, prompt: list[int], max_new_tokens: int,
                         stop_ids: frozenset[int] = frozenset()) -> list[int]:
         """Greedy continuation of ``prompt`` (new tokens only), with a KV cache.

@@ -1,62 +1,285 @@
-"""The built-in tasks over the embedded evaluation sets, registered by name."""
+"""Task definitions: YAML files (lm-eval-like) parsed into validated ``TaskSpec`` objects.
+
+The built-in tasks live in ``tasks/defs/*.yaml`` (package data) and are registered by name in
+``TASKS``; a user's own task file goes through the same parser (``load_task_file``), so the
+built-ins are no more special than a user's YAML. Every problem in a file is a ``UsageError``
+naming the file and the field.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import string
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from slimbench.errors import UsageError
 from slimbench.registry import Registry
+from slimbench.tasks.perplexity import PerplexityConfig
+from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS
 
+DEFS_DIR = Path(__file__).resolve().parent / "defs"
 KINDS = ("perplexity", "generate")
-POSTPROCESS = ("identifier", "first_line", "paragraph")
+POSTPROCESS = ("identifier", "first_line", "paragraph", "strip")
+
+_TOP = {"name", "version", "description", "kind", "dataset", "prompt", "target", "text",
+        "generation", "perplexity", "metric_list", "limit"}
+_GENERATION = {"greedy", "max_new_tokens", "stop", "postprocess", "batch_size"}
+_DATASET = {"evalset", "path", "hf", "config", "split"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Where rows come from: exactly one of an embedded set, a local JSONL file, or a Hugging
+    Face dataset (``hf`` name or local directory, with ``config`` and ``split``)."""
+
+    evalset: str | None = None
+    path: str | None = None
+    hf: str | None = None
+    config: str | None = None
+    split: str = "test"
+
+    def describe(self) -> str:
+        if self.evalset:
+            return f"evalset:{self.evalset}"
+        if self.path:
+            return f"file:{self.path}"
+        return f"hf:{self.hf}" + (f"/{self.config}" if self.config else "") + f":{self.split}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Greedy generation settings (the only decoding slimbench scores: it is deterministic)."""
+
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    postprocess: str = "first_line"
+    batch_size: int = 8
+    greedy: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """One metric of a task, its direction, and its options (``use_stemmer`` for ROUGE...)."""
+
+    metric: str
+    higher_is_better: bool
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """One task: which set, how to prompt/generate, which metric and its direction.
+    """One task: where its rows come from, how to prompt/generate, which metrics.
 
-    Args:
-        name: registry name.
-        evalset: embedded evaluation set it reads.
-        kind: ``perplexity`` (score the text) or ``generate`` (greedy continuation of a prompt).
-        metric: the headline metric key in the result.
-        higher_is_better: the metric's direction, for deltas and the gate.
-        max_new_tokens: generation budget (``generate`` only).
-        stop: strings that end a generation; the prediction is cut before the first one.
-        postprocess: how a raw continuation becomes a prediction.
+    The first entry of ``metric_list`` is the headline metric (``metric``, ``value``).
     """
 
     name: str
-    evalset: str
-    kind: str
-    metric: str
-    higher_is_better: bool
+    version: str
     description: str
-    max_new_tokens: int = 0
-    stop: tuple[str, ...] = ()
-    postprocess: str = "first_line"
+    kind: str
+    dataset: DatasetSpec
+    metric_list: tuple[MetricSpec, ...]
+    prompt: str = "{prompt}"
+    target: str = "{target}"
+    text: str = "{text}"
+    generation: GenerationConfig | None = None
+    perplexity: PerplexityConfig = PerplexityConfig()
+    limit: int | None = None
+    source: str = ""  # the YAML file it came from
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UsageError(f"task {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "generate" and self.max_new_tokens <= 0:
-            raise UsageError(f"task {self.name}: max_new_tokens must be positive")
-        if self.postprocess not in POSTPROCESS:
-            raise UsageError(f"task {self.name}: postprocess must be one of {POSTPROCESS}")
+    # the pre-YAML attribute names, kept for code that reads them (scripts, reports)
+    @property
+    def metric(self) -> str:
+        return self.metric_list[0].metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric_list[0].higher_is_better
+
+    @property
+    def evalset(self) -> str | None:
+        return self.dataset.evalset
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["metric_list"] = [{"metric": m.metric, "higher_is_better": m.higher_is_better}
+                            | dict(m.options) for m in self.metric_list]
+        return d
+
+
+def _fields(template: str, where: str) -> list[str]:
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise UsageError(f"{where}: bad template {template!r}: {e}") from None
+    if any(not n.isidentifier() for n in names):
+        raise UsageError(f"{where}: template {template!r} may only name row fields, "
+                         "like {prompt}")
+    return names
+
+
+def template_fields(template: str) -> list[str]:
+    """Row field names a ``str.format`` template reads (``"{a} {b}"`` -> ``['a', 'b']``)."""
+    return _fields(template, "template")
+
+
+def _unknown(given: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise UsageError(f"{where}: unknown field(s) {', '.join(extra)} "
+                         f"(allowed: {', '.join(sorted(allowed))})")
+
+
+def _mapping(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _int(value, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _dataset(raw, where: str, base: Path | None) -> DatasetSpec:
+    if raw is None:
+        raise UsageError(f"{where}: missing dataset (evalset, path or hf)")
+    if isinstance(raw, str):  # shorthand: an embedded set name
+        raw = {"evalset": raw}
+    raw = _mapping(raw, f"{where}: dataset")
+    _unknown(raw, _DATASET, f"{where}: dataset")
+    sources = [k for k in ("evalset", "path", "hf") if raw.get(k)]
+    if len(sources) != 1:
+        raise UsageError(f"{where}: dataset needs exactly one of evalset, path, hf "
+                         f"(got {', '.join(sources) or 'none'})")
+    path = raw.get("path")
+    if path is not None and base is not None and not Path(path).is_absolute():
+        path = str((base / path).resolve())  # relative to the YAML file, not the cwd
+    return DatasetSpec(evalset=raw.get("evalset"), path=path, hf=raw.get("hf"),
+                       config=raw.get("config"), split=str(raw.get("split", "test")))
+
+
+def _metrics(raw, kind: str, where: str) -> tuple[MetricSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise UsageError(f"{where}: metric_list must be a non-empty list")
+    allowed = PERPLEXITY_METRICS if kind == "perplexity" else METRICS
+    out = []
+    for i, m in enumerate(raw):
+        m = _mapping(m, f"{where}: metric_list[{i}]")
+        name = m.get("metric")
+        if name not in allowed:
+            raise UsageError(f"{where}: unknown metric {name!r} for a {kind} task "
+                             f"(known: {', '.join(sorted(allowed))})")
+        option_names = set(allowed[name].options)
+        _unknown(m, {"metric", "higher_is_better"} | option_names, f"{where}: metric {name}")
+        hib = m.get("higher_is_better")
+        if not isinstance(hib, bool):
+            raise UsageError(f"{where}: metric {name} needs higher_is_better: true or false")
+        options = tuple(sorted((k, v) for k, v in m.items() if k in option_names))
+        out.append(MetricSpec(name, hib, options))
+    return tuple(out)
+
+
+def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpec:
+    """Validate one parsed YAML document into a ``TaskSpec``.
+
+    Args:
+        raw: what ``yaml.safe_load`` returned.
+        source: the file name, for messages.
+        base: folder that relative dataset paths are resolved against.
+
+    Raises:
+        UsageError: the first problem found, naming the file and field.
+    """
+    raw = _mapping(raw, f"task file {source}")
+    _unknown(raw, _TOP, f"task file {source}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"task file {source}: needs a name")
+    where = f"task {name} ({source})"
+    kind = raw.get("kind", "generate")
+    if kind not in KINDS:
+        raise UsageError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+    dataset = _dataset(raw.get("dataset"), where, base)
+    metric_list = _metrics(raw.get("metric_list"), kind, where)
+    limit = raw.get("limit")
+    if limit is not None:
+        limit = _int(limit, f"{where}: limit")
+    for key in ("prompt", "target", "text"):
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise UsageError(f"{where}: {key} must be a template string like '{{{key}}}'")
+            _fields(raw[key], f"{where}: {key}")
+    generation = None
+    perplexity = PerplexityConfig()
+    if kind == "generate":
+        g = _mapping(raw.get("generation"), f"{where}: generation")
+        _unknown(g, _GENERATION, f"{where}: generation")
+        if "max_new_tokens" not in g:
+            raise UsageError(f"{where}: generation needs max_new_tokens")
+        mnt = g["max_new_tokens"]
+        if isinstance(mnt, bool) or not isinstance(mnt, int) or mnt <= 0:
+            raise UsageError(f"{where}: max_new_tokens must be positive, got {mnt!r}")
+        if g.get("greedy", True) is not True:
+            raise UsageError(f"{where}: only greedy decoding is supported (greedy: true)")
+        stop = g.get("stop", [])
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise UsageError(f"{where}: stop must be a list of non-empty strings")
+        post = g.get("postprocess", "first_line")
+        if post not in POSTPROCESS:
+            raise UsageError(f"{where}: postprocess must be one of {POSTPROCESS}, got {post!r}")
+        generation = GenerationConfig(mnt, tuple(stop), post,
+                                      _int(g.get("batch_size", 8), f"{where}: batch_size"))
+    else:
+        p = _mapping(raw.get("perplexity", {}), f"{where}: perplexity")
+        _unknown(p, {f.name for f in dataclasses.fields(PerplexityConfig)},
+                 f"{where}: perplexity")
+        try:
+            perplexity = PerplexityConfig(**p)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
+    return TaskSpec(name=name, version=str(raw.get("version", "0")),
+                    description=str(raw.get("description", "")), kind=kind, dataset=dataset,
+                    metric_list=metric_list, prompt=raw.get("prompt", "{prompt}"),
+                    target=raw.get("target", "{target}"), text=raw.get("text", "{text}"),
+                    generation=generation, perplexity=perplexity, limit=limit, source=source)
+
+
+def load_task_file(path: str | Path) -> TaskSpec:
+    """Parse and validate one task YAML file (``yaml.safe_load``: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"task file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"task file {path}: not valid YAML{at}") from None
+    return parse_task(raw, str(path), path.parent)
+
+
+def is_task_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
+
+
+def resolve_task(name_or_path: str | TaskSpec) -> TaskSpec:
+    """A registered task by name, or a task YAML file by path."""
+    if isinstance(name_or_path, TaskSpec):
+        return name_or_path
+    if is_task_file(name_or_path):
+        return load_task_file(name_or_path)
+    return TASKS.get(name_or_path)
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
-for _spec in (
-    TaskSpec("perplexity", "lm_stdlib", "perplexity", "perplexity", False,
-             "token perplexity + bits/byte on held-out stdlib source (window 256, stride 128)"),
-    TaskSpec("method_name", "method_name", "generate", "f1", True,
-             "predict a function's name from the source before it; subtoken F1 (code2seq)",
-             max_new_tokens=12, stop=("(",), postprocess="identifier"),
-    TaskSpec("docstring_summary", "docstring_summary", "generate", "bleu", True,
-             "write a function's docstring summary line from its signature; corpus BLEU",
-             max_new_tokens=32, stop=("\n", '"""'), postprocess="first_line"),
-    TaskSpec("docstring_body", "docstring_body", "generate", "rougeL", True,
-             "write a docstring's first paragraph from signature + summary; ROUGE-1/2/L",
-             max_new_tokens=64, stop=('"""',), postprocess="paragraph"),
-):
+for _file in sorted(DEFS_DIR.glob("*.yaml")):
+    _spec = load_task_file(_file)
+    _spec = dataclasses.replace(_spec, source=f"builtin:{_file.name}")
     TASKS.add(_spec.name, _spec, _spec.description)

@@ -97,3 +97,64 @@ def test_console_script_installed():
     assert proc.returncode == 2
     assert proc.stderr.strip() == \
         "slimbench: error: model path '/nonexistent/model' does not exist"
+
+
+TASK_YAML = """
+name: my_names
+version: 1
+dataset: {path: rows.jsonl}
+prompt: "{code}"
+target: "{name}"
+generation: {max_new_tokens: 6, stop: ["("], postprocess: identifier, batch_size: 2}
+metric_list:
+  - {metric: f1, higher_is_better: true}
+  - {metric: exact_match, higher_is_better: true}
+"""
+
+
+def test_eval_task_file_writes_results_and_examples(capsys, tmp_path):
+    rows = [{"code": "class A:\n    def get_value(self):\n        return 1\n\n    def ",
+             "name": "set_value"},
+            {"code": "import os\n\n\ndef ", "name": "main"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "my.yaml").write_text(TASK_YAML)
+    out_file = tmp_path / "res.json"
+    rc, out, _ = run(capsys, "eval", "reference", "--task", str(tmp_path / "my.yaml"),
+                     "--task", "perplexity", "--limit", "2", "--resamples", "20",
+                     "--baseline", "reference", "--out", str(out_file))
+    assert rc == 0 and "my_names" in out and "95% CI" in out
+    data = json.loads(out_file.read_text())
+    assert data["examples_file"] == "res.examples.jsonl"
+    task = data["tasks"]["my_names"]
+    assert task["n"] == 2 and "examples" not in task
+    assert task["metrics"]["f1"]["resamples"] == 20 and task["protocol"]["batch_size"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "res.examples.jsonl").read_text().splitlines()]
+    assert [(x["task"], x["id"]) for x in lines] == [("my_names", 0), ("my_names", 1),
+                                                     ("perplexity", "lm-0000"),
+                                                     ("perplexity", "lm-0001")]
+    assert [x["reference"] for x in lines[:2]] == ["set_value", "main"]
+    # mean of per-example exact match is the task's exact match
+    em = [x["scores"]["exact_match"] for x in lines[:2]]
+    assert task["metrics"]["exact_match"]["value"] == pytest.approx(sum(em) / 2)
+    ppl = data["tasks"]["perplexity"]
+    assert sum(x["tokens"] for x in lines[2:]) == ppl["scores"]["tokens"]
+    fid = data["tasks"]["fidelity"]  # the model against itself
+    assert fid["top1_agreement"]["value"] == 1.0 and fid["greedy_exact_match"]["value"] == 1.0
+    assert fid["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_eval_never_overwrites_examples(capsys, tmp_path):
+    (tmp_path / "r.examples.jsonl").write_text("keep me\n")
+    rc, _, err = run(capsys, "eval", "reference", "--task", "method_name", "--limit", "1",
+                     "--out", str(tmp_path / "r.json"))
+    assert rc == 2 and "r.examples.jsonl already exists" in err
+    assert not (tmp_path / "r.json").exists()
+    assert (tmp_path / "r.examples.jsonl").read_text() == "keep me\n"
+
+
+def test_eval_bad_task_file_one_clear_error(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TASK_YAML.replace("max_new_tokens: 6", "max_new_tokens: -1"))
+    rc, _, err = run(capsys, "eval", "reference", "--task", str(bad))
+    assert rc == 2 and err.count("\n") == 1
+    assert "max_new_tokens must be positive, got -1" in err and str(bad) in err

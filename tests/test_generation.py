@@ -51,3 +51,66 @@ def test_run_task_outputs_examples(tiny_dir):
     assert res["n"] == 3 and len(res["examples"]) == 3
     assert res["higher_is_better"] is True and 0.0 <= res["value"] <= 100.0
     assert {"id", "prediction", "reference"} <= set(res["examples"][0])
+
+
+def test_batched_greedy_equals_one_by_one(tiny_dir):
+    """Left padding + mask + position ids: each row continues exactly as it would alone."""
+    loaded = load_artifact(str(tiny_dir))
+    rt = TorchRuntime(loaded)
+    tok = loaded.tokenizer
+    prompts = [tok(t)["input_ids"] for t in ("x", "def read(self):\n    return",
+                                              "import os\nclass A:\n    pass\n", "a = [1, 2")]
+    alone = [rt.greedy_generate(p, 16) for p in prompts]
+    assert len({len(p) for p in prompts}) == 4  # really different lengths
+    assert rt.greedy_generate_batch(prompts, 16) == alone
+    # per-row stops: a row ends right after its own stop token, the others go on
+    stop = frozenset({alone[3][4]})
+    cut = [a[: next((i + 1 for i, t in enumerate(a) if t in stop), len(a))] for a in alone]
+    assert [len(c) for c in cut] == [16, 16, 16, 5]
+    assert rt.greedy_generate_batch(prompts, 16, stop) == cut
+
+
+@pytest.fixture(scope="module")
+def reference_rt():
+    loaded = load_artifact("reference")
+    return TorchRuntime(loaded), loaded.tokenizer
+
+
+@pytest.mark.parametrize("task,limit", [("method_name", 16), ("docstring_summary", 8),
+                                        ("docstring_body", 6)])
+def test_batch_1_and_8_identical(reference_rt, task, limit):
+    rt, tok = reference_rt
+    one = run_task(rt, tok, task, limit=limit, batch_size=1, resamples=100)
+    eight = run_task(rt, tok, task, limit=limit, batch_size=8, resamples=100)
+    assert one["protocol"]["batch_size"] == 1 and eight["protocol"]["batch_size"] == 8
+    assert [e["prediction"] for e in one["examples"]] == \
+        [e["prediction"] for e in eight["examples"]]
+    assert one["metrics"] == eight["metrics"]
+    assert any(e["prediction"] for e in eight["examples"])  # not vacuously equal
+
+
+def test_unbatched_runtime_falls_back_and_says_so(tiny_dir):
+    from slimbench.bench.runtime_base import RuntimeBase
+
+    loaded = load_artifact(str(tiny_dir))
+    rt = TorchRuntime(loaded)
+
+    class OneByOne(RuntimeBase):  # what OrtRuntime inherits: no batched generation
+        max_length = rt.max_length
+        forward = staticmethod(rt.forward)
+
+    res = run_task(OneByOne(), loaded.tokenizer, "method_name", limit=3, batch_size=8,
+                   resamples=0)
+    ref = run_task(rt, loaded.tokenizer, "method_name", limit=3, batch_size=8, resamples=0)
+    assert res["protocol"]["batch_size"] == 1 and res["protocol"]["batch_size_requested"] == 8
+    assert "no batched generation" in res["protocol"]["padding"]
+    assert [e["prediction"] for e in res["examples"]] == [e["prediction"] for e in ref["examples"]]
+    assert res["ci95"] is None and res["metrics"]["f1"]["resamples"] == 0
+
+    class Legacy:  # a CausalLM from before greedy_generate_batch existed
+        max_length = rt.max_length
+        greedy_generate = staticmethod(rt.greedy_generate)
+
+    old = run_task(Legacy(), loaded.tokenizer, "method_name", limit=3, batch_size=8,
+                   resamples=0)
+    assert [e["prediction"] for e in old["examples"]] == [e["prediction"] for e in ref["examples"]]

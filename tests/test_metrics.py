@@ -40,3 +40,57 @@ def test_rouge_hand_case():
     # averaged over examples, not pooled
     two = metrics.rouge(["x y", "a b"], ["x y", "c d"])
     assert two["rouge1"] == pytest.approx(50.0)
+
+
+def test_squad_normalisation_and_f1_hand_case():
+    assert metrics.normalize_answer("The  Cat's hat!") == "cats hat"
+    assert metrics.normalize_answer("an apple, a pear") == "apple pear"
+    # pred words {big, red, dog}, ref words {red, dog, barked}: 2 common -> p=2/3, r=2/3
+    assert metrics.squad_example_f1("the Big red dog.", "Red dog barked") == pytest.approx(2 / 3)
+    assert metrics.squad_example_f1("a", "the") == 1.0  # both normalise to empty
+    assert metrics.squad_example_f1("", "cat") == 0.0
+    # repeated words are clipped: pred "cat cat", ref "cat" -> p=1/2, r=1 -> f1=2/3
+    assert metrics.squad_example_f1("cat cat", "cat") == pytest.approx(2 / 3)
+    r = metrics.squad_f1(["The cat.", "dog", "red fox"], ["cat", "a dog!", "blue fox"])
+    assert r["exact_match"] == pytest.approx(100 * 2 / 3)
+    assert r["squad_f1"] == pytest.approx(100 * (1 + 1 + 0.5) / 3)
+
+
+def test_macro_f1_hand_case():
+    preds = ["pos", "pos", "neg", "neu", "neg"]
+    refs = ["pos", "neg", "neg", "pos", "neg"]
+    r = metrics.macro_f1(preds, refs)
+    # pos: tp1 fp1 fn1 -> 2/4; neg: tp2 fp0 fn1 -> 4/5; neu: tp0 fp1 fn0 -> 0
+    assert r["per_label"] == pytest.approx({"pos": 50.0, "neg": 80.0, "neu": 0.0})
+    assert r["macro_f1"] == pytest.approx((50 + 80 + 0) / 3)
+    assert metrics.macro_f1(["a", "b"], ["a", "b"])["macro_f1"] == 100.0
+
+
+def test_scorers_agree_with_library_functions():
+    from slimbench.tasks.scorers import METRICS
+
+    preds = ["the cat sat on the mat", "a quick brown fox", "hello", "Read the file."]
+    refs = ["the cat sat on a mat", "the quick brown fox jumps", "hello world", "Read a file."]
+    bleu = METRICS["bleu"]
+    rows = bleu.stats(preds, refs)
+    assert rows.shape == (4, 10)
+    # re-aggregating sacrebleu's per-sentence counts is exactly its corpus BLEU
+    assert bleu.aggregate(rows) == pytest.approx(metrics.corpus_bleu(preds, refs)["bleu"],
+                                                 abs=1e-12)
+    assert bleu.info()["signature"] == metrics.corpus_bleu(preds, refs)["signature"]
+    f1 = METRICS["f1"]
+    assert f1.aggregate(f1.stats(preds, refs)) == pytest.approx(
+        metrics.subtoken_f1(preds, refs)["f1"])
+    for key in ("rouge1", "rouge2", "rougeL"):
+        s = METRICS[key]
+        assert s.aggregate(s.stats(preds, refs, use_stemmer=False)) == pytest.approx(
+            metrics.rouge(preds, refs, use_stemmer=False)[key])
+
+
+def test_rouge_stemming_is_configurable():
+    from slimbench.tasks.scorers import METRICS
+
+    s = METRICS["rouge1"]
+    # Porter stemming maps "running cats" and "runs cat" to "run cat"
+    assert s.aggregate(s.stats(["running cats"], ["runs cat"], use_stemmer=True)) == 100.0
+    assert s.aggregate(s.stats(["running cats"], ["runs cat"], use_stemmer=False)) == 0.0

@@ -179,3 +179,30 @@ def test_node_placement_on_cpu_has_no_fallbacks(exported):
     graph_nodes = len(onnx.load(str(exported / "model.onnx")).graph.node)
     # every node that ran is counted once (constant-folded ones never run)
     assert 0 < placement["nodes_by_provider"]["CPUExecutionProvider"] <= graph_nodes
+
+
+def test_ort_fidelity_and_unbatched_generation(exported, reference):
+    from slimbench.tasks.fidelity import FidelityConfig, fidelity
+    from slimbench.tasks.generation import run_task
+    from slimbench.tasks.perplexity import PerplexityConfig
+
+    ort_rt = OrtRuntime(load_artifact(str(exported)), threads=2)
+    torch_rt = TorchRuntime(reference)
+    lp_ort = ort_rt.next_token_logprobs([[1, 2, 3, 4], [5, 6]])
+    lp_torch = torch_rt.next_token_logprobs([[1, 2, 3, 4], [5, 6]])
+    for a, b in zip(lp_ort, lp_torch, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=2)]
+    cfg = FidelityConfig(PerplexityConfig(128, 64, batch_size=4), prompts=2, prompt_tokens=16,
+                         new_tokens=8)
+    r = fidelity(ort_rt, torch_rt, reference.tokenizer, texts, cfg, resamples=20)
+    assert r["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-8)  # fp32 export: same model
+    assert r["top1_agreement"]["value"] == 1.0 and r["greedy_exact_match"]["value"] == 1.0
+    # the graph has no attention-mask input: generation runs one example at a time
+    res = run_task(ort_rt, reference.tokenizer, "method_name", limit=3, batch_size=8,
+                   resamples=0)
+    ref = run_task(torch_rt, reference.tokenizer, "method_name", limit=3, batch_size=8,
+                   resamples=0)
+    assert res["protocol"]["batch_size"] == 1 and "OrtRuntime" in res["protocol"]["padding"]
+    assert [e["prediction"] for e in res["examples"]] == [e["prediction"] for e in ref["examples"]]
