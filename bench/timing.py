@@ -41,23 +41,17 @@ def percentile(sorted_samples: list[float], q: float) -> float:
 CV_WARNING = 0.10  # pyperf warns above 10%: such a figure is too noisy to gate on
 
 
-def bootstrap_median_ci(samples: list[float], resamples: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the median.
-
-    Written with numpy rather than ``scipy.stats.bootstrap`` to keep scipy out of the
-    dependencies; it is the plain percentile method, seeded, so a result is reproducible.
-    """
+def bootstrap_median_ci(samples: list[float], resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of the median (the tasks' bootstrap, seeded)."""
     import numpy as np
 
-    x = np.asarray(samples, dtype=np.float64)
-    if len(x) < 2:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    medians = np.median(x[rng.integers(0, len(x), size=(resamples, len(x)))], axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(medians, [tail, 100 - tail])
-    return float(lo), float(hi)
+    from slimbench.tasks.bootstrap import bootstrap_ci
+
+    if len(samples) < 2:
+        return float(samples[0]), float(samples[0])
+    lo, hi = bootstrap_ci(np.asarray(samples), np.median, resamples, seed)["ci95"]
+    return lo, hi
 
 
 def summarize(samples: list[float], scale: float = 1e3) -> dict:

@@ -27,3 +27,12 @@ def killed():
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def suite_cell_or_die(**kwargs):
+    """The suite cell, except that random-weight shape variants die like an OOM-killed cell."""
+    if kwargs["artifact"].startswith("shape:"):
+        killed()
+    from slimbench.bench.cell import suite_cell
+
+    return suite_cell(**kwargs)
