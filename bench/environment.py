@@ -118,6 +118,9 @@ def capture(bandwidth: bool = False, seeds: dict | None = None) -> dict:
         "torch_threads": torch.get_num_threads(), "packages": versions,
         "cuda_available": torch.cuda.is_available(), "gpu": gpu_info(),
         "git": git_state(), "seeds": seeds or {},
+        # other work on the machine: with 2 busy threads per core, torch's OpenMP spin-waits
+        # can make a CPU figure many times slower, so a loaded machine must show in the result
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if bandwidth:
         env["memory_bandwidth_bytes_per_s"] = memory_bandwidth()

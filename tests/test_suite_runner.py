@@ -94,3 +94,12 @@ def test_run_isolates_cells_resumes_and_reports(tmp_path):
     assert "<script" not in html and "<link" not in html and 'src="http' not in html
     assert "victim--cpu: failed: killed by SIGKILL" in html
     assert main(["gate", "--baseline", str(run), "--candidate", str(run)]) == 0
+
+
+def test_committed_suites_are_valid():
+    folder = Path(__file__).parent.parent / "bench" / "suites"
+    suites = sorted(folder.glob("*.yaml"))
+    assert suites
+    for path in suites:
+        suite = load_suite(path)
+        assert suite.baseline_variant in [v.name for v in suite.variants]
