@@ -55,6 +55,7 @@ def run_demo(out_dir: Path, limit: int | None, threads: int | None, device: str 
     if path.exists():  # never overwrite an earlier result
         path = out_dir / f"demo-{stamp}-{time.time_ns() % 10**6}.json"
     atomic.write_json(path, result)
-    say(f"wrote {path} ({result['wall_seconds']:.0f} s). Not in this demo yet: compression "
-        "recipes, ONNX Runtime, HTML reports and the regression gate.")
+    say(f"wrote {path} ({result['wall_seconds']:.0f} s). Compression variants, ONNX Runtime, "
+        "HTML reports and the gate: `slimbench run bench/suites/compress-reference.yaml --out "
+        "runs/ref`, then `slimbench gate`.")
     return result | {"path": str(path)}

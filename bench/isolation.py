@@ -17,6 +17,11 @@ import traceback
 
 def _child(target: str, kwargs: dict, conn) -> None:
     """Child side: import ``module:function``, call it, send back ("ok", result) or the error."""
+    import os
+
+    from slimbench.log import setup_logging
+
+    setup_logging(int(os.environ.get("SLIMBENCH_VERBOSITY", "0")))  # as quiet as the parent
     try:
         module, _, name = target.partition(":")
         fn = getattr(importlib.import_module(module), name)

@@ -29,6 +29,7 @@ from slimbench.bench.ort_runtime import OrtRuntime
 from slimbench.bench.runtimes import make_runtime
 from slimbench.bench.scenarios import _ids, decode_latency, prefill_latency
 from slimbench.compress.loader import load_artifact
+from slimbench.log import setup_logging
 
 
 class _TimedSession:
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--perplexity", action="store_true",
                     help="add parameters, bytes and perplexity (full lm_stdlib set)")
     args = ap.parse_args()
+    setup_logging(0)
     set_threads(args.threads)
     print(f"{'artifact':<34} {'prefill ms':>10} {'decode ms/tok':>13} {'run ms':>7} "
           f"{'overhead':>8} {'cold':>8} {'plain run':>9}")

@@ -15,6 +15,7 @@ import statistics
 import time
 
 from slimbench.bench.isolation import run_isolated
+from slimbench.log import setup_logging
 
 
 def repeatability(model: str, runs: int, threads: int, context: int, new_tokens: int) -> list:
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     args = ap.parse_args()
+    setup_logging(0)
     medians = repeatability(args.model, args.runs, args.threads, args.context, args.new_tokens)
     cv = statistics.stdev(medians) / statistics.fmean(medians) if len(medians) > 1 else 0.0
     print(f"{args.model}: medians {[round(m, 3) for m in medians]} ms/token; CV of the "

@@ -11,6 +11,7 @@ def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("slimbench").setLevel(level)
+    os.environ["SLIMBENCH_VERBOSITY"] = str(verbosity)  # spawned cell processes inherit it
     if verbosity <= 0:
         # transformers and HF hub chatter (progress bars for weight loading, advisory warnings)
         # is noise for a benchmark user; -v brings it back.
