@@ -151,7 +151,8 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     for c in cells:
         cid = c["cell"]["id"]
         if c.get("status") != "ok":
-            warnings.append({"cls": "fail", "text": f"{cid}: {c['status']}: {c.get('reason')}"})
+            cls = "warn" if c.get("status") == "skipped" else "fail"  # skipped is not broken
+            warnings.append({"cls": cls, "text": f"{cid}: {c['status']}: {c.get('reason')}"})
             continue
         art = c.get("artifact") or {}
         audit.append({"cell": cid, "recipe": " → ".join(c["cell"].get("recipe") or []) or "—",
