@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,27 +27,30 @@ from slimbench.errors import SlimbenchError, UsageError
 from slimbench.log import quiet_progress
 
 
-def artifact_key(variant: Variant) -> str:
-    blob = json.dumps({"model": variant.model, "recipe": [list(s) for s in variant.recipe],
+def artifact_key(model: str, steps) -> str:
+    """Cache key of the artifact that ``steps`` make from ``model``."""
+    blob = json.dumps({"model": model, "recipe": [list(s) for s in steps],
                        "slimbench": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_artifact(variant: Variant, cache: Path, say) -> str:
-    """The spec a cell loads: the model itself, or the cached end of its recipe."""
-    from slimbench.compress.recipe import Recipe, run_recipe
+    """The spec a cell loads: the model itself, or the cached end of its recipe.
 
-    if not variant.recipe:
-        return variant.model
-    folder = cache / artifact_key(variant)
-    if (folder / "recipe.json").is_file():
-        last = json.loads((folder / "recipe.json").read_text())["artifacts"][-1]
-        return str(folder / last)
-    if folder.exists():  # an interrupted build: start it over
-        shutil.rmtree(folder)
-    run_recipe(Recipe(list(variant.recipe)), variant.model, folder, say=say)
-    last = json.loads((folder / "recipe.json").read_text())["artifacts"][-1]
-    return str(folder / last)
+    Every prefix of a recipe is cached under its own key, so variants that share steps (export
+    once, then quantize two ways) build them once. Each step writes atomically (a staging
+    directory renamed into place), so a directory that exists is a finished artifact.
+    """
+    from slimbench.compress.steps import run_step
+
+    parent = variant.model
+    for i, (name, params) in enumerate(variant.recipe, 1):
+        folder = cache / f"{artifact_key(variant.model, variant.recipe[:i])}-{name}"
+        if not folder.is_dir():
+            say(f"[{variant.name} {i}/{len(variant.recipe)}] {name} {params or ''} <- {parent}")
+            run_step(name, params, parent, folder)
+        parent = str(folder)
+    return parent
 
 
 def cell_id(variant: Variant, device: str) -> str:
