@@ -137,13 +137,7 @@ def parse_suite(data, source: str = "suite") -> Suite:
 
 
 def load_suite(path: Path, overrides: list[str] = ()) -> Suite:
-    import yaml
+    from slimbench.files import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"suite file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml(path, "suite file")
     return parse_suite(apply_overrides(data or {}, list(overrides)), str(path))

@@ -54,16 +54,9 @@ def parse_recipe(data, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: Path) -> Recipe:
-    import yaml
+    from slimbench.files import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"recipe file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML: {e}") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(read_yaml(path, "recipe file"), str(path))
 
 
 def resolve(recipe: Recipe, model: str) -> list[tuple[str, dict]]:

@@ -42,15 +42,9 @@ class Policy:
 def load_policy(path: Path | None) -> Policy:
     if path is None:
         return Policy(dict(DEFAULTS), {})
-    import yaml
+    from slimbench.files import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"policy file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml(path, "policy file") or {}
     if not isinstance(data, dict) or set(data) - {"default", "metrics"}:
         raise UsageError(f"{path}: a policy has only 'default' and 'metrics'")
     default = dict(DEFAULTS) | (data.get("default") or {})

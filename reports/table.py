@@ -7,10 +7,10 @@ one JSON per cell under ``cells/``; both load with ``load_rows``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slimbench.errors import UsageError
+from slimbench.files import read_json
 
 RESULTS_FORMAT = 1
 COLUMNS = ("cell", "variant", "backend", "device", "kind", "metric", "value", "ci_low",
@@ -71,10 +71,7 @@ def rows_from_cell(result: dict) -> list[dict]:
 def load_cells(run_dir: Path) -> list[dict]:
     cells = []
     for path in sorted((Path(run_dir) / "cells").glob("*.json")):
-        try:
-            cells.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path} is not valid JSON: {e}") from None
+        cells.append(read_json(path, "cell result"))
     return cells
 
 
@@ -91,12 +88,7 @@ def load_rows(path: Path) -> list[dict]:
         if not (path / "cells").is_dir():
             raise UsageError(f"{path} is not a slimbench run directory (no cells/ folder)")
         return [r for cell in load_cells(path) for r in rows_from_cell(cell)]
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path, "results file")
     if not isinstance(data, dict) or data.get("slimbench_results") != RESULTS_FORMAT \
             or not isinstance(data.get("rows"), list):
         raise UsageError(f"{path} is not a slimbench results file (expected "

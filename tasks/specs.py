@@ -13,8 +13,6 @@ import string
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from slimbench.errors import UsageError
 from slimbench.registry import Registry
 from slimbench.tasks.perplexity import PerplexityConfig
@@ -253,15 +251,10 @@ def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpe
 
 def load_task_file(path: str | Path) -> TaskSpec:
     """Parse and validate one task YAML file (``yaml.safe_load``: no code runs)."""
+    from slimbench.files import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"task file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"task file {path}: not valid YAML{at}") from None
+    raw = read_yaml(path, "task file")
     return parse_task(raw, str(path), path.parent)
 
 

@@ -173,3 +173,14 @@ def test_committed_recipes_are_valid():
     for f in files:
         recipe = load_recipe(f)
         assert resolve(recipe, recipe.model)
+
+
+def test_recipe_and_policy_files_fail_clearly(tmp_path):
+    from slimbench.reports.gate import load_policy
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text("steps: [distill\nmodel: x\n")
+    with pytest.raises(UsageError, match=r"recipe file .*r.yaml: not valid YAML at line \d"):
+        load_recipe(bad)
+    with pytest.raises(UsageError, match=r"policy file .*nope.yaml does not exist"):
+        load_policy(tmp_path / "nope.yaml")
