@@ -145,7 +145,6 @@ def examples_path(out: Path) -> Path:
 
 
 def cmd_eval(args) -> None:
-    from slimbench import atomic
     from slimbench.bench import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact

@@ -85,9 +85,16 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     if run_dir.exists() and not resume:
         raise UsageError(f"{run_dir} already exists; pass --resume to finish it, or choose "
                          "another run directory")
+    saved = run_dir / "suite.json"
+    # a resumed run must measure what it started measuring: cells of two suites never mix
+    wanted = json.loads(json.dumps(suite.to_dict()))  # tuples -> lists, as saved
+    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
+        raise UsageError(f"{run_dir} was started with a different suite (or overrides); "
+                         "resume it with the same ones, or choose another run directory")
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else run_dir.parent / ".artifacts"
-    atomic.write_json(run_dir / "suite.json", suite.to_dict())
+    if not saved.is_file():
+        atomic.write_json(saved, suite.to_dict())
     cells = [(v, d) for v in suite.variants for d in suite.devices]
     results = []
     bar = tqdm(cells, desc="cells", unit="cell", disable=quiet_progress(show_progress))

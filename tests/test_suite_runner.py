@@ -84,6 +84,8 @@ def test_run_isolates_cells_resumes_and_reports(tmp_path):
     assert [r["status"] for r in again] == [r["status"] for r in results]
     with pytest.raises(UsageError, match="already exists"):
         run_suite(suite, run, cell_target=TARGET)
+    with pytest.raises(UsageError, match="started with a different suite"):
+        run_suite(load_suite(path, ["threads=2"]), run, resume=True, cell_target=TARGET)
 
     assert main(["report", str(run)]) == 0
     rows = load_rows(run)
