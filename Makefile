@@ -6,7 +6,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimbench-installed
 
-.PHONY: demo test lint benchmark reference clean
+.PHONY: demo test lint benchmark reference clean browser
+
+# The report test renders report.html in headless Chromium (Debian's `chromium` package).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser || command -v google-chrome)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/slimbench demo
 
+browser:
+ifeq ($(CHROMIUM),)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium >/dev/null
+endif
+
 # ruff first, so that pytest's summary is the last line of the output
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

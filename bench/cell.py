@@ -19,8 +19,9 @@ class LatencyConfig:
         new_tokens: tokens per decode / generate repeat (min = max, no early stop).
         generate_prompt: prompt length of the end-to-end generate scenario (0 = skip it).
         batches: batch sizes for the prefill batch sweep (empty = skip it).
-        repeats: decode / generate repeats after one warm-up.
-        min_seconds: minimum timed duration per prefill figure.
+        repeats: minimum decode / generate rounds after one warm-up.
+        min_seconds: minimum timed duration of each figure (prefill, decode, generate): the
+            longer the window, the less a shared host's passing state moves the median.
     """
 
     prefill: tuple[int, ...] = (128,)
@@ -61,11 +62,12 @@ def measure_latency(rt, loaded, cfg: LatencyConfig, device: str) -> dict:
 
     results = [scenarios.prefill_latency(rt, n, min_seconds=cfg.min_seconds)
                for n in cfg.prefill]
-    results += [scenarios.decode_latency(rt, c, cfg.new_tokens, cfg.repeats)
+    results += [scenarios.decode_latency(rt, c, cfg.new_tokens, cfg.repeats,
+                                         min_seconds=cfg.min_seconds)
                 for c in cfg.decode_contexts]
     if cfg.generate_prompt:
         results.append(scenarios.generate_latency(rt, cfg.generate_prompt, cfg.new_tokens,
-                                                  cfg.repeats))
+                                                  cfg.repeats, min_seconds=cfg.min_seconds))
     if cfg.batches:
         results += scenarios.batch_sweep(rt, cfg.prefill[0], tuple(cfg.batches),
                                          cfg.min_seconds)

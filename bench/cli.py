@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from slimbench import __version__, atomic
+from slimbench.bench.demo import DEMO_BASELINE, DEMO_POLICY
 from slimbench.errors import SlimbenchError
 from slimbench.log import setup_logging
 
@@ -84,19 +85,24 @@ def _parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser("gate", help="compare a candidate run with a baseline; exit 1 on a "
                                        "regression or a missing metric")
-    gate.add_argument("--baseline", type=Path, required=True,
-                      help="baseline run directory or results.json")
+    gate.add_argument("--baseline", type=Path, required=True, action="append",
+                      help="baseline run directory or results.json; give it several times "
+                           "for repeated runs of one build (each metric is then held to the "
+                           "worst of them: the machine's run-to-run noise)")
     gate.add_argument("--candidate", type=Path, required=True,
                       help="candidate run directory or results.json")
     gate.add_argument("--policy", type=Path, help="gate policy YAML (default: built-in)")
 
-    demo = sub.add_parser("demo", help="run the default demo on the embedded reference")
-    demo.add_argument("--limit", type=int, default=100,
-                      help="examples per generation task (default 100)")
-    demo.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
-    demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    demo.add_argument("--out", type=Path, default=Path("runs"),
-                      help="folder for demo-<timestamp>.json (default runs)")
+    demo = sub.add_parser("demo", help="run the demo suite (reference + gpt2 shapes, every "
+                                       "compression), report, and gate it")
+    demo.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="suite overrides, e.g. threads=1 task_limit=50 devices=[cpu]")
+    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<timestamp>)")
+    demo.add_argument("--resume", action="store_true", help="finish an interrupted demo run")
+    demo.add_argument("--baseline", type=Path, default=DEMO_BASELINE,
+                      help="results to gate against (default: the committed demo baseline)")
+    demo.add_argument("--policy", type=Path, default=DEMO_POLICY,
+                      help="gate policy (default: quality and size gated, latency reported)")
     return p
 
 
@@ -269,17 +275,14 @@ def cmd_run(args) -> None:
 
 
 def _report(run_dir: Path, baseline_variant: str | None) -> None:
-    from slimbench.reports.html import render_html
-    from slimbench.reports.output import write_tables
+    from slimbench.reports.output import write_report
 
-    summary = write_tables(run_dir, baseline_variant)
-    html = render_html(run_dir, run_dir.name, baseline_variant)
+    summary = write_report(run_dir, baseline_variant)
     print(f"wrote {run_dir / 'results.csv'} ({summary['rows']} rows from {summary['cells']} "
-          f"cells), {run_dir / 'summary.csv'}, {html}")
-    for cid in summary["failed"]:
-        print(f"  failed: {cid}")
-    for cid in summary["skipped"]:
-        print(f"  skipped: {cid}")
+          f"cells), {run_dir / 'summary.csv'}, {summary['html']}")
+    for what in ("failed", "skipped"):
+        if summary[what]:
+            print(f"  {what}: {', '.join(summary[what])}")
 
 
 def cmd_report(args) -> None:
@@ -296,9 +299,9 @@ def cmd_gate(args) -> None:
     from slimbench.reports.table import load_rows
 
     policy = load_policy(args.policy)
-    baseline = load_rows(args.baseline)
+    baseline, *repeats = [load_rows(path) for path in args.baseline]
     candidate = load_rows(args.candidate)
-    checks = compare(baseline, candidate, policy)
+    checks = compare(baseline, candidate, policy, repeats)
     text = markdown(checks)
     print(text, end="")
     if args.candidate.is_dir():
@@ -311,11 +314,15 @@ def cmd_gate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from slimbench.bench.demo import run_demo
+    from slimbench.bench.demo import default_run_dir, run_demo
 
-    if args.limit is not None and args.limit <= 0:
-        raise SlimbenchError(f"--limit must be positive, got {args.limit}")
-    run_demo(args.out, args.limit, args.threads, device=args.device)
+    if args.resume and args.out is None:
+        raise SlimbenchError("--resume needs --out: the run directory to finish")
+    run_dir = args.out or default_run_dir()
+    if not run_demo(run_dir, args.overrides, baseline=args.baseline, policy=args.policy,
+                    resume=args.resume):
+        raise GateFailed(f"the demo run differs from {args.baseline.name}; see "
+                         f"{run_dir / 'gate.md'}")
 
 
 COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,

@@ -1,61 +1,62 @@
-"""``slimbench demo``: what exists today, end to end on the embedded reference.
+"""``slimbench demo``: the default suite end to end, then the gate against a committed baseline.
 
-Loads the reference, scores every task, times prefill and decode, writes one result JSON.
+Runs ``bench/suites/demo.yaml`` (every compression variant of the embedded reference, and the
+gpt2-124M architecture plain and int8) into ``runs/demo-<timestamp>``, writes its tables and
+HTML report, and gates it against ``bench/baselines/demo-cpu.json`` under
+``bench/baselines/demo-policy.yaml``: quality and size are gated, latency and memory are
+reported only, since the committed baseline was measured on another machine.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slimbench import atomic
-from slimbench.bench import environment
-from slimbench.bench.scenarios import decode_latency, prefill_latency
-from slimbench.bench.torch_runtime import TorchRuntime
-from slimbench.compress.loader import LoadOptions, load_artifact
-from slimbench.tasks.generation import run_task
-from slimbench.tasks.specs import TASKS
-
-log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+DEMO_SUITE = HERE / "suites" / "demo.yaml"
+DEMO_BASELINE = HERE / "baselines" / "demo-cpu.json"
+DEMO_POLICY = HERE / "baselines" / "demo-policy.yaml"
 
 
-def run_demo(out_dir: Path, limit: int | None, threads: int | None, device: str = "cpu",
-             say=print) -> dict:
-    t0 = time.perf_counter()
-    n_threads = environment.set_threads(threads)
-    loaded = load_artifact("reference", LoadOptions(device=device))
-    info = loaded.info
-    say(f"loaded the embedded reference: {info.parameters:,} parameters, "
-        f"{info.bytes_on_disk / 1e6:.1f} MB safetensors, sha256 {info.weights_sha256[:12]}")
-    rt = TorchRuntime(loaded)
-    tasks = {}
-    for name in TASKS.names():
-        res = run_task(rt, loaded.tokenizer, name, limit=None if name == "perplexity" else limit,
-                       show_progress=True)
-        tasks[name] = res
-        extra = (f", {res['scores']['bits_per_byte']:.3f} bits/byte"
-                 if name == "perplexity" else "")
-        say(f"task {name:<18} {res['metric']} = {res['value']:.2f}{extra}  "
-            f"(n={res['n']}, {res['seconds']:.1f} s)")
-    prefill = prefill_latency(rt, seq_len=128)
-    decode = decode_latency(rt, context=128, new_tokens=32)
-    say(f"latency (torch, {device}, {n_threads} threads, batch 1): prefill(128) "
-        f"{prefill['ms']['median']:.2f} ms median; decode {decode['ms_per_token']['median']:.2f} "
-        "ms/token with KV cache after 128 tokens")
-    result = {
-        "kind": "demo", "created": datetime.now(timezone.utc).isoformat(),
-        "model": info.to_dict(), "environment": environment.capture(),
-        "tasks": tasks, "latency": [prefill, decode],
-        "wall_seconds": time.perf_counter() - t0,
-    }
+def default_run_dir(root: Path = Path("runs")) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"demo-{stamp}.json"
-    if path.exists():  # never overwrite an earlier result
-        path = out_dir / f"demo-{stamp}-{time.time_ns() % 10**6}.json"
-    atomic.write_json(path, result)
-    say(f"wrote {path} ({result['wall_seconds']:.0f} s). Compression variants, ONNX Runtime, "
-        "HTML reports and the gate: `slimbench run bench/suites/compress-reference.yaml --out "
-        "runs/ref`, then `slimbench gate`.")
-    return result | {"path": str(path)}
+    path = root / f"demo-{stamp}"
+    return path if not path.exists() else root / f"demo-{stamp}-{time.time_ns() % 10**6}"
+
+
+def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BASELINE,
+             policy: Path = DEMO_POLICY, suite_path: Path | None = None, resume: bool = False,
+             say=print) -> bool:
+    """Run the demo suite into ``run_dir``, report, gate; returns whether the gate passed."""
+    suite_path = suite_path or DEMO_SUITE
+    from slimbench import atomic
+    from slimbench.bench.runner import run_suite
+    from slimbench.bench.suite import load_suite
+    from slimbench.reports.gate import compare, load_policy, markdown, verdict
+    from slimbench.reports.output import write_report
+    from slimbench.reports.table import load_rows
+
+    t0 = time.perf_counter()
+    suite = load_suite(suite_path, overrides)  # everything checked before any work
+    gate_policy = load_policy(policy)
+    baseline_rows = load_rows(baseline)
+    say(f"slimbench demo: {len(suite.variants)} variants x {len(suite.devices)} devices "
+        f"({suite_path.name}) -> {run_dir}")
+    results = run_suite(suite, run_dir, resume=resume, say=say)
+    report = write_report(run_dir, suite.baseline_variant)
+    checks = compare(baseline_rows, load_rows(run_dir / "results.json"), gate_policy)
+    text = markdown(checks)
+    atomic.write_text(run_dir / "gate.md", text)
+    ok = sum(r["status"] == "ok" for r in results)
+    say(f"{ok} of {len(results)} cells ok ({sum(r['status'] == 'skipped' for r in results)} "
+        f"skipped) in {time.perf_counter() - t0:.0f} s")
+    say(f"report: {report['html']}")
+    say(f"tables: {run_dir / 'results.csv'}, {run_dir / 'summary.csv'}")
+    failed = [c for c in checks if c["status"] == "fail"]
+    for c in failed[:10]:
+        say(f"  FAIL {c['variant']} {c['device']} {c['metric']}: {c['why']}")
+    if len(failed) > 10:
+        say(f"  ... and {len(failed) - 10} more in {run_dir / 'gate.md'}")
+    say(f"gate vs {baseline.name} ({policy.name}): {verdict(checks)}")
+    return not failed

@@ -69,6 +69,9 @@ def _write_cell(run_dir: Path, result: dict) -> None:
 
 
 CELL = "slimbench.bench.cell:suite_cell"
+# what every CPU cell imports anyway: the fork server imports it once (bench/isolation.py)
+PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
+           "slimbench.bench.cell", "slimbench.bench.runtimes", "slimbench.tasks.generation")
 
 
 def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | None = None,
@@ -128,7 +131,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
                     "latency": suite.latency, "tasks": list(suite.tasks),
                     "task_limit": suite.task_limit, "perplexity_limit": suite.perplexity_limit,
                     "quality": variant.quality},
-                    timeout=suite.timeout)
+                    timeout=suite.timeout, preload=() if device.startswith("cuda") else PRELOAD)
                 head["cell"] |= {"artifact": artifact}
                 if run["status"] == "ok":
                     res = run["result"]
@@ -137,8 +140,14 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
                 else:
                     result = head | {"status": "failed", "reason": run["reason"],
                                      "seconds": run["seconds"]}
-        if result["status"] != "ok":
-            say(f"cell {cid}: {result['status']}: {result['reason']}")
+        if result["status"] == "failed":
+            say(f"cell {cid}: failed: {result['reason']}")
         _write_cell(run_dir, result)
         results.append(result)
+    skipped: dict[str, list[str]] = {}
+    for r in results:
+        if r["status"] == "skipped":
+            skipped.setdefault(r["reason"], []).append(r["cell"]["id"])
+    for reason, ids in skipped.items():
+        say(f"{len(ids)} cell(s) skipped, {reason}: {', '.join(ids)}")
     return results

@@ -4,8 +4,10 @@ Fails closed: a baseline metric the candidate lacks (failed cell, dropped task) 
 Direction comes from each row's ``higher_is_better``. Latency is noisy, so a latency
 regression must both exceed the allowed relative change (the minimum effect size) and be
 significant: the candidate's and the baseline's 95% intervals of the median must not overlap.
-Quality and size are deterministic for a given artifact and data, so any change beyond the
-allowance counts.
+Those intervals are within one run; a shared machine also drifts between runs, which no
+single run shows, so the baseline may be several runs of one build: each metric is then held
+to the worst of them. Quality and size are deterministic for a given artifact and data, so any
+change beyond the allowance counts.
 
 Policy YAML (every key optional)::
 
@@ -13,6 +15,12 @@ Policy YAML (every key optional)::
     metrics:                                                         # per metric name
       perplexity.perplexity: {relative: 0.01}
       docstring_summary.bleu: {absolute: 0.5}
+      peak_rss_bytes: {report: true}                                 # shown, never gated
+
+``null`` for a kind (``default: {latency: null}``) reports that kind without gating it: what a
+baseline made on another machine needs, since latency and memory do not transfer between
+machines while quality and size do. Report-only rows never pass a missing metric silently:
+they still need to be present.
 """
 
 from __future__ import annotations
@@ -30,13 +38,15 @@ class Policy:
     default: dict
     metrics: dict
 
-    def allowance(self, kind: str, metric: str) -> tuple[str, float]:
-        """("relative" | "absolute", allowed change in the bad direction)."""
+    def allowance(self, kind: str, metric: str) -> tuple[str, float | None]:
+        """("relative" | "absolute" | "report", allowed change in the bad direction; None
+        for report-only)."""
         rule = self.metrics.get(metric) or self.metrics.get(metric.split("@")[0])
         if rule:
-            key = "absolute" if "absolute" in rule else "relative"
-            return key, float(rule[key])
-        return "relative", float(self.default.get(kind, DEFAULTS.get(kind, 0.0)))
+            key = next(iter(rule))
+            return key, None if key == "report" else float(rule[key])
+        allowed = self.default.get(kind, DEFAULTS.get(kind, 0.0))
+        return ("report", None) if allowed is None else ("relative", float(allowed))
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -50,13 +60,19 @@ def load_policy(path: Path | None) -> Policy:
     default = dict(DEFAULTS) | (data.get("default") or {})
     metrics = data.get("metrics") or {}
     for name, rule in metrics.items():
-        if not isinstance(rule, dict) or len(rule) != 1 or not set(rule) <= {"relative",
-                                                                             "absolute"}:
-            raise UsageError(f"{path}: metric {name}: give one of relative / absolute")
+        if not isinstance(rule, dict) or len(rule) != 1 or not set(rule) <= {
+                "relative", "absolute", "report"}:
+            raise UsageError(f"{path}: metric {name}: give one of relative / absolute / report")
+        key, value = next(iter(rule.items()))
+        if key == "report" and value is not True or key != "report" and (
+                not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+            raise UsageError(f"{path}: metric {name}: {key} must be "
+                             f"{'true' if key == 'report' else 'a non-negative number'}")
     for kind, value in default.items():
-        if kind not in DEFAULTS or not isinstance(value, int | float) or value < 0:
+        if kind not in DEFAULTS or value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
             raise UsageError(f"{path}: default {kind}: must be one of {sorted(DEFAULTS)} with a "
-                             "non-negative number")
+                             "non-negative number (or null: report only)")
     return Policy(default, metrics)
 
 
@@ -64,52 +80,99 @@ def _key(row: dict) -> tuple:
     return row["variant"], row["backend"], row["device"], row["metric"]
 
 
-def _check(base: dict, cand: dict | None, policy: Policy) -> dict:
+def _worst(runs: list[dict]) -> dict:
+    """The baseline run that is worst for this metric (the bar a candidate must not fall
+    below by more than the allowance)."""
+    key = (lambda r: -r["value"]) if not runs[0]["higher_is_better"] else (lambda r: r["value"])
+    return min(runs, key=key)
+
+
+def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
+    """``runs``: this metric in each baseline run (one, or repeated runs of the same build)."""
+    base = runs[0]
+    values = sorted(r["value"] for r in runs)
+    b = values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1:
+                                                                     len(values) // 2 + 1]) / 2
     out = {"variant": base["variant"], "backend": base["backend"], "device": base["device"],
-           "metric": base["metric"], "kind": base["kind"], "baseline": base["value"],
+           "metric": base["metric"], "kind": base["kind"], "baseline": b,
+           "baseline_range": [values[0], values[-1]], "baseline_runs": len(runs),
            "candidate": None if cand is None else cand["value"],
            "higher_is_better": base["higher_is_better"]}
     if cand is None or cand["value"] is None:
         return out | {"status": "fail", "why": "missing in the candidate"}
-    b, c = base["value"], cand["value"]
-    worse = (b - c) if base["higher_is_better"] else (c - b)  # > 0: moved the bad way
+    c = cand["value"]
+    out["change"] = (c - b) / abs(b) if b else None
     mode, allowed = policy.allowance(base["kind"], base["metric"])
+    if allowed is None:
+        return out | {"status": "info", "why": "reported, not gated (policy)"}
+    # Compared with the worst baseline run: what one build has already measured is not a
+    # regression. With one baseline run this is that run.
+    bar = _worst(runs)
+    w = bar["value"]
+    worse = (w - c) if base["higher_is_better"] else (c - w)  # > 0: moved the bad way
     if mode == "absolute":
         change = worse
     else:
-        change = worse / abs(b) if b else (float("inf") if worse > 0 else 0.0)
-    out |= {"change": (c - b) / abs(b) if b else None, "allowed": allowed, "mode": mode}
+        change = worse / abs(w) if w else (float("inf") if worse > 0 else 0.0)
+    out |= {"allowed": allowed, "mode": mode}
     if change <= allowed:
         return out | {"status": "pass", "why": ""}
-    if base["kind"] == "latency" and None not in (base["ci_low"], cand["ci_low"]):
-        separated = (cand["ci_low"] > base["ci_high"] if not base["higher_is_better"]
-                     else cand["ci_high"] < base["ci_low"])
+    if base["kind"] == "latency" and None not in (bar["ci_low"], cand["ci_low"]):
+        separated = (cand["ci_low"] > bar["ci_high"] if not base["higher_is_better"]
+                     else cand["ci_high"] < bar["ci_low"])
         if not separated:
             return out | {"status": "pass", "why": "within noise: 95% intervals overlap"}
     what = f"{abs(worse):.4g}" if mode == "absolute" else f"{change:.1%}"
-    return out | {"status": "fail", "why": f"worse by {what} (allowed {allowed:g} {mode})"}
+    than = f"the worst of {len(runs)} baseline runs ({w:.4g})" if len(runs) > 1 else \
+        "the baseline"
+    return out | {"status": "fail",
+                  "why": f"worse than {than} by {what} (allowed {allowed:g} {mode})"}
 
 
-def compare(baseline: list[dict], candidate: list[dict], policy: Policy) -> list[dict]:
-    """One check per baseline row, in baseline order."""
+def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
+            repeats: list[list[dict]] = ()) -> list[dict]:
+    """One check per baseline row, in baseline order.
+
+    ``repeats``: more baseline runs of the same build. Each metric is then held to the worst
+    of the runs, so the gate learns the run-to-run spread of the machine it runs on instead
+    of failing on it (the A/A figure in the README).
+    """
     if not baseline:
         raise UsageError("the baseline has no metrics to compare against")
     cand = {_key(r): r for r in candidate}
-    return [_check(b, cand.get(_key(b)), policy) for b in baseline]
+    more = [{_key(r): r for r in rows if r["value"] is not None} for rows in repeats]
+    checks = []
+    for b in baseline:
+        if b["value"] is None:
+            raise UsageError(f"the baseline lacks a value for {b['variant']} {b['metric']}")
+        runs = [b] + [m[_key(b)] for m in more if _key(b) in m]
+        checks.append(_check(runs, cand.get(_key(b)), policy))
+    return checks
+
+
+def verdict(checks: list[dict]) -> str:
+    """One line: PASS or FAIL, with counts."""
+    failed = [c for c in checks if c["status"] == "fail"]
+    gated = [c for c in checks if c["status"] != "info"]
+    shown = len(checks) - len(gated)
+    extra = f"; {shown} reported, not gated" if shown else ""
+    if failed:
+        return f"slimbench gate: FAIL ({len(failed)} of {len(gated)} checks{extra})"
+    return f"slimbench gate: PASS ({len(gated)} checks{extra})"
 
 
 def markdown(checks: list[dict]) -> str:
     """A Markdown summary (usable as a CI step summary): verdict line, then failures first."""
-    failed = [c for c in checks if c["status"] == "fail"]
-    verdict = (f"**slimbench gate: FAIL** ({len(failed)} of {len(checks)} checks)" if failed
-               else f"**slimbench gate: PASS** ({len(checks)} checks)")
-    lines = [verdict, "", "| status | variant | backend | device | metric | baseline | "
-             "candidate | change | note |", "|---|---|---|---|---|---|---|---|---|"]
+    head, _, counts = verdict(checks).partition(" (")
+    lines = [f"**{head}** ({counts}", "",
+             "| status | variant | backend | device | metric | baseline | candidate | change | "
+             "note |", "|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v):
         return "—" if v is None else f"{v:.4g}"
 
-    for c in sorted(checks, key=lambda c: c["status"] != "fail"):
+    order = {"fail": 0, "pass": 1, "info": 2}
+    for c in sorted(checks, key=lambda c: order[c["status"]]):
         change = "—" if c.get("change") is None else f"{c['change']:+.1%}"
         cells = [c["status"].upper(), c["variant"], c["backend"] or "", c["device"] or "",
                  c["metric"], fmt(c["baseline"]), fmt(c["candidate"]), change, c["why"]]

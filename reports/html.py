@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page (inline SVG charts, no external files or scripts).
 
-Sections: summary table with deltas against the baseline variant (green = better, red =
+Sections: summary table with deltas against each variant's baseline (green = better, red =
 worse, by each metric's direction), Pareto charts (quality vs decode latency, quality vs size),
 per-variant audit (did it compress: quantized counts, sparsity, structure, parity), warnings
 (high CV, fallback providers, failed or skipped cells) and the environment. Every string goes
@@ -27,13 +27,15 @@ th:first-child,td:first-child{text-align:left}
 figure{display:inline-block;margin:0 2em 1em 0}
 </style></head><body>
 <h1>slimbench report: {{ name }}</h1>
-<p>{{ cells|length }} cells, {{ ok }} ok. Baseline variant: <b>{{ baseline }}</b>.</p>
+<p>{{ cells|length }} cells, {{ ok }} ok. Deltas against: {% for b in baseline_names %}
+<b>{{ b }}</b>{% if not loop.last %}, {% endif %}{% else %}—{% endfor %}.</p>
 <h2>Summary</h2>
-<table id="summary"><thead><tr><th>variant</th><th>backend</th><th>device</th>
+<div style="overflow-x:auto"><table id="summary"><thead><tr><th>variant</th><th>backend</th>
+<th>device</th>
 {% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in summary %}<tr><td>{{ row.variant }}</td><td>{{ row.backend }}</td>
 <td>{{ row.device }}</td>{% for c in row.cells %}<td class="{{ c.cls }}">{{ c.text }}</td>
-{% endfor %}</tr>{% endfor %}</tbody></table>
+{% endfor %}</tr>{% endfor %}</tbody></table></div>
 <h2>Trade-offs</h2>
 {% for fig in figures %}<figure>{{ fig.svg|safe }}<figcaption>{{ fig.caption }}</figcaption>
 </figure>{% endfor %}
@@ -117,7 +119,7 @@ def _pareto(frame, x_metric: str, y_metric: str, x_label: str, y_label: str):
 def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     import jinja2
 
-    from slimbench.reports.output import summary_frame
+    from slimbench.reports.output import baselines_for, summary_frame
 
     cells = load_cells(run_dir)
     rows = [r for c in cells for r in rows_from_cell(c)]
@@ -125,14 +127,16 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     direction = {r["metric"]: r["higher_is_better"] for r in rows}
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows)
                if m.split("@")[0] not in ("ttft_ms", "peak_rss_bytes", "nonzero_parameters")]
-    wide = summary_frame(rows, baseline)
+    baselines = baselines_for(cells, baseline)
+    wide = summary_frame(rows, baselines)
     summary = []
     for _, r in wide.iterrows():
         out = []
         for m in metrics:
             delta = r.get(f"Δ {m}")
             cls, text = "", _fmt(r.get(m))
-            if delta is not None and delta == delta and r["variant"] != baseline and delta:
+            own = baselines.get(r["variant"], r["variant"]) == r["variant"]
+            if delta is not None and delta == delta and not own and delta:
                 good = (delta > 0) == direction[m]
                 cls = "better" if good else "worse"
                 text += f" ({delta:+.1%})"
@@ -166,8 +170,8 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
     html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
         name=name, cells=cells, ok=sum(c.get("status") == "ok" for c in cells),
-        baseline=baseline, metrics=metrics, summary=summary, figures=figures, audit=audit,
-        warnings=warnings, environment=environment)
+        baseline_names=sorted(set(baselines.values())), metrics=metrics, summary=summary,
+        figures=figures, audit=audit, warnings=warnings, environment=environment)
     path = Path(run_dir) / "report.html"
     atomic.write_text(path, html)
     return path

@@ -1,5 +1,5 @@
 """Write a run's tables: results.json (rows), results.csv (long/tidy), summary.csv (wide, with
-relative deltas against the baseline variant)."""
+relative deltas against each variant's baseline)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,38 @@ from slimbench import atomic
 from slimbench.reports.table import RESULTS_FORMAT, load_cells, rows_from_cell, to_frame
 
 
-def summary_frame(rows: list[dict], baseline_variant: str | None):
+def baselines_for(cells: list[dict], baseline_variant: str | None) -> dict[str, str]:
+    """Each variant's baseline: the suite's baseline variant for variants of the same input
+    model; for another model (gpt2 shapes next to the reference), that model's variant without
+    a recipe, if the suite has one. A delta against another model's baseline would mean
+    nothing, so such variants get none."""
+    model = {c["cell"]["variant"]: c["cell"].get("model") for c in cells}
+    plain = {}
+    for c in cells:  # the first recipe-less variant of each model
+        if not c["cell"].get("recipe"):
+            plain.setdefault(c["cell"].get("model"), c["cell"]["variant"])
+    if baseline_variant in model:
+        plain[model[baseline_variant]] = baseline_variant
+    return {v: plain[m] for v, m in model.items() if m in plain}
+
+
+def summary_frame(rows: list[dict], baselines: dict[str, str]):
     """Wide table: one row per (variant, backend, device), one column per metric, plus
-    ``Δ <metric>`` columns relative to the baseline variant on the same device."""
+    ``Δ <metric>`` columns relative to each variant's baseline (``baselines_for``) on the same
+    device."""
+    import pandas as pd
+
     frame = to_frame(rows)
     if frame.empty:
         return frame
     wide = frame.pivot_table(index=["variant", "backend", "device"], columns="metric",
                              values="value", aggfunc="first")
-    if baseline_variant is not None and baseline_variant in wide.index.get_level_values(0):
-        base = wide.xs(baseline_variant, level="variant").droplevel("backend")
-        for metric in list(wide.columns):
-            ref = wide.index.get_level_values("device").map(base[metric].to_dict())
-            wide[f"Δ {metric}"] = (wide[metric] - ref) / ref.where(ref != 0)
+    by_device = wide.droplevel("backend")
+    for metric in list(wide.columns):
+        ref = [by_device[metric].get((baselines[v], d)) if v in baselines else None
+               for v, _, d in wide.index]
+        ref = pd.Series(ref, index=wide.index, dtype=float)
+        wide[f"Δ {metric}"] = (wide[metric] - ref) / ref.where(ref != 0)
     return wide.reset_index()
 
 
@@ -29,11 +48,20 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
     run_dir = Path(run_dir)
     cells = load_cells(run_dir)
     rows = [r for cell in cells for r in rows_from_cell(cell)]
+    baselines = baselines_for(cells, baseline_variant)
     atomic.write_json(run_dir / "results.json", {"slimbench_results": RESULTS_FORMAT,
                                                  "rows": rows})
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))
     atomic.write_text(run_dir / "summary.csv",
-                      summary_frame(rows, baseline_variant).to_csv(index=False))
+                      summary_frame(rows, baselines).to_csv(index=False))
     return {"cells": len(cells), "rows": len(rows),
             "failed": [c["cell"]["id"] for c in cells if c.get("status") == "failed"],
             "skipped": [c["cell"]["id"] for c in cells if c.get("status") == "skipped"]}
+
+
+def write_report(run_dir: Path, baseline_variant: str | None) -> dict:
+    """Tables and ``report.html`` of a run directory, from its cell JSON."""
+    from slimbench.reports.html import render_html
+
+    summary = write_tables(run_dir, baseline_variant)
+    return summary | {"html": render_html(run_dir, Path(run_dir).name, baseline_variant)}

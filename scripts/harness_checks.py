@@ -18,21 +18,32 @@ from slimbench.bench.isolation import run_isolated
 from slimbench.log import setup_logging
 
 
-def repeatability(model: str, runs: int, threads: int, context: int, new_tokens: int) -> list:
+def repeatability(model: str, runs: int, threads: int, context: int, new_tokens: int,
+                  repeats: int) -> tuple[list, list]:
+    """Each run's median ms/token and its fraction of the weight-bytes/bandwidth floor (the
+    bandwidth measured in the same process: how much of the drift is the host's memory)."""
     cfg = {"prefill": [], "decode_contexts": [context], "new_tokens": new_tokens,
-           "generate_prompt": 0, "repeats": 5, "min_seconds": 0.0}
-    medians = []
+           "generate_prompt": 0, "repeats": repeats, "min_seconds": 0.0}
+    medians, fractions = [], []
     for i in range(runs):
         r = run_isolated("slimbench.bench.cell:latency_cell",
                          {"model": model, "threads": threads, "config": cfg}, timeout=900)
         if r["status"] != "ok":
             raise SystemExit(f"run {i}: {r['reason']}")
-        dec = r["result"]["scenarios"][0]["ms_per_token"]
+        scenario = r["result"]["scenarios"][0]
+        dec = scenario["ms_per_token"]
         medians.append(dec["median"])
+        fractions.append(scenario.get("floor_fraction"))
+        env = r["result"]["environment"]
         print(f"run {i + 1}: median {dec['median']:.3f} ms/token (CV within run "
-              f"{dec['cv']:.1%}, 95% CI {dec['median_ci95'][0]:.3f}-{dec['median_ci95'][1]:.3f})",
-              flush=True)
-    return medians
+              f"{dec['cv']:.1%}, 95% CI {dec['median_ci95'][0]:.3f}-{dec['median_ci95'][1]:.3f});"
+              f" copy bandwidth {env['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, load "
+              f"{env.get('load_average_1m')}", flush=True)
+    return medians, fractions
+
+
+def cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
 
 
 def overhead_per_iteration(n: int = 200_000) -> float:
@@ -52,12 +63,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5, help="decode repeats per run")
     args = ap.parse_args()
     setup_logging(0)
-    medians = repeatability(args.model, args.runs, args.threads, args.context, args.new_tokens)
-    cv = statistics.stdev(medians) / statistics.fmean(medians) if len(medians) > 1 else 0.0
+    medians, fractions = repeatability(args.model, args.runs, args.threads, args.context,
+                                       args.new_tokens, args.repeats)
     print(f"{args.model}: medians {[round(m, 3) for m in medians]} ms/token; CV of the "
-          f"medians {cv:.2%}")
+          f"medians {cv(medians):.2%}")
+    if None not in fractions:
+        print(f"fraction of the bandwidth floor reached: {[round(f, 3) for f in fractions]}; "
+              f"CV {cv(fractions):.2%}")
     per_iter = overhead_per_iteration()
     ref = run_isolated("slimbench.bench.cell:latency_cell", {
         "model": "reference", "threads": args.threads, "config": {

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from slimbench.bench.cli import main
 from slimbench.compress.reference import reference_card
@@ -41,7 +42,8 @@ def test_inspect_reference(capsys):
     (["eval", "reference", "--task", "perplexit"], "did you mean 'perplexity'?"),
     (["eval", "shape:gpt2:n_layer=1", "--limit", "1"], "has random weights"),
     (["eval", "reference", "--limit", "0"], "--limit must be positive"),
-    (["demo", "--limit", "-3"], "--limit must be positive"),
+    (["demo", "--resume"], "--resume needs --out"),
+    (["demo", "thread=2"], "unknown suite key 'thread'"),
     (["compress", "reference", "--step", "torch_dynamic_int8", "--set", "bits=4", "--out",
       "never-written"], "unknown parameter(s) bits"),
     (["compress", "reference", "--step", "torch_dynamic_int8", "--set", "bits", "--out",
@@ -77,17 +79,71 @@ def test_eval_writes_results(capsys, tmp_path):
     assert json.loads(out_file.read_text()) == data
 
 
-def test_demo_end_to_end(capsys, tmp_path):
-    rc, out, _ = run(capsys, "demo", "--limit", "2", "--threads", "2", "--out", str(tmp_path))
-    assert rc == 0
-    (path,) = tmp_path.glob("demo-*.json")
-    data = json.loads(path.read_text())
-    assert set(data["tasks"]) == {"perplexity", "method_name", "docstring_summary",
-                                  "docstring_body"}
-    assert data["tasks"]["method_name"]["n"] == 2
-    assert data["latency"][0]["ms"]["median"] > 0
-    assert data["latency"][1]["ms_per_token"]["median"] > 0
-    assert "loaded the embedded reference" in out and "prefill(128)" in out
+TINY_DEMO = """
+name: tiny-demo
+variants:
+  baseline: {model: reference}
+  torch-int8: {model: reference, recipe: [torch_dynamic_int8]}
+  shape: {model: "shape:gpt2:n_layer=1,n_embd=32,n_head=2,n_positions=64"}
+devices: [cpu, cuda]
+threads: 1
+latency: {prefill: [16], decode_contexts: [16], new_tokens: 4, generate_prompt: 8, repeats: 1,
+          min_seconds: 0}
+tasks: [perplexity, method_name]
+task_limit: 2
+perplexity_limit: 3
+"""
+
+
+def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
+    from slimbench.bench import demo
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_DEMO)
+    monkeypatch.setattr(demo, "DEMO_SUITE", suite)
+    first = tmp_path / "runs" / "first"
+    # against the committed baseline this small suite lacks most variants: the gate fails
+    # closed, and says so, but the report is written
+    rc, out, err = run(capsys, "demo", "--out", str(first))
+    assert rc == 1 and "differs from demo-cpu.json" in err
+    assert f"report: {first / 'report.html'}" in out and (first / "report.html").is_file()
+    assert "gate vs demo-cpu.json (demo-policy.yaml): slimbench gate: FAIL" in out
+    assert "missing in the candidate" in (first / "gate.md").read_text()
+    assert "[torch-int8 1/1] torch_dynamic_int8" in out
+    # the same build against its own results: quality and size identical, latency reported
+    second = tmp_path / "runs" / "second"
+    rc, out, _ = run(capsys, "demo", "--out", str(second), "--baseline",
+                     str(first / "results.json"))
+    assert rc == 0, out
+    assert "torch_dynamic_int8" not in out  # the artifact came from the cache
+    verdict = (second / "gate.md").read_text().splitlines()[0]
+    assert verdict.startswith("**slimbench gate: PASS** (") and "reported, not gated" in verdict
+    cells = json.loads((second / "cells" / "shape--cpu.json").read_text())
+    assert cells["status"] == "ok" and cells["quality"] == {}  # random weights: timed only
+    skipped = json.loads((second / "cells" / "baseline--cuda.json").read_text())
+    if not torch.cuda.is_available():
+        assert skipped["status"] == "skipped"
+        assert skipped["reason"] == "no CUDA GPU on this machine"
+
+
+def test_committed_demo_baseline_matches_the_demo_suite():
+    from slimbench.bench.demo import DEMO_BASELINE, DEMO_POLICY, DEMO_SUITE
+    from slimbench.bench.suite import load_suite
+    from slimbench.reports.gate import load_policy
+    from slimbench.reports.table import load_rows
+
+    suite = load_suite(DEMO_SUITE)
+    rows = load_rows(DEMO_BASELINE)
+    assert {r["variant"] for r in rows} == {v.name for v in suite.variants}
+    for v in suite.variants:
+        tasks = {r["metric"].split(".")[0] for r in rows
+                 if r["variant"] == v.name and r["kind"] == "quality"}
+        assert tasks == (set(suite.tasks) if v.quality else set()), v.name
+        assert any(r["variant"] == v.name and r["metric"] == "decode_ms_per_token@128"
+                   for r in rows)
+    policy = load_policy(DEMO_POLICY)
+    assert policy.allowance("latency", "decode_ms_per_token@128") == ("report", None)
+    assert policy.allowance("quality", "perplexity.perplexity") == ("relative", 0.02)
 
 
 def test_console_script_installed():

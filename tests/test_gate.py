@@ -115,8 +115,68 @@ def test_policy_overrides(tmp_path):
     checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
     assert {c["status"] for c in checks} == {"pass"}
     policy.write_text("metrics:\n  bleu: {relative: 0.1, absolute: 2}\n")
-    with pytest.raises(UsageError, match="give one of relative / absolute"):
+    with pytest.raises(UsageError, match="give one of relative / absolute / report"):
         load_policy(policy)
+    for bad, message in (("metrics:\n  bleu: {report: 3}\n", "report must be true"),
+                         ("metrics:\n  bleu: {relative: -1}\n", "non-negative number"),
+                         ("default: {latency: fast}\n", "or null: report only"),
+                         ("default: {speed: 0.1}\n", "must be one of")):
+        policy.write_text(bad)
+        with pytest.raises(UsageError, match=message):
+            load_policy(policy)
+
+
+def test_report_only_kinds_are_shown_not_gated_but_must_be_present(tmp_path):
+    policy = tmp_path / "gate.yaml"
+    policy.write_text("default: {latency: null, memory: null}\n"
+                      "metrics:\n  model_bytes_on_disk: {report: true}\n")
+    cand = copy.deepcopy(_cell())
+    cand["latency"]["scenarios"][1]["ms_per_token"] = {"median": 30.0, "median_ci95": [29, 31]}
+    cand["latency"]["memory"]["model_bytes_on_disk"] = 9e6
+    checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
+    decode = next(c for c in checks if c["metric"] == "decode_ms_per_token@128")
+    assert decode["status"] == "info" and decode["change"] == pytest.approx(2.0)
+    assert _status(checks, "model_bytes_on_disk") == "info"
+    assert _status(checks, "parameters") == "pass"  # size still gated by default
+    # 5 latency + peak RSS + bytes on disk reported; parameters + 2 quality gated
+    assert markdown(checks).startswith("**slimbench gate: PASS** (3 checks; 7 reported, "
+                                       "not gated)")
+    del cand["latency"]["scenarios"][1]  # report-only metrics still fail closed when missing
+    checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
+    assert _status(checks, "decode_ms_per_token@128") == "fail"
+
+
+def _decode(median, half=0.1):
+    cell = copy.deepcopy(_cell())
+    cell["latency"]["scenarios"][1]["ms_per_token"] = {
+        "median": median, "median_ci95": [median - half, median + half]}
+    return _rows(cell)
+
+
+def test_repeated_baselines_hold_each_metric_to_their_worst_run():
+    policy = load_policy(None)
+    one = compare(_decode(10.0), _decode(12.0), policy)
+    assert _status(one, "decode_ms_per_token@128") == "fail"  # +20% on one baseline run
+    # two runs of the same build measured 10.0 and 11.5: 12.0 is within 10% of the worst
+    runs = compare(_decode(10.0), _decode(12.0), policy, repeats=[_decode(11.5)])
+    check = next(c for c in runs if c["metric"] == "decode_ms_per_token@128")
+    assert check["status"] == "pass" and check["baseline"] == pytest.approx(10.75)
+    assert check["baseline_range"] == [10.0, 11.5] and check["baseline_runs"] == 2
+    worse = compare(_decode(10.0), _decode(13.5), policy, repeats=[_decode(11.5)])
+    check = next(c for c in worse if c["metric"] == "decode_ms_per_token@128")
+    assert check["status"] == "fail"
+    assert check["why"] == ("worse than the worst of 2 baseline runs (11.5) by 17.4% "
+                            "(allowed 0.1 relative)")
+    # higher is better: the worst run is the slowest one
+    cell = _cell()
+    fast, slow = copy.deepcopy(cell), copy.deepcopy(cell)
+    slow["latency"]["scenarios"][2]["tokens_per_s"] = {"median": 80.0,
+                                                       "median_ci95": [79.0, 81.0]}
+    cand = copy.deepcopy(cell)
+    cand["latency"]["scenarios"][2]["tokens_per_s"] = {"median": 75.0,
+                                                       "median_ci95": [74.0, 76.0]}
+    checks = compare(_rows(fast), _rows(cand), policy, repeats=[_rows(slow)])
+    assert _status(checks, "tokens_per_s@128") == "pass"  # -6% vs the 80 tok/s run
 
 
 def _write_results(path, rows):
@@ -145,3 +205,9 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["gate", "--baseline", str(bad), "--candidate", str(same)]) == 2
     assert main(["gate", "--baseline", str(tmp_path / "nope"), "--candidate", str(same)]) == 2
     assert load_rows(same) == _rows(_cell())
+    # repeated baseline runs: --baseline given twice
+    slow = _write_results(tmp_path / "slow.json", _decode(11.5))
+    cand = _write_results(tmp_path / "cand.json", _decode(12.0))
+    assert main(["gate", "--baseline", str(base), "--candidate", str(cand)]) == 1
+    assert main(["gate", "--baseline", str(base), "--baseline", str(slow), "--candidate",
+                 str(cand)]) == 0

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from slimbench.bench.timing import percentile, summarize, time_callable
@@ -38,3 +40,20 @@ def test_summarize_interval_and_warning():
     assert r == summarize(noisy)  # seeded: the same samples give the same interval
     assert "high variation" in r["warning"] and r["cv"] > 0.1
     assert summarize([0.001, 0.002, 0.003])["p90"] == pytest.approx(2.8)
+
+
+def test_rounds_repeat_until_both_count_and_time():
+    from slimbench.bench.scenarios import _rounds
+
+    assert list(_rounds(warmup=1, repeats=3, min_seconds=0.0)) == [0, 1, 2, 3]
+    assert list(_rounds(warmup=0, repeats=2, min_seconds=0.0)) == [0, 1]
+    timed = 0
+    t0 = None
+    for i in _rounds(warmup=1, repeats=2, min_seconds=0.05):
+        if i == 1:
+            t0 = time.perf_counter()
+        time.sleep(0.01)
+        timed += i >= 1
+    # the count alone would stop after 2 timed rounds; the time asks for ~5 of 10 ms
+    assert timed >= 5 and time.perf_counter() - t0 >= 0.05
+    assert len(list(_rounds(warmup=0, repeats=1, min_seconds=60.0, max_rounds=7))) == 7
