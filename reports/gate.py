@@ -76,11 +76,11 @@ def load_policy(path: Path | None) -> Policy:
     return Policy(default, metrics)
 
 
-def _key(row: dict) -> tuple:
+def row_key(row: dict) -> tuple:
     return row["variant"], row["backend"], row["device"], row["metric"]
 
 
-def _worst(runs: list[dict]) -> dict:
+def worst_run(runs: list[dict]) -> dict:
     """The baseline run that is worst for this metric (the bar a candidate must not fall
     below by more than the allowance)."""
     key = (lambda r: -r["value"]) if not runs[0]["higher_is_better"] else (lambda r: r["value"])
@@ -107,7 +107,7 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
         return out | {"status": "info", "why": "reported, not gated (policy)"}
     # Compared with the worst baseline run: what one build has already measured is not a
     # regression. With one baseline run this is that run.
-    bar = _worst(runs)
+    bar = worst_run(runs)
     w = bar["value"]
     worse = (w - c) if base["higher_is_better"] else (c - w)  # > 0: moved the bad way
     if mode == "absolute":
@@ -139,15 +139,20 @@ def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
     """
     if not baseline:
         raise UsageError("the baseline has no metrics to compare against")
-    cand = {_key(r): r for r in candidate}
-    more = [{_key(r): r for r in rows if r["value"] is not None} for rows in repeats]
-    checks = []
+    cand = {row_key(r): r for r in candidate}
+    return [_check(runs, cand.get(row_key(runs[0])), policy)
+            for runs in _runs_per_metric(baseline, repeats)]
+
+
+def _runs_per_metric(baseline: list[dict], repeats) -> list[list[dict]]:
+    """For each baseline row: that metric in every baseline run that has it (first run first)."""
+    more = [{row_key(r): r for r in rows if r["value"] is not None} for rows in repeats]
+    out = []
     for b in baseline:
         if b["value"] is None:
             raise UsageError(f"the baseline lacks a value for {b['variant']} {b['metric']}")
-        runs = [b] + [m[_key(b)] for m in more if _key(b) in m]
-        checks.append(_check(runs, cand.get(_key(b)), policy))
-    return checks
+        out.append([b] + [m[row_key(b)] for m in more if row_key(b) in m])
+    return out
 
 
 def verdict(checks: list[dict]) -> str:
@@ -178,3 +183,19 @@ def markdown(checks: list[dict]) -> str:
                  c["metric"], fmt(c["baseline"]), fmt(c["candidate"]), change, c["why"]]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def excess_over_worst(baselines: list[list[dict]], candidate: list[dict]) -> dict[str, float]:
+    """Per latency metric name, the largest relative amount (over variants and devices) by
+    which the candidate is worse than the worst baseline run; negative when better. Over A/A
+    runs (one build) this is the smallest allowance that would have passed them all."""
+    cand = {row_key(r): r for r in candidate}
+    out: dict[str, float] = {}
+    for runs in _runs_per_metric(baselines[0], baselines[1:]):
+        b, c = runs[0], cand.get(row_key(runs[0]))
+        if b["kind"] != "latency" or c is None or c["value"] is None:
+            continue
+        w = worst_run(runs)["value"]
+        worse = (w - c["value"]) if b["higher_is_better"] else (c["value"] - w)
+        out[b["metric"]] = max(out.get(b["metric"], -float("inf")), worse / abs(w))
+    return out

@@ -1,10 +1,13 @@
 """Shared fixtures. Tests never touch the network: the HF hub is forced offline."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # A private, empty HF cache: tests see neither the network nor the user's cached models.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="slimbench-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
