@@ -33,6 +33,17 @@ class LatencyConfig:
     min_seconds: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            items = value if isinstance(value, tuple | list) else [value]
+            if not isinstance(value, tuple | list) and f.name in ("prefill", "decode_contexts",
+                                                                  "batches"):
+                raise UsageError(f"latency.{f.name} must be a list of lengths, got {value!r}")
+            numeric = int | float if f.name == "min_seconds" else int
+            if any(isinstance(v, bool) or not isinstance(v, numeric) for v in items):
+                what = ("a number" if f.name == "min_seconds" else
+                        "integers" if isinstance(value, tuple | list) else "an integer")
+                raise UsageError(f"latency.{f.name} must be {what}, got {value!r}")
         if self.new_tokens < 2 or self.repeats < 1 or self.min_seconds < 0:
             raise UsageError("new_tokens must be >= 2, repeats >= 1 and min_seconds >= 0")
         for name in ("prefill", "decode_contexts", "batches"):

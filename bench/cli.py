@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                            "for repeated runs of one build (each metric is then held to the "
                            "worst of them: the machine's run-to-run noise)")
     gate.add_argument("--candidate", type=Path, required=True,
-                      help="candidate run directory or results.json")
+                      help="candidate run directory (the Markdown table is also written "
+                           "there, as gate-<time>.md) or results.json")
     gate.add_argument("--policy", type=Path, help="gate policy YAML (default: built-in)")
 
     demo = sub.add_parser("demo", help="run the demo suite (reference + gpt2 shapes, every "
@@ -308,7 +309,7 @@ def cmd_gate(args) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
         path = args.candidate / f"gate-{stamp}.md"
         atomic.write_text(path, text)
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)  # stdout stays Markdown (CI step summaries)
     if any(c["status"] == "fail" for c in checks):
         raise GateFailed("the candidate regressed or lacks baseline metrics")
 
@@ -334,7 +335,15 @@ class GateFailed(SlimbenchError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may come after options too (`run S --out D threads=1`), which argparse's
+    # positional nargs="*" cannot take once an option has ended it
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose)
     try:
         COMMANDS[args.command](args)

@@ -17,6 +17,8 @@ HERE = Path(__file__).parent
 DEMO_SUITE = HERE / "suites" / "demo.yaml"
 DEMO_BASELINE = HERE / "baselines" / "demo-cpu.json"
 DEMO_POLICY = HERE / "baselines" / "demo-policy.yaml"
+# suite keys whose overrides change what the committed baseline measured (not just how fast)
+MEASURED = {"variants", "tasks", "task_limit", "perplexity_limit"}
 
 
 def default_run_dir(root: Path = Path("runs")) -> Path:
@@ -29,18 +31,24 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
              policy: Path = DEMO_POLICY, suite_path: Path | None = None, resume: bool = False,
              say=print) -> bool:
     """Run the demo suite into ``run_dir``, report, gate; returns whether the gate passed."""
-    suite_path = suite_path or DEMO_SUITE
     from slimbench import atomic
-    from slimbench.bench.runner import run_suite
+    from slimbench.bench.runner import check_run_dir, run_suite
     from slimbench.bench.suite import load_suite
     from slimbench.reports.gate import compare, load_policy, markdown, verdict
     from slimbench.reports.output import write_report
     from slimbench.reports.table import load_rows
 
     t0 = time.perf_counter()
+    suite_path = suite_path or DEMO_SUITE
     suite = load_suite(suite_path, overrides)  # everything checked before any work
     gate_policy = load_policy(policy)
     baseline_rows = load_rows(baseline)
+    check_run_dir(suite, Path(run_dir), resume)
+    changed = sorted({o.partition("=")[0].split(".")[0] for o in overrides} & MEASURED)
+    if changed and baseline == DEMO_BASELINE:
+        say(f"note: {', '.join(changed)} changed: the committed baseline was measured without "
+            "these overrides, so its quality figures may not apply; gate against a run made "
+            "with the same overrides (--baseline RUN/results.json)")
     say(f"slimbench demo: {len(suite.variants)} variants x {len(suite.devices)} devices "
         f"({suite_path.name}) -> {run_dir}")
     results = run_suite(suite, run_dir, resume=resume, say=say)
@@ -55,8 +63,9 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
     say(f"tables: {run_dir / 'results.csv'}, {run_dir / 'summary.csv'}")
     failed = [c for c in checks if c["status"] == "fail"]
     for c in failed[:10]:
-        say(f"  FAIL {c['variant']} {c['device']} {c['metric']}: {c['why']}")
+        say(f"  FAIL {c['variant']} ({c['device']}) {c['metric']}: {c['why']}")
     if len(failed) > 10:
         say(f"  ... and {len(failed) - 10} more in {run_dir / 'gate.md'}")
-    say(f"gate vs {baseline.name} ({policy.name}): {verdict(checks)}")
+    say(f"verdict against {baseline.name} ({policy.name}): "
+        f"{verdict(checks).removeprefix('slimbench gate: ')}")
     return not failed

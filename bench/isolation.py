@@ -9,7 +9,8 @@ Importing torch and transformers costs a spawned cell about 7 s on 2 cores, more
 cells measure. With ``preload``, cells are forked from multiprocessing's fork server, a fresh
 interpreter that has imported those modules and done nothing else (no thread pool, no CUDA
 context, no model), so each cell still starts clean but without the imports. CUDA cells keep
-plain spawn: a CUDA context must never be inherited through fork.
+plain spawn: a CUDA context must never be inherited through fork. The fork server starts with
+the first such cell and keeps the environment variables of that moment for all later ones.
 """
 
 from __future__ import annotations

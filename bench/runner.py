@@ -74,6 +74,19 @@ PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
            "slimbench.bench.cell", "slimbench.bench.runtimes", "slimbench.tasks.generation")
 
 
+def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
+    """Refuse a run directory that exists (unless resuming) or that a resumed run started
+    with another suite or other overrides: cells of two configurations never mix."""
+    if run_dir.exists() and not resume:
+        raise UsageError(f"{run_dir} already exists; pass --resume to finish it, or choose "
+                         "another run directory")
+    saved = run_dir / "suite.json"
+    wanted = json.loads(json.dumps(suite.to_dict()))  # tuples -> lists, as saved
+    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
+        raise UsageError(f"{run_dir} was started with a different suite (or overrides); "
+                         "resume it with the same ones, or choose another run directory")
+
+
 def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | None = None,
               say=print, show_progress: bool = True, cell_target: str = CELL) -> list[dict]:
     """Run every (variant, device) cell; returns the cell results in suite order.
@@ -85,15 +98,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     from slimbench.bench.isolation import run_isolated
 
     run_dir = Path(run_dir)
-    if run_dir.exists() and not resume:
-        raise UsageError(f"{run_dir} already exists; pass --resume to finish it, or choose "
-                         "another run directory")
+    check_run_dir(suite, run_dir, resume)
     saved = run_dir / "suite.json"
-    # a resumed run must measure what it started measuring: cells of two suites never mix
-    wanted = json.loads(json.dumps(suite.to_dict()))  # tuples -> lists, as saved
-    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
-        raise UsageError(f"{run_dir} was started with a different suite (or overrides); "
-                         "resume it with the same ones, or choose another run directory")
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else run_dir.parent / ".artifacts"
     if not saved.is_file():

@@ -75,6 +75,29 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _number(data: dict, key: str, kind, source: str, default=None):
+    """``data[key]`` as ``kind`` (int or float), or one clear error naming the key."""
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            kind is int and not float(value).is_integer()):
+        raise UsageError(f"{source}: {key} must be {'an integer' if kind is int else 'a number'}"
+                         f", got {value!r}")
+    return kind(value)
+
+
+def _names(data: dict, key: str, source: str, default: list) -> tuple[str, ...]:
+    value = data.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        example = ", ".join(default) or "perplexity"
+        raise UsageError(f"{source}: {key} must be a list of names, e.g. [{example}], got "
+                         f"{value!r}")
+    return tuple(value)
+
+
 def parse_suite(data, source: str = "suite") -> Suite:
     from slimbench.bench.cell import LatencyConfig
     from slimbench.compress.recipe import parse_recipe, resolve
@@ -104,31 +127,36 @@ def parse_suite(data, source: str = "suite") -> Suite:
                 raise UsageError(f"{source}: variant {name}: {e}") from None
         quality = bool(spec.get("quality", not str(spec["model"]).startswith("shape:")))
         variants.append(Variant(str(name), str(spec["model"]), steps, quality))
-    devices = tuple(data.get("devices") or ["cpu"])
+    devices = _names(data, "devices", source, ["cpu"]) or ("cpu",)
     for d in devices:
         if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
             raise UsageError(f"{source}: device {d!r}: use cpu, cuda or cuda:N")
-    latency = dict(data.get("latency") or {})
+    latency = data.get("latency") or {}
+    if not isinstance(latency, dict):
+        raise UsageError(f"{source}: latency must be a mapping, e.g. {{prefill: [128]}}")
+    latency = dict(latency)
     try:
         LatencyConfig(**latency)
     except TypeError as e:
         raise UsageError(f"{source}: latency: {e}") from None
-    tasks = tuple(data.get("tasks") or ())
+    except UsageError as e:
+        raise UsageError(f"{source}: {e}") from None
+    tasks = _names(data, "tasks", source, [])
     for t in tasks:
         try:
             resolve_task(t)
         except SlimbenchError as e:
             raise UsageError(f"{source}: {e}") from None
-    threads = int(data.get("threads") or 0)
-    limit = data.get("task_limit")
-    timeout = float(data.get("timeout", 900))
+    threads = _number(data, "threads", int, source) or 0
+    limit = _number(data, "task_limit", int, source)
+    timeout = _number(data, "timeout", float, source, 900)
     names = [v.name for v in variants]
     base = data.get("baseline_variant", names[0])
     if base not in names:
         raise UsageError(f"{source}: baseline_variant {base!r} is not a variant ({names})")
     if threads < 0 or timeout <= 0 or (limit is not None and int(limit) < 1):
         raise UsageError(f"{source}: threads >= 0, timeout > 0 and task_limit >= 1 please")
-    ppl_limit = data.get("perplexity_limit")
+    ppl_limit = _number(data, "perplexity_limit", int, source)
     if ppl_limit is not None and int(ppl_limit) < 1:
         raise UsageError(f"{source}: perplexity_limit must be >= 1")
     return Suite(str(data.get("name", "suite")), tuple(variants), devices, threads, latency,
@@ -140,4 +168,5 @@ def load_suite(path: Path, overrides: list[str] = ()) -> Suite:
     from slimbench.files import read_yaml
 
     data = read_yaml(path, "suite file")
-    return parse_suite(apply_overrides(data or {}, list(overrides)), str(path))
+    source = f"{path} with {' '.join(overrides)}" if overrides else str(path)
+    return parse_suite(apply_overrides(data or {}, list(overrides)), source)

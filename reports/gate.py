@@ -57,6 +57,11 @@ def load_policy(path: Path | None) -> Policy:
     data = read_yaml(path, "policy file") or {}
     if not isinstance(data, dict) or set(data) - {"default", "metrics"}:
         raise UsageError(f"{path}: a policy has only 'default' and 'metrics'")
+    for key in ("default", "metrics"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise UsageError(f"{path}: {key} must be a mapping, e.g. "
+                             + ("{latency: 0.10}" if key == "default" else
+                                "{perplexity.perplexity: {relative: 0.01}}"))
     default = dict(DEFAULTS) | (data.get("default") or {})
     metrics = data.get("metrics") or {}
     for name, rule in metrics.items():
@@ -122,11 +127,13 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
                      else cand["ci_high"] < bar["ci_low"])
         if not separated:
             return out | {"status": "pass", "why": "within noise: 95% intervals overlap"}
-    what = f"{abs(worse):.4g}" if mode == "absolute" else f"{change:.1%}"
+    if mode == "absolute":
+        what, limit = f"{abs(worse):.4g}", f"{allowed:g}"
+    else:
+        what, limit = f"{change:.1%}", f"{allowed * 100:g}%"
     than = f"the worst of {len(runs)} baseline runs ({w:.4g})" if len(runs) > 1 else \
-        "the baseline"
-    return out | {"status": "fail",
-                  "why": f"worse than {than} by {what} (allowed {allowed:g} {mode})"}
+        "the baseline run"
+    return out | {"status": "fail", "why": f"worse than {than} by {what} (allowed {limit})"}
 
 
 def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
@@ -139,6 +146,11 @@ def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
     """
     if not baseline:
         raise UsageError("the baseline has no metrics to compare against")
+    names = {r["metric"] for r in baseline} | {r["metric"].split("@")[0] for r in baseline}
+    unknown = sorted(set(policy.metrics) - names)
+    if unknown:  # a misspelt rule would silently leave its metric on the default
+        raise UsageError(f"the policy names metric(s) the baseline does not have: "
+                         f"{', '.join(unknown)}; known: {', '.join(sorted(names))}")
     cand = {row_key(r): r for r in candidate}
     return [_check(runs, cand.get(row_key(runs[0])), policy)
             for runs in _runs_per_metric(baseline, repeats)]
@@ -156,7 +168,7 @@ def _runs_per_metric(baseline: list[dict], repeats) -> list[list[dict]]:
 
 
 def verdict(checks: list[dict]) -> str:
-    """One line: PASS or FAIL, with counts."""
+    """One line: "slimbench gate: PASS (...)" or "... FAIL (...)", with counts."""
     failed = [c for c in checks if c["status"] == "fail"]
     gated = [c for c in checks if c["status"] != "info"]
     shown = len(checks) - len(gated)

@@ -1,4 +1,4 @@
-"""A/A check of the gate: repeated runs of one build gated against repeated baseline runs.
+r"""A/A check of the gate: repeated runs of one build gated against repeated baseline runs.
 
 Every failure is a false one (nothing changed), so the count says whether the policy's latency
 allowances fit the machine's run-to-run spread; per latency metric the script also prints how
@@ -25,28 +25,33 @@ from slimbench.bench.runner import run_suite
 from slimbench.bench.suite import load_suite
 from slimbench.log import setup_logging
 from slimbench.reports.gate import compare, excess_over_worst, load_policy
+from slimbench.reports.output import write_tables
 from slimbench.reports.table import load_rows
 
 
 def ensure_runs(suite_path: Path, out: Path, runs: int) -> list[Path]:
-    """``out/r0 .. r{runs-1}``, running the suite for each that is not there yet."""
+    """``out/r0 .. r{runs-1}``: a run counts as done once its tables are written; one that
+    was interrupted is resumed (and refused if it was started with another suite)."""
     suite = load_suite(suite_path)
     dirs = []
     for i in range(runs):
         run_dir = out / f"r{i}"
-        if not (run_dir / "cells").is_dir():
-            run_suite(suite, run_dir, cache=out / ".artifacts", say=lambda _: None,
-                      show_progress=False)
+        if not (run_dir / "results.json").is_file():
+            run_suite(suite, run_dir, resume=run_dir.exists(), cache=out / ".artifacts",
+                      say=lambda _: None, show_progress=False)
+            write_tables(run_dir, suite.baseline_variant)
             print(f"ran {run_dir}", flush=True)
         dirs.append(run_dir)
     return dirs
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", type=Path)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite", type=Path, help="suite YAML to run repeatedly (one build)")
     ap.add_argument("--out", type=Path, required=True, help="folder of the runs r0, r1, ...")
-    ap.add_argument("--runs", type=int, default=13)
+    ap.add_argument("--runs", type=int, default=13, help="runs in --out (default 13); "
+                                                         "finished ones are reused")
     ap.add_argument("--baselines", type=int, default=3,
                     help="the first K runs are the baseline (0: give --baseline)")
     ap.add_argument("--baseline", type=Path, action="append", default=[],
@@ -54,16 +59,19 @@ def main() -> None:
     ap.add_argument("--policy", type=Path, help="gate policy to check (default: built-in)")
     ap.add_argument("--calibrate", type=Path, help="write a policy whose latency allowances "
                                                    "pass these runs, plus --margin")
-    ap.add_argument("--margin", type=float, default=0.05)
+    ap.add_argument("--margin", type=float, default=0.05,
+                    help="added to each calibrated allowance, as a fraction (0.05 = 5 points)")
     args = ap.parse_args()
     setup_logging(0)
+    if args.baselines < 0 or args.runs - args.baselines < 1 or not (
+            args.baseline or args.baselines):
+        ap.error("need at least one baseline run and one candidate run")
+    policy = load_policy(args.policy)  # bad inputs fail before any run
+    earlier = [load_rows(d) for d in args.baseline]
     dirs = ensure_runs(args.suite, args.out, args.runs)
     base_dirs = args.baseline + dirs[:args.baselines]
     candidates = dirs[args.baselines:]
-    if not base_dirs or not candidates:
-        raise SystemExit("need at least one baseline run and one candidate run")
-    policy = load_policy(args.policy)
-    baselines = [load_rows(d) for d in base_dirs]
+    baselines = earlier + [load_rows(d) for d in dirs[:args.baselines]]
     failures, worst = 0, {}
     for d in candidates:
         rows = load_rows(d)

@@ -44,6 +44,7 @@ def test_inspect_reference(capsys):
     (["eval", "reference", "--limit", "0"], "--limit must be positive"),
     (["demo", "--resume"], "--resume needs --out"),
     (["demo", "thread=2"], "unknown suite key 'thread'"),
+    (["demo", "--out", "never-written", "threads=abc"], "threads must be an integer"),
     (["compress", "reference", "--step", "torch_dynamic_int8", "--set", "bits=4", "--out",
       "never-written"], "unknown parameter(s) bits"),
     (["compress", "reference", "--step", "torch_dynamic_int8", "--set", "bits", "--out",
@@ -107,7 +108,7 @@ def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
     rc, out, err = run(capsys, "demo", "--out", str(first))
     assert rc == 1 and "differs from demo-cpu.json" in err
     assert f"report: {first / 'report.html'}" in out and (first / "report.html").is_file()
-    assert "gate vs demo-cpu.json (demo-policy.yaml): slimbench gate: FAIL" in out
+    assert "verdict against demo-cpu.json (demo-policy.yaml): FAIL (" in out
     assert "missing in the candidate" in (first / "gate.md").read_text()
     assert "[torch-int8 1/1] torch_dynamic_int8" in out
     # the same build against its own results: quality and size identical, latency reported

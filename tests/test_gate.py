@@ -118,12 +118,25 @@ def test_policy_overrides(tmp_path):
     with pytest.raises(UsageError, match="give one of relative / absolute / report"):
         load_policy(policy)
     for bad, message in (("metrics:\n  bleu: {report: 3}\n", "report must be true"),
+                         ("default: [1, 2]\n", "default must be a mapping"),
+                         ("metrics: [a, b]\n", "metrics must be a mapping"),
                          ("metrics:\n  bleu: {relative: -1}\n", "non-negative number"),
                          ("default: {latency: fast}\n", "or null: report only"),
                          ("default: {speed: 0.1}\n", "must be one of")):
         policy.write_text(bad)
         with pytest.raises(UsageError, match=message):
             load_policy(policy)
+
+
+def test_a_policy_rule_for_a_metric_the_baseline_lacks_is_an_error(tmp_path):
+    policy = tmp_path / "gate.yaml"
+    policy.write_text("metrics:\n  perplexity: {report: true}\n")  # perplexity.perplexity
+    with pytest.raises(UsageError, match="does not have: perplexity; known: .*"
+                                         "perplexity.perplexity"):
+        compare(_rows(_cell()), _rows(_cell()), load_policy(policy))
+    policy.write_text("metrics:\n  decode_ms_per_token: {relative: 0.5}\n")  # any context
+    assert {c["status"] for c in compare(_rows(_cell()), _rows(_cell()),
+                                         load_policy(policy))} == {"pass"}
 
 
 def test_report_only_kinds_are_shown_not_gated_but_must_be_present(tmp_path):
@@ -166,7 +179,7 @@ def test_repeated_baselines_hold_each_metric_to_their_worst_run():
     check = next(c for c in worse if c["metric"] == "decode_ms_per_token@128")
     assert check["status"] == "fail"
     assert check["why"] == ("worse than the worst of 2 baseline runs (11.5) by 17.4% "
-                            "(allowed 0.1 relative)")
+                            "(allowed 10%)")
     # higher is better: the worst run is the slowest one
     cell = _cell()
     fast, slow = copy.deepcopy(cell), copy.deepcopy(cell)

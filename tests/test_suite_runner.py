@@ -53,6 +53,16 @@ def test_suite_validation_and_overrides(tmp_path):
     path.write_text(SUITE.replace("[cpu, cuda]", "[cpu, tpu]"))
     with pytest.raises(UsageError, match="device 'tpu'"):
         load_suite(path)
+    path.write_text(SUITE)
+    for override, message in (("threads=abc", "with threads=abc: threads must be an integer"),
+                              ("task_limit=2.5", "task_limit must be an integer, got 2.5"),
+                              ("devices=cpu", "devices must be a list of names"),
+                              ("tasks=perplexity", "tasks must be a list of names"),
+                              ("latency=3", "latency must be a mapping"),
+                              ("latency.repeats=abc", "latency.repeats must be an integer"),
+                              ("latency.prefill=5", "latency.prefill must be a list")):
+        with pytest.raises(UsageError, match=message):
+            load_suite(path, [override])
 
 
 def test_run_isolates_cells_resumes_and_reports(tmp_path):
