@@ -26,6 +26,7 @@ they still need to be present.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 
 from slimbench.errors import UsageError
@@ -96,8 +97,7 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
     """``runs``: this metric in each baseline run (one, or repeated runs of the same build)."""
     base = runs[0]
     values = sorted(r["value"] for r in runs)
-    b = values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1:
-                                                                     len(values) // 2 + 1]) / 2
+    b = statistics.median(values)
     out = {"variant": base["variant"], "backend": base["backend"], "device": base["device"],
            "metric": base["metric"], "kind": base["kind"], "baseline": b,
            "baseline_range": [values[0], values[-1]], "baseline_runs": len(runs),
