@@ -11,15 +11,20 @@ from pathlib import Path
 from slimbench.errors import UsageError
 
 
+def _text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist")
+    return path.read_text(encoding="utf-8")
+
+
 def read_yaml(path: str | Path, what: str = "file"):
     """The parsed document of ``path`` (None for an empty file)."""
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} {path} does not exist")
+    text = _text(path, what)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -28,9 +33,8 @@ def read_yaml(path: str | Path, what: str = "file"):
 
 def read_json(path: str | Path, what: str = "file"):
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} {path} does not exist")
+    text = _text(path, what)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UsageError(f"{what} {path} is not valid JSON: {e}") from None
