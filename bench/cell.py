@@ -113,6 +113,7 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
     from slimbench.tasks.generation import run_task
+    from slimbench.tasks.specs import resolve_task
 
     cfg = LatencyConfig(**latency)
     n_threads = environment.set_threads(threads)
@@ -121,7 +122,8 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
     out = {"backend": rt.backend, "threads": n_threads, "artifact": loaded.info.to_dict(),
            "latency": measure_latency(rt, loaded, cfg, device), "quality": {}}
     if quality:
-        for name in tasks:
-            limit = perplexity_limit if name == "perplexity" else task_limit
-            out["quality"][name] = run_task(rt, loaded.tokenizer, name, limit)
+        for task in tasks:
+            spec = resolve_task(task)  # a task file is keyed by its name, never by its path
+            limit = perplexity_limit if spec.kind == "perplexity" else task_limit
+            out["quality"][spec.name] = run_task(rt, loaded.tokenizer, spec, limit)
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from slimbench import __version__, atomic
 from slimbench.bench.demo import DEMO_BASELINE, DEMO_POLICY
-from slimbench.errors import SlimbenchError
+from slimbench.errors import CellsFailed, SlimbenchError
 from slimbench.log import setup_logging
 
 LS_WHAT = ("models", "recipes", "tasks", "backends")
@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="candidate run directory (the Markdown table is also written "
                            "there, as gate-<time>.md) or results.json")
     gate.add_argument("--policy", type=Path, help="gate policy YAML (default: built-in)")
+    gate.add_argument("--allow-different-suites", action="store_true",
+                      help="compare runs even if their suites measure different things (or "
+                           "a results file does not say): warn instead of refusing")
 
     demo = sub.add_parser("demo", help="run the demo suite (reference + gpt2 shapes, every "
                                        "compression), report, and gate it")
@@ -273,6 +276,10 @@ def cmd_run(args) -> None:
     _report(args.out, suite.baseline_variant)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"{ok} of {len(results)} cells ok; results in {args.out}")
+    failed = [r["cell"]["id"] for r in results if r["status"] == "failed"]
+    if failed:  # exit 3: finished with a report, but not every measurement exists
+        raise CellsFailed(f"{len(failed)} of {len(results)} cells failed ({', '.join(failed)}); "
+                          "the reasons are in their cell files and the report")
 
 
 def _report(run_dir: Path, baseline_variant: str | None) -> None:
@@ -296,13 +303,22 @@ def cmd_report(args) -> None:
 def cmd_gate(args) -> None:
     from datetime import datetime, timezone
 
-    from slimbench.reports.gate import compare, load_policy, markdown
-    from slimbench.reports.table import load_rows
+    from slimbench.errors import UsageError
+    from slimbench.reports.gate import compare, load_policy, markdown, suite_problem
+    from slimbench.reports.table import load_results
 
     policy = load_policy(args.policy)
-    baseline, *repeats = [load_rows(path) for path in args.baseline]
-    candidate = load_rows(args.candidate)
-    checks = compare(baseline, candidate, policy, repeats)
+    loaded = [load_results(path) for path in args.baseline]
+    candidate, cand_suite = load_results(args.candidate)
+    # a figure from another task limit, recipe or thread count is not a regression or a gain
+    for path, (_, suite) in zip(args.baseline, loaded, strict=True):
+        problem = suite_problem(suite, cand_suite, path, args.candidate)
+        if problem and not args.allow_different_suites:
+            raise UsageError(f"{problem}; --allow-different-suites compares them anyway")
+        if problem:
+            print(f"slimbench: warning: {problem}", file=sys.stderr)
+    (baseline, _), *repeats = loaded
+    checks = compare(baseline, candidate, policy, [rows for rows, _ in repeats])
     text = markdown(checks)
     print(text, end="")
     if args.candidate.is_dir():

@@ -15,6 +15,7 @@ the first such cell and keeps the environment variables of that moment for all l
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import signal
@@ -22,19 +23,42 @@ import time
 import traceback
 
 
-def _child(target: str, kwargs: dict, conn) -> None:
+def _watch_parent(lifeline) -> None:
+    """Kill this process when the parent goes away, however it dies (SIGKILL included), so a
+    killed run leaves no cell running on. The parent holds the only write end of
+    ``lifeline``: EOF means it is gone. (PR_SET_PDEATHSIG would watch the fork server, which
+    itself stays alive while any of its children does.)"""
+    import os
+    import threading
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv_bytes()
+        os.kill(os.getpid(), signal.SIGKILL)  # quietly: no traceback, nobody to send it to
+
+    threading.Thread(target=watch, name="slimbench-lifeline", daemon=True).start()
+
+
+def _child(target: str, kwargs: dict, conn, lifeline) -> None:
     """Child side: import ``module:function``, call it, send back ("ok", result) or the error."""
     import os
 
     from slimbench.log import setup_logging
 
+    # Ctrl-C reaches the whole process group: the parent handles it and kills this cell
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(lifeline)
     setup_logging(int(os.environ.get("SLIMBENCH_VERBOSITY", "0")))  # as quiet as the parent
     try:
         module, _, name = target.partition(":")
         fn = getattr(importlib.import_module(module), name)
-        conn.send(("ok", fn(**kwargs)))
+        message = ("ok", fn(**kwargs))
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent as a reason
-        conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+        message = ("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8))
+    try:
+        conn.send(message)
+    except OSError:  # the parent is gone (BrokenPipe): nobody to tell, nothing to print
+        pass
     finally:
         conn.close()
 
@@ -54,6 +78,21 @@ def _context(preload: tuple[str, ...]):
     return ctx
 
 
+def _wait(proc, conn, deadline: float):
+    """(message or None, timed out) once the child answers, dies or runs past ``deadline``."""
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return None, True
+        if conn.poll(min(left, 0.5)):
+            try:
+                return conn.recv(), False
+            except EOFError:  # died without a word
+                return None, False
+        if not proc.is_alive() and not conn.poll(0):
+            return None, False
+
+
 def run_isolated(target: str, kwargs: dict | None = None, timeout: float = 600.0,
                  preload: tuple[str, ...] = ()) -> dict:
     """Call ``target`` (``"package.module:function"``) with ``kwargs`` in a fresh process:
@@ -66,30 +105,23 @@ def run_isolated(target: str, kwargs: dict | None = None, timeout: float = 600.0
     """
     ctx = _context(tuple(preload))
     parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(target, kwargs or {}, child_conn), daemon=True)
+    life_r, life_w = ctx.Pipe(duplex=False)  # we hold the writer: the child's lifeline
+    proc = ctx.Process(target=_child, args=(target, kwargs or {}, child_conn, life_r),
+                       daemon=True)
     t0 = time.perf_counter()
     proc.start()
     child_conn.close()  # the child holds the only writer: EOF means it is gone
+    life_r.close()
     message = None
-    deadline = t0 + timeout
-    while True:
-        left = deadline - time.perf_counter()
-        if left <= 0:
-            break
-        if parent_conn.poll(min(left, 0.5)):
-            try:
-                message = parent_conn.recv()
-            except EOFError:  # died without a word
-                message = None
-            break
-        if not proc.is_alive() and not parent_conn.poll(0):
-            break
-    timed_out = message is None and time.perf_counter() >= deadline
-    if timed_out or proc.is_alive():
-        proc.join(5 if message is not None else 0)
-    if proc.is_alive():
-        proc.kill()
-    proc.join()
+    try:
+        message, timed_out = _wait(proc, parent_conn, t0 + timeout)
+    finally:  # also on Ctrl-C: no cell outlives the run
+        if proc.is_alive():
+            proc.join(5 if message is not None else 0)
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        life_w.close()
     seconds = time.perf_counter() - t0
     if message is not None and message[0] == "ok":
         return {"status": "ok", "result": message[1], "seconds": seconds}

@@ -8,49 +8,25 @@ Run directory layout::
     RUN/cells/<cell>.examples.jsonl   per-example task outputs of the cell
     RUN/results.json / results.csv / summary.csv / report.html
 
-Artifacts are cached by a hash of (input model, recipe steps and parameters, slimbench version)
-under ``--cache`` (default ``RUN/../.artifacts``), so a second run, or a resumed one, reuses them.
-``--resume`` skips cells whose result is already ``ok``; a failed cell never loses the others.
+Artifacts are cached by content (``compress/cache.py``: input weights, step, config, code
+versions) under ``--cache`` (default ``RUN/../.artifacts``), verified before use, so a second
+run, a resumed one or a concurrent one reuses them. ``--resume`` skips cells whose result is
+already ``ok``. Anything that goes wrong while building a variant's artifact or running its
+cell fails that variant's cells, with the reason in their files; the other cells run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import traceback
 from pathlib import Path
 
 from tqdm import tqdm
 
-from slimbench import __version__, atomic
+from slimbench import atomic
 from slimbench.bench.suite import Suite, Variant
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.log import quiet_progress
-
-
-def artifact_key(model: str, steps) -> str:
-    """Cache key of the artifact that ``steps`` make from ``model``."""
-    blob = json.dumps({"model": model, "recipe": [list(s) for s in steps],
-                       "slimbench": __version__}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def build_artifact(variant: Variant, cache: Path, say) -> str:
-    """The spec a cell loads: the model itself, or the cached end of its recipe.
-
-    Every prefix of a recipe is cached under its own key, so variants that share steps (export
-    once, then quantize two ways) build them once. Each step writes atomically (a staging
-    directory renamed into place), so a directory that exists is a finished artifact.
-    """
-    from slimbench.compress.steps import run_step
-
-    parent = variant.model
-    for i, (name, params) in enumerate(variant.recipe, 1):
-        folder = cache / f"{artifact_key(variant.model, variant.recipe[:i])}-{name}"
-        if not folder.is_dir():
-            say(f"[{variant.name} {i}/{len(variant.recipe)}] {name} {params or ''} <- {parent}")
-            run_step(name, params, parent, folder)
-        parent = str(folder)
-    return parent
 
 
 def cell_id(variant: Variant, device: str) -> str:
@@ -68,6 +44,19 @@ def _write_cell(run_dir: Path, result: dict) -> None:
     atomic.write_json(run_dir / "cells" / f"{cid}.json", result)
 
 
+def _build(cache, variant: Variant) -> str | Exception:
+    """The variant's artifact path, or what went wrong building it: any exception fails
+    this variant (and those sharing the failed step), never the run."""
+    try:
+        return cache.build(variant.model, variant.recipe, variant.name)
+    except SlimbenchError as e:
+        return e
+    except Exception as e:  # a bug or a library error in one step must not end the run
+        wrapped = RuntimeError(f"{type(e).__name__}: {e}")
+        wrapped.details = "".join(traceback.format_exception(e))[-4000:]  # for the cell file
+        return wrapped
+
+
 CELL = "slimbench.bench.cell:suite_cell"
 # what every CPU cell imports anyway: the fork server imports it once (bench/isolation.py)
 PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
@@ -81,6 +70,10 @@ def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
         raise UsageError(f"{run_dir} already exists; pass --resume to finish it, or choose "
                          "another run directory")
     saved = run_dir / "suite.json"
+    if resume and run_dir.exists() and not saved.is_file():
+        # never write tables and a report into a folder that slimbench did not start
+        raise UsageError(f"{run_dir} is not a slimbench run directory (no suite.json); "
+                         "--resume finishes a run that `slimbench run` started")
     wanted = json.loads(json.dumps(suite.to_dict()))  # tuples -> lists, as saved
     if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
         raise UsageError(f"{run_dir} was started with a different suite (or overrides); "
@@ -96,12 +89,13 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     import torch
 
     from slimbench.bench.isolation import run_isolated
+    from slimbench.compress.cache import ArtifactCache
 
     run_dir = Path(run_dir)
     check_run_dir(suite, run_dir, resume)
     saved = run_dir / "suite.json"
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-    cache = Path(cache) if cache else run_dir.parent / ".artifacts"
+    cache = ArtifactCache(Path(cache) if cache else run_dir.parent / ".artifacts", say)
     if not saved.is_file():
         atomic.write_json(saved, suite.to_dict())
     cells = [(v, d) for v in suite.variants for d in suite.devices]
@@ -123,14 +117,13 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
             result = head | {"status": "skipped", "reason": "no CUDA GPU on this machine"}
         else:
             if variant.name not in artifacts:
-                try:
-                    artifacts[variant.name] = build_artifact(variant, cache, say)
-                except SlimbenchError as e:
-                    artifacts[variant.name] = e
+                artifacts[variant.name] = _build(cache, variant)
             artifact = artifacts[variant.name]
             if isinstance(artifact, Exception):
                 result = head | {"status": "failed", "reason": f"building the artifact: "
                                                                 f"{artifact}"}
+                if getattr(artifact, "details", None):
+                    result["traceback"] = artifact.details
             else:
                 run = run_isolated(cell_target, {
                     "artifact": artifact, "device": device, "threads": suite.threads or None,
@@ -146,6 +139,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
                 else:
                     result = head | {"status": "failed", "reason": run["reason"],
                                      "seconds": run["seconds"]}
+                    if run.get("traceback"):
+                        result["traceback"] = run["traceback"]
         if result["status"] == "failed":
             say(f"cell {cid}: failed: {result['reason']}")
         _write_cell(run_dir, result)

@@ -24,6 +24,7 @@ import dataclasses
 from pathlib import Path
 
 from slimbench.errors import SlimbenchError, UsageError
+from slimbench.names import check_name
 
 KEYS = {"name", "variants", "devices", "threads", "latency", "tasks", "task_limit", "timeout",
         "baseline_variant", "perplexity_limit"}
@@ -100,6 +101,7 @@ def _names(data: dict, key: str, source: str, default: list) -> tuple[str, ...]:
 
 def parse_suite(data, source: str = "suite") -> Suite:
     from slimbench.bench.cell import LatencyConfig
+    from slimbench.compress.kinds import check_chain
     from slimbench.compress.recipe import parse_recipe, resolve
     from slimbench.tasks.specs import resolve_task
 
@@ -114,6 +116,7 @@ def parse_suite(data, source: str = "suite") -> Suite:
         raise UsageError(f"{source}: 'variants' must map names to {{model, recipe}}")
     variants = []
     for name, spec in raw.items():
+        check_name(name, "variant", source)
         if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "recipe",
                                                                              "quality"}:
             raise UsageError(f"{source}: variant {name}: give model (and optionally recipe, "
@@ -123,6 +126,7 @@ def parse_suite(data, source: str = "suite") -> Suite:
             try:
                 recipe = parse_recipe({"steps": spec["recipe"]}, f"{source}: variant {name}")
                 steps = tuple(resolve(recipe, str(spec["model"])))
+                check_chain(str(spec["model"]), [s for s, _ in steps])
             except SlimbenchError as e:
                 raise UsageError(f"{source}: variant {name}: {e}") from None
         quality = bool(spec.get("quality", not str(spec["model"]).startswith("shape:")))
@@ -142,11 +146,16 @@ def parse_suite(data, source: str = "suite") -> Suite:
     except UsageError as e:
         raise UsageError(f"{source}: {e}") from None
     tasks = _names(data, "tasks", source, [])
+    task_names: dict[str, str] = {}
     for t in tasks:
         try:
-            resolve_task(t)
+            name = resolve_task(t).name  # results are keyed by this, never by a file path
         except SlimbenchError as e:
             raise UsageError(f"{source}: {e}") from None
+        if name in task_names:
+            raise UsageError(f"{source}: tasks {task_names[name]!r} and {t!r} are both named "
+                             f"{name!r}; task names must differ")
+        task_names[name] = t
     threads = _number(data, "threads", int, source) or 0
     limit = _number(data, "task_limit", int, source)
     timeout = _number(data, "timeout", float, source, 900)

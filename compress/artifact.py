@@ -27,17 +27,44 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
+def sha256_file(path: Path, h=None) -> str:
+    """Hex sha256 of a file's bytes (fed into ``h`` when given, to hash several files)."""
+    h = h or hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def artifact_files(directory: Path) -> list[Path]:
+    """The files an artifact consists of: every regular file but the manifest."""
+    return [f for f in sorted(Path(directory).iterdir()) if f.is_file() and f.name != MANIFEST]
+
+
 def file_table(directory: Path) -> dict[str, dict]:
     """``{name: {"bytes", "sha256"}}`` for every file in ``directory`` except the manifest."""
-    table = {}
-    for f in sorted(directory.iterdir()):
-        if f.is_file() and f.name != MANIFEST:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
-            table[f.name] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
-    return table
+    return {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            for f in artifact_files(directory)}
+
+
+def verify_files(directory: Path, manifest: dict, full: bool = True) -> list[str]:
+    """What differs between ``directory``'s files and the table its manifest recorded.
+
+    The cheap check (``full=False``) compares names and sizes; the full one also each
+    file's sha256. An empty list means the files are the ones that were written.
+    """
+    recorded = manifest.get("files") or {}
+    present = {f.name: f for f in artifact_files(directory)}
+    problems = [f"{n} is missing" for n in sorted(set(recorded) - set(present))]
+    problems += [f"{n} was added" for n in sorted(set(present) - set(recorded))]
+    for name in sorted(set(recorded) & set(present)):
+        size = present[name].stat().st_size
+        if size != recorded[name]["bytes"]:
+            problems.append(f"{name} has {size} bytes, the manifest recorded "
+                            f"{recorded[name]['bytes']}")
+        elif full and sha256_file(present[name]) != recorded[name]["sha256"]:
+            problems.append(f"{name}'s sha256 differs from the manifest's")
+    return problems
 
 
 def read_manifest(directory: Path) -> dict | None:

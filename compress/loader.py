@@ -4,7 +4,9 @@ A *spec* names what to load:
   ``reference``                  the embedded reference checkpoint
   ``shape:gpt2[:n_layer=2,...]`` random weights in a GPT-2 shape (no download)
   ``./dir`` or ``/abs/dir``      a local Hugging Face directory
-  ``org/name``                   a Hugging Face hub id (uses the local HF cache when offline)
+  ``org/name``                   a Hugging Face hub id (uses the local HF cache when offline
+                                 or when the hub cannot be reached; ``org/`` must not be a
+                                 local folder, else the spec is read as a missing path)
 
 Weights load from safetensors only unless the caller opts in to pickle (``allow_pickle``):
 unpickling a file can run arbitrary code. ``trust_remote_code`` stays off unless asked.
@@ -22,7 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from slimbench.compress.artifact import read_manifest
+from slimbench.compress.artifact import read_manifest, sha256_file, verify_files
 from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
 from slimbench.compress.shapes import ShapeSpec, build_shape_model
 from slimbench.errors import ModelLoadError, UsageError
@@ -116,14 +118,10 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         shape = ShapeSpec.parse(spec)
         model = build_shape_model(shape, seed=opts.seed)
         loaded = LoadedModel(model, None, _info(model, shape.label, "shape", None, opts, True))
+    elif spec_source(spec) == "path":
+        loaded = _load_local(Path(spec).expanduser(), spec, opts)
     else:
-        path = Path(spec).expanduser()
-        if path.exists():
-            loaded = _load_local(path, spec, opts)
-        elif _looks_like_path(spec) or not _HUB_ID.match(spec):
-            raise ModelLoadError(f"model path {spec!r} does not exist")
-        else:
-            loaded = _load_hub(spec, opts)
+        loaded = _load_hub(spec, opts)
     dtype = opts.dtype or (loaded.info.manifest or {}).get("load_dtype") or "float32"
     if isinstance(loaded.model, torch.nn.Module):
         loaded.model.to(device=opts.device, dtype=DTYPES[dtype])
@@ -131,10 +129,38 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     return loaded
 
 
+def spec_source(spec: str) -> str:
+    """``reference``, ``shape``, ``path`` (an existing local path) or ``hub``.
+
+    Raises:
+        ModelLoadError: a path that does not exist (also ``m/x`` beside a local folder ``m``).
+    """
+    if spec == REFERENCE_NAME:
+        return "reference"
+    if spec.startswith("shape:"):
+        return "shape"
+    if Path(spec).expanduser().exists():
+        return "path"
+    if _looks_like_path(spec) or not _HUB_ID.match(spec):
+        raise ModelLoadError(f"model path {spec!r} does not exist")
+    if "/" in spec and Path(spec.split("/")[0]).expanduser().is_dir():
+        # 'm/x' beside a local folder m/ is a mistyped path, not a hub id to go looking for
+        raise ModelLoadError(f"model path {spec!r} does not exist (read as a path, not a "
+                             f"hub id, because {spec.split('/')[0]}/ is a local folder)")
+    return "hub"
+
+
 def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest is None:
         return _load_dir(path, spec, "local", opts)
+    # an artifact is measured only as it was written: a flipped byte or a swapped file
+    # would otherwise be benchmarked under its manifest's name and figures
+    problems = verify_files(path, manifest)
+    if problems:
+        raise ModelLoadError(f"artifact {spec!r} does not match its manifest "
+                             f"({'; '.join(problems[:3])}): it was changed after it was "
+                             "written; rebuild it")
     if manifest.get("format") == "onnx":
         return _load_onnx(path, spec, manifest, opts)
     loaded = _load_dir(path, spec, "artifact", opts)
@@ -162,7 +188,7 @@ def _load_onnx(path: Path, spec: str, manifest: dict, opts: LoadOptions) -> Load
     config = AutoConfig.from_pretrained(path)
     onnx_files = [path / n for n in manifest["files"] if n.startswith(manifest["onnx_file"])]
     model = OnnxModel(path / manifest["onnx_file"], config, opts.device)
-    digest = manifest["files"][manifest["onnx_file"]]["sha256"]
+    digest = sha256_file(path / manifest["onnx_file"])  # the bytes measured, not the record
     info = ModelInfo(
         spec=spec, kind="artifact", path=str(path.resolve()),
         random_weights=bool(manifest.get("random_weights")), model_type=config.model_type,
@@ -226,6 +252,7 @@ def _load_dir(path: Path, spec: str, kind: str, opts: LoadOptions) -> LoadedMode
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
     except Exception as e:  # transformers raises ValueError/OSError/KeyError variously
+        _refuse_remote_code(e, repr(spec), opts)
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {e}") from None
     _check_causal(config, repr(spec))
     safe, pickled = _weight_files(path)
@@ -240,10 +267,14 @@ def _load_dir(path: Path, spec: str, kind: str, opts: LoadOptions) -> LoadedMode
                 "--allow-pickle if you trust the file.")
     _verify_safetensors(safe)
     try:
+        # ignore_mismatched_sizes=True only turns transformers' "look at the above report!"
+        # (a report the quiet CLI never shows) into mismatched_keys with both shapes, which
+        # _check_loading_info refuses by name
         model, info = AutoModelForCausalLM.from_pretrained(
-            path, config=config, use_safetensors=bool(safe),
+            path, config=config, use_safetensors=bool(safe), ignore_mismatched_sizes=True,
             trust_remote_code=opts.trust_remote_code, output_loading_info=True)
     except Exception as e:
+        _refuse_remote_code(e, repr(spec), opts)
         raise ModelLoadError(f"cannot load weights from {spec!r}: {e}") from None
     _check_loading_info(info, spec, config)
     tokenizer = _tokenizer(path, opts)
@@ -257,14 +288,31 @@ def _check_loading_info(info: dict, spec: str, config) -> None:
     # silently benchmark a different model than the user named. A tied lm_head is the one
     # weight that is legitimately absent from the file.
     tied = getattr(config, "tie_word_embeddings", False)
-    missing = [k for k in info.get("missing_keys", [])
-               if not (tied and k.endswith("lm_head.weight"))]
-    mismatched = info.get("mismatched_keys", [])
+    missing = sorted(k for k in info.get("missing_keys", [])
+                     if not (tied and k.endswith("lm_head.weight")))
+    mismatched = sorted(info.get("mismatched_keys", []), key=str)
     if missing or mismatched:
-        what = missing[:5] or [m[0] if isinstance(m, tuple) else m for m in mismatched[:5]]
-        raise ModelLoadError(
-            f"{spec!r}: {len(missing)} weights missing and {len(mismatched)} of the wrong shape "
-            f"(e.g. {', '.join(map(str, what))}); refusing to fill them with random values")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. {', '.join(missing[:5])})")
+        if mismatched:
+            shapes = "; ".join(map(_mismatch_text, mismatched[:5]))
+            parts.append(f"{len(mismatched)} weights of the wrong shape ({shapes})")
+        raise ModelLoadError(f"{spec!r}: {' and '.join(parts)}; refusing to fill them with "
+                             "random values")
+
+
+def _mismatch_text(m) -> str:
+    if isinstance(m, tuple) and len(m) == 3:  # (key, shape in the file, shape from config)
+        return f"{m[0]} is {list(m[1])} in the checkpoint but {list(m[2])} by its config"
+    return str(m)
+
+
+def _refuse_remote_code(e: Exception, where: str, opts: LoadOptions) -> None:
+    # transformers' refusal names its Python argument; a slimbench user needs the CLI flag
+    if not opts.trust_remote_code and "trust_remote_code" in str(e):
+        raise ModelLoadError(f"{where} ships its own model code (auto_map in config.json); "
+                             "slimbench runs it only with --trust-remote-code") from None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -281,22 +329,77 @@ def _tokenizer(where: str | Path, opts: LoadOptions):
         return None
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_failed(hub_id: str, why: str) -> ModelLoadError:
+    return ModelLoadError(f"no local directory {hub_id!r}, and loading it as a Hugging Face "
+                          f"hub id failed: {why}")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _probe_hub(hub_id: str, revision: str | None) -> str | None:
+    """Ask the hub once, briefly, about ``hub_id``: None when it has it, the reason when it
+    cannot be reached; raises when it answers that there is no such model or revision.
+
+    transformers' own downloads retry an unreachable hub for ~25 s per file with a warning
+    per try; one request without retries tells the same thing at once.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(hub_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except RevisionNotFoundError:
+        raise _hub_failed(hub_id, f"the hub has no revision {revision!r} of it") from None
+    except RepositoryNotFoundError:  # the hub answers 401 for private repos too
+        raise _hub_failed(hub_id, "the hub has no model of that name (if it is private, log "
+                                  "in with `hf auth login`)") from None
+    except Exception as e:  # connection refused, DNS, timeout, proxy, 5xx: unreachable
+        return f"the hub could not be reached ({_first_line(e)})"
+    return None
+
+
+def _cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError and kin: not in the cache
+        return None
+    return snap if (snap / "config.json").is_file() else None
+
+
 def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
+    from huggingface_hub import constants
+
+    # Offline, or with the hub unreachable, only the local cache can answer; asking
+    # transformers would retry the network and bury the answer under warnings.
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
+    # Online the hub is asked first: a cached 'main' may be older than the hub's.
+    why = why or _probe_hub(hub_id, opts.revision)
+    if why:
+        snap = _cached_snapshot(hub_id, opts.revision)
+        if snap is None:
+            raise _hub_failed(hub_id, f"it is not in the local Hugging Face cache and {why}")
+        log.info("hub unavailable (%s); loading %s from the local cache %s", why, hub_id, snap)
+        return _load_dir(snap, hub_id, "hub", opts)
     try:
         config = AutoConfig.from_pretrained(hub_id, revision=opts.revision,
                                             trust_remote_code=opts.trust_remote_code)
         _check_causal(config, repr(hub_id))
         model, info = AutoModelForCausalLM.from_pretrained(
             hub_id, config=config, revision=opts.revision,
-            use_safetensors=None if opts.allow_pickle else True,
+            use_safetensors=None if opts.allow_pickle else True, ignore_mismatched_sizes=True,
             trust_remote_code=opts.trust_remote_code, output_loading_info=True)
     except ModelLoadError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(
-            f"no local directory {hub_id!r}, and loading it as a Hugging Face hub id failed: "
-            f"{first}") from None
+        _refuse_remote_code(e, repr(hub_id), opts)
+        raise _hub_failed(hub_id, _first_line(e)) from None
     _check_loading_info(info, hub_id, config)
     files = _hub_weight_files(hub_id, opts.revision)
     return LoadedModel(model.eval(), _tokenizer(hub_id, opts),

@@ -232,11 +232,3 @@ def require_onnx_coverage(audit: dict) -> None:
         raise CompressionError(
             f"ORT int8 quantized {audit['block_matmuls_int8']} of {audit['block_matmuls']} "
             f"block weight MatMuls: {audit['per_block_int8']}")
-
-
-def check_parent_is_onnx(parent) -> None:
-    from slimbench.compress.onnx_model import OnnxModel
-
-    if not isinstance(parent.model, OnnxModel):
-        raise UsageError("ORT quantization needs an ONNX artifact: run the export_onnx step "
-                         "first and pass its directory")

@@ -65,6 +65,7 @@ def resolve(recipe: Recipe, model: str) -> list[tuple[str, dict]]:
     A ``distill`` step without a teacher distills from the recipe's input model, unless it
     builds a shallower student from its parent (then the parent teaches).
     """
+    from slimbench.compress.kinds import check_chain
     from slimbench.compress.steps import STEPS, make_config
 
     out = []
@@ -77,24 +78,33 @@ def resolve(recipe: Recipe, model: str) -> list[tuple[str, dict]]:
         except SlimbenchError as e:
             raise UsageError(f"recipe step {i} ({name}): {e}") from None
         out.append((name, params))
+    check_chain(model, [n for n, _ in out])
     return out
 
 
 def run_recipe(recipe: Recipe, model: str, out: Path, say=print) -> list[dict]:
-    """Apply the steps in order; returns their manifests. ``out`` must not exist."""
+    """Apply the steps in order; returns their manifests.
+
+    All or nothing: the steps write into a staging directory that becomes ``out`` only when
+    every step has succeeded, so a failure at step 2 leaves no ``out`` to clean up and the
+    rerun is not refused. ``out`` must not exist.
+    """
+    from slimbench.compress.artifact import staging_dir
     from slimbench.compress.steps import run_step
 
     steps = resolve(recipe, model)
     out = Path(out)
-    if out.exists():
-        raise UsageError(f"{out} already exists; choose another output directory")
     manifests, parent = [], model
-    for i, (name, params) in enumerate(steps, 1):
-        target = out / f"{i:02d}-{name}"
-        say(f"[{i}/{len(steps)}] {name} {params or ''} <- {parent}")
-        manifests.append(run_step(name, params, parent, target))
-        parent = str(target)
-    atomic.write_json(out / "recipe.json", {
-        "model": model, "steps": [{"name": n, "params": p} for n, p in steps],
-        "artifacts": [f"{i:02d}-{n}" for i, (n, _) in enumerate(steps, 1)]})
+    with staging_dir(out) as tmp:
+        final = {}  # staging path -> where that artifact lives once `out` is in place
+        for i, (name, params) in enumerate(steps, 1):
+            target = tmp / f"{i:02d}-{name}"
+            say(f"[{i}/{len(steps)}] {name} {params or ''} <- {final.get(parent, parent)}")
+            manifests.append(run_step(name, params, parent, target,
+                                      parent_label=final.get(parent)))
+            final[str(target)] = str(out / target.name)
+            parent = str(target)
+        atomic.write_json(tmp / "recipe.json", {
+            "model": model, "steps": [{"name": n, "params": p} for n, p in steps],
+            "artifacts": [f"{i:02d}-{n}" for i, (n, _) in enumerate(steps, 1)]})
     return manifests

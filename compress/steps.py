@@ -19,6 +19,7 @@ from slimbench.compress.artifact import MANIFEST, finish_manifest, staging_dir
 from slimbench.compress.calibration import calibration_batches
 from slimbench.compress.casts import OrtFp16Config, TorchCastConfig, ort_fp16
 from slimbench.compress.distill import DistillConfig, distill, shallow_student
+from slimbench.compress.kinds import check_chain
 from slimbench.compress.loader import DTYPES, LoadedModel, count_parameters, load_artifact
 from slimbench.compress.onnx_export import ONNX_FILE, ExportOnnxConfig, export_onnx
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
@@ -33,7 +34,6 @@ from slimbench.compress.prune_unstructured import UnstructuredPruneConfig, prune
 from slimbench.compress.quant_ort import (
     OrtDynamicInt8Config,
     OrtStaticInt8Config,
-    check_parent_is_onnx,
     ort_dynamic_int8,
     ort_static_int8,
     require_onnx_coverage,
@@ -47,6 +47,7 @@ from slimbench.compress.quant_torch import (
 )
 from slimbench.errors import UsageError
 from slimbench.registry import Registry
+from slimbench.typecheck import misfit
 
 log = logging.getLogger(__name__)
 FP32_PARITY = 1e-4  # max |Δlogits| an fp32 export may show against torch
@@ -54,10 +55,20 @@ FP32_PARITY = 1e-4  # max |Δlogits| an fp32 export may show against torch
 
 @dataclasses.dataclass(frozen=True)
 class Step:
+    """A recipe step.
+
+    ``accepts``/``produces`` are model kinds (``compress/kinds.py``): a chain is checked
+    before any work. ``version`` is part of every cache key of the step's artifacts: bump it
+    when a change to the step's code changes what it writes.
+    """
+
     name: str
     config_cls: type
     apply: Callable  # (parent LoadedModel, config, staging dir) -> manifest fields
+    accepts: tuple[str, ...] = ("torch",)
+    produces: str | None = None  # None: the same kind as the input
     transform: Callable | None = None  # re-applied at load time (load_transform steps)
+    version: int = 1
 
 
 STEPS: Registry[Step] = Registry("recipe step")
@@ -65,32 +76,51 @@ STEPS: Registry[Step] = Registry("recipe step")
 
 def make_config(step: Step, params: dict):
     """The step's config from user parameters, with one clear message for a bad one."""
+    import typing
+
     fields = {f.name for f in dataclasses.fields(step.config_cls)}
     unknown = sorted(set(params) - fields)
     if unknown:
         raise UsageError(f"step {step.name}: unknown parameter(s) {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(fields)) or '(none)'}")
+    # checked before the config is built: its __post_init__ compares values and would fail
+    # on a wrong type with a message about Python ('<' not supported between ...)
+    try:
+        hints = typing.get_type_hints(step.config_cls)
+    except Exception:  # an annotation that cannot be resolved: leave it to the dataclass
+        hints = {}
+    for name, value in params.items():
+        wanted = misfit(value, hints[name]) if name in hints else None
+        if wanted:
+            raise UsageError(f"step {step.name}: {name} must be {wanted}, got {value!r}")
     try:
         return step.config_cls(**params)
     except TypeError as e:
         raise UsageError(f"step {step.name}: {e}") from None
 
 
-def run_step(name: str, params: dict, parent_spec: str, out: Path) -> dict:
+def run_step(name: str, params: dict, parent_spec: str, out: Path,
+             parent_label: str | None = None) -> dict:
     """Load ``parent_spec``, apply step ``name`` and write the artifact to ``out``.
+
+    Args:
+        parent_label: the parent's name in the manifest when ``parent_spec`` is a staging
+            path that will move (a recipe's earlier step).
 
     Returns:
         The artifact's manifest.
     """
     step = STEPS.get(name)
     config = make_config(step, params)  # validated before any model is loaded
+    check_chain(parent_spec, [name])  # an incompatible input is refused before it loads
     parent = load_artifact(parent_spec)
     with staging_dir(out) as tmp:
         fields = step.apply(parent, config, tmp)
         manifest = finish_manifest(tmp, {
             "step": name, "config": dataclasses.asdict(config),
             "recipe": [*parent_recipe(parent), name],
-            "parent": {"spec": parent_spec, "weights_sha256": parent.info.weights_sha256,
+            "parent": {"spec": parent_label or parent_spec,
+                       "weights_sha256": parent.info.weights_sha256,
                        "manifest_sha256": (_manifest_sha256(parent_spec) if parent.info.manifest
                                            else None),
                        "parameters": parent.info.parameters},
@@ -136,8 +166,6 @@ def _transform_torch_int8(loaded: LoadedModel, config: TorchDynamicInt8Config) -
 
 
 def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, tmp: Path) -> dict:
-    if isinstance(parent.model, OnnxModel):
-        raise UsageError("export_onnx needs a torch model; this is already an ONNX artifact")
     if parent.info.device != "cpu" or parent.info.dtype != "float32":
         raise UsageError("export_onnx exports float32 models loaded on cpu")
     params, nonzero = count_parameters(parent.model)
@@ -183,7 +211,6 @@ def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,
 
 def _ort_quant_step(parent: LoadedModel, tmp: Path, quantize, weights: str,
                     activations: str) -> dict:
-    check_parent_is_onnx(parent)
     src = parent.model.path
     _copy_side_files(src.parent, tmp)
     dst = tmp / ONNX_FILE
@@ -208,7 +235,6 @@ def _ort_quant_fields(parent: LoadedModel, dst: Path, audit: dict, weights: str,
 
 
 def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, tmp: Path) -> dict:
-    check_parent_is_onnx(parent)
     src, cfg = parent.model.path, parent.model.config
     _copy_side_files(src.parent, tmp)
     dst = tmp / ONNX_FILE
@@ -221,8 +247,6 @@ def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, tmp: Pat
 
 
 def _apply_torch_cast(parent: LoadedModel, config: TorchCastConfig, tmp: Path) -> dict:
-    if isinstance(parent.model, OnnxModel):
-        raise UsageError("torch_cast needs a torch model; use ort_fp16 for ONNX artifacts")
     params, nonzero = count_parameters(parent.model)
     half = copy.deepcopy(parent.model).to(DTYPES[config.dtype])
     _save_parent(LoadedModel(half, parent.tokenizer, parent.info), tmp)
@@ -233,21 +257,12 @@ def _apply_torch_cast(parent: LoadedModel, config: TorchCastConfig, tmp: Path) -
 
 
 def _apply_ort_fp16(parent: LoadedModel, config: OrtFp16Config, tmp: Path) -> dict:
-    check_parent_is_onnx(parent)
     src = parent.model.path
     _copy_side_files(src.parent, tmp)
     ort_fp16(src, tmp / ONNX_FILE, config)
     fields = _ort_quant_fields(parent, tmp / ONNX_FILE, {}, "float16", "float16")
     fields.pop("quantization")
     return fields
-
-
-def _require_torch_fp32(parent: LoadedModel, step: str) -> None:
-    if isinstance(parent.model, OnnxModel):
-        raise UsageError(f"{step} needs a torch model, not an ONNX artifact")
-    if parent.info.dtype != "float32" or (parent.info.manifest or {}).get("load_transform"):
-        raise UsageError(f"{step} needs a float32 torch model (apply it before quantizing "
-                         "or casting)")
 
 
 def _calibration(parent: LoadedModel, samples: int, seq_len: int) -> list:
@@ -257,7 +272,6 @@ def _calibration(parent: LoadedModel, samples: int, seq_len: int) -> list:
 
 def _apply_prune_unstructured(parent: LoadedModel, config: UnstructuredPruneConfig,
                               tmp: Path) -> dict:
-    _require_torch_fp32(parent, "prune_unstructured")
     model = copy.deepcopy(parent.model)
     batches = (_calibration(parent, config.calib_samples, config.calib_seq_len)
                if config.method == "wanda" else None)
@@ -276,7 +290,6 @@ def _apply_prune_unstructured(parent: LoadedModel, config: UnstructuredPruneConf
 
 def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
                             tmp: Path) -> dict:
-    _require_torch_fp32(parent, "prune_structured")
     if parent.model.config.model_type != "gpt2":
         raise UsageError("prune_structured knows GPT-2's layout; got model type "
                          f"{parent.model.config.model_type!r}")
@@ -300,7 +313,6 @@ def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
 
 
 def _apply_distill(parent: LoadedModel, config: DistillConfig, tmp: Path) -> dict:
-    _require_torch_fp32(parent, "distill")
     student = copy.deepcopy(parent.model)
     if config.student_layers is not None:
         student = shallow_student(student, config.student_layers)
@@ -335,20 +347,24 @@ STEPS.add("prune_structured", Step("prune_structured", StructuredPruneConfig,
           "remove heads, MLP channels and width with torch-pruning: a smaller GPT-2")
 STEPS.add("distill", Step("distill", DistillConfig, _apply_distill),
           "teacher -> student distillation (KL + CE) on the corpus; or a shallower student")
-STEPS.add("torch_cast", Step("torch_cast", TorchCastConfig, _apply_torch_cast),
+STEPS.add("torch_cast", Step("torch_cast", TorchCastConfig, _apply_torch_cast,
+                             produces="torch-cast"),
           "store torch weights as bfloat16 (CPU) or float16 (CUDA)")
-STEPS.add("ort_fp16", Step("ort_fp16", OrtFp16Config, _apply_ort_fp16),
+STEPS.add("ort_fp16", Step("ort_fp16", OrtFp16Config, _apply_ort_fp16, ("onnx",)),
           "convert an ONNX artifact to float16 (float32 inputs/outputs kept)")
-STEPS.add("ort_optimize", Step("ort_optimize", OrtOptimizeConfig, _apply_ort_optimize),
+STEPS.add("ort_optimize", Step("ort_optimize", OrtOptimizeConfig, _apply_ort_optimize,
+                               ("onnx",)),
           "ONNX Runtime transformer optimizer (GPT-2 fusions) on an ONNX artifact")
 STEPS.add("ort_static_int8", Step("ort_static_int8", OrtStaticInt8Config,
-                                  _apply_ort_static_int8),
+                                  _apply_ort_static_int8, ("onnx",)),
           "ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the train corpus")
 STEPS.add("ort_dynamic_int8", Step("ort_dynamic_int8", OrtDynamicInt8Config,
-                                   _apply_ort_dynamic_int8),
+                                   _apply_ort_dynamic_int8, ("onnx",)),
           "ONNX Runtime dynamic INT8 of every weight MatMul (+ embeddings) of an ONNX artifact")
-STEPS.add("export_onnx", Step("export_onnx", ExportOnnxConfig, _apply_export_onnx),
+STEPS.add("export_onnx", Step("export_onnx", ExportOnnxConfig, _apply_export_onnx,
+                              produces="onnx"),
           "ONNX export: one merged graph with explicit KV cache, dynamic batch/sequence")
 STEPS.add("torch_dynamic_int8", Step("torch_dynamic_int8", TorchDynamicInt8Config,
-                                     _apply_torch_int8, _transform_torch_int8),
+                                     _apply_torch_int8, produces="torch-int8",
+                                     transform=_transform_torch_int8),
           "PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")

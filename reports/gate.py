@@ -21,15 +21,22 @@ Policy YAML (every key optional)::
 baseline made on another machine needs, since latency and memory do not transfer between
 machines while quality and size do. Report-only rows never pass a missing metric silently:
 they still need to be present.
+
+A NaN or infinite candidate figure fails its check; in a baseline it is an error. Runs whose
+suites measure different things (``suite_differences``) are not compared: the caller refuses
+them unless told otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import statistics
 from pathlib import Path
 
 from slimbench.errors import UsageError
+from slimbench.reports.table import is_finite
 
 DEFAULTS = {"latency": 0.10, "quality": 0.02, "size": 0.05, "memory": 0.25}
 
@@ -70,15 +77,19 @@ def load_policy(path: Path | None) -> Policy:
                 "relative", "absolute", "report"}:
             raise UsageError(f"{path}: metric {name}: give one of relative / absolute / report")
         key, value = next(iter(rule.items()))
-        if key == "report" and value is not True or key != "report" and (
-                not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+        # NaN would make every comparison false (an identical candidate fails "allowed
+        # nan%"), infinity would gate nothing: `report: true` says that plainly
+        if key == "report" and value is not True or key != "report" and not (
+                is_finite(value) and value >= 0):
             raise UsageError(f"{path}: metric {name}: {key} must be "
-                             f"{'true' if key == 'report' else 'a non-negative number'}")
+                             f"{'true' if key == 'report' else 'a non-negative number'}, "
+                             f"got {value!r}")
     for kind, value in default.items():
-        if kind not in DEFAULTS or value is not None and (
-                not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
-            raise UsageError(f"{path}: default {kind}: must be one of {sorted(DEFAULTS)} with a "
-                             "non-negative number (or null: report only)")
+        if kind not in DEFAULTS:
+            raise UsageError(f"{path}: default {kind}: must be one of {sorted(DEFAULTS)}")
+        if value is not None and not (is_finite(value) and value >= 0):
+            raise UsageError(f"{path}: default {kind}: must be a non-negative number (or null: "
+                             f"report only), got {value!r}")
     return Policy(default, metrics)
 
 
@@ -106,6 +117,8 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
     if cand is None or cand["value"] is None:
         return out | {"status": "fail", "why": "missing in the candidate"}
     c = cand["value"]
+    if not math.isfinite(c):  # a NaN compares false with everything: it would pass
+        return out | {"status": "fail", "why": "not a finite number"}
     out["change"] = (c - b) / abs(b) if b else None
     mode, allowed = policy.allowance(base["kind"], base["metric"])
     if allowed is None:
@@ -122,7 +135,8 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
     out |= {"allowed": allowed, "mode": mode}
     if change <= allowed:
         return out | {"status": "pass", "why": ""}
-    if base["kind"] == "latency" and None not in (bar["ci_low"], cand["ci_low"]):
+    if base["kind"] == "latency" and all(is_finite(x) for x in (
+            bar["ci_low"], bar["ci_high"], cand["ci_low"], cand["ci_high"])):
         separated = (cand["ci_low"] > bar["ci_high"] if not base["higher_is_better"]
                      else cand["ci_high"] < bar["ci_low"])
         if not separated:
@@ -163,7 +177,11 @@ def _runs_per_metric(baseline: list[dict], repeats) -> list[list[dict]]:
     for b in baseline:
         if b["value"] is None:
             raise UsageError(f"the baseline lacks a value for {b['variant']} {b['metric']}")
-        out.append([b] + [m[row_key(b)] for m in more if row_key(b) in m])
+        runs = [b] + [m[row_key(b)] for m in more if row_key(b) in m]
+        if not all(math.isfinite(r["value"]) for r in runs):
+            raise UsageError(f"the baseline's value for {b['variant']} {b['metric']} is not a "
+                             f"finite number: {[r['value'] for r in runs]}")
+        out.append(runs)
     return out
 
 
@@ -205,9 +223,47 @@ def excess_over_worst(baselines: list[list[dict]], candidate: list[dict]) -> dic
     out: dict[str, float] = {}
     for runs in _runs_per_metric(baselines[0], baselines[1:]):
         b, c = runs[0], cand.get(row_key(runs[0]))
-        if b["kind"] != "latency" or c is None or c["value"] is None:
+        if b["kind"] != "latency" or c is None or not is_finite(c["value"]):
             continue
         w = worst_run(runs)["value"]
         worse = (w - c["value"]) if b["higher_is_better"] else (c["value"] - w)
         out[b["metric"]] = max(out.get(b["metric"], -float("inf")), worse / abs(w))
     return out
+
+
+# what a suite measures; name, timeout, devices and baseline_variant do not change a figure
+SUITE_KEYS = ("tasks", "task_limit", "perplexity_limit", "latency", "threads")
+VARIANT_KEYS = ("model", "recipe", "quality")
+
+
+def suite_differences(base: dict, cand: dict, keys=SUITE_KEYS) -> list[str]:
+    """What the two suites (as in ``suite.json``) measure differently, one short text each,
+    e.g. ``perplexity_limit: 3 -> 2``. Variants only one side has are not differences: a
+    baseline metric the candidate lacks already fails the gate."""
+    def text(value) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    def same(a, b) -> bool:  # tuples (a Suite's to_dict) and lists (suite.json) alike
+        return json.loads(text(a)) == json.loads(text(b))
+
+    out = [f"{key}: {text(base.get(key))} -> {text(cand.get(key))}" for key in keys
+           if not same(base.get(key), cand.get(key))]
+    theirs = {v["name"]: v for v in cand.get("variants") or []}
+    for v in base.get("variants") or []:
+        other = theirs.get(v["name"])
+        out += [f"variant {v['name']} {key}: {text(v.get(key))} -> {text(other.get(key))}"
+                for key in VARIANT_KEYS if other and not same(v.get(key), other.get(key))]
+    return out
+
+
+def suite_problem(base: dict | None, cand: dict | None, base_name, cand_name,
+                  keys=SUITE_KEYS) -> str | None:
+    """Why a baseline and a candidate cannot be compared (one line), or None if they can."""
+    for suite, name in ((base, base_name), (cand, cand_name)):
+        if suite is None:
+            return (f"cannot verify that {base_name} and {cand_name} measure the same thing "
+                    f"(no suite in {name})")
+    diffs = suite_differences(base, cand, keys)
+    if diffs:
+        return f"{base_name} and {cand_name} measure different things: {'; '.join(diffs)}"
+    return None

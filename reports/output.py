@@ -1,11 +1,12 @@
-"""Write a run's tables: results.json (rows), results.csv (long/tidy), summary.csv (wide, with
-relative deltas against each variant's baseline)."""
+"""Write a run's tables: results.json (rows and the suite), results.csv (long/tidy),
+summary.csv (wide, with relative deltas against each variant's baseline)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from slimbench import atomic
+from slimbench.files import read_json
 from slimbench.reports.table import RESULTS_FORMAT, load_cells, rows_from_cell, to_frame
 
 
@@ -49,8 +50,11 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
     cells = load_cells(run_dir)
     rows = [r for cell in cells for r in rows_from_cell(cell)]
     baselines = baselines_for(cells, baseline_variant)
+    # the suite travels with the rows, so a gate can check that two runs measured the same thing
+    suite = read_json(run_dir / "suite.json", "suite file") \
+        if (run_dir / "suite.json").is_file() else None
     atomic.write_json(run_dir / "results.json", {"slimbench_results": RESULTS_FORMAT,
-                                                 "rows": rows})
+                                                 "rows": rows, "suite": suite})
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))
     atomic.write_text(run_dir / "summary.csv",
                       summary_frame(rows, baselines).to_csv(index=False))

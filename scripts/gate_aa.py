@@ -16,6 +16,7 @@ Check a calibrated policy on runs it was not calibrated on.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -24,9 +25,9 @@ import yaml
 from slimbench.bench.runner import run_suite
 from slimbench.bench.suite import load_suite
 from slimbench.log import setup_logging
-from slimbench.reports.gate import compare, excess_over_worst, load_policy
+from slimbench.reports.gate import compare, excess_over_worst, load_policy, suite_problem
 from slimbench.reports.output import write_tables
-from slimbench.reports.table import load_rows
+from slimbench.reports.table import load_results
 
 
 def ensure_runs(suite_path: Path, out: Path, runs: int) -> list[Path]:
@@ -67,14 +68,25 @@ def main() -> None:
             args.baseline or args.baselines):
         ap.error("need at least one baseline run and one candidate run")
     policy = load_policy(args.policy)  # bad inputs fail before any run
-    earlier = [load_rows(d) for d in args.baseline]
+    wanted = json.loads(json.dumps(load_suite(args.suite).to_dict()))
+
+    def rows_of(run) -> list[dict]:
+        """A run's rows, once its suite is known to be the one under test: runs of another
+        suite would make every difference look like noise."""
+        rows, suite = load_results(run)
+        problem = suite_problem(suite, wanted, run, args.suite)
+        if problem:
+            ap.error(problem)
+        return rows
+
+    earlier = [rows_of(d) for d in args.baseline]
     dirs = ensure_runs(args.suite, args.out, args.runs)
     base_dirs = args.baseline + dirs[:args.baselines]
     candidates = dirs[args.baselines:]
-    baselines = earlier + [load_rows(d) for d in dirs[:args.baselines]]
+    baselines = earlier + [rows_of(d) for d in dirs[:args.baselines]]
     failures, worst = 0, {}
     for d in candidates:
-        rows = load_rows(d)
+        rows = rows_of(d)
         failed = [c for c in compare(baselines[0], rows, policy, baselines[1:])
                   if c["status"] == "fail"]
         failures += bool(failed)

@@ -16,3 +16,9 @@ class UsageError(SlimbenchError):
 
 class ModelLoadError(SlimbenchError):
     """A checkpoint that cannot be loaded: missing, corrupt, pickle-only, not a causal LM."""
+
+
+class CellsFailed(SlimbenchError):
+    """A run finished, its report is written, but some cells failed (exit 3)."""
+
+    exit_code = 3

@@ -17,14 +17,45 @@ def _text(path: Path, what: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def _unique_key_loader():
+    """A SafeLoader that refuses a key given twice in one mapping. PyYAML keeps the last
+    silently: two variants named alike would drop the first without a word."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML reports it below
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice (lines {first} and {line})",
+                        key_node.start_mark)
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def read_yaml(path: str | Path, what: str = "file"):
-    """The parsed document of ``path`` (None for an empty file)."""
+    """The parsed document of ``path`` (None for an empty file).
+
+    Raises:
+        UsageError: missing file, invalid YAML, or a key given twice in one mapping.
+    """
     import yaml
 
     path = Path(path)
     text = _text(path, what)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
+    except yaml.constructor.ConstructorError as e:
+        raise UsageError(f"{what} {path}: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

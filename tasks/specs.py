@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slimbench.errors import UsageError
+from slimbench.names import check_name
 from slimbench.registry import Registry
 from slimbench.tasks.perplexity import PerplexityConfig
 from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS
@@ -198,6 +199,7 @@ def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpe
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f"task file {source}: needs a name")
+    check_name(name, "task", f"task file {source}")  # it names metrics and result keys
     where = f"task {name} ({source})"
     kind = raw.get("kind", "generate")
     if kind not in KINDS:

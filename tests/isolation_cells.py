@@ -36,3 +36,14 @@ def suite_cell_or_die(**kwargs):
     from slimbench.bench.cell import suite_cell
 
     return suite_cell(**kwargs)
+
+
+def record_and_sleep(**kwargs):
+    """A suite cell that writes its pid where SLIMBENCH_TEST_PIDFILE says, then sleeps: the
+    test kills the run meanwhile and checks that this process dies with it."""
+    with open(os.environ["SLIMBENCH_TEST_PIDFILE"], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(float(os.environ.get("SLIMBENCH_TEST_SLEEP", "60")))
+    from slimbench.bench.cell import suite_cell
+
+    return suite_cell(**kwargs)

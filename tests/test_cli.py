@@ -103,13 +103,13 @@ def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
     suite.write_text(TINY_DEMO)
     monkeypatch.setattr(demo, "DEMO_SUITE", suite)
     first = tmp_path / "runs" / "first"
-    # against the committed baseline this small suite lacks most variants: the gate fails
-    # closed, and says so, but the report is written
+    # the committed baseline measured another suite (task_limit, tasks, ...): its figures do
+    # not apply, so the demo says so and skips that gate, but the report is written
     rc, out, err = run(capsys, "demo", "--out", str(first))
-    assert rc == 1 and "differs from demo-cpu.json" in err
+    assert rc == 0 and "note: the gate will be skipped: demo-cpu.json and this demo run " \
+        "measure different things: tasks: " in out and "task_limit: 20 -> 2" in out
     assert f"report: {first / 'report.html'}" in out and (first / "report.html").is_file()
-    assert "verdict against demo-cpu.json (demo-policy.yaml): FAIL (" in out
-    assert "missing in the candidate" in (first / "gate.md").read_text()
+    assert "verdict against demo-cpu.json: SKIPPED (" in out and not (first / "gate.md").exists()
     assert "[torch-int8 1/1] torch_dynamic_int8" in out
     # the same build against its own results: quality and size identical, latency reported
     second = tmp_path / "runs" / "second"

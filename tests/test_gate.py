@@ -199,8 +199,12 @@ def test_repeated_baselines_hold_each_metric_to_their_worst_run():
         "decode_ms_per_token@128"] == pytest.approx(0.5 / 11.5)
 
 
+SUITE = {"tasks": ["perplexity", "docstring_summary"], "threads": 1}  # what results.json records
+
+
 def _write_results(path, rows):
-    path.write_text(json.dumps({"slimbench_results": RESULTS_FORMAT, "rows": rows}))
+    path.write_text(json.dumps({"slimbench_results": RESULTS_FORMAT, "rows": rows,
+                                "suite": SUITE}))
     return path
 
 
@@ -213,6 +217,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "cells").mkdir(parents=True)
     (run / "cells" / "int8.json").write_text(json.dumps(worse))
+    (run / "suite.json").write_text(json.dumps(SUITE))
     assert main(["gate", "--baseline", str(base), "--candidate", str(run)]) == 1
     out = capsys.readouterr().out
     assert "| FAIL | int8 | onnxruntime | cpu | perplexity.perplexity | 47 | 60 | +27.7% |" in out

@@ -87,7 +87,7 @@ def test_remote_code_stays_off(tiny_dir):
                                               "AutoModelForCausalLM": "my_code.MyModel"})
     (tiny_dir / "config.json").write_text(json.dumps(cfg))
     (tiny_dir / "my_code.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
         load_artifact(str(tiny_dir))
 
 

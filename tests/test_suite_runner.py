@@ -118,17 +118,18 @@ def test_committed_suites_are_valid():
 
 
 def test_shared_recipe_prefixes_are_built_once(tiny_dir, tmp_path):
-    from slimbench.bench.runner import build_artifact
-    from slimbench.bench.suite import Variant
+    from slimbench.compress.cache import ArtifactCache
 
     said = []
-    onnx = Variant("onnx", str(tiny_dir), (("export_onnx", {}),))
-    int8 = Variant("int8", str(tiny_dir), (("export_onnx", {}), ("ort_dynamic_int8", {})))
-    first = build_artifact(onnx, tmp_path / "cache", said.append)
-    second = build_artifact(int8, tmp_path / "cache", said.append)
+    cache = ArtifactCache(tmp_path / "cache", said.append)
+    onnx = (("export_onnx", {}),)
+    first = cache.build(str(tiny_dir), onnx, "onnx")
+    second = cache.build(str(tiny_dir), onnx + (("ort_dynamic_int8", {}),), "int8")
     assert len(said) == 2 and "ort_dynamic_int8" in said[1]  # export ran once
     manifest = json.loads((Path(second) / "manifest.json").read_text())
     assert manifest["parent"]["spec"] == first
-    assert build_artifact(int8, tmp_path / "cache", said.append) == second and len(said) == 2
-    assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir()) == [
-        "export_onnx", "ort_dynamic_int8"]
+    again = ArtifactCache(tmp_path / "cache", said.append)  # a later run: verified, reused
+    assert again.build(str(tiny_dir), onnx + (("ort_dynamic_int8", {}),)) == second
+    assert len(said) == 2
+    assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir()
+                  if not p.name.startswith(".")) == ["export_onnx", "ort_dynamic_int8"]

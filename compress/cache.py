@@ -1,0 +1,209 @@
+"""A content-addressed, verified, concurrency-safe cache of recipe artifacts.
+
+An artifact's key hashes everything that determines it: the input model's *content* (the
+sha256 of a local directory's files, of a hub snapshot's files, of the embedded reference;
+the shape, seed and library versions of a random-weight shape), the step's name, its
+validated config (a teacher spec replaced by the teacher's content), the step's code version
+and the versions of slimbench and the libraries that write artifacts. A chain's step ``i``
+hashes step ``i - 1``'s key. So editing a checkpoint, a parameter or the code builds a new
+artifact, and nothing else does.
+
+Cached artifacts are checked against their manifest before use: sizes every time, the full
+sha256 once per cache object (one run), and again whenever the size check fails. A mismatch
+is rebuilt with one warning. Builds of one key are serialized across processes with a file
+lock; a ``.partial`` staging directory whose builder died is removed by the next process that
+takes that key's lock (or sweeps the cache at start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from slimbench import __version__
+from slimbench.compress.artifact import MANIFEST, read_manifest, sha256_file, verify_files
+from slimbench.compress.steps import STEPS, make_config, run_step
+from slimbench.errors import ModelLoadError, SlimbenchError
+
+log = logging.getLogger(__name__)
+# libraries whose version can change the bytes an artifact step writes
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime-gpu", "onnxruntime", "torch-pruning")
+KEY_CHARS = 20  # 80 bits of sha256: collisions are not a concern at cache sizes
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def directory_digest(path: Path) -> str:
+    """sha256 over the names and contents of a directory's top-level files (a HF model
+    directory is flat; hidden files such as editor or VCS leftovers are ignored)."""
+    files = sorted(f for f in Path(path).iterdir() if f.is_file() and not f.name.startswith("."))
+    return _digest([(f.name, sha256_file(f)) for f in files])
+
+
+def source_identity(spec: str) -> dict:
+    """What a model spec *is*, by content, for cache keys.
+
+    Raises:
+        ModelLoadError: a spec that names nothing loadable (missing path, unknown hub id).
+    """
+    from slimbench.compress.loader import spec_source
+    from slimbench.compress.reference import REFERENCE_DIR
+    from slimbench.compress.shapes import ShapeSpec
+
+    source = spec_source(spec)
+    if source == "reference":
+        return {"reference": directory_digest(REFERENCE_DIR)}
+    if source == "shape":
+        # random weights from a seed: the same shape, seed and libraries give the same model
+        return {"shape": ShapeSpec.parse(spec).label, "seed": 0, "versions": _versions()}
+    if source == "path":
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"{spec!r} is a file; expected a Hugging Face model directory")
+        return {"directory": directory_digest(path)}
+    return {"hub": spec, "snapshot": directory_digest(_hub_snapshot(spec))}
+
+
+# what the loader reads from a hub repository (not its .bin/.onnx/.h5 copies of the weights)
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def _hub_snapshot(hub_id: str) -> Path:
+    """The hub model's files on this machine (fetched when the machine can; from the local
+    cache when offline)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, allow_patterns=HUB_FILES))
+    except Exception as e:  # huggingface_hub raises many types; one line is enough here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelLoadError(f"cannot fetch hub model {hub_id!r}: {first}") from None
+
+
+class ArtifactCache:
+    """Artifacts under ``root``, one folder per key: ``<key>-<step>``.
+
+    Args:
+        root: the cache directory (shared by runs, and by concurrent processes).
+        say: where the one-line progress and warning messages go.
+    """
+
+    def __init__(self, root: Path, say=print) -> None:
+        self.root = Path(root)
+        self.say = say
+        self._identity: dict[str, str] = {}  # spec -> content digest, once per cache object
+        self._verified: set[str] = set()  # folders whose full sha256 matched in this run
+        self._failed: dict[str, Exception] = {}  # a key that failed once is not retried
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+
+    def identity(self, spec: str) -> str:
+        if spec not in self._identity:
+            self._identity[spec] = _digest(source_identity(spec))
+        return self._identity[spec]
+
+    def step_key(self, parent_key: str, name: str, params: dict) -> str:
+        step = STEPS.get(name)
+        config = dataclasses.asdict(make_config(step, params))
+        teacher = config.get("teacher") if name == "distill" else None
+        if teacher is not None:  # the teacher's content determines the student too
+            config["teacher"] = self.identity(teacher)
+        return _digest({"parent": parent_key, "step": name, "config": config,
+                        "step_version": step.version, "slimbench": __version__,
+                        "versions": _versions()})[:KEY_CHARS]
+
+    def build(self, model: str, recipe, label: str = "") -> str:
+        """The path of the artifact that ``recipe`` makes from ``model``, built as needed.
+
+        Every prefix of the recipe is its own cached artifact, so recipes that share steps
+        (export once, quantize two ways) build them once.
+        """
+        parent, key = model, self.identity(model)
+        for i, (name, params) in enumerate(recipe, 1):
+            key = self.step_key(key, name, params)
+            folder = self.root / f"{key}-{name}"
+            if folder.name in self._failed:  # variants sharing a failed prefix fail alike
+                raise self._failed[folder.name]
+            with self._lock(folder):
+                if not self._usable(folder):
+                    self._remove_partials(folder)
+                    self.say(f"[{label} {i}/{len(recipe)}] {name} {params or ''} <- {parent}")
+                    try:
+                        run_step(name, params, parent, folder)
+                    except Exception as e:
+                        self._failed[folder.name] = e
+                        raise
+                    self._verified.add(folder.name)  # hashed as it was written
+            parent = str(folder)
+        return parent
+
+    def _lock(self, folder: Path) -> FileLock:
+        return FileLock(str(self.root / f".{folder.name}.lock"))
+
+    def _usable(self, folder: Path) -> bool:
+        """Whether ``folder`` holds a finished artifact that matches its manifest. A damaged
+        one is moved aside (under the key's lock) so that it is rebuilt."""
+        if not folder.is_dir():
+            return False
+        try:
+            manifest = read_manifest(folder)
+        except SlimbenchError as e:
+            problems = [str(e)]
+        else:
+            if manifest is None:
+                problems = [f"no {MANIFEST}"]
+            else:
+                full = folder.name not in self._verified
+                problems = verify_files(folder, manifest, full=False)
+                if not problems and full:
+                    problems = verify_files(folder, manifest, full=True)
+        if not problems:
+            self._verified.add(folder.name)
+            return True
+        self.say(f"warning: cached artifact {folder} does not match its manifest "
+                 f"({'; '.join(problems[:3])}); rebuilding it")
+        self._discard(folder)
+        return False
+
+    def _discard(self, folder: Path) -> None:
+        trash = folder.with_name(f".{folder.name}.corrupt.partial")
+        shutil.rmtree(trash, ignore_errors=True)
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_partials(self, folder: Path) -> None:
+        # staging directories of this key are only made under its lock, which we hold: any
+        # left over belong to a builder that died
+        for p in self.root.glob(f".{folder.name}.*.partial"):
+            log.info("removing %s, left by a build that did not finish", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Remove staging directories whose builder is gone (their key's lock is free)."""
+        for p in self.root.glob(".*.partial"):
+            name = p.name[1:].split(".", 1)[0]  # ".<key>-<step>.<random>.partial"
+            lock = FileLock(str(self.root / f".{name}.lock"))
+            try:
+                with lock.acquire(timeout=0):
+                    self._remove_partials(self.root / name)
+            except Timeout:
+                continue  # a live build of that key: its staging directory stays
