@@ -9,10 +9,11 @@ import platform
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from slimbench.versions import package_versions
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "onnxruntime",
             "torch-pruning", "sacrebleu", "rouge-score", "pandas", "numpy")
@@ -105,12 +106,7 @@ def gpu_info() -> dict | None:
 
 
 def capture(bandwidth: bool = False, seeds: dict | None = None) -> dict:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(PACKAGES)
     env = {
         "python": sys.version.split()[0], "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import shutil
-from importlib import metadata
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -31,6 +30,7 @@ from slimbench import __version__
 from slimbench.compress.artifact import MANIFEST, read_manifest, sha256_file, verify_files
 from slimbench.compress.steps import STEPS, make_config, run_step
 from slimbench.errors import ModelLoadError, SlimbenchError
+from slimbench.versions import package_versions
 
 log = logging.getLogger(__name__)
 # libraries whose version can change the bytes an artifact step writes
@@ -39,13 +39,7 @@ KEY_CHARS = 20  # 80 bits of sha256: collisions are not a concern at cache sizes
 
 
 def _versions() -> dict[str, str | None]:
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(LIBRARIES)
 
 
 def _digest(obj) -> str:
@@ -137,6 +131,8 @@ class ArtifactCache:
         Every prefix of the recipe is its own cached artifact, so recipes that share steps
         (export once, quantize two ways) build them once.
         """
+        if not recipe:
+            return model  # nothing to build (and no need to hash, or fetch, the model)
         parent, key = model, self.identity(model)
         for i, (name, params) in enumerate(recipe, 1):
             key = self.step_key(key, name, params)

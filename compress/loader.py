@@ -421,13 +421,10 @@ def _info(model, spec: str, kind: str, path: str | None, opts: LoadOptions, rand
     total, nonzero = count_parameters(model)
     files = files or []
     digest = None
-    if files:
+    if files:  # one digest over the weight files in order (what the reference card records)
         h = hashlib.sha256()
         for f in files:
-            with open(f, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
-        digest = h.hexdigest()
+            digest = sha256_file(f, h)
     return ModelInfo(
         spec=spec, kind=kind, path=path, random_weights=random,
         model_type=model.config.model_type, parameters=total, nonzero_parameters=nonzero,

@@ -1,4 +1,3 @@
-import json
 import os
 from pathlib import Path
 
@@ -79,16 +78,6 @@ def test_not_a_causal_lm(tmp_path):
                        intermediate_size=64, image_size=32, patch_size=16)).save_pretrained(d)
     with pytest.raises(ModelLoadError, match="is a 'vit' model, not a causal LM"):
         load_artifact(str(d))
-
-
-def test_remote_code_stays_off(tiny_dir):
-    cfg = json.loads((tiny_dir / "config.json").read_text())
-    cfg.update(model_type="my-gpt", auto_map={"AutoConfig": "my_code.MyConfig",
-                                              "AutoModelForCausalLM": "my_code.MyModel"})
-    (tiny_dir / "config.json").write_text(json.dumps(cfg))
-    (tiny_dir / "my_code.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
-        load_artifact(str(tiny_dir))
 
 
 def test_bad_options():
