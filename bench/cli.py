@@ -259,7 +259,10 @@ def _compress_recipe(args) -> None:
     model = args.model or recipe.model
     if model is None:
         raise SlimbenchError(f"{args.recipe} names no model; pass one on the command line")
-    resolve(recipe, model)  # every step checked before any work
+    try:
+        resolve(recipe, model)  # every step checked before any work
+    except SlimbenchError as e:
+        raise SlimbenchError(f"{args.recipe}: {e}") from None
     manifests = run_recipe(recipe, model, args.out)
     for m in manifests:
         print(f"{'/'.join(m['recipe']):<60} {m['parameters']:>12,} params "

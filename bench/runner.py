@@ -57,6 +57,15 @@ def _build(cache, variant: Variant) -> str | Exception:
         return wrapped
 
 
+def _content_key(cache, variant: Variant) -> str | None:
+    """What the variant's cells measure, by content (None if that cannot be known: the
+    build will then fail with the reason)."""
+    try:
+        return cache.key(variant.model, variant.recipe)
+    except Exception:  # noqa: BLE001 - reported by the build, which meets the same problem
+        return None
+
+
 CELL = "slimbench.bench.cell:suite_cell"
 # what every CPU cell imports anyway: the fork server imports it once (bench/isolation.py)
 PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
@@ -102,17 +111,25 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     results = []
     bar = tqdm(cells, desc="cells", unit="cell", disable=quiet_progress(show_progress))
     artifacts: dict[str, str | Exception] = {}
+    keys: dict[str, str | None] = {}
     for variant, device in bar:
         cid = cell_id(variant, device)
         bar.set_postfix_str(cid)
         path = run_dir / "cells" / f"{cid}.json"
+        if variant.name not in keys:
+            keys[variant.name] = _content_key(cache, variant)
         if resume and path.is_file():
             previous = json.loads(path.read_text())
-            if previous.get("status") == "ok":
+            if previous.get("status") == "ok" and keys[variant.name] is not None and \
+                    previous["cell"].get("content_key") == keys[variant.name]:
                 results.append(previous)
                 continue
+            if previous.get("status") == "ok":  # a resumed run never mixes two models
+                say(f"cell {cid}: its model or recipe changed since it was measured; "
+                    "measuring it again")
         head = {"cell": {"id": cid, "variant": variant.name, "model": variant.model,
-                         "recipe": [s for s, _ in variant.recipe], "device": device}}
+                         "recipe": [s for s, _ in variant.recipe], "device": device,
+                         "content_key": keys[variant.name]}}
         if device.startswith("cuda") and not torch.cuda.is_available():
             result = head | {"status": "skipped", "reason": "no CUDA GPU on this machine"}
         else:

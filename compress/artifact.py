@@ -11,10 +11,12 @@ complete, so a failed step never leaves a half-written artifact and never replac
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -105,7 +107,10 @@ def staging_dir(out: Path):
         raise UsageError(f"{out} already exists; choose another output directory "
                          "(slimbench never overwrites an artifact)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    _remove_dead_staging(out)
+    owner = f"{socket.gethostname()}-{os.getpid()}"  # whose it is, for a later clean-up
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{owner}.",
+                                suffix=".partial"))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -115,3 +120,24 @@ def staging_dir(out: Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dead_staging(out: Path) -> None:
+    """Remove staging directories for ``out`` left by a killed process of this host (the
+    name says whose: ``.<out>.<host>-<pid>.<random>.partial``). Another host's are left
+    alone: its process cannot be seen from here."""
+    mine = f".{out.name}.{socket.gethostname()}-"
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        pid = p.name[len(mine):].split(".", 1)[0] if p.name.startswith(mine) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

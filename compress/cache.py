@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -139,7 +140,7 @@ class ArtifactCache:
             folder = self.root / f"{key}-{name}"
             if folder.name in self._failed:  # variants sharing a failed prefix fail alike
                 raise self._failed[folder.name]
-            with self._lock(folder):
+            with self._locked(folder, label):
                 if not self._usable(folder):
                     self._remove_partials(folder)
                     self.say(f"[{label} {i}/{len(recipe)}] {name} {params or ''} <- {parent}")
@@ -152,8 +153,26 @@ class ArtifactCache:
             parent = str(folder)
         return parent
 
-    def _lock(self, folder: Path) -> FileLock:
-        return FileLock(str(self.root / f".{folder.name}.lock"))
+    def key(self, model: str, recipe) -> str:
+        """The content key of what ``recipe`` makes from ``model`` (the model's own content
+        digest for an empty recipe), computed without building anything."""
+        key = self.identity(model)
+        for name, params in recipe:
+            key = self.step_key(key, name, params)
+        return key
+
+    @contextmanager
+    def _locked(self, folder: Path, label: str):
+        lock = FileLock(str(self.root / f".{folder.name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # say why nothing seems to happen, then wait for it
+            self.say(f"[{label}] waiting for another process that is building {folder.name}")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _usable(self, folder: Path) -> bool:
         """Whether ``folder`` holds a finished artifact that matches its manifest. A damaged

@@ -76,7 +76,8 @@ def resolve(recipe: Recipe, model: str) -> list[tuple[str, dict]]:
                 params = {**params, "teacher": model}
             make_config(step, params)
         except SlimbenchError as e:
-            raise UsageError(f"recipe step {i} ({name}): {e}") from None
+            # the message names the step already ("step distill: ...", "unknown recipe step")
+            raise UsageError(f"recipe step {i}: {e}") from None
         out.append((name, params))
     check_chain(model, [n for n, _ in out])
     return out

@@ -95,7 +95,7 @@ def make_config(step: Step, params: dict):
             raise UsageError(f"step {step.name}: {name} must be {wanted}, got {value!r}")
     try:
         return step.config_cls(**params)
-    except TypeError as e:
+    except (TypeError, UsageError) as e:  # every message names the step once
         raise UsageError(f"step {step.name}: {e}") from None
 
 

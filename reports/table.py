@@ -129,13 +129,13 @@ def _check_rows(rows: list, source: Path) -> list[dict]:
     numbers pass here: the gate judges them (a NaN candidate fails its check)."""
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise UsageError(f"{source}: row {i} must be a mapping, got {row!r:.60}")
+            raise UsageError(f"{source}: rows[{i}] must be a mapping, got {row!r:.60}")
         if set(COLUMNS) - set(row):
-            raise UsageError(f"{source}: row {i} lacks columns {sorted(set(COLUMNS) - set(row))}")
+            raise UsageError(f"{source}: rows[{i}] lacks columns {sorted(set(COLUMNS) - set(row))}")
         problem = _field_problem(row)
         if problem:
             field, want = problem
-            raise UsageError(f"{source}: row {i} ({row['variant']} {row['metric']}): {field} "
+            raise UsageError(f"{source}: rows[{i}] ({row['variant']} {row['metric']}): {field} "
                              f"must be {want}, got {row[field]!r:.60}")
     return rows
 

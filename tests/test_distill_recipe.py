@@ -131,9 +131,11 @@ def test_recipe_chain_links_manifests(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("steps, message", [
-    ("[prune_structurd]", r"step 1 \(prune_structurd\).*did you mean 'prune_structured'"),
-    ("[{prune_structured: {ratio: 1.5}}]", r"step 1 \(prune_structured\): ratio must be in"),
-    ("[export_onnx, {distill: {steps: -3}}]", r"step 2 \(distill\): steps must be >= 1"),
+    ("[prune_structurd]",
+     r"recipe step 1: unknown recipe step 'prune_structurd'; did you mean 'prune_structured"),
+    ("[{prune_structured: {ratio: 1.5}}]",
+     r"recipe step 1: step prune_structured: ratio must be in"),
+    ("[export_onnx, {distill: {steps: -3}}]", r"recipe step 2: step distill: steps must be >= 1"),
     ("[{prune_unstructured: {n_m: '4:2'}}]", r"need 0 < N < M"),
     ("[{distill: {stepz: 3}}]", r"unknown parameter\(s\) stepz"),
     ("[]", r"'steps' is empty"),

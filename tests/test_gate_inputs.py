@@ -68,11 +68,11 @@ def test_a_malformed_row_is_one_line_naming_file_row_and_field(tmp_path, capsys,
     cand = _write(tmp_path / "cand.json", rows)
     rc, _, err = _gate(capsys, _write(tmp_path / "base.json", _rows()), cand)
     assert rc == 2 and err.count("\n") == 1
-    assert f"{cand}: row 1 " in err and want in err
+    assert f"{cand}: rows[1] " in err and want in err
 
 
 @pytest.mark.parametrize("data,want", [
-    ({"slimbench_results": 1, "rows": [3]}, "row 0 must be a mapping, got 3"),
+    ({"slimbench_results": 1, "rows": [3]}, "rows[0] must be a mapping, got 3"),
     ({"slimbench_results": 1, "rows": {"a": 1}}, "not a slimbench results file"),
     ({"slimbench_results": 1, "rows": [], "suite": [1]}, "suite must be a mapping"),
     ({"slimbench_results": 1, "rows": [], "suite": {"variants": [{"model": "x"}]}},

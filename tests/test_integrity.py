@@ -91,6 +91,10 @@ def test_edited_model_rebuilds_and_flipped_byte_is_detected(model_dir, tmp_path,
     assert ppl(b, "int8") == pytest.approx(ppl(b, "plain"), rel=0.02)  # same model, int8
     assert cell(b, "int8")["artifact"]["manifest"]["parent"]["weights_sha256"] == \
         cell(b, "plain")["artifact"]["weights_sha256"]
+    capsys.readouterr()
+    assert main([*args, str(a), "--resume"]) == 0  # finished cells of the old weights...
+    assert capsys.readouterr().out.count("changed since it was measured") == 2
+    assert ppl(a, "int8") == ppl(b, "int8") and ppl(a, "plain") == ppl(b, "plain")  # ...redone
 
     # a byte flipped inside the cached int8 artifact's weights
     weights = Path(cell(b, "int8")["cell"]["artifact"]) / "model.safetensors"
@@ -347,3 +351,22 @@ def test_sigkill_during_a_cell_kills_the_cell(tmp_path):
                     env, tmp_path / "log2")
     assert rerun.wait(timeout=300) == 0
     assert "a--cpu=ok" in (tmp_path / "log2").read_text()
+
+
+def test_staging_left_by_a_dead_process_is_removed(tmp_path):
+    import socket
+
+    from slimbench.compress.artifact import staging_dir
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    left = tmp_path / f".out.{host}-{dead}.abc.partial"
+    live = tmp_path / f".out.{host}-{os.getpid()}.def.partial"
+    other = tmp_path / f".out.elsewhere-{dead}.ghi.partial"  # another host: not ours to judge
+    for d in (left, live, other):
+        d.mkdir()
+    with staging_dir(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "out" / "f").read_text() == "x"
+    assert not left.exists() and live.is_dir() and other.is_dir()
