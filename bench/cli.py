@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from slimbench import __version__, atomic
-from slimbench.bench.demo import DEMO_BASELINE, DEMO_POLICY
+from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY
 from slimbench.errors import CellsFailed, SlimbenchError
 from slimbench.log import setup_logging
 
@@ -155,7 +155,7 @@ def examples_path(out: Path) -> Path:
 
 
 def cmd_eval(args) -> None:
-    from slimbench.bench import environment
+    from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
     from slimbench.tasks.bootstrap import RESAMPLES
@@ -271,8 +271,8 @@ def _compress_recipe(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from slimbench.bench.runner import run_suite
-    from slimbench.bench.suite import load_suite
+    from slimbench.bench.orchestrate.runner import run_suite
+    from slimbench.bench.orchestrate.suite import load_suite
 
     suite = load_suite(args.suite, args.overrides)  # everything validated before any work
     results = run_suite(suite, args.out, resume=args.resume, cache=args.cache)
@@ -334,7 +334,7 @@ def cmd_gate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from slimbench.bench.demo import default_run_dir, run_demo
+    from slimbench.bench.orchestrate.demo import default_run_dir, run_demo
 
     if args.resume and args.out is None:
         raise SlimbenchError("--resume needs --out: the run directory to finish")

@@ -24,10 +24,10 @@ import time
 import numpy as np
 import torch
 
-from slimbench.bench.environment import set_threads
-from slimbench.bench.ort_runtime import OrtRuntime
+from slimbench.bench.measure.environment import set_threads
+from slimbench.bench.measure.scenarios import _ids, decode_latency, prefill_latency
 from slimbench.bench.runtimes import make_runtime
-from slimbench.bench.scenarios import _ids, decode_latency, prefill_latency
+from slimbench.bench.runtimes.ort_runtime import OrtRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.log import setup_logging
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from slimbench.bench.runner import run_suite
-from slimbench.bench.suite import load_suite
+from slimbench.bench.orchestrate.runner import run_suite
+from slimbench.bench.orchestrate.suite import load_suite
 from slimbench.log import setup_logging
 from slimbench.reports.gate import compare, excess_over_worst, load_policy, suite_problem
 from slimbench.reports.output import write_tables

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from slimbench.bench.isolation import run_isolated
+from slimbench.bench.measure.isolation import run_isolated
 from slimbench.log import setup_logging
 
 
@@ -26,7 +26,7 @@ def repeatability(model: str, runs: int, threads: int, context: int, new_tokens:
            "generate_prompt": 0, "repeats": repeats, "min_seconds": 0.0}
     medians, fractions = [], []
     for i in range(runs):
-        r = run_isolated("slimbench.bench.cell:latency_cell",
+        r = run_isolated("slimbench.bench.measure.cell:latency_cell",
                          {"model": model, "threads": threads, "config": cfg}, timeout=900)
         if r["status"] != "ok":
             raise SystemExit(f"run {i}: {r['reason']}")
@@ -74,7 +74,7 @@ def main() -> None:
         print(f"fraction of the bandwidth floor reached: {[round(f, 3) for f in fractions]}; "
               f"CV {cv(fractions):.2%}")
     per_iter = overhead_per_iteration()
-    ref = run_isolated("slimbench.bench.cell:latency_cell", {
+    ref = run_isolated("slimbench.bench.measure.cell:latency_cell", {
         "model": "reference", "threads": args.threads, "config": {
             "prefill": [], "decode_contexts": [args.context], "generate_prompt": 0}})
     ref_ms = ref["result"]["scenarios"][0]["ms_per_token"]["median"]

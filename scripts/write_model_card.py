@@ -22,8 +22,8 @@ import time
 from build_corpus import function_examples  # sibling script: same extraction rules
 
 from slimbench import atomic
-from slimbench.bench import environment
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.measure import environment
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.reference import REFERENCE_DIR
 from slimbench.tasks import metrics

@@ -43,8 +43,8 @@ def register() -> None:
 if __name__ == "__main__":
     register()
     sys.path.insert(0, str(Path(__file__).parent))  # isolation_cells for CELL_TARGET
-    from slimbench.bench.runner import CELL, run_suite
-    from slimbench.bench.suite import load_suite
+    from slimbench.bench.orchestrate.runner import CELL, run_suite
+    from slimbench.bench.orchestrate.suite import load_suite
 
     suite_path, run_dir, cache = sys.argv[1:4]
     target = sys.argv[4] if len(sys.argv) > 4 else CELL

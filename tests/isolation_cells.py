@@ -5,7 +5,7 @@ import time
 
 
 def ok(x):
-    from slimbench.bench.memory import process_memory
+    from slimbench.bench.measure.memory import process_memory
 
     return {"double": 2 * x, "memory": process_memory()}
 
@@ -33,7 +33,7 @@ def suite_cell_or_die(**kwargs):
     """The suite cell, except that random-weight shape variants die like an OOM-killed cell."""
     if kwargs["artifact"].startswith("shape:"):
         killed()
-    from slimbench.bench.cell import suite_cell
+    from slimbench.bench.measure.cell import suite_cell
 
     return suite_cell(**kwargs)
 
@@ -44,6 +44,6 @@ def record_and_sleep(**kwargs):
     with open(os.environ["SLIMBENCH_TEST_PIDFILE"], "w") as f:
         f.write(str(os.getpid()))
     time.sleep(float(os.environ.get("SLIMBENCH_TEST_SLEEP", "60")))
-    from slimbench.bench.cell import suite_cell
+    from slimbench.bench.measure.cell import suite_cell
 
     return suite_cell(**kwargs)

@@ -97,7 +97,7 @@ perplexity_limit: 3
 
 
 def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
-    from slimbench.bench import demo
+    from slimbench.bench.orchestrate import demo
 
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY_DEMO)
@@ -128,8 +128,8 @@ def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
 
 
 def test_committed_demo_baseline_matches_the_demo_suite():
-    from slimbench.bench.demo import DEMO_BASELINE, DEMO_POLICY, DEMO_SUITE
-    from slimbench.bench.suite import load_suite
+    from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY, DEMO_SUITE
+    from slimbench.bench.orchestrate.suite import load_suite
     from slimbench.reports.gate import load_policy
     from slimbench.reports.table import load_rows
 

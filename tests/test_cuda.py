@@ -2,8 +2,8 @@
 
 import pytest
 
-from slimbench.bench.scenarios import decode_latency, prefill_latency
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.measure.scenarios import decode_latency, prefill_latency
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import LoadOptions, load_artifact
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.perplexity import perplexity

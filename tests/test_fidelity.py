@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.tasks.fidelity import FidelityConfig, distribution_stats, fidelity
 from slimbench.tasks.perplexity import PerplexityConfig

@@ -238,16 +238,16 @@ def test_results_json_records_the_suite_of_its_run(tmp_path, capsys):
 
 
 def test_the_committed_demo_baseline_records_the_demo_suite():
-    from slimbench.bench.demo import DEMO_BASELINE, DEMO_SUITE
-    from slimbench.bench.suite import load_suite
+    from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_SUITE
+    from slimbench.bench.orchestrate.suite import load_suite
 
     _, suite = load_results(DEMO_BASELINE)
     assert suite == json.loads(json.dumps(load_suite(DEMO_SUITE).to_dict()))
 
 
 def test_demo_skips_an_inapplicable_committed_baseline_before_any_work(tmp_path):
-    from slimbench.bench.demo import DEMO_BASELINE, DEMO_POLICY, _inapplicable
-    from slimbench.bench.suite import load_suite
+    from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY, _inapplicable
+    from slimbench.bench.orchestrate.suite import load_suite
 
     rows, recorded = load_results(DEMO_BASELINE)
     policy = load_policy(DEMO_POLICY)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.errors import UsageError
 from slimbench.tasks.generation import postprocess, run_task, stop_token_ids
@@ -90,7 +90,7 @@ def test_batch_1_and_8_identical(reference_rt, task, limit):
 
 
 def test_unbatched_runtime_falls_back_and_says_so(tiny_dir):
-    from slimbench.bench.runtime_base import RuntimeBase
+    from slimbench.bench.runtimes.base import RuntimeBase
 
     loaded = load_artifact(str(tiny_dir))
     rt = TorchRuntime(loaded)

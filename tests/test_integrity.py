@@ -180,7 +180,7 @@ def test_duplicate_variant_names_are_refused(tmp_path, capsys):
 
 
 def test_task_metrics_are_named_by_the_task_not_its_path(tmp_path):
-    from slimbench.bench.cell import suite_cell
+    from slimbench.bench.measure.cell import suite_cell
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"q": "def f(x):", "a": "return"}\n')

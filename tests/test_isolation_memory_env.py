@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from slimbench.bench import environment
-from slimbench.bench.isolation import run_isolated
-from slimbench.bench.memory import FIELDS, snapshot
+from slimbench.bench.measure import environment
+from slimbench.bench.measure.isolation import run_isolated
+from slimbench.bench.measure.memory import FIELDS, snapshot
 from slimbench.compress.loader import load_artifact
 
 
@@ -46,7 +46,7 @@ def test_memory_fields_present_positive_and_documented():
     assert snap["peak_rss_bytes"] >= snap["rss_bytes"]
     assert set(snap) <= set(FIELDS)
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for field in FIELDS:  # defined once in bench/memory.py, listed in the README
+    for field in FIELDS:  # defined once in bench/measure/memory.py, listed in the README
         assert re.search(rf"`{field}`", readme), field
 
 
@@ -72,7 +72,7 @@ def test_cuda_memory_fields():
 def test_latency_cell_in_its_own_process():
     cfg = {"prefill": [16], "decode_contexts": [16], "new_tokens": 4, "generate_prompt": 8,
            "batches": [1, 2], "repeats": 2, "min_seconds": 0.0}
-    r = run_isolated("slimbench.bench.cell:latency_cell",
+    r = run_isolated("slimbench.bench.measure.cell:latency_cell",
                      {"model": "reference", "threads": 1, "config": cfg}, timeout=300)
     assert r["status"] == "ok", r.get("reason")
     cell = r["result"]

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from slimbench.bench.ort_runtime import OrtRuntime
 from slimbench.bench.runtimes import make_runtime
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.ort_runtime import OrtRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.artifact import MANIFEST
 from slimbench.compress.loader import LoadOptions, load_artifact
 from slimbench.compress.onnx_export import io_names

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.errors import UsageError
 from slimbench.tasks.perplexity import PerplexityConfig, perplexity, windows

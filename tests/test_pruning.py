@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import count_parameters, load_artifact
 from slimbench.compress.prune_structured import StructuredPruneConfig, prune_structured, to_gpt2
 from slimbench.compress.prune_unstructured import UnstructuredPruneConfig, prune_unstructured

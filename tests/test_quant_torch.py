@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.artifact import MANIFEST
 from slimbench.compress.conv1d import count_conv1d, normalize_conv1d
 from slimbench.compress.loader import LoadOptions, load_artifact

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.reference import REFERENCE_DIR, reference_card
 from slimbench.tasks.evalsets import load_evalset

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from slimbench.bench.cli import main
-from slimbench.bench.runner import run_suite
-from slimbench.bench.suite import load_suite
+from slimbench.bench.orchestrate.runner import run_suite
+from slimbench.bench.orchestrate.suite import load_suite
 from slimbench.errors import UsageError
 from slimbench.reports.table import load_rows
 

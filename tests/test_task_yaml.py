@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from slimbench.bench.torch_runtime import TorchRuntime
+from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.errors import UsageError
 from slimbench.tasks.generation import run_task

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from slimbench.bench.timing import percentile, summarize, time_callable
+from slimbench.bench.measure.timing import percentile, summarize, time_callable
 
 
 def test_percentile_matches_numpy_linear():
@@ -43,7 +43,7 @@ def test_summarize_interval_and_warning():
 
 
 def test_rounds_repeat_until_both_count_and_time():
-    from slimbench.bench.scenarios import _rounds
+    from slimbench.bench.measure.scenarios import _rounds
 
     assert list(_rounds(warmup=1, repeats=3, min_seconds=0.0)) == [0, 1, 2, 3]
     assert list(_rounds(warmup=0, repeats=2, min_seconds=0.0)) == [0, 1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimbench.bench.environment import set_threads
+from slimbench.bench.measure.environment import set_threads
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.steps import run_step

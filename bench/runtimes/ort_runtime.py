@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimbench.bench.runtime_base import RuntimeBase
+from slimbench.bench.runtimes.base import RuntimeBase
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_export import io_names
 

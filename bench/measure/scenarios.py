@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from slimbench.bench.timing import summarize, time_callable
+from slimbench.bench.measure.timing import summarize, time_callable
 
 
 def _ids(vocab: int, length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:

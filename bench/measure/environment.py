@@ -58,7 +58,7 @@ def ram_bytes() -> int | None:
 
 def git_state() -> dict:
     """Commit and dirty flag of the slimbench checkout in use (None for an installed wheel)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: bench/measure/ is two below
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
                                 capture_output=True, text=True, timeout=10).stdout.strip()

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import torch
 
-from slimbench.bench.runtime_base import RuntimeBase
+from slimbench.bench.runtimes.base import RuntimeBase
 from slimbench.compress.loader import LoadedModel
 
 

@@ -100,7 +100,7 @@ def _names(data: dict, key: str, source: str, default: list) -> tuple[str, ...]:
 
 
 def parse_suite(data, source: str = "suite") -> Suite:
-    from slimbench.bench.cell import LatencyConfig
+    from slimbench.bench.measure.cell import LatencyConfig
     from slimbench.compress.kinds import check_chain
     from slimbench.compress.recipe import parse_recipe, resolve
     from slimbench.tasks.specs import resolve_task

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent  # bench/: suites/ and baselines/ live there
 DEMO_SUITE = HERE / "suites" / "demo.yaml"
 DEMO_BASELINE = HERE / "baselines" / "demo-cpu.json"
 DEMO_POLICY = HERE / "baselines" / "demo-policy.yaml"
@@ -50,8 +50,8 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
     """Run the demo suite into ``run_dir``, report, gate; returns whether the gate passed
     (True where it was skipped: the committed baseline measured another suite)."""
     from slimbench import atomic
-    from slimbench.bench.runner import check_run_dir, run_suite
-    from slimbench.bench.suite import load_suite
+    from slimbench.bench.orchestrate.runner import check_run_dir, run_suite
+    from slimbench.bench.orchestrate.suite import load_suite
     from slimbench.errors import UsageError
     from slimbench.reports.gate import compare, load_policy, markdown, verdict
     from slimbench.reports.output import write_report

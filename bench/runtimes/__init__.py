@@ -8,9 +8,9 @@ from slimbench.compress.onnx_model import OnnxModel
 
 def make_runtime(loaded: LoadedModel, threads: int | None = None):
     if isinstance(loaded.model, OnnxModel):
-        from slimbench.bench.ort_runtime import OrtRuntime
+        from slimbench.bench.runtimes.ort_runtime import OrtRuntime
 
         return OrtRuntime(loaded, threads)
-    from slimbench.bench.torch_runtime import TorchRuntime
+    from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 
     return TorchRuntime(loaded)

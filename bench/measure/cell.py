@@ -1,7 +1,8 @@
 """One latency cell: an artifact on a backend and device, its scenarios, memory and environment.
 
-``latency_cell`` returns plain values so that ``run_isolated("slimbench.bench.cell:latency_cell",
-...)`` can run it in its own process; called directly it works the same (tests, notebooks).
+``latency_cell`` returns plain values so that
+``run_isolated("slimbench.bench.measure.cell:latency_cell", ...)`` can run it in its own process;
+called directly it works the same (tests, notebooks).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class LatencyConfig:
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
                  config: dict | None = None, dtype: str | None = None) -> dict:
     """Load ``model`` and measure the configured scenarios; returns a JSON-ready dict."""
-    from slimbench.bench import environment
+    from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
 
@@ -69,7 +70,7 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
 
 def measure_latency(rt, loaded, cfg: LatencyConfig, device: str) -> dict:
     """Scenarios, memory, environment (with bandwidth) and warnings for one runtime."""
-    from slimbench.bench import environment, memory, scenarios
+    from slimbench.bench.measure import environment, memory, scenarios
 
     results = [scenarios.prefill_latency(rt, n, min_seconds=cfg.min_seconds)
                for n in cfg.prefill]
@@ -109,7 +110,7 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
                perplexity_limit: int | None = None) -> dict:
     """One suite cell: latency and (unless ``quality`` is off) every task, on one runtime, so
     the quality comes from the very artifact that was timed."""
-    from slimbench.bench import environment
+    from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
     from slimbench.tasks.generation import run_task

@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from slimbench import atomic
-from slimbench.bench.suite import Suite, Variant
+from slimbench.bench.orchestrate.suite import Suite, Variant
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.log import quiet_progress
 
@@ -66,10 +66,10 @@ def _content_key(cache, variant: Variant) -> str | None:
         return None
 
 
-CELL = "slimbench.bench.cell:suite_cell"
+CELL = "slimbench.bench.measure.cell:suite_cell"
 # what every CPU cell imports anyway: the fork server imports it once (bench/isolation.py)
 PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
-           "slimbench.bench.cell", "slimbench.bench.runtimes", "slimbench.tasks.generation")
+           "slimbench.bench.measure.cell", "slimbench.bench.runtimes", "slimbench.tasks.generation")
 
 
 def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
@@ -97,7 +97,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     """
     import torch
 
-    from slimbench.bench.isolation import run_isolated
+    from slimbench.bench.measure.isolation import run_isolated
     from slimbench.compress.cache import ArtifactCache
 
     run_dir = Path(run_dir)

@@ -1,0 +1,1 @@
+"""Orchestration: suite files, the runner (cache, isolation, resume), the demo."""
