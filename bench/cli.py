@@ -2,112 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from slimbench import __version__, atomic
-from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY
-from slimbench.errors import CellsFailed, SlimbenchError
+from slimbench import atomic
+from slimbench.bench.cli_parser import LS_WHAT
+from slimbench.bench.cli_parser import parser as _parser
+from slimbench.errors import CellsFailed, GateFailed, SlimbenchError
 from slimbench.log import setup_logging
-
-LS_WHAT = ("models", "recipes", "tasks", "backends")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="slimbench",
-        description="Benchmark and compress GPT-style causal LMs: latency, memory, quality.")
-    p.add_argument("--version", action="version", version=f"slimbench {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more log output (-v info, -vv debug)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    ls = sub.add_parser("ls", help="list the models, recipes, tasks and backends that exist")
-    ls.add_argument("what", nargs="?", choices=LS_WHAT, help="list only this kind")
-
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="'reference', 'shape:gpt2[:key=value,...]', a local "
-                                      "Hugging Face directory or a hub id")
-        sp.add_argument("--allow-pickle", action="store_true",
-                        help="load pickle weights (.bin) when no safetensors exist; only for "
-                             "files you trust")
-        sp.add_argument("--trust-remote-code", action="store_true",
-                        help="run model code shipped with the checkpoint")
-        sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-        sp.add_argument("--dtype", help="float32, float16 or bfloat16 (default: as stored)")
-
-    ins = sub.add_parser("inspect", help="load a model and print what was loaded (JSON)")
-    model_args(ins)
-
-    ev = sub.add_parser("eval", help="score a model on tasks")
-    model_args(ev)
-    ev.add_argument("--task", action="append",
-                    help="task name or task YAML file (repeatable; default: all built-in)")
-    ev.add_argument("--limit", type=int, help="examples per task (default: the task's own)")
-    ev.add_argument("--batch-size", type=int,
-                    help="batch size for generation and perplexity (default: the task's own)")
-    ev.add_argument("--resamples", type=int, default=None,
-                    help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
-    ev.add_argument("--baseline", help="also measure fidelity (top-1 agreement, KL, greedy "
-                                       "exact match) against this model spec on the "
-                                       "perplexity text")
-    ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
-    ev.add_argument("--out", type=Path, help="write the results JSON here, and per-example "
-                                             "outputs to <out stem>.examples.jsonl beside it")
-
-    comp = sub.add_parser("compress", help="apply a recipe step (or a YAML recipe of steps) "
-                                           "to a model, writing artifacts with manifests")
-    comp.add_argument("model", nargs="?",
-                      help="model spec (as for inspect) or an artifact directory; with "
-                           "--recipe, defaults to the recipe's model")
-    how = comp.add_mutually_exclusive_group(required=True)
-    how.add_argument("--step", help="recipe step (see `slimbench ls recipes`)")
-    how.add_argument("--recipe", type=Path, help="YAML recipe: steps applied in order")
-    comp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="step parameter (repeatable; with --step)")
-    comp.add_argument("--out", type=Path, required=True,
-                      help="new artifact directory (with --recipe: a folder of them)")
-
-    run = sub.add_parser("run", help="run a suite YAML: every cell isolated, results and "
-                                     "report in the run directory")
-    run.add_argument("suite", type=Path, help="suite YAML file")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                     help="suite overrides with dotted keys, e.g. threads=1 latency.repeats=3")
-    run.add_argument("--out", type=Path, required=True, help="run directory (new, or --resume)")
-    run.add_argument("--resume", action="store_true", help="skip cells already finished ok")
-    run.add_argument("--cache", type=Path,
-                     help="artifact cache (default: .artifacts beside the run directory)")
-
-    rep = sub.add_parser("report", help="re-render a run's tables and HTML from its cell JSON")
-    rep.add_argument("run_dir", type=Path)
-
-    gate = sub.add_parser("gate", help="compare a candidate run with a baseline; exit 1 on a "
-                                       "regression or a missing metric")
-    gate.add_argument("--baseline", type=Path, required=True, action="append",
-                      help="baseline run directory or results.json; give it several times "
-                           "for repeated runs of one build (each metric is then held to the "
-                           "worst of them: the machine's run-to-run noise)")
-    gate.add_argument("--candidate", type=Path, required=True,
-                      help="candidate run directory (the Markdown table is also written "
-                           "there, as gate-<time>.md) or results.json")
-    gate.add_argument("--policy", type=Path, help="gate policy YAML (default: built-in)")
-    gate.add_argument("--allow-different-suites", action="store_true",
-                      help="compare runs even if their suites measure different things (or "
-                           "a results file does not say): warn instead of refusing")
-
-    demo = sub.add_parser("demo", help="run the demo suite (reference + gpt2 shapes, every "
-                                       "compression), report, and gate it")
-    demo.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="suite overrides, e.g. threads=1 task_limit=50 devices=[cpu]")
-    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<timestamp>)")
-    demo.add_argument("--resume", action="store_true", help="finish an interrupted demo run")
-    demo.add_argument("--baseline", type=Path, default=DEMO_BASELINE,
-                      help="results to gate against (default: the committed demo baseline)")
-    demo.add_argument("--policy", type=Path, default=DEMO_POLICY,
-                      help="gate policy (default: quality and size gated, latency reported)")
-    return p
 
 
 def _load_options(args):
@@ -130,7 +33,7 @@ def cmd_ls(args) -> None:
                                  "trained on CPython stdlib")]
         + [(f"shape:{n}", "random weights, {n_layer} layers, d={n_embd}, {n_head} heads"
             .format(**s)) for n, s in SHAPES.items()],
-        "recipes": [(n, STEPS.describe(n)) for n in STEPS.names()],
+        "steps": [(n, STEPS.describe(n)) for n in STEPS.names()],
         "tasks": [(n, TASKS.describe(n)) for n in TASKS.names()],
         "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)"),
                      ("onnxruntime", "ONNX Runtime for ONNX artifacts (CPU EP; CUDA EP on cuda)")],
@@ -158,16 +61,43 @@ def cmd_eval(args) -> None:
     from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.tasks.bootstrap import RESAMPLES
+    from slimbench.reports.schema import QualityScore
     from slimbench.tasks.generation import run_task
+
+    specs, resamples = _eval_inputs(args)
+    loaded = load_artifact(args.model, _load_options(args))
+    if loaded.info.random_weights:
+        raise SlimbenchError(f"{args.model} has random weights: its quality means nothing, "
+                             "so slimbench does not score it")
+    threads = environment.set_threads(args.threads)
+    rt = make_runtime(loaded, threads)
+    scores, examples = {}, []
+    for spec in specs:
+        res = run_task(rt, loaded.tokenizer, spec, args.limit, show_progress=True,
+                       batch_size=args.batch_size, resamples=resamples)
+        examples += [{"task": spec.name} | e for e in res.pop("examples")]
+        scores[spec.name] = score = QualityScore.from_task(res)
+        ci = score.ci95
+        ci_text = f"  95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        print(f"{spec.name:<18} {score.metric} = {score.value:.3f}{ci_text}  "
+              f"(n={score.n}, {score.seconds:.1f} s)")
+    fid = _fidelity(args, rt, loaded, resamples) if args.baseline else None
+    if args.out:
+        _write_eval(args.out, loaded, threads, scores, fid, examples)
+
+
+def _eval_inputs(args) -> tuple[list, int]:
+    """The task specs and bootstrap resamples of ``eval``, every argument checked before any
+    model is loaded."""
+    from slimbench.tasks.bootstrap import RESAMPLES
     from slimbench.tasks.specs import TASKS, resolve_task
 
-    # unknown names and bad task files fail before any model is loaded
     specs = [resolve_task(n) for n in (args.task or TASKS.names())]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise SlimbenchError(f"task names repeat: {', '.join(names)}")
-    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size),
+                        ("--threads", args.threads)):
         if value is not None and value <= 0:
             raise SlimbenchError(f"{flag} must be positive, got {value}")
     resamples = RESAMPLES if args.resamples is None else args.resamples
@@ -178,52 +108,47 @@ def cmd_eval(args) -> None:
             if path.exists():
                 raise SlimbenchError(f"{path} already exists; choose another --out (slimbench "
                                      "never overwrites results)")
-    loaded = load_artifact(args.model, _load_options(args))
-    if loaded.info.random_weights:
-        raise SlimbenchError(f"{args.model} has random weights: its quality means nothing, "
-                             "so slimbench does not score it")
-    rt = make_runtime(loaded, environment.set_threads(args.threads))
-    results, examples = {}, []
-    for spec in specs:
-        res = run_task(rt, loaded.tokenizer, spec, args.limit, show_progress=True,
-                       batch_size=args.batch_size, resamples=resamples)
-        examples += [{"task": spec.name} | e for e in res.pop("examples")]
-        results[spec.name] = res
-        ci = res["ci95"]
-        ci_text = f"  95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        print(f"{spec.name:<18} {res['metric']} = {res['value']:.3f}{ci_text}  "
-              f"(n={res['n']}, {res['seconds']:.1f} s)")
-    if args.baseline:
-        results["fidelity"] = _fidelity(args, rt, loaded, resamples)
-    if args.out:
-        ex_path = examples_path(args.out)
-        # examples first: the results JSON names a file that exists when it appears
-        atomic.write_text(ex_path, "".join(json.dumps(e, sort_keys=True) + "\n"
-                                           for e in examples))
-        atomic.write_json(args.out, {"model": loaded.info.to_dict(), "tasks": results,
-                                     "examples_file": ex_path.name,
-                                     "environment": environment.capture()})
-        print(f"wrote {args.out} and {ex_path}")
+    return specs, resamples
 
 
-def _fidelity(args, rt, loaded, resamples: int) -> dict:
+def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: list) -> None:
+    """``out`` (an ``EvalResult``) and, first, its per-example file: the results JSON names a
+    file that exists when it appears."""
+    from slimbench.bench.measure import environment
+    from slimbench.reports.schema import Artifact, EvalResult
+
+    ex_path = examples_path(out)
+    atomic.write_text(ex_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in examples))
+    for score in scores.values():
+        score.examples_file = ex_path.name
+    result = EvalResult(model=Artifact.from_info(loaded.info.to_dict()), tasks=scores,
+                        environment=environment.capture(), examples_file=ex_path.name,
+                        threads=threads, fidelity=fid)
+    atomic.write_json(out, result.to_dict())
+    print(f"wrote {out} and {ex_path}")
+
+
+def _fidelity(args, rt, loaded, resamples: int):
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
+    from slimbench.reports.schema import Fidelity
     from slimbench.tasks.fidelity import FidelityConfig, fidelity
-    from slimbench.tasks.sources import load_rows, render
+    from slimbench.tasks.sources import load_examples, render
     from slimbench.tasks.specs import TASKS
 
     base_loaded = load_artifact(args.baseline, _load_options(args))
     if base_loaded.info.random_weights:
         raise SlimbenchError(f"baseline {args.baseline} has random weights")
     spec = TASKS.get("perplexity")
-    texts = [render(spec.text, r) for r in load_rows(spec, args.limit)]
+    texts = [render(spec.text, r) for r in load_examples(spec, args.limit)]
     cfg = FidelityConfig(spec.perplexity)
-    res = fidelity(rt, make_runtime(base_loaded, args.threads), loaded.tokenizer, texts, cfg,
-                   resamples=resamples, show_progress=True) | {"baseline": args.baseline}
-    print(f"{'fidelity':<18} top-1 agreement {res['top1_agreement']['value']:.4f}, "
-          f"KL {res['kl_nats']['value']:.3g} nats, greedy exact match "
-          f"{res['greedy_exact_match']['value']:.3f} vs {args.baseline}")
+    res = Fidelity.from_fidelity(fidelity(
+        rt, make_runtime(base_loaded, args.threads), loaded.tokenizer, texts, cfg,
+        resamples=resamples, show_progress=True) | {"baseline": args.baseline})
+    m = res.metrics
+    print(f"{'fidelity':<18} top-1 agreement {m['top1_agreement'].value:.4f}, "
+          f"KL {m['kl_nats'].value:.3g} nats, greedy exact match "
+          f"{m['greedy_exact_match'].value:.3f} vs {args.baseline}")
     return res
 
 
@@ -345,12 +270,15 @@ def cmd_demo(args) -> None:
                          f"{run_dir / 'gate.md'}")
 
 
+def cmd_validate(args) -> None:
+    from slimbench.reports.validate import validate
+
+    print(validate(args.path))
+
+
 COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,
-            "run": cmd_run, "report": cmd_report, "gate": cmd_gate, "demo": cmd_demo}
-
-
-class GateFailed(SlimbenchError):
-    exit_code = 1
+            "run": cmd_run, "report": cmd_report, "gate": cmd_gate, "demo": cmd_demo,
+            "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,3 +25,11 @@ def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) 
     if not out:
         raise UsageError(f"no calibration sequence of {seq_len} tokens in the corpus")
     return out
+
+
+def parent_calibration(parent, samples: int, seq_len: int) -> list:
+    """Calibration batches for a torch ``parent`` (a ``LoadedModel``), no longer than its
+    position table allows."""
+    cfg = parent.model.config
+    return calibration_batches(parent.tokenizer, cfg.vocab_size, samples,
+                               min(seq_len, cfg.n_positions))

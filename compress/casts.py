@@ -6,9 +6,15 @@ fp16 the CUDA one. The weights are *stored* in the half type, so bytes on disk r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
+from slimbench.compress.loader import DTYPES, LoadedModel, count_parameters
+from slimbench.compress.onnx_export import ONNX_FILE
+from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.step_io import copy_side_files, onnx_child_fields, save_model
+from slimbench.compress.steps import register_step
 from slimbench.errors import UsageError
 
 HALF_DTYPES = ("bfloat16", "float16")
@@ -44,3 +50,24 @@ def ort_fp16(src: Path, dst: Path, config: OrtFp16Config) -> None:
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=config.keep_io_types)
     onnx.save(model, str(dst))
+
+
+@register_step("torch_cast", TorchCastConfig, produces="torch-cast",
+               help="store torch weights as bfloat16 (CPU) or float16 (CUDA)")
+def _apply_torch_cast(parent: LoadedModel, config: TorchCastConfig, out: Path) -> dict:
+    params, nonzero = count_parameters(parent.model)
+    half = copy.deepcopy(parent.model).to(DTYPES[config.dtype])
+    save_model(half, parent.tokenizer, out)
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    return {"format": "hf", "load_dtype": config.dtype, "parameters": params,
+            "nonzero_parameters": nonzero, "dtypes": {"weights": config.dtype},
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(half), prompts)}
+
+
+@register_step("ort_fp16", OrtFp16Config, accepts=("onnx",),
+               help="convert an ONNX artifact to float16 (float32 inputs/outputs kept)")
+def _apply_ort_fp16(parent: LoadedModel, config: OrtFp16Config, out: Path) -> dict:
+    src = parent.model.path
+    copy_side_files(src.parent, out)
+    ort_fp16(src, out / ONNX_FILE, config)
+    return onnx_child_fields(parent, out / ONNX_FILE, "float16", "float16")

@@ -15,6 +15,7 @@ and transformers' own.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,11 @@ from torch import nn
 from tqdm import tqdm
 
 from slimbench import atomic
-from slimbench.errors import UsageError
+from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.onnx_model import OnnxModel
+from slimbench.compress.step_io import save_model
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 from slimbench.log import quiet_progress
 
 log = logging.getLogger(__name__)
@@ -104,8 +109,6 @@ class DistillConfig:
 
 def shallow_student(parent: nn.Module, layers: int) -> nn.Module:
     """A copy of ``parent`` keeping ``layers`` evenly spaced blocks (first and last kept)."""
-    import copy
-
     n = parent.config.n_layer
     if layers >= n:
         raise UsageError(f"student_layers ({layers}) must be fewer than the parent's {n}")
@@ -174,24 +177,60 @@ def _config_key(config: DistillConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _used_teacher(student: nn.Module, teacher: nn.Module | None,
+                  config: DistillConfig) -> nn.Module | None:
+    """The teacher the loss needs (None when neither term uses it), checked against the
+    student."""
+    if config.alpha == 0 and config.hidden_weight == 0:
+        return None  # plain language-model training: the teacher is not used
+    if teacher is None:
+        raise UsageError("distillation needs a teacher (set teacher=SPEC)")
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise UsageError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the "
+                         f"student's ({student.config.vocab_size})")
+    if config.hidden_weight > 0 and teacher.config.n_embd != student.config.n_embd:
+        raise UsageError("hidden_weight needs teacher and student of the same width "
+                         f"({teacher.config.n_embd} vs {student.config.n_embd})")
+    return teacher
+
+
+def _optimizer(student: nn.Module, config: DistillConfig):
+    """AdamW (no decay on biases and LayerNorms) and its warmup + cosine schedule."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    decay = [p for p in student.parameters() if p.dim() >= 2]
+    no_decay = [p for p in student.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
+
+
+def _train_step(student, teacher, ids: torch.Tensor, config: DistillConfig, optimizer,
+                schedule, step: int) -> dict:
+    """One optimizer step on batch ``ids``; returns the loss terms (stops on a NaN loss)."""
+    hidden = config.hidden_weight > 0
+    out = student(input_ids=ids, use_cache=False, output_hidden_states=hidden)
+    t_out = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_out = teacher(input_ids=ids, use_cache=False, output_hidden_states=hidden)
+    terms = distill_loss(out, t_out, ids, config)
+    if not torch.isfinite(terms["loss"]):
+        raise CompressionError(f"distillation diverged at step {step + 1}: loss "
+                               f"{terms['loss'].item()}; lower lr (now {config.lr}) or "
+                               "grad_clip")
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+    optimizer.step()
+    schedule.step()
+    return terms
+
+
 def distill(student: nn.Module, teacher: nn.Module | None, tokenizer,
             config: DistillConfig, show_progress: bool = False) -> dict:
     """Train ``student`` in place; returns the training record for the manifest."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    from slimbench.compress.quant_torch import CompressionError
-
-    if config.alpha > 0 or config.hidden_weight > 0:
-        if teacher is None:
-            raise UsageError("distillation needs a teacher (set teacher=SPEC)")
-        if teacher.config.vocab_size != student.config.vocab_size:
-            raise UsageError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the "
-                             f"student's ({student.config.vocab_size})")
-        if config.hidden_weight > 0 and teacher.config.n_embd != student.config.n_embd:
-            raise UsageError("hidden_weight needs teacher and student of the same width "
-                             f"({teacher.config.n_embd} vs {student.config.n_embd})")
-    else:
-        teacher = None  # alpha = 0 and no hidden term: the teacher is not used
+    teacher = _used_teacher(student, teacher, config)
     if tokenizer is None:
         raise UsageError("distillation trains on the corpus and needs a tokenizer")
     device = torch.device(config.device)
@@ -204,18 +243,13 @@ def distill(student: nn.Module, teacher: nn.Module | None, tokenizer,
     val = token_stream(tokenizer, "validation", config.eval_batches * config.seq_len)
     n_val = min(config.eval_batches, len(val) // config.seq_len)
     val_windows = val[: n_val * config.seq_len].view(n_val, config.seq_len).to(device)
-    decay = [p for n, p in student.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in student.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
+    optimizer, schedule = _optimizer(student, config)
     sampler = torch.Generator().manual_seed(config.seed)
     history, start = [], 0
     ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if ckpt is not None and (ckpt / CHECKPOINT_STATE).is_file():
         start, history = _resume(ckpt, config, student, optimizer, schedule, sampler)
         log.info("resumed distillation at step %d from %s", start, ckpt)
-    hidden = config.hidden_weight > 0
     t0 = time.perf_counter()
     bar = tqdm(range(start, config.steps), desc="distill", unit="step", initial=start,
                total=config.steps, disable=quiet_progress(show_progress))
@@ -223,21 +257,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, tokenizer,
         starts = torch.randint(0, len(train) - config.seq_len, (config.batch_size,),
                                generator=sampler)
         ids = torch.stack([train[s: s + config.seq_len] for s in starts.tolist()]).to(device)
-        out = student(input_ids=ids, use_cache=False, output_hidden_states=hidden)
-        t_out = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = teacher(input_ids=ids, use_cache=False, output_hidden_states=hidden)
-        terms = distill_loss(out, t_out, ids, config)
-        if not torch.isfinite(terms["loss"]):
-            raise CompressionError(f"distillation diverged at step {step + 1}: loss "
-                                   f"{terms['loss'].item()}; lower lr (now {config.lr}) or "
-                                   "grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
+        terms = _train_step(student, teacher, ids, config, optimizer, schedule, step)
         done = step + 1
         record = {"step": done, **{k: round(v.item(), 5) for k, v in terms.items()}}
         if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
@@ -285,3 +305,37 @@ def _resume(ckpt: Path, config, student, optimizer, schedule, sampler):
     sampler.set_state(state["sampler"])
     torch.set_rng_state(state["torch_rng"])
     return int(meta["step"]), list(meta["history"])
+
+
+def _teacher_for(parent: LoadedModel, config: DistillConfig):
+    """(teacher model, its ModelInfo), or (None, None) when the loss needs no teacher."""
+    if config.alpha == 0 and config.hidden_weight == 0:
+        return None, None
+    if config.teacher is None and config.student_layers is None:
+        raise UsageError("distill: set teacher=SPEC (the parent is the student)")
+    if config.teacher is None:  # a shallower student is taught by the model it came from
+        return parent.model, parent.info
+    loaded = load_artifact(config.teacher)
+    if isinstance(loaded.model, OnnxModel):
+        raise UsageError("distill: the teacher must be a torch model")
+    return loaded.model, loaded.info
+
+
+@register_step("distill", DistillConfig,
+               help="teacher -> student distillation (KL + CE) on the corpus; or a shallower "
+                    "student")
+def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> dict:
+    student = copy.deepcopy(parent.model)
+    if config.student_layers is not None:
+        student = shallow_student(student, config.student_layers)
+    teacher, teacher_info = _teacher_for(parent, config)
+    record = distill(student, teacher, parent.tokenizer, config, show_progress=True)
+    student.to("cpu")
+    save_model(student, parent.tokenizer, out)
+    params, nonzero = count_parameters(student)
+    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
+            "dtypes": {"weights": "float32"},
+            "teacher": None if teacher_info is None else {
+                "spec": config.teacher or "(parent)", "weights_sha256":
+                    teacher_info.weights_sha256, "parameters": teacher_info.parameters},
+            "student_layers": student.config.n_layer, "training": record}

@@ -25,6 +25,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from slimbench.compress.artifact import read_manifest, sha256_file, verify_files
+from slimbench.compress.hub import (
+    cached_snapshot,
+    first_line,
+    hub_failed,
+    hub_weight_files,
+    probe_hub,
+)
 from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
 from slimbench.compress.shapes import ShapeSpec, build_shape_model
 from slimbench.errors import ModelLoadError, UsageError
@@ -329,50 +336,6 @@ def _tokenizer(where: str | Path, opts: LoadOptions):
         return None
 
 
-HUB_PROBE_TIMEOUT_S = 5.0
-
-
-def _hub_failed(hub_id: str, why: str) -> ModelLoadError:
-    return ModelLoadError(f"no local directory {hub_id!r}, and loading it as a Hugging Face "
-                          f"hub id failed: {why}")
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _probe_hub(hub_id: str, revision: str | None) -> str | None:
-    """Ask the hub once, briefly, about ``hub_id``: None when it has it, the reason when it
-    cannot be reached; raises when it answers that there is no such model or revision.
-
-    transformers' own downloads retry an unreachable hub for ~25 s per file with a warning
-    per try; one request without retries tells the same thing at once.
-    """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        HfApi().model_info(hub_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
-    except RevisionNotFoundError:
-        raise _hub_failed(hub_id, f"the hub has no revision {revision!r} of it") from None
-    except RepositoryNotFoundError:  # the hub answers 401 for private repos too
-        raise _hub_failed(hub_id, "the hub has no model of that name (if it is private, log "
-                                  "in with `hf auth login`)") from None
-    except Exception as e:  # connection refused, DNS, timeout, proxy, 5xx: unreachable
-        return f"the hub could not be reached ({_first_line(e)})"
-    return None
-
-
-def _cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
-    from huggingface_hub import snapshot_download
-
-    try:
-        snap = Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError and kin: not in the cache
-        return None
-    return snap if (snap / "config.json").is_file() else None
-
-
 def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
     from huggingface_hub import constants
 
@@ -380,11 +343,11 @@ def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
     # transformers would retry the network and bury the answer under warnings.
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
     # Online the hub is asked first: a cached 'main' may be older than the hub's.
-    why = why or _probe_hub(hub_id, opts.revision)
+    why = why or probe_hub(hub_id, opts.revision)
     if why:
-        snap = _cached_snapshot(hub_id, opts.revision)
+        snap = cached_snapshot(hub_id, opts.revision)
         if snap is None:
-            raise _hub_failed(hub_id, f"it is not in the local Hugging Face cache and {why}")
+            raise hub_failed(hub_id, f"it is not in the local Hugging Face cache and {why}")
         log.info("hub unavailable (%s); loading %s from the local cache %s", why, hub_id, snap)
         return _load_dir(snap, hub_id, "hub", opts)
     try:
@@ -399,21 +362,11 @@ def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
         raise
     except Exception as e:
         _refuse_remote_code(e, repr(hub_id), opts)
-        raise _hub_failed(hub_id, _first_line(e)) from None
+        raise hub_failed(hub_id, first_line(e)) from None
     _check_loading_info(info, hub_id, config)
-    files = _hub_weight_files(hub_id, opts.revision)
+    files = hub_weight_files(hub_id, opts.revision)
     return LoadedModel(model.eval(), _tokenizer(hub_id, opts),
                        _info(model, hub_id, "hub", None, opts, False, files))
-
-
-def _hub_weight_files(hub_id: str, revision: str | None) -> list[Path]:
-    try:
-        from huggingface_hub import snapshot_download
-
-        snap = Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
-    except Exception:  # sizes are best-effort for hub models
-        return []
-    return sorted(snap.glob("*.safetensors"))
 
 
 def _info(model, spec: str, kind: str, path: str | None, opts: LoadOptions, random: bool,

@@ -15,6 +15,7 @@ for a past length of 0, which lets one graph serve prefill and decode, whereas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from pathlib import Path
@@ -23,7 +24,11 @@ import torch
 from torch import nn
 
 from slimbench.compress.conv1d import normalize_conv1d
-from slimbench.errors import UsageError
+from slimbench.compress.loader import LoadedModel, count_parameters
+from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
+from slimbench.compress.parity import FP32_PARITY, parity, reference_prompts, torch_logits_fn
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 
 ONNX_FILE = "model.onnx"
 # Protobuf files cannot exceed 2 GB; above this size the weights go to external data.
@@ -106,3 +111,29 @@ def export_onnx(model: nn.Module, out_dir: Path, config: ExportOnnxConfig) -> Pa
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=ONNX_FILE + ".data")
     return path
+
+
+@register_step("export_onnx", ExportOnnxConfig, produces="onnx",
+               help="ONNX export: one merged graph with explicit KV cache, dynamic "
+                    "batch/sequence")
+def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, out: Path) -> dict:
+    if parent.info.device != "cpu" or parent.info.dtype != "float32":
+        raise UsageError("export_onnx exports float32 models loaded on cpu")
+    params, nonzero = count_parameters(parent.model)
+    path = export_onnx(copy.deepcopy(parent.model), out, config)
+    # config and tokenizer beside the graph: the loader rebuilds the model's shape from them
+    parent.model.config.save_pretrained(out)
+    if parent.tokenizer is not None:
+        parent.tokenizer.save_pretrained(out)
+    child = OnnxModel(path, parent.model.config)
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    checked = parity(torch_logits_fn(parent.model), onnx_logits_fn(child, child.session()),
+                     prompts)
+    ok = (checked["max_abs_logit_diff"] <= FP32_PARITY
+          and checked["greedy_identical"] == checked["greedy_prompts"])
+    if not ok:
+        raise CompressionError(f"ONNX export does not reproduce the torch model: {checked}")
+    return {"format": "onnx", "onnx_file": path.name, "opset": config.opset,
+            "parameters": params, "nonzero_parameters": nonzero, "dtypes": {"weights": "float32"},
+            "graph": onnx_op_counts(path),
+            "parity": checked | {"target_max_abs_logit_diff": FP32_PARITY}}

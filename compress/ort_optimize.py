@@ -5,7 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from slimbench.errors import UsageError
+from slimbench.compress.loader import LoadedModel
+from slimbench.compress.onnx_export import ONNX_FILE
+from slimbench.compress.parity import FP32_PARITY
+from slimbench.compress.step_io import copy_side_files, onnx_child_fields
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,3 +42,16 @@ def ort_optimize(src: Path, dst: Path, config: OrtOptimizeConfig, n_head: int,
     model.save_model_to_file(str(dst))
     return {"applied": {k: v for k, v in sorted(stats.items()) if v},
             "not_applied": sorted(k for k, v in stats.items() if not v)}
+
+
+@register_step("ort_optimize", OrtOptimizeConfig, accepts=("onnx",),
+               help="ONNX Runtime transformer optimizer (GPT-2 fusions) on an ONNX artifact")
+def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, out: Path) -> dict:
+    src, cfg = parent.model.path, parent.model.config
+    copy_side_files(src.parent, out)
+    dst = out / ONNX_FILE
+    fusions = ort_optimize(src, dst, config, cfg.n_head, cfg.n_embd)
+    fields = onnx_child_fields(parent, dst, "float32", "float32")
+    if fields["parity"]["max_abs_logit_diff"] > FP32_PARITY:
+        raise CompressionError(f"optimized graph drifted from its parent: {fields['parity']}")
+    return fields | {"fusions": fusions}

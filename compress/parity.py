@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
+FP32_PARITY = 1e-4  # max |Δlogits| a float32 export or graph rewrite may show against its parent
 
 
 def reference_prompts(tokenizer, vocab_size: int, n: int = 4, length: int = 64) -> np.ndarray:

@@ -17,13 +17,20 @@ and the matching c_proj columns.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from slimbench.compress.calibration import parent_calibration
 from slimbench.compress.conv1d import normalize_conv1d
-from slimbench.errors import UsageError
+from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.step_io import save_model
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 
 TARGETS = ("mlp", "attention", "both")
 IMPORTANCE = ("magnitude", "taylor")
@@ -97,6 +104,49 @@ def _prune_heads(attn: nn.Module, drop: list[int], heads: int, head_dim: int) ->
     tp.prune_linear_in_channels(attn.c_proj, cols)
 
 
+def _lowest(importance, group, n: int, keep: int) -> list[int]:
+    """The ``n - keep`` channels of ``group``'s root with the lowest importance, sorted."""
+    scores = importance(group)  # one score per channel of the group's root
+    return sorted(torch.argsort(scores)[: n - keep].tolist())
+
+
+def _mlp_groups(graph, importance, blocks: nn.ModuleList, keep: int) -> list:
+    """Per block, the coupled group that cuts its MLP to ``keep`` channels (c_fc out ->
+    c_proj in)."""
+    import torch_pruning as tp
+
+    inner = blocks[0].mlp.c_fc.out_features
+    plan = []
+    for block in blocks:
+        full = graph.get_pruning_group(block.mlp.c_fc, tp.prune_linear_out_channels,
+                                       idxs=list(range(inner)))
+        plan.append(graph.get_pruning_group(block.mlp.c_fc, tp.prune_linear_out_channels,
+                                            idxs=_lowest(importance, full, inner, keep)))
+    return plan
+
+
+def _width_group(graph, importance, model: nn.Module, keep: int):
+    """The residual-stream group (embeddings, LayerNorms, every projection, lm_head) cut to
+    ``keep`` channels."""
+    import torch_pruning as tp
+
+    wte, width = model.transformer.wte, model.config.n_embd
+    full = graph.get_pruning_group(wte, tp.prune_embedding_out_channels, idxs=list(range(width)))
+    return graph.get_pruning_group(wte, tp.prune_embedding_out_channels,
+                                   idxs=_lowest(importance, full, width, keep))
+
+
+def _set_shapes(model: nn.Module, heads: int, head_dim: int, inner: int) -> None:
+    """Write the pruned shapes into the config and the attributes derived from it."""
+    cfg, width = model.config, heads * head_dim
+    cfg.n_embd, cfg.n_head, cfg.n_inner = width, heads, inner
+    for block in model.transformer.h:  # attributes GPT2Attention derived from the old config
+        block.attn.embed_dim = block.attn.split_size = width
+        block.attn.num_heads = heads
+    if getattr(cfg, "tie_word_embeddings", True):
+        model.lm_head.weight = model.transformer.wte.weight  # both were cut alike; re-tie
+
+
 def prune_structured(model: nn.Module, config: StructuredPruneConfig,
                      calibration: list | None = None) -> dict:
     """Prune ``model`` (float32, CPU) in place and update its config; returns the audit.
@@ -121,51 +171,30 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig,
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     imp = (tp.importance.GroupTaylorImportance() if taylor
            else tp.importance.GroupMagnitudeImportance(p=2))
-
-    def lowest(group, n: int, keep: int) -> list[int]:
-        scores = imp(group)  # one score per channel of the group's root
-        return sorted(torch.argsort(scores)[: n - keep].tolist())
-
-    plan = []  # importance is computed for every group before anything is cut
-    new_inner, new_heads = inner, heads
-    if config.targets in ("mlp", "both"):
-        new_inner = _keep_count(inner, config.ratio)
-        for block in blocks:
-            group = graph.get_pruning_group(block.mlp.c_fc, tp.prune_linear_out_channels,
-                                            idxs=list(range(inner)))
-            idxs = lowest(group, inner, new_inner)
-            plan.append(graph.get_pruning_group(block.mlp.c_fc, tp.prune_linear_out_channels,
-                                                idxs=idxs))
+    prune_mlp = config.targets in ("mlp", "both")
+    prune_heads = config.targets in ("attention", "both")
+    new_inner = _keep_count(inner, config.ratio) if prune_mlp else inner
+    new_heads = _keep_count(heads, config.ratio) if prune_heads else heads
+    # importance is computed for every group before anything is cut
+    plan = _mlp_groups(graph, imp, blocks, new_inner) if prune_mlp else []
     drops = []
-    if config.targets in ("attention", "both"):
-        new_heads = _keep_count(heads, config.ratio)
+    if prune_heads:
         for block in blocks:
             scores = _head_scores(block.attn, heads, head_dim, taylor)
             drops.append(sorted(torch.argsort(scores)[: heads - new_heads].tolist()))
-        width = cfg.n_embd
-        group = graph.get_pruning_group(model.transformer.wte, tp.prune_embedding_out_channels,
-                                        idxs=list(range(width)))
-        idxs = lowest(group, width, new_heads * head_dim)
-        plan.append(graph.get_pruning_group(model.transformer.wte,
-                                            tp.prune_embedding_out_channels, idxs=idxs))
+        plan.append(_width_group(graph, imp, model, new_heads * head_dim))
     for group in plan:
         group.prune()
     for block, drop in zip(blocks, drops or [[]] * len(blocks), strict=True):
         if drop:
             _prune_heads(block.attn, drop, heads, head_dim)
     model.zero_grad(set_to_none=True)
-    new_width = new_heads * head_dim
-    cfg.n_embd, cfg.n_head, cfg.n_inner = new_width, new_heads, new_inner
-    for block in blocks:  # attributes GPT2Attention derived from the old config
-        block.attn.embed_dim = block.attn.split_size = new_width
-        block.attn.num_heads = new_heads
-    if getattr(cfg, "tie_word_embeddings", True):
-        model.lm_head.weight = model.transformer.wte.weight  # both were cut alike; re-tie
+    _set_shapes(model, new_heads, head_dim, new_inner)
     after = sum(p.numel() for p in model.parameters())
     return {"targets": config.targets, "importance": config.importance,
             "requested_ratio": config.ratio,
             "heads": [heads, new_heads], "n_inner": [inner, new_inner],
-            "n_embd": [heads * head_dim, new_width],
+            "n_embd": [heads * head_dim, new_heads * head_dim],
             "realized_head_ratio": 1 - new_heads / heads,
             "realized_mlp_ratio": 1 - new_inner / inner,
             "parameters": [before, after], "parameter_ratio": after / before,
@@ -195,3 +224,29 @@ def to_gpt2(pruned: nn.Module) -> nn.Module:
                            f"unexpected {unexpected}")
     fresh.tie_weights()
     return fresh.eval()
+
+
+@register_step("prune_structured", StructuredPruneConfig,
+               help="remove heads, MLP channels and width with torch-pruning: a smaller GPT-2")
+def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
+                            out: Path) -> dict:
+    if parent.model.config.model_type != "gpt2":
+        raise UsageError("prune_structured knows GPT-2's layout; got model type "
+                         f"{parent.model.config.model_type!r}")
+    work = copy.deepcopy(parent.model)
+    batches = (parent_calibration(parent, config.calib_samples, config.calib_seq_len)
+               if config.importance == "taylor" else None)
+    audit = prune_structured(work, config, batches)
+    model = to_gpt2(work)
+    prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
+    rebuilt = parity(torch_logits_fn(work), torch_logits_fn(model), prompts)
+    if rebuilt["max_abs_logit_diff"] > 1e-5:
+        raise CompressionError(f"pruned model changed when rebuilt from its config: {rebuilt}")
+    save_model(model, parent.tokenizer, out)
+    reloaded = load_artifact(str(out))  # what a user gets back from disk, checked now
+    params, nonzero = count_parameters(reloaded.model)
+    if params != audit["parameters"][1] or reloaded.model.config.n_inner != audit["n_inner"][1]:
+        raise CompressionError("pruned checkpoint does not reload with the pruned shapes")
+    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
+            "dtypes": {"weights": "float32"}, "structure": audit,
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}

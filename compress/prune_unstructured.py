@@ -12,14 +12,21 @@ a few tensor operations each.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from slimbench.errors import UsageError
+from slimbench.compress.calibration import parent_calibration
+from slimbench.compress.loader import LoadedModel, count_parameters
+from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.step_io import save_model
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 
 METHODS = ("magnitude", "wanda")
 SCOPES = ("layer", "global")
@@ -208,3 +215,24 @@ def sparsity_audit(layers: dict[str, nn.Module], config: UnstructuredPruneConfig
             "pruned_weights": total, "zeros": zeros, "per_layer": per_layer,
             "dense_bytes_of_pruned_layers": dense_bytes,
             "csr_bytes_of_pruned_layers": csr_bytes, "note": NO_SPEEDUP}
+
+
+@register_step("prune_unstructured", UnstructuredPruneConfig,
+               help="magnitude / Wanda / N:M unstructured pruning (zeros stored; no dense "
+                    "speedup)")
+def _apply_prune_unstructured(parent: LoadedModel, config: UnstructuredPruneConfig,
+                              out: Path) -> dict:
+    model = copy.deepcopy(parent.model)
+    batches = (parent_calibration(parent, config.calib_samples, config.calib_seq_len)
+               if config.method == "wanda" else None)
+    audit = prune_unstructured(model, config, batches)
+    # exact counts per layer: k = round(s * n) zeros, so the overall share is within rounding
+    if abs(audit["realized"] - audit["requested"]) > 1e-3:
+        raise CompressionError(f"realized sparsity {audit['realized']:.4f} does not match the "
+                               f"requested {audit['requested']:.4f}")
+    save_model(model, parent.tokenizer, out)
+    params, nonzero = count_parameters(model)
+    prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
+    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
+            "dtypes": {"weights": "float32 (dense, zeros stored)"}, "sparsity": audit,
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}

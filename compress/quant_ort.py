@@ -10,7 +10,11 @@ import tempfile
 from pathlib import Path
 
 from slimbench.compress.calibration import calibration_batches
-from slimbench.errors import UsageError
+from slimbench.compress.loader import LoadedModel
+from slimbench.compress.onnx_export import ONNX_FILE, io_names
+from slimbench.compress.step_io import copy_side_files, onnx_child_fields
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 
 log = logging.getLogger(__name__)
 _BLOCK = re.compile(r"/h\.(\d+)/")
@@ -83,8 +87,6 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
 
     batches = calibration_batches(tokenizer, onnx_model.config.vocab_size, config.samples,
                                   config.seq_len)
-    from slimbench.compress.onnx_export import io_names
-
     names = io_names(onnx_model.config.n_layer)[0]
 
     class Reader(CalibrationDataReader):
@@ -226,9 +228,41 @@ def audit_onnx_quantization(parent: Path, child: Path) -> dict:
 
 
 def require_onnx_coverage(audit: dict) -> None:
-    from slimbench.compress.quant_torch import CompressionError
-
+    """Raise unless every block weight MatMul of the graph was quantized."""
     if audit["block_matmuls_int8"] < audit["block_matmuls"]:
         raise CompressionError(
             f"ORT int8 quantized {audit['block_matmuls_int8']} of {audit['block_matmuls']} "
             f"block weight MatMuls: {audit['per_block_int8']}")
+
+
+@register_step("ort_dynamic_int8", OrtDynamicInt8Config, accepts=("onnx",),
+               help="ONNX Runtime dynamic INT8 of every weight MatMul (+ embeddings) of an "
+                    "ONNX artifact")
+def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
+                            out: Path) -> dict:
+    weights = "int8" + (" (embeddings too)" if config.quantize_embeddings else "")
+    return _quantized_child(parent, out, lambda src, dst: ort_dynamic_int8(src, dst, config),
+                            weights, "dynamic uint8")
+
+
+@register_step("ort_static_int8", OrtStaticInt8Config, accepts=("onnx",),
+               help="ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the "
+                    "train corpus")
+def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,
+                           out: Path) -> dict:
+    def quantize(src: Path, dst: Path) -> dict:
+        return ort_static_int8(src, dst, config, parent.model, parent.tokenizer)
+
+    return _quantized_child(parent, out, quantize, "int8 (QDQ)", "static int8 (calibrated)")
+
+
+def _quantized_child(parent: LoadedModel, out: Path, quantize, weights: str,
+                     activations: str) -> dict:
+    """Quantize the parent's graph into ``out`` with ``quantize(src, dst) -> audit``, refuse
+    partial coverage, and return the child's manifest fields."""
+    src = parent.model.path
+    copy_side_files(src.parent, out)
+    dst = out / ONNX_FILE
+    audit = quantize(src, dst)
+    require_onnx_coverage(audit)
+    return onnx_child_fields(parent, dst, weights, activations, quantization=audit)

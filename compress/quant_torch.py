@@ -12,25 +12,24 @@ The pitfall this module exists for: HF GPT-2 blocks use ``Conv1D``, so quantizin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
 from slimbench.compress.conv1d import normalize_conv1d
-from slimbench.errors import SlimbenchError, UsageError
+from slimbench.compress.loader import LoadedModel, count_parameters
+from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.step_io import save_model
+from slimbench.compress.steps import register_step
+from slimbench.errors import CompressionError, UsageError
 
 _BLOCK = re.compile(r"(?:^|\.)h\.(\d+)\.")
-
-
-class CompressionError(SlimbenchError):
-    """A compression step that did not compress what it claims (exit 1)."""
-
-    exit_code = 1
-
 
 @dataclasses.dataclass(frozen=True)
 class TorchDynamicInt8Config:
@@ -111,3 +110,28 @@ def require_full_coverage(audit: dict) -> None:
         raise CompressionError(
             f"dynamic int8 covered only {audit['block_linears_int8']} of "
             f"{audit['block_linears']} block linear layers: {audit['per_block_int8']}")
+
+
+def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config) -> LoadedModel:
+    """The load transform: ``load_artifact`` quantizes the stored float weights again."""
+    loaded.model = quantize_dynamic_int8(loaded.model, config)
+    return loaded
+
+
+@register_step("torch_dynamic_int8", TorchDynamicInt8Config, produces="torch-int8",
+               transform=_quantize_on_load,
+               help="PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")
+def _apply_torch_dynamic_int8(parent: LoadedModel, config: TorchDynamicInt8Config,
+                              out: Path) -> dict:
+    # packed int8 weights have no safetensors form: store the float weights, quantize on load
+    save_model(parent.model, parent.tokenizer, out)
+    params, nonzero = count_parameters(parent.model)
+    quantized = quantize_dynamic_int8(copy.deepcopy(parent.model), config)
+    audit = audit_quantization(quantized)
+    require_full_coverage(audit)
+    prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
+    return {"format": "hf", "load_transform": "torch_dynamic_int8", "parameters": params,
+            "nonzero_parameters": nonzero,
+            "dtypes": {"block_weights": "int8", "activations": "float32 (quantized per call)"},
+            "quantization": audit,
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(quantized), prompts)}

@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 from slimbench import atomic
+from slimbench.reports.schema import CellResult
 from slimbench.reports.table import load_cells, rows_from_cell, to_frame
 
 TEMPLATE = """<!doctype html>
@@ -61,9 +62,9 @@ def _fmt(v) -> str:
     return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
 
 
-def _evidence(artifact: dict) -> str:
+def _evidence(manifest: dict | None) -> str:
     """The manifest's proof that a step did what it says, in one line."""
-    m = artifact.get("manifest") or {}
+    m = manifest or {}
     parts = []
     if q := m.get("quantization"):
         if "block_linears" in q:
@@ -116,21 +117,14 @@ def _pareto(frame, x_metric: str, y_metric: str, x_label: str, y_label: str):
     return _svg(fig)
 
 
-def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
-    import jinja2
+def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str]) -> list[dict]:
+    """Summary table rows: each metric's value and, where it has one, its change against the
+    variant's baseline, coloured by the metric's direction."""
+    from slimbench.reports.output import summary_frame
 
-    from slimbench.reports.output import baselines_for, summary_frame
-
-    cells = load_cells(run_dir)
-    rows = [r for c in cells for r in rows_from_cell(c)]
-    frame = to_frame(rows)
     direction = {r["metric"]: r["higher_is_better"] for r in rows}
-    metrics = [m for m in dict.fromkeys(r["metric"] for r in rows)
-               if m.split("@")[0] not in ("ttft_ms", "peak_rss_bytes", "nonzero_parameters")]
-    baselines = baselines_for(cells, baseline)
-    wide = summary_frame(rows, baselines)
     summary = []
-    for _, r in wide.iterrows():
+    for _, r in summary_frame(rows, baselines).iterrows():
         out = []
         for m in metrics:
             delta = r.get(f"Δ {m}")
@@ -143,6 +137,10 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
             out.append({"cls": cls, "text": text})
         summary.append({"variant": r["variant"], "backend": r["backend"],
                         "device": r["device"], "cells": out})
+    return summary
+
+
+def _figures(frame, metrics: list[str]) -> list[dict]:
     figures = []
     ppl = "perplexity.perplexity"
     decode = next((m for m in metrics if m.startswith("decode_ms_per_token")), None)
@@ -150,28 +148,52 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
         svg = _pareto(frame, x, ppl, label, "perplexity (lower is better)") if x else None
         if svg:
             figures.append({"svg": svg, "caption": f"perplexity vs {label}"})
-    audit, warnings = [], []
-    env = {}
+    return figures
+
+
+def _audit_and_warnings(cells: list[CellResult]) -> tuple[list[dict], list[dict], dict]:
+    """The audit rows of ok cells, every warning, and the first ok cell's environment."""
+    audit, warnings, env = [], [], {}
     for c in cells:
-        cid = c["cell"]["id"]
-        if c.get("status") != "ok":
-            cls = "warn" if c.get("status") == "skipped" else "fail"  # skipped is not broken
-            warnings.append({"cls": cls, "text": f"{cid}: {c['status']}: {c.get('reason')}"})
+        cid = c.cell.id
+        if c.status != "ok":
+            cls = "warn" if c.status == "skipped" else "fail"  # skipped is not broken
+            warnings.append({"cls": cls, "text": f"{cid}: {c.status}: {c.reason}"})
             continue
-        art = c.get("artifact") or {}
-        audit.append({"cell": cid, "recipe": " → ".join(c["cell"].get("recipe") or []) or "—",
-                      "parameters": _fmt(art.get("parameters")),
-                      "nonzero": _fmt(art.get("nonzero_parameters")),
-                      "bytes": _fmt(art.get("bytes_on_disk")), "evidence": _evidence(art)})
-        for w in (c.get("latency") or {}).get("warnings", []):
-            warnings.append({"cls": "warn", "text": f"{cid}: {w}"})
-        env = env or (c.get("latency") or {}).get("environment", {})
+        art = c.artifact
+        audit.append({"cell": cid, "recipe": " → ".join(c.cell.recipe) or "—",
+                      "parameters": _fmt(art.parameters if art else None),
+                      "nonzero": _fmt(art.nonzero_parameters if art else None),
+                      "bytes": _fmt(art.bytes_on_disk if art else None),
+                      "evidence": _evidence(art.manifest if art else None)})
+        warnings += [{"cls": "warn", "text": f"{cid}: {w}"} for w in c.warnings]
+        env = env or c.environment or {}
+    return audit, warnings, env
+
+
+# figures the summary leaves out: shown elsewhere (ttft with tpot) or rarely compared
+HIDDEN = ("ttft_ms", "peak_rss_bytes", "rss_bytes", "nonzero_parameters")
+
+
+def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
+    """Write ``report.html`` of a run directory from its cell results; returns its path."""
+    import jinja2
+
+    from slimbench.reports.output import baselines_for
+
+    cells = load_cells(run_dir)
+    rows = [r for c in cells for r in rows_from_cell(c)]
+    metrics = [m for m in dict.fromkeys(r["metric"] for r in rows)
+               if m.split("@")[0] not in HIDDEN]
+    baselines = baselines_for(cells, baseline)
+    audit, warnings, env = _audit_and_warnings(cells)
     environment = [(k, v) for k, v in env.items() if k != "packages"]
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
     html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
-        name=name, cells=cells, ok=sum(c.get("status") == "ok" for c in cells),
-        baseline_names=sorted(set(baselines.values())), metrics=metrics, summary=summary,
-        figures=figures, audit=audit, warnings=warnings, environment=environment)
+        name=name, cells=cells, ok=sum(c.status == "ok" for c in cells),
+        baseline_names=sorted(set(baselines.values())), metrics=metrics,
+        summary=_summary(rows, metrics, baselines), figures=_figures(to_frame(rows), metrics),
+        audit=audit, warnings=warnings, environment=environment)
     path = Path(run_dir) / "report.html"
     atomic.write_text(path, html)
     return path

@@ -7,19 +7,21 @@ from pathlib import Path
 
 from slimbench import atomic
 from slimbench.files import read_json
-from slimbench.reports.table import RESULTS_FORMAT, load_cells, rows_from_cell, to_frame
+from slimbench.reports.schema import CellResult, ResultsFile, Row
+from slimbench.reports.table import as_cell, load_cells, rows_from_cell, to_frame
 
 
-def baselines_for(cells: list[dict], baseline_variant: str | None) -> dict[str, str]:
+def baselines_for(cells: list[CellResult | dict], baseline_variant: str | None) -> dict[str, str]:
     """Each variant's baseline: the suite's baseline variant for variants of the same input
     model; for another model (gpt2 shapes next to the reference), that model's variant without
     a recipe, if the suite has one. A delta against another model's baseline would mean
     nothing, so such variants get none."""
-    model = {c["cell"]["variant"]: c["cell"].get("model") for c in cells}
+    heads = [as_cell(c).cell for c in cells]
+    model = {h.variant: h.model for h in heads}
     plain = {}
-    for c in cells:  # the first recipe-less variant of each model
-        if not c["cell"].get("recipe"):
-            plain.setdefault(c["cell"].get("model"), c["cell"]["variant"])
+    for h in heads:  # the first recipe-less variant of each model
+        if not h.recipe:
+            plain.setdefault(h.model, h.variant)
     if baseline_variant in model:
         plain[model[baseline_variant]] = baseline_variant
     return {v: plain[m] for v, m in model.items() if m in plain}
@@ -53,14 +55,14 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
     # the suite travels with the rows, so a gate can check that two runs measured the same thing
     suite = read_json(run_dir / "suite.json", "suite file") \
         if (run_dir / "suite.json").is_file() else None
-    atomic.write_json(run_dir / "results.json", {"slimbench_results": RESULTS_FORMAT,
-                                                 "rows": rows, "suite": suite})
+    results = ResultsFile(rows=[Row(**r) for r in rows], suite=suite)
+    atomic.write_json(run_dir / "results.json", results.to_dict())
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))
     atomic.write_text(run_dir / "summary.csv",
                       summary_frame(rows, baselines).to_csv(index=False))
     return {"cells": len(cells), "rows": len(rows),
-            "failed": [c["cell"]["id"] for c in cells if c.get("status") == "failed"],
-            "skipped": [c["cell"]["id"] for c in cells if c.get("status") == "skipped"]}
+            "failed": [c.cell.id for c in cells if c.status == "failed"],
+            "skipped": [c.cell.id for c in cells if c.status == "skipped"]}
 
 
 def write_report(run_dir: Path, baseline_variant: str | None) -> dict:

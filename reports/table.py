@@ -9,73 +9,73 @@ cell under ``cells/`` and its ``suite.json``; both load with ``load_results``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 from slimbench.errors import UsageError
 from slimbench.files import read_json
+from slimbench.reports.schema import (
+    RESULTS_FORMAT,
+    SUITE_SHAPE,
+    CellResult,
+    Memory,
+    ResultsFile,
+    Row,
+    load_document,
+    valid_suite,
+)
 
-RESULTS_FORMAT = 1
-COLUMNS = ("cell", "variant", "backend", "device", "kind", "metric", "value", "ci_low",
-           "ci_high", "higher_is_better", "unit")
-MEMORY_METRICS = {"peak_rss_bytes": "B", "model_bytes_on_disk": "B", "parameters": "",
-                  "nonzero_parameters": "", "cuda_max_allocated_bytes": "B",
-                  "gpu_process_bytes": "B"}
+COLUMNS = tuple(f.name for f in dataclasses.fields(Row))
 
 
-def _row(cell: dict, kind: str, metric: str, value, ci=None, higher_is_better=False,
+def _row(cell, kind: str, metric: str, value, ci=None, higher_is_better=False,
          unit="") -> dict:
-    return {"cell": cell["id"], "variant": cell.get("variant", cell["id"]),
-            "backend": cell.get("backend"), "device": cell.get("device"), "kind": kind,
-            "metric": metric, "value": None if value is None else float(value),
-            "ci_low": None if ci is None else float(ci[0]),
-            "ci_high": None if ci is None else float(ci[1]),
-            "higher_is_better": bool(higher_is_better), "unit": unit}
+    return Row(cell=cell.id, variant=cell.variant, backend=cell.backend, device=cell.device,
+               kind=kind, metric=metric, value=None if value is None else float(value),
+               ci_low=None if ci is None else float(ci[0]),
+               ci_high=None if ci is None else float(ci[1]),
+               higher_is_better=bool(higher_is_better), unit=unit).to_dict()
 
 
-def _latency_rows(cell: dict, latency: dict) -> list[dict]:
-    rows = []
-    for s in latency.get("scenarios", []):
-        if s["scenario"] == "prefill":
-            name = f"prefill_ms@{s['seq_len']}" + (f"x{s['batch']}" if s["batch"] > 1 else "")
-            rows.append(_row(cell, "latency", name, s["ms"]["median"], s["ms"]["median_ci95"],
-                             unit="ms"))
-        elif s["scenario"] == "decode":
-            st = s["ms_per_token"]
-            rows.append(_row(cell, "latency", f"decode_ms_per_token@{s['context']}",
-                             st["median"], st["median_ci95"], unit="ms"))
-        elif s["scenario"] == "generate":
-            for key, hib, unit in (("ttft_ms", False, "ms"), ("tpot_ms", False, "ms"),
-                                   ("tokens_per_s", True, "tok/s")):
-                st = s[key]
-                rows.append(_row(cell, "latency", f"{key}@{s['prompt_len']}", st["median"],
-                                 st["median_ci95"], hib, unit))
-    for key, unit in MEMORY_METRICS.items():
-        value = latency.get("memory", {}).get(key)
-        if value is not None:
-            rows.append(_row(cell, "size" if "param" in key or "disk" in key else "memory",
-                             key, value, unit=unit))
-    return rows
+def as_cell(result: CellResult | dict) -> CellResult:
+    """``result`` typed (a mapping is checked against the schema first)."""
+    return result if isinstance(result, CellResult) else load_document(result, "cell result",
+                                                                       "cell")
 
 
-def rows_from_cell(result: dict) -> list[dict]:
-    """The tidy rows of one cell result (none for a failed cell: its metrics are missing)."""
-    cell = result["cell"]
-    if result.get("status") != "ok":
+def rows_from_cell(result: CellResult | dict) -> list[dict]:
+    """The tidy rows of one cell result (none for a failed cell: its metrics are missing).
+
+    Every measurement of every scenario is a row named ``<measurement>@<scenario tag>``; every
+    memory figure present (the schema's ``Memory``) is a row; every metric of every task is a
+    row named ``<task>.<metric>``.
+    """
+    res = as_cell(result)
+    if res.status != "ok":
         return []
-    rows = _latency_rows(cell, result["latency"]) if result.get("latency") else []
-    for task, res in (result.get("quality") or {}).items():
-        for metric, m in res["metrics"].items():
-            rows.append(_row(cell, "quality", f"{task}.{metric}", m["value"], m.get("ci95"),
-                             m["higher_is_better"]))
+    cell, rows = res.cell, []
+    for s in res.latency.scenarios if res.latency else []:
+        rows += [_row(cell, "latency", f"{m.name}@{s.tag}", m.median, m.ci95,
+                      m.higher_is_better, m.unit) for m in s.measurements]
+    for key in (f.name for f in dataclasses.fields(Memory)) if res.memory else ():
+        value = getattr(res.memory, key)
+        if value is not None:
+            rows.append(_row(cell, Memory.kind(key), key, value, unit=Memory.unit(key)))
+    for task, score in res.quality.items():
+        rows += [_row(cell, "quality", f"{task}.{metric}", m.value, m.ci95, m.higher_is_better)
+                 for metric, m in score.metrics.items()]
     return rows
 
 
-def load_cells(run_dir: Path) -> list[dict]:
-    cells = []
-    for path in sorted((Path(run_dir) / "cells").glob("*.json")):
-        cells.append(read_json(path, "cell result"))
-    return cells
+def load_cells(run_dir: Path) -> list[CellResult]:
+    """Every cell result of a run directory (``cells/*.json``), checked against the schema.
+
+    Raises:
+        UsageError: a malformed cell file, named with the field that does not fit.
+    """
+    return [load_document(read_json(path, "cell result"), path, "cell")
+            for path in sorted((Path(run_dir) / "cells").glob("*.json"))]
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -104,73 +104,27 @@ def load_results(path: Path) -> tuple[list[dict], dict | None]:
             return rows, recorded if recorded is not None else suite
         if not (path / "cells").is_dir():
             raise UsageError(f"{path} is not a slimbench run directory (no cells/ folder)")
-        rows = []
-        for cell in load_cells(path):
-            try:
-                rows += rows_from_cell(cell)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise UsageError(f"{path}/cells: a malformed cell result "
-                                 f"({type(e).__name__}: {e})") from None
-        return _check_rows(rows, path / "cells"), suite
+        return [r for cell in load_cells(path) for r in rows_from_cell(cell)], suite
     data = read_json(path, "results file")
     if not isinstance(data, dict) or data.get("slimbench_results") != RESULTS_FORMAT \
             or not isinstance(data.get("rows"), list):
         raise UsageError(f"{path} is not a slimbench results file (expected "
                          f'{{"slimbench_results": {RESULTS_FORMAT}, "rows": [...]}})')
-    return _check_rows(data["rows"], path), _check_suite(data.get("suite"), path)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_rows(rows: list, source: Path) -> list[dict]:
-    """``rows`` unchanged, or a UsageError naming the file, the row and the field. Non-finite
-    numbers pass here: the gate judges them (a NaN candidate fails its check)."""
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise UsageError(f"{source}: rows[{i}] must be a mapping, got {row!r:.60}")
-        if set(COLUMNS) - set(row):
-            raise UsageError(f"{source}: rows[{i}] lacks columns {sorted(set(COLUMNS) - set(row))}")
-        problem = _field_problem(row)
-        if problem:
-            field, want = problem
-            raise UsageError(f"{source}: rows[{i}] ({row['variant']} {row['metric']}): {field} "
-                             f"must be {want}, got {row[field]!r:.60}")
-    return rows
-
-
-def _field_problem(row: dict) -> tuple[str, str] | None:
-    """(field, what it must be) for the first malformed field of a row, or None."""
-    for key in ("variant", "kind", "metric"):
-        if not isinstance(row[key], str):
-            return key, "text"
-    for key in ("cell", "backend", "device", "unit"):
-        if row[key] is not None and not isinstance(row[key], str):
-            return key, "text or null"
-    for key in ("value", "ci_low", "ci_high"):
-        if row[key] is not None and not _is_number(row[key]):
-            return key, "a number or null"
-    if not isinstance(row["higher_is_better"], bool):
-        return "higher_is_better", "true or false"
-    return None
+    results: ResultsFile = load_document(data, path, "results")
+    return [r.to_dict() for r in results.rows], results.suite
 
 
 def _check_suite(suite, source: Path) -> dict | None:
     """The recorded suite (a mapping whose variants are named mappings), or None."""
-    if suite is None:
-        return None
-    variants = suite.get("variants", []) if isinstance(suite, dict) else None
-    if not isinstance(variants, list) or not all(
-            isinstance(v, dict) and isinstance(v.get("name"), str) for v in variants):
-        raise UsageError(f"{source}: suite must be a mapping as in suite.json, with variants a "
-                         "list of {name, model, recipe, quality}")
+    if suite is not None and not valid_suite(suite):
+        raise UsageError(f"{source}: suite must be {SUITE_SHAPE}")
     return suite
 
 
 def is_finite(value) -> bool:
     """A number the gate can compare (not None, NaN or infinite)."""
-    return _is_number(value) and math.isfinite(value)
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def to_frame(rows: list[dict]):

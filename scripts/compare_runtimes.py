@@ -26,8 +26,7 @@ import torch
 
 from slimbench.bench.measure.environment import set_threads
 from slimbench.bench.measure.scenarios import _ids, decode_latency, prefill_latency
-from slimbench.bench.runtimes import make_runtime
-from slimbench.bench.runtimes.ort_runtime import OrtRuntime
+from slimbench.bench.runtimes import OrtRuntime, make_runtime
 from slimbench.compress.loader import load_artifact
 from slimbench.log import setup_logging
 
@@ -51,7 +50,7 @@ def ort_floor(rt: OrtRuntime, context: int, new_tokens: int, repeats: int) -> di
     """Per decode step: ORT's own run time, and what the loop around it adds, measured on the
     same steps (so machine drift between two measurements cannot fake or hide overhead)."""
     prompt = _ids(rt.vocab_size, context).numpy()
-    rt._pool = None  # first repeat is cold: it builds the decode bindings for these lengths
+    rt.reset_cache()  # first repeat is cold: it builds the decode bindings for these lengths
     session, timed = rt.session, _TimedSession(rt.session)
     rt.session = timed
     runs, overheads = [], []
@@ -121,9 +120,9 @@ def main() -> None:
     for spec in args.specs:
         loaded = load_artifact(spec)
         rt = make_runtime(loaded, threads=args.threads)
-        pre = prefill_latency(rt, args.context)["ms"]["median"]
+        pre = prefill_latency(rt, args.context).measurement("prefill_ms").median
         dec = decode_latency(rt, args.context, args.new_tokens, args.repeats)
-        dec_ms = dec["ms_per_token"]["median"]
+        dec_ms = dec.measurement("decode_ms_per_token").median
         row = f"{spec[-34:]:<34} {pre:>10.2f} {dec_ms:>13.2f}"
         if isinstance(rt, OrtRuntime):
             floor = ort_floor(rt, args.context, args.new_tokens, args.repeats)

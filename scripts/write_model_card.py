@@ -26,10 +26,10 @@ from slimbench.bench.measure import environment
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.reference import REFERENCE_DIR
-from slimbench.tasks import metrics
 from slimbench.tasks.corpus import CORPUS_DIR, load_corpus
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.generation import run_task, score
+from slimbench.tasks.scorers import subtokens
 from slimbench.tasks.specs import TASKS
 
 
@@ -72,7 +72,7 @@ def constant_predictions(task: str, n: int) -> list[str]:
 def heuristic_predictions(task: str, rows: list[dict]) -> list[str] | None:
     """A copy heuristic that reads the example but uses no model."""
     if task == "docstring_summary":
-        return [" ".join(metrics.subtokens(r["name"])).capitalize() + "." for r in rows]
+        return [" ".join(subtokens(r["name"])).capitalize() + "." for r in rows]
     if task == "docstring_body":
         return [r["summary"] for r in rows]
     return None

@@ -22,3 +22,16 @@ class CellsFailed(SlimbenchError):
     """A run finished, its report is written, but some cells failed (exit 3)."""
 
     exit_code = 3
+
+
+class CompressionError(SlimbenchError):
+    """A compression step that did not compress what it claims (exit 1)."""
+
+    exit_code = 1
+
+
+class GateFailed(SlimbenchError):
+    """The candidate regressed or lacks a baseline metric (exit 1): a verdict, not an error
+    in the input."""
+
+    exit_code = 1

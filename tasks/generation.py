@@ -11,10 +11,10 @@ from tqdm import tqdm
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
 from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
-from slimbench.tasks.perplexity import per_text_nll, summarize
+from slimbench.tasks.perplexity import per_text_nll, perplexity_scores
 from slimbench.tasks.protocol import CausalLM
 from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
-from slimbench.tasks.sources import load_rows, render
+from slimbench.tasks.sources import load_examples, render
 from slimbench.tasks.specs import TaskSpec, resolve_task
 
 _IDENT = re.compile(r"\s*([A-Za-z_]\w*)")
@@ -74,7 +74,7 @@ def _score_with_ci(spec: TaskSpec, predictions: list[str], references: list[str]
         results[m.metric] = bootstrap_ci(rows, lambda r, o=opts, s=scorer: s.aggregate(r, **o),
                                          resamples, seed) \
             | {"higher_is_better": m.higher_is_better} | scorer.info(**opts)
-        if m.metric != "macro_f1":
+        if scorer.per_example:
             for i, ex in enumerate(per_example):
                 ex[m.metric] = scorer.aggregate(rows[i: i + 1], **opts)
     return results, per_example
@@ -101,17 +101,16 @@ def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dic
             raise UsageError(f"task {spec.name}: row {row['id']!r} has an empty prompt")
         prompts.append(ids)
     requested = batch_size or g.batch_size
-    batched = bool(getattr(lm, "batched_generation", False))
+    batched = lm.batched_generation
+    # a runtime that cannot pad a batch gets one prompt a call (the result's protocol says so)
     size = requested if batched else 1
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    # a CausalLM written before batched generation existed still runs, one prompt a call
-    generate_batch = getattr(lm, "greedy_generate_batch", None) or (
-        lambda ps, n, stop: [lm.greedy_generate(p, n, stop) for p in ps])
     new_tokens: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(rows), desc=spec.name, unit="ex", disable=quiet_progress(show_progress))
     for k in range(0, len(order), size):
         chunk = order[k: k + size]
-        outs = generate_batch([prompts[i] for i in chunk], g.max_new_tokens, stop_ids)
+        outs = lm.greedy_generate_batch([prompts[i] for i in chunk], g.max_new_tokens,
+                                        stop_ids)
         for i, new in zip(chunk, outs, strict=True):
             new_tokens[i] = new
         bar.update(len(chunk))
@@ -143,7 +142,7 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
                          "(random-weight shape models have no quality to measure)")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}")
-    rows = load_rows(spec, limit)
+    rows = load_examples(spec, limit)
     t0 = time.perf_counter()
     if spec.kind == "perplexity":
         cfg = spec.perplexity
@@ -151,7 +150,7 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
             cfg = dataclasses.replace(cfg, batch_size=batch_size)
         texts = [render(spec.text, r) for r in rows]
         stats, n_windows = per_text_nll(lm, tokenizer, texts, cfg, show_progress)
-        scores = summarize(stats, n_windows, cfg)
+        scores = perplexity_scores(stats, n_windows, cfg)
         protocol = scores["protocol"]
         metric_results = {
             m.metric: bootstrap_ci(stats, PERPLEXITY_METRICS[m.metric].aggregate, resamples,

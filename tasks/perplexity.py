@@ -11,7 +11,6 @@ Hugging Face "perplexity of fixed-length models" recipe).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 from tqdm import tqdm
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
 from slimbench.tasks.protocol import CausalLM
+from slimbench.tasks.scorers import PERPLEXITY_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +94,12 @@ def per_text_nll(lm: CausalLM, tokenizer, texts: list[str],
     return rows, len(jobs)
 
 
-def summarize(rows: np.ndarray, n_windows: int, config: PerplexityConfig) -> dict:
+def perplexity_scores(rows: np.ndarray, n_windows: int, config: PerplexityConfig) -> dict:
+    """Every perplexity metric over all of ``rows`` (from ``PERPLEXITY_METRICS``, where they
+    are defined), with the totals and the protocol they were measured under."""
     nll, count, n_bytes = float(rows[:, 0].sum()), int(rows[:, 1].sum()), int(rows[:, 2].sum())
     return {
-        "perplexity": math.exp(nll / count),
-        "bits_per_byte": nll / math.log(2) / n_bytes,
+        **{name: scorer.aggregate(rows) for name, scorer in PERPLEXITY_METRICS.items()},
         "nll_nats": nll, "tokens": count, "bytes": n_bytes, "windows": n_windows,
         "protocol": dataclasses.asdict(config) | {"unit": "token", "texts": len(rows)},
     }
@@ -113,4 +114,4 @@ def perplexity(lm: CausalLM, tokenizer, texts: list[str],
         ``bytes`` and ``protocol``.
     """
     rows, n_windows = per_text_nll(lm, tokenizer, texts, config, show_progress)
-    return summarize(rows, n_windows, config)
+    return perplexity_scores(rows, n_windows, config)

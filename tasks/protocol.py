@@ -1,21 +1,65 @@
-"""The small protocol a runtime satisfies so that every task runs on torch and ORT alike."""
+"""The one protocol a runtime satisfies, so that tasks and scenarios run on torch and ORT alike.
+
+Tasks (perplexity, generation, fidelity) use the log-prob and greedy members; latency
+scenarios use ``forward`` with its KV cache and ``sync``. Everything a caller outside a
+runtime's own module may touch is declared here, public; a backend's extras (ORT's IO
+binding, say) stay on its class and are used only by code that asked for that class.
+
+This module lives in ``tasks`` (which must not import ``bench``); ``bench.runtimes`` implements
+it. ``tests/test_runtime_protocol.py`` checks every member below on every registered runtime.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 
 @runtime_checkable
 class CausalLM(Protocol):
-    """What tasks need from a model, whatever executes it.
+    """A causal LM loaded on a backend and device: what tasks and scenarios may use.
 
     Attributes:
+        backend: which engine runs it (``torch``, ``onnxruntime``); recorded in results.
+        device: where it runs, ``cpu`` or ``cuda:N``.
         max_length: the longest sequence (prompt + generated) the model accepts.
+        vocab_size: number of logits per position.
+        batched_generation: True where ``greedy_generate_batch`` pads prompts of different
+            lengths into one batch; False where it runs them one at a time (a graph without an
+            attention-mask input). Tasks size their batches by it and report which was used.
     """
 
+    backend: str
+    device: str
     max_length: int
+    vocab_size: int
+    batched_generation: bool
+
+    def forward(self, input_ids: Any, past: Any = None,
+                keep_cache: bool = True) -> tuple[Any, Any]:
+        """One forward pass over ``input_ids`` (B, T) after the cache ``past`` (None: none).
+
+        Returns ``(logits, new_past)``: logits (B, T, V) in the backend's own array type (a
+        torch tensor on the device, or a numpy array), so that a timing loop pays no copy;
+        callers only slice and ``argmax`` them. ``new_past`` continues the sequence in the
+        next call, and is None with ``keep_cache=False``. Only the cache returned by the latest
+        call may be continued (a runtime may reuse the buffers of older ones).
+        """
+        ...
+
+    def sync(self) -> None:
+        """Return only once the device has finished the work queued so far (timing needs it)."""
+        ...
+
+    def placement(self) -> dict | None:
+        """Where the graph's operations ran, or None where the backend does not place them.
+
+        ORT answers ``{primary, nodes_by_provider, fallback_nodes, fallback_ops}``: nodes the
+        primary provider could not take ran elsewhere, often with copies around them. Torch
+        eager runs every op on ``device`` and answers None.
+        """
+        ...
 
     def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
         """For each sequence ``x`` (length T), ``log p(x[t] | x[:t])`` for t = 1..T-1.
@@ -31,11 +75,6 @@ class CausalLM(Protocol):
         """
         ...
 
-    def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
-                              stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
-        """``greedy_generate`` for each prompt; each result as if generated alone."""
-        ...
-
     def greedy_generate(self, prompt: list[int], max_new_tokens: int,
                         stop_ids: frozenset[int] = frozenset()) -> list[int]:
         """Greedy continuation of ``prompt`` (new tokens only), with a KV cache.
@@ -44,3 +83,7 @@ class CausalLM(Protocol):
         """
         ...
 
+    def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                              stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
+        """``greedy_generate`` for each prompt; each result as if generated alone."""
+        ...

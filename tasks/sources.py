@@ -48,7 +48,7 @@ def _huggingface(spec: DatasetSpec) -> list[dict]:
     return [dict(row) for row in ds]
 
 
-def load_rows(spec: TaskSpec, limit: int | None = None) -> list[dict]:
+def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict]:
     """The task's rows (the first ``limit``, else the task's own ``limit``), each with an
     ``id``, checked to have every field the task's templates read.
 

@@ -183,6 +183,39 @@ def _metrics(raw, kind: str, where: str) -> tuple[MetricSpec, ...]:
     return tuple(out)
 
 
+def _generation(raw, where: str) -> GenerationConfig:
+    """A generate task's ``generation`` section (greedy only: it is deterministic)."""
+    g = _mapping(raw, f"{where}: generation")
+    _unknown(g, _GENERATION, f"{where}: generation")
+    if "max_new_tokens" not in g:
+        raise UsageError(f"{where}: generation needs max_new_tokens")
+    mnt = g["max_new_tokens"]
+    if isinstance(mnt, bool) or not isinstance(mnt, int) or mnt <= 0:
+        raise UsageError(f"{where}: max_new_tokens must be positive, got {mnt!r}")
+    if g.get("greedy", True) is not True:
+        raise UsageError(f"{where}: only greedy decoding is supported (greedy: true)")
+    stop = g.get("stop", [])
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise UsageError(f"{where}: stop must be a list of non-empty strings")
+    post = g.get("postprocess", "first_line")
+    if post not in POSTPROCESS:
+        raise UsageError(f"{where}: postprocess must be one of {POSTPROCESS}, got {post!r}")
+    return GenerationConfig(mnt, tuple(stop), post,
+                            _int(g.get("batch_size", 8), f"{where}: batch_size"))
+
+
+def _perplexity(raw, where: str) -> PerplexityConfig:
+    """A perplexity task's ``perplexity`` section (windows, stride, BOS, batch)."""
+    p = _mapping(raw, f"{where}: perplexity")
+    _unknown(p, {f.name for f in dataclasses.fields(PerplexityConfig)}, f"{where}: perplexity")
+    try:
+        return PerplexityConfig(**p)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
 def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpec:
     """Validate one parsed YAML document into a ``TaskSpec``.
 
@@ -214,36 +247,11 @@ def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpe
             if not isinstance(raw[key], str):
                 raise UsageError(f"{where}: {key} must be a template string like '{{{key}}}'")
             _fields(raw[key], f"{where}: {key}")
-    generation = None
-    perplexity = PerplexityConfig()
+    generation, perplexity = None, PerplexityConfig()
     if kind == "generate":
-        g = _mapping(raw.get("generation"), f"{where}: generation")
-        _unknown(g, _GENERATION, f"{where}: generation")
-        if "max_new_tokens" not in g:
-            raise UsageError(f"{where}: generation needs max_new_tokens")
-        mnt = g["max_new_tokens"]
-        if isinstance(mnt, bool) or not isinstance(mnt, int) or mnt <= 0:
-            raise UsageError(f"{where}: max_new_tokens must be positive, got {mnt!r}")
-        if g.get("greedy", True) is not True:
-            raise UsageError(f"{where}: only greedy decoding is supported (greedy: true)")
-        stop = g.get("stop", [])
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise UsageError(f"{where}: stop must be a list of non-empty strings")
-        post = g.get("postprocess", "first_line")
-        if post not in POSTPROCESS:
-            raise UsageError(f"{where}: postprocess must be one of {POSTPROCESS}, got {post!r}")
-        generation = GenerationConfig(mnt, tuple(stop), post,
-                                      _int(g.get("batch_size", 8), f"{where}: batch_size"))
+        generation = _generation(raw.get("generation"), where)
     else:
-        p = _mapping(raw.get("perplexity", {}), f"{where}: perplexity")
-        _unknown(p, {f.name for f in dataclasses.fields(PerplexityConfig)},
-                 f"{where}: perplexity")
-        try:
-            perplexity = PerplexityConfig(**p)
-        except UsageError as e:
-            raise UsageError(f"{where}: {e}") from None
+        perplexity = _perplexity(raw.get("perplexity", {}), where)
     return TaskSpec(name=name, version=str(raw.get("version", "0")),
                     description=str(raw.get("description", "")), kind=kind, dataset=dataset,
                     metric_list=metric_list, prompt=raw.get("prompt", "{prompt}"),

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from slimbench.compress.steps import STEPS, Step, _save_parent
+from slimbench.compress.step_io import save_model
+from slimbench.compress.steps import STEPS, Step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +23,7 @@ class NoConfig:
 
 
 def _sleepy(parent, config, tmp: Path) -> dict:
-    _save_parent(parent, tmp)
+    save_model(parent.model, parent.tokenizer, tmp)
     (tmp / "building").write_text("")
     time.sleep(float(os.environ.get("SLIMBENCH_TEST_SLEEP", "0")))
     (tmp / "building").unlink()

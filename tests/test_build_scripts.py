@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _build(out: Path) -> dict:
             for f in ("model.safetensors", "tokenizer.json", "config.json")}
 
 
+@pytest.mark.slow
 def test_train_reference_is_deterministic(tmp_path):
     a = _build(tmp_path / "a")
     b = _build(tmp_path / "b")

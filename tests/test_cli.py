@@ -24,6 +24,7 @@ def test_ls_lists_what_exists(capsys):
                  "torch_dynamic_int8", "export_onnx", "ort_dynamic_int8", "ort_static_int8",
                  "ort_optimize", "torch_cast", "ort_fp16", "onnxruntime"):
         assert f"  {name} " in out
+    assert "\nsteps:\n" in out  # recipe steps, named as what they are
     rc, out, _ = run(capsys, "ls", "tasks")
     assert rc == 0 and out.startswith("tasks:") and "shape:gpt2" not in out
 
@@ -42,6 +43,7 @@ def test_inspect_reference(capsys):
     (["eval", "reference", "--task", "perplexit"], "did you mean 'perplexity'?"),
     (["eval", "shape:gpt2:n_layer=1", "--limit", "1"], "has random weights"),
     (["eval", "reference", "--limit", "0"], "--limit must be positive"),
+    (["eval", "reference", "--threads", "-1"], "--threads must be positive, got -1"),
     (["demo", "--resume"], "--resume needs --out"),
     (["demo", "thread=2"], "unknown suite key 'thread'"),
     (["demo", "--out", "never-written", "threads=abc"], "threads must be an integer"),
@@ -51,6 +53,7 @@ def test_inspect_reference(capsys):
       "never-written"], "must look like key=value"),
     (["compress", "reference", "--step", "prune", "--out", "never-written"],
      "unknown recipe step 'prune'"),
+    (["validate", "never-written"], "never-written does not exist"),
 ])
 def test_bad_input_one_clear_error(capsys, argv, msg):
     rc, out, err = run(capsys, *argv)
@@ -96,6 +99,7 @@ perplexity_limit: 3
 """
 
 
+@pytest.mark.slow
 def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
     from slimbench.bench.orchestrate import demo
 
@@ -147,6 +151,7 @@ def test_committed_demo_baseline_matches_the_demo_suite():
     assert policy.allowance("quality", "perplexity.perplexity") == ("relative", 0.02)
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     exe = Path(sys.executable).with_name("slimbench")
     proc = subprocess.run([str(exe), "inspect", "/nonexistent/model"], capture_output=True,
@@ -169,6 +174,7 @@ metric_list:
 """
 
 
+@pytest.mark.slow
 def test_eval_task_file_writes_results_and_examples(capsys, tmp_path):
     rows = [{"code": "class A:\n    def get_value(self):\n        return 1\n\n    def ",
              "name": "set_value"},
@@ -195,7 +201,7 @@ def test_eval_task_file_writes_results_and_examples(capsys, tmp_path):
     assert task["metrics"]["exact_match"]["value"] == pytest.approx(sum(em) / 2)
     ppl = data["tasks"]["perplexity"]
     assert sum(x["tokens"] for x in lines[2:]) == ppl["scores"]["tokens"]
-    fid = data["tasks"]["fidelity"]  # the model against itself
+    fid = data["fidelity"]["metrics"]  # the model against itself
     assert fid["top1_agreement"]["value"] == 1.0 and fid["greedy_exact_match"]["value"] == 1.0
     assert fid["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-12)
 

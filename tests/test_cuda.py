@@ -38,7 +38,8 @@ def test_cuda_latency_scenarios_synchronise():
     rt = TorchRuntime(loaded)
     pre = prefill_latency(rt, seq_len=128, min_seconds=0.2)
     dec = decode_latency(rt, context=128, new_tokens=16, repeats=3)
-    assert pre["ms"]["median"] > 0 and dec["ms_per_token"]["median"] > 0
+    assert pre.measurement("prefill_ms").median > 0
+    assert dec.measurement("decode_ms_per_token").median > 0
 
 
 def test_cuda_fp16_artifact(tmp_path):

@@ -10,9 +10,8 @@ import torch
 from slimbench.bench.cli import main
 from slimbench.compress.distill import DistillConfig, distill, distill_loss, shallow_student
 from slimbench.compress.loader import load_artifact
-from slimbench.compress.quant_torch import CompressionError
 from slimbench.compress.recipe import load_recipe, parse_recipe, resolve, run_recipe
-from slimbench.errors import UsageError
+from slimbench.errors import CompressionError, UsageError
 
 FAST = {"steps": 4, "batch_size": 2, "seq_len": 16, "warmup": 1, "eval_every": 0,
         "eval_batches": 2}
@@ -63,6 +62,7 @@ def test_nan_stops_with_a_clear_error(tiny_model, ref_tokenizer):
         distill(student, tiny_model, ref_tokenizer, DistillConfig(**FAST))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(tiny_model, ref_tokenizer, tmp_path):
     cfg = DistillConfig(**FAST | {"steps": 6, "checkpoint_every": 3,
                                   "checkpoint_dir": str(tmp_path / "ckpt")})
@@ -94,6 +94,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_model, ref_tokenizer, tm
                                         str(tmp_path / "ckpt")}))
 
 
+@pytest.mark.slow
 def test_teacher_changes_the_result(tiny_model, ref_tokenizer):
     with_teacher, alone = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
     a = distill(with_teacher, tiny_model, ref_tokenizer, DistillConfig(**FAST | {"alpha": 0.9}))
@@ -112,6 +113,7 @@ steps:
 """
 
 
+@pytest.mark.slow
 def test_recipe_chain_links_manifests(tiny_dir, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(RECIPE.replace("MODEL", str(tiny_dir)))

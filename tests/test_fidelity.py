@@ -36,6 +36,7 @@ def test_next_token_logprobs_match_token_logprobs(tiny_dir):
         np.testing.assert_allclose(np.exp(f).sum(-1), 1.0, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_self_fidelity_is_perfect(tiny_dir):
     loaded = load_artifact(str(tiny_dir))
     rt = TorchRuntime(loaded)
@@ -50,6 +51,7 @@ def test_self_fidelity_is_perfect(tiny_dir):
     assert r["positions"] == perplexity(rt, loaded.tokenizer, TEXTS, CFG.perplexity)["tokens"]
 
 
+@pytest.mark.slow
 def test_perturbed_copy_drifts(tiny_dir):
     loaded = load_artifact(str(tiny_dir))
     base = TorchRuntime(loaded)

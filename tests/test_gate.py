@@ -11,27 +11,39 @@ from slimbench.reports.gate import compare, excess_over_worst, load_policy, mark
 from slimbench.reports.table import RESULTS_FORMAT, load_rows, rows_from_cell
 
 
+def _stat(name, median, lo, hi, unit="ms", hib=False):
+    """A measurement as the schema writes it (reports/schema.py), with hand-set figures."""
+    return {"name": name, "unit": unit, "higher_is_better": hib, "median": median,
+            "ci95": [lo, hi], "n": 10, "cv": 0.01}
+
+
+def _score(task, metric, value, lo, hi, hib):
+    return {"task": task, "version": "1", "metric": metric, "value": value, "ci95": [lo, hi],
+            "higher_is_better": hib, "n": 20, "seconds": 1.0,
+            "metrics": {metric: {"value": value, "ci95": [lo, hi], "higher_is_better": hib}}}
+
+
 def _cell():
     """A cell result shaped like the runner's, with hand-set figures."""
-    def stat(median, lo, hi):
-        return {"median": median, "median_ci95": [lo, hi]}
+    def scenario(kind, *measurements):
+        return {"scenario": kind, "tag": "128", "params": {}, "measurements": list(measurements)}
 
     return {
-        "cell": {"id": "int8-ort-cpu", "variant": "int8", "backend": "onnxruntime",
-                 "device": "cpu"},
+        "schema_version": 1, "document": "cell",
+        "cell": {"id": "int8-ort-cpu", "variant": "int8", "model": "reference", "recipe": [],
+                 "backend": "onnxruntime", "device": "cpu"},
         "status": "ok",
-        "latency": {"scenarios": [
-            {"scenario": "prefill", "seq_len": 128, "batch": 1, "ms": stat(20.0, 19.5, 20.5)},
-            {"scenario": "decode", "context": 128, "ms_per_token": stat(10.0, 9.9, 10.1)},
-            {"scenario": "generate", "prompt_len": 128, "ttft_ms": stat(21.0, 20.0, 22.0),
-             "tpot_ms": stat(10.0, 9.8, 10.2), "tokens_per_s": stat(95.0, 93.0, 97.0)}],
-            "memory": {"peak_rss_bytes": 500e6, "model_bytes_on_disk": 3e6,
-                       "parameters": 2.6e6}},
+        "latency": {"config": {}, "scenarios": [
+            scenario("prefill", _stat("prefill_ms", 20.0, 19.5, 20.5)),
+            scenario("decode", _stat("decode_ms_per_token", 10.0, 9.9, 10.1)),
+            scenario("generate", _stat("ttft_ms", 21.0, 20.0, 22.0),
+                     _stat("tpot_ms", 10.0, 9.8, 10.2),
+                     _stat("tokens_per_s", 95.0, 93.0, 97.0, "tok/s", True))]},
+        "memory": {"peak_rss_bytes": 500_000_000, "model_bytes_on_disk": 3_000_000,
+                   "parameters": 2_600_000},
         "quality": {
-            "perplexity": {"metrics": {"perplexity": {"value": 47.0, "ci95": [45.0, 49.0],
-                                                      "higher_is_better": False}}},
-            "docstring_summary": {"metrics": {"bleu": {"value": 0.63, "ci95": [0.4, 0.9],
-                                                       "higher_is_better": True}}}},
+            "perplexity": _score("perplexity", "perplexity", 47.0, 45.0, 49.0, False),
+            "docstring_summary": _score("docstring_summary", "bleu", 0.63, 0.4, 0.9, True)},
     }
 
 
@@ -51,7 +63,7 @@ def test_rows_carry_direction_and_intervals():
         == (45.0, 49.0)
     assert rows["docstring_summary.bleu"]["kind"] == "quality"
     assert rows["model_bytes_on_disk"]["kind"] == "size"
-    assert rows_from_cell(_cell() | {"status": "failed"}) == []
+    assert rows_from_cell(_cell() | {"status": "failed", "reason": "OOM"}) == []
 
 
 def test_identical_runs_pass():
@@ -61,15 +73,15 @@ def test_identical_runs_pass():
 
 
 @pytest.mark.parametrize("path, value, metric", [
-    (("latency", "scenarios", 1, "ms_per_token"), {"median": 12.0, "median_ci95": [11.8, 12.2]},
-     "decode_ms_per_token@128"),
+    (("latency", "scenarios", 1, "measurements", 0),
+     _stat("decode_ms_per_token", 12.0, 11.8, 12.2), "decode_ms_per_token@128"),
     (("quality", "perplexity", "metrics", "perplexity", "value"), 49.0,
      "perplexity.perplexity"),
     (("quality", "docstring_summary", "metrics", "bleu", "value"), 0.5,
      "docstring_summary.bleu"),
-    (("latency", "scenarios", 2, "tokens_per_s"), {"median": 70.0, "median_ci95": [68.0, 72.0]},
-     "tokens_per_s@128"),
-    (("latency", "memory", "model_bytes_on_disk"), 4e6, "model_bytes_on_disk"),
+    (("latency", "scenarios", 2, "measurements", 2),
+     _stat("tokens_per_s", 70.0, 68.0, 72.0, "tok/s", True), "tokens_per_s@128"),
+    (("memory", "model_bytes_on_disk"), 4_000_000, "model_bytes_on_disk"),
 ])
 def test_each_kind_of_regression_fails(path, value, metric):
     cand = copy.deepcopy(_cell())
@@ -86,7 +98,7 @@ def test_each_kind_of_regression_fails(path, value, metric):
 def test_latency_change_inside_the_noise_passes():
     cand = copy.deepcopy(_cell())
     # 15% slower median, but the intervals overlap: not a significant regression
-    cand["latency"]["scenarios"][0]["ms"] = {"median": 23.0, "median_ci95": [20.0, 26.0]}
+    cand["latency"]["scenarios"][0]["measurements"][0] = _stat("prefill_ms", 23.0, 20.0, 26.0)
     check = next(c for c in compare(_rows(_cell()), _rows(cand), load_policy(None))
                  if c["metric"] == "prefill_ms@128")
     assert check["status"] == "pass" and "intervals overlap" in check["why"]
@@ -100,8 +112,8 @@ def test_improvements_pass_and_missing_metrics_fail():
     assert _status(checks, "perplexity.perplexity") == "pass"
     missing = next(c for c in checks if c["metric"] == "docstring_summary.bleu")
     assert missing["status"] == "fail" and missing["why"] == "missing in the candidate"
-    failed_cell = compare(_rows(_cell()), rows_from_cell(_cell() | {"status": "failed"}),
-                          load_policy(None))
+    failed = _cell() | {"status": "failed", "reason": "OOM"}
+    failed_cell = compare(_rows(_cell()), rows_from_cell(failed), load_policy(None))
     assert {c["status"] for c in failed_cell} == {"fail"}
 
 
@@ -144,8 +156,8 @@ def test_report_only_kinds_are_shown_not_gated_but_must_be_present(tmp_path):
     policy.write_text("default: {latency: null, memory: null}\n"
                       "metrics:\n  model_bytes_on_disk: {report: true}\n")
     cand = copy.deepcopy(_cell())
-    cand["latency"]["scenarios"][1]["ms_per_token"] = {"median": 30.0, "median_ci95": [29, 31]}
-    cand["latency"]["memory"]["model_bytes_on_disk"] = 9e6
+    cand["latency"]["scenarios"][1]["measurements"][0] = _stat("decode_ms_per_token", 30.0, 29, 31)
+    cand["memory"]["model_bytes_on_disk"] = 9_000_000
     checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
     decode = next(c for c in checks if c["metric"] == "decode_ms_per_token@128")
     assert decode["status"] == "info" and decode["change"] == pytest.approx(2.0)
@@ -161,8 +173,8 @@ def test_report_only_kinds_are_shown_not_gated_but_must_be_present(tmp_path):
 
 def _decode(median, half=0.1):
     cell = copy.deepcopy(_cell())
-    cell["latency"]["scenarios"][1]["ms_per_token"] = {
-        "median": median, "median_ci95": [median - half, median + half]}
+    cell["latency"]["scenarios"][1]["measurements"][0] = _stat(
+        "decode_ms_per_token", median, median - half, median + half)
     return _rows(cell)
 
 
@@ -183,11 +195,11 @@ def test_repeated_baselines_hold_each_metric_to_their_worst_run():
     # higher is better: the worst run is the slowest one
     cell = _cell()
     fast, slow = copy.deepcopy(cell), copy.deepcopy(cell)
-    slow["latency"]["scenarios"][2]["tokens_per_s"] = {"median": 80.0,
-                                                       "median_ci95": [79.0, 81.0]}
+    slow["latency"]["scenarios"][2]["measurements"][2] = _stat("tokens_per_s", 80.0, 79.0, 81.0,
+                                                               "tok/s", True)
     cand = copy.deepcopy(cell)
-    cand["latency"]["scenarios"][2]["tokens_per_s"] = {"median": 75.0,
-                                                       "median_ci95": [74.0, 76.0]}
+    cand["latency"]["scenarios"][2]["measurements"][2] = _stat("tokens_per_s", 75.0, 74.0, 76.0,
+                                                               "tok/s", True)
     checks = compare(_rows(fast), _rows(cand), policy, repeats=[_rows(slow)])
     assert _status(checks, "tokens_per_s@128") == "pass"  # -6% vs the 80 tok/s run
     # the A/A calibration figure: how far beyond the worst baseline run, per latency metric

@@ -68,7 +68,7 @@ def test_a_malformed_row_is_one_line_naming_file_row_and_field(tmp_path, capsys,
     cand = _write(tmp_path / "cand.json", rows)
     rc, _, err = _gate(capsys, _write(tmp_path / "base.json", _rows()), cand)
     assert rc == 2 and err.count("\n") == 1
-    assert f"{cand}: rows[1] " in err and want in err
+    assert f"{cand}: rows[1].{field} " in err and want in err
 
 
 @pytest.mark.parametrize("data,want", [
@@ -91,11 +91,13 @@ def test_a_malformed_results_file_is_one_line(tmp_path, capsys, data, want):
 def test_a_malformed_cell_in_a_run_directory_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "cells").mkdir(parents=True)
-    (run / "cells" / "x.json").write_text(json.dumps({"cell": {"id": "x"}, "status": "ok",
-                                                      "quality": {"t": {"metrics": 3}}}))
+    (run / "cells" / "x.json").write_text(json.dumps({
+        "schema_version": 1, "document": "cell", "status": "ok",
+        "cell": {"id": "x", "variant": "x", "model": "m", "recipe": [], "device": "cpu"},
+        "quality": {"t": {"metrics": 3}}}))
     rc, _, err = _gate(capsys, _write(tmp_path / "b.json", _rows()), run,
                        "--allow-different-suites")
-    assert rc == 2 and err.count("\n") == 1 and "a malformed cell result" in err
+    assert rc == 2 and err.count("\n") == 1 and "x.json: quality.t.task is missing" in err
 
 
 @pytest.mark.parametrize("policy,key", [

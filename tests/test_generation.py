@@ -78,6 +78,7 @@ def reference_rt():
 
 @pytest.mark.parametrize("task,limit", [("method_name", 16), ("docstring_summary", 8),
                                         ("docstring_body", 6)])
+@pytest.mark.slow
 def test_batch_1_and_8_identical(reference_rt, task, limit):
     rt, tok = reference_rt
     one = run_task(rt, tok, task, limit=limit, batch_size=1, resamples=100)
@@ -89,28 +90,23 @@ def test_batch_1_and_8_identical(reference_rt, task, limit):
     assert any(e["prediction"] for e in eight["examples"])  # not vacuously equal
 
 
+@pytest.mark.slow
 def test_unbatched_runtime_falls_back_and_says_so(tiny_dir):
     from slimbench.bench.runtimes.base import RuntimeBase
+    from slimbench.tasks.protocol import CausalLM
+
+    class OneByOne(TorchRuntime):  # what OrtRuntime inherits: no batched generation
+        batched_generation = False
+        greedy_generate_batch = RuntimeBase.greedy_generate_batch
 
     loaded = load_artifact(str(tiny_dir))
-    rt = TorchRuntime(loaded)
-
-    class OneByOne(RuntimeBase):  # what OrtRuntime inherits: no batched generation
-        max_length = rt.max_length
-        forward = staticmethod(rt.forward)
-
-    res = run_task(OneByOne(), loaded.tokenizer, "method_name", limit=3, batch_size=8,
+    rt, one_by_one = TorchRuntime(loaded), OneByOne(loaded)
+    assert isinstance(one_by_one, CausalLM)
+    res = run_task(one_by_one, loaded.tokenizer, "method_name", limit=3, batch_size=8,
                    resamples=0)
     ref = run_task(rt, loaded.tokenizer, "method_name", limit=3, batch_size=8, resamples=0)
     assert res["protocol"]["batch_size"] == 1 and res["protocol"]["batch_size_requested"] == 8
-    assert "no batched generation" in res["protocol"]["padding"]
+    assert "OneByOne has no batched generation" in res["protocol"]["padding"]
+    assert ref["protocol"]["batch_size"] == 8
     assert [e["prediction"] for e in res["examples"]] == [e["prediction"] for e in ref["examples"]]
     assert res["ci95"] is None and res["metrics"]["f1"]["resamples"] == 0
-
-    class Legacy:  # a CausalLM from before greedy_generate_batch existed
-        max_length = rt.max_length
-        greedy_generate = staticmethod(rt.greedy_generate)
-
-    old = run_task(Legacy(), loaded.tokenizer, "method_name", limit=3, batch_size=8,
-                   resamples=0)
-    assert [e["prediction"] for e in old["examples"]] == [e["prediction"] for e in ref["examples"]]

@@ -73,6 +73,7 @@ def _save(model_dir: Path, seed: int) -> None:
     GPT2LMHeadModel(config).eval().save_pretrained(model_dir)
 
 
+@pytest.mark.slow
 def test_edited_model_rebuilds_and_flipped_byte_is_detected(model_dir, tmp_path, capsys):
     tiny_dir = model_dir
     suite = suite_yaml(tmp_path / "s.yaml", f"  plain: {{model: '{tiny_dir}'}}\n"
@@ -125,6 +126,7 @@ def test_edited_model_rebuilds_and_flipped_byte_is_detected(model_dir, tmp_path,
     assert weights.read_bytes() == good
 
 
+@pytest.mark.slow
 def test_cache_key_is_content_not_spec(tiny_dir, tmp_path):
     import shutil
 
@@ -141,6 +143,7 @@ def test_cache_key_is_content_not_spec(tiny_dir, tmp_path):
     assert key == same != other
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_share_one_cache(model_dir, tmp_path):
     tiny_dir = model_dir
     suite = suite_yaml(tmp_path / "s.yaml",
@@ -192,12 +195,13 @@ def test_task_metrics_are_named_by_the_task_not_its_path(tmp_path):
                                              "new_tokens": 2, "generate_prompt": 0,
                                              "repeats": 1, "min_seconds": 0},
                      [str(task)], 1, True)
-    assert list(out["quality"]) == ["my_task"]
+    assert list(out["result"]["quality"]) == ["my_task"]
     task.write_text(task.read_text().replace("my_task", "../up"))
     suite = suite_yaml(tmp_path / "s.yaml", "  a: {model: reference}", f"['{task}']")
     assert main(["run", str(suite), "--out", str(tmp_path / "r")]) == 2
 
 
+@pytest.mark.slow
 def test_failures_are_contained_and_exit_3(model_dir, tmp_path, test_steps, capsys):
     tiny_dir = model_dir
     suite = suite_yaml(tmp_path / "s.yaml",
@@ -297,6 +301,7 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "\nState:\tZ" in status.read_text())
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_build_leaves_nothing_behind(model_dir, tmp_path):
     tiny_dir = model_dir
     suite = suite_yaml(tmp_path / "s.yaml", f"  a: {{model: '{tiny_dir}', recipe: [sleepy]}}")
@@ -329,6 +334,7 @@ def test_sweep_keeps_a_live_builders_staging_folder(tmp_path):
     assert live.is_dir() and not dead.exists()
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_cell_kills_the_cell(tmp_path):
     suite = suite_yaml(tmp_path / "s.yaml", "  a: {model: reference}")
     pidfile = tmp_path / "cell.pid"

@@ -1,6 +1,7 @@
 """Cell isolation, the memory taxonomy and environment capture."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ def test_isolated_cell_returns_its_result():
     assert r["result"]["memory"]["peak_rss_bytes"] > 10 * 2**20  # an interpreter at least
 
 
+@pytest.mark.slow
 def test_failing_cells_fail_alone_with_their_reason():
     cells = [("isolation_cells:hard_exit", {}, 120), ("isolation_cells:sleeps", {"seconds": 30}, 3),
              ("isolation_cells:raises", {}, 120), ("isolation_cells:killed", {}, 120),
@@ -50,13 +52,44 @@ def test_memory_fields_present_positive_and_documented():
         assert re.search(rf"`{field}`", readme), field
 
 
+def _cpuinfo_flags() -> set[str] | None:
+    """The kernel's CPU flags (x86 Linux: the first `flags` line); None where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(m.group(1).split()) if m else None
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` in the folder of the installed environment module; None outside a checkout."""
+    try:
+        return subprocess.run(["git", "-C", str(Path(environment.__file__).parent), *args],
+                              check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def test_environment_capture():
     env = environment.capture(bandwidth=True, seeds={"inputs": 0})
     assert env["cpu"]["cores"] >= 1 and env["ram_bytes"] > 2**30
-    assert env["cpu"]["flags"] is None or "avx512_vnni" in env["cpu"]["flags"]
+    flags = _cpuinfo_flags()
+    if flags is None:
+        assert env["cpu"]["flags"] is None
+    else:  # each recorded ISA flag is what the kernel reports, present or absent
+        assert env["cpu"]["flags"] == {f: f in flags for f in environment.CPU_FLAGS}
+        assert set(environment.CPU_FLAGS) >= {"avx2", "avx512_vnni", "amx_int8"}
     assert env["memory_bandwidth_bytes_per_s"] > 1e8
     assert env["packages"]["torch"] and env["seeds"] == {"inputs": 0}
-    assert re.fullmatch(r"[0-9a-f]{40}", env["git"]["commit"] or "0" * 40)
+    head = _git("rev-parse", "HEAD")
+    if head is None:  # an installed wheel: no commit to record, and none invented
+        assert env["git"] == {"commit": None, "dirty": None}
+    else:  # run from a checkout: its commit, and whether tracked files differ from it
+        assert env["git"]["commit"] == head.strip()
+        assert re.fullmatch(r"[0-9a-f]{40}", env["git"]["commit"])
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        assert env["git"]["dirty"] is (dirty.strip() != "")
     assert env["gpu"] is None or env["gpu"]["memory_bytes"] > 0
 
 
@@ -69,21 +102,28 @@ def test_cuda_memory_fields():
     assert snap["cuda_max_reserved_bytes"] >= snap["cuda_max_allocated_bytes"]
 
 
+@pytest.mark.slow
 def test_latency_cell_in_its_own_process():
     cfg = {"prefill": [16], "decode_contexts": [16], "new_tokens": 4, "generate_prompt": 8,
            "batches": [1, 2], "repeats": 2, "min_seconds": 0.0}
     r = run_isolated("slimbench.bench.measure.cell:latency_cell",
                      {"model": "reference", "threads": 1, "config": cfg}, timeout=300)
     assert r["status"] == "ok", r.get("reason")
-    cell = r["result"]
-    kinds = [s["scenario"] for s in cell["scenarios"]]
+    from slimbench.reports.schema import CellResult
+
+    cell = CellResult.from_dict(r["result"])  # the results schema, checked
+    scenarios = cell.latency.scenarios
+    kinds = [s.scenario for s in scenarios]
     assert kinds == ["prefill", "decode", "generate", "prefill", "prefill"]
-    decode, gen = cell["scenarios"][1], cell["scenarios"][2]
-    assert decode["ms_per_token"]["n"] == 4 * 2  # per-token samples of the timed repeats
-    assert decode["floor_fraction"] > 0
-    assert gen["ttft_ms"]["median"] > 0 and gen["tokens_per_s"]["median"] > 0
-    sweep = cell["scenarios"][3:]
-    assert [s["batch"] for s in sweep] == [1, 2]
-    assert sweep[1]["tokens_per_s"] == pytest.approx(2 * 16 / (sweep[1]["ms"]["median"] / 1e3))
-    assert cell["memory"]["peak_rss_bytes"] > cell["memory"]["model_bytes_on_disk"]
-    assert cell["threads"] == 1 and cell["environment"]["torch_threads"] == 1
+    decode, gen = scenarios[1], scenarios[2]
+    # per-token samples of the timed repeats
+    assert decode.measurement("decode_ms_per_token").n == 4 * 2
+    assert decode.derived["floor_fraction"] > 0
+    assert gen.measurement("ttft_ms").median > 0 and gen.measurement("tokens_per_s").median > 0
+    sweep = scenarios[3:]
+    assert [s.params["batch"] for s in sweep] == [1, 2] and sweep[1].tag == "16x2"
+    assert sweep[1].derived["tokens_per_s"] == pytest.approx(
+        2 * 16 / (sweep[1].measurement("prefill_ms").median / 1e3))
+    assert cell.memory.peak_rss_bytes > cell.memory.model_bytes_on_disk
+    assert cell.threads == 1 and cell.environment["torch_threads"] == 1
+    assert cell.artifact.weights_sha256 and cell.cell.backend == "torch"

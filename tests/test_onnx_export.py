@@ -37,6 +37,7 @@ def test_manifest_records_parity_and_graph(exported):
     assert m["files"]["model.onnx"]["bytes"] == (exported / "model.onnx").stat().st_size
 
 
+@pytest.mark.slow
 def test_ort_runtime_matches_torch(exported, reference):
     ort_model = load_artifact(str(exported))
     rt = make_runtime(ort_model, threads=2)
@@ -83,6 +84,7 @@ def test_bad_uses(exported, tmp_path):
     assert not (tmp_path / "again").exists() and not (tmp_path / "old").exists()
 
 
+@pytest.mark.slow
 def test_ort_dynamic_int8_on_reference(exported, tmp_path):
     out = tmp_path / "int8"
     m = run_step("ort_dynamic_int8", {}, str(exported), out)
@@ -106,6 +108,7 @@ def test_ort_quantization_needs_onnx_parent(tmp_path):
         run_step("ort_dynamic_int8", {}, "reference", tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_all_48_block_matmuls_quantized_on_gpt2_depth(tmp_path):
     # gpt2's 12 blocks (narrowed to keep the test fast): 48 block weight MatMuls
     run_step("export_onnx", {}, "shape:gpt2:n_embd=64,n_head=4", tmp_path / "fp32")
@@ -114,6 +117,7 @@ def test_all_48_block_matmuls_quantized_on_gpt2_depth(tmp_path):
     assert m["random_weights"] is True
 
 
+@pytest.mark.slow
 def test_ort_static_int8_qdq(exported, tmp_path):
     m = run_step("ort_static_int8", {"samples": 8}, str(exported), tmp_path / "minmax")
     q = m["quantization"]
@@ -138,6 +142,7 @@ def test_ort_static_int8_qdq(exported, tmp_path):
                  tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_entropy_calibration_is_not_minmax(exported, tmp_path):
     # quantize_static alone builds the entropy calibrator with 128 bins, which reproduces the
     # MinMax ranges byte for byte; the step's own calibrator must give different ranges
@@ -150,10 +155,16 @@ def test_entropy_calibration_is_not_minmax(exported, tmp_path):
     assert ent["files"]["model.onnx"]["sha256"] != mm["files"]["model.onnx"]["sha256"]
 
 
+@pytest.mark.slow
 def test_ort_optimize_records_fusions_and_chains(exported, tmp_path):
     m = run_step("ort_optimize", {}, str(exported), tmp_path / "opt")
     assert m["fusions"]["applied"].get("SkipLayerNormalization", 0) > 0
-    assert "Attention" in m["fusions"]["applied"] or "Attention" in m["fusions"]["not_applied"]
+    # the attention fusion matches the GPT-2 graph of the TorchScript exporter; this project's
+    # dynamo export (a tensor-only wrapper around the DynamicCache) does not match it, so no
+    # attention is fused. If an onnxruntime or exporter upgrade makes it fuse, this fails: then
+    # check parity of the fused graph and update the step's docstring and this line.
+    assert "Attention" in m["fusions"]["not_applied"] and "Attention" not in m["fusions"]["applied"]
+    assert "MultiHeadAttention" not in m["fusions"]["applied"]
     assert m["parity"]["max_abs_logit_diff"] <= 1e-4 and m["recipe"] == ["export_onnx",
                                                                        "ort_optimize"]
     q = run_step("ort_dynamic_int8", {}, str(tmp_path / "opt"), tmp_path / "opt-int8")
@@ -171,7 +182,7 @@ def test_ort_fp16_halves_bytes(exported, tmp_path):
 
 def test_node_placement_on_cpu_has_no_fallbacks(exported):
     rt = OrtRuntime(load_artifact(str(exported)))
-    placement = rt.node_placement()
+    placement = rt.placement()
     assert placement["primary"] == "CPUExecutionProvider"
     assert placement["fallback_nodes"] == 0 == rt.fallback_nodes
     import onnx

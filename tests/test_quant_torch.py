@@ -11,14 +11,13 @@ from slimbench.compress.artifact import MANIFEST
 from slimbench.compress.conv1d import count_conv1d, normalize_conv1d
 from slimbench.compress.loader import LoadOptions, load_artifact
 from slimbench.compress.quant_torch import (
-    CompressionError,
     TorchDynamicInt8Config,
     audit_quantization,
     quantize_dynamic_int8,
     require_full_coverage,
 )
 from slimbench.compress.steps import run_step
-from slimbench.errors import ModelLoadError, UsageError
+from slimbench.errors import CompressionError, ModelLoadError, UsageError
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.perplexity import perplexity
 
@@ -49,6 +48,7 @@ def test_conv1d_to_linear_is_equivalent(reference):
     assert torch.equal(greedy_before, greedy_after)
 
 
+@pytest.mark.slow
 def test_every_block_linear_quantized_on_gpt2_shapes(gpt2_shape):
     q = quantize_dynamic_int8(copy.deepcopy(gpt2_shape), TorchDynamicInt8Config())
     audit = audit_quantization(q)
@@ -82,6 +82,7 @@ def test_bad_engine():
         TorchDynamicInt8Config(engine="tpu")
 
 
+@pytest.mark.slow
 def test_int8_artifact_round_trip(tmp_path, reference):
     out = tmp_path / "ref-int8"
     manifest = run_step("torch_dynamic_int8", {}, "reference", out)
@@ -128,6 +129,7 @@ def test_bad_step_parameters_fail_before_work(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_torch_bf16_cast_halves_bytes_and_keeps_quality(tmp_path, reference):
     out = tmp_path / "bf16"
     m = run_step("torch_cast", {"dtype": "bfloat16"}, "reference", out)

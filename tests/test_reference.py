@@ -28,6 +28,7 @@ def test_reference_matches_card(reference):
     assert (REFERENCE_DIR / "MODEL_CARD.md").read_text().count(card["weights_sha256"]) == 1
 
 
+@pytest.mark.slow
 def test_validation_perplexity_matches_card(reference):
     card = reference_card()
     proto = card["perplexity_protocol"]

@@ -15,19 +15,29 @@ EVIL = '<script>document.title="pwned"</script>'
 
 
 def _cell(variant, model, recipe, decode_ms, ppl=None, device="cpu"):
-    cell = {"cell": {"id": f"{variant}--{device}", "variant": variant, "model": model,
+    decode = {"name": "decode_ms_per_token", "unit": "ms", "higher_is_better": False,
+              "median": decode_ms, "ci95": [decode_ms * 0.99, decode_ms * 1.01], "n": 10,
+              "cv": 0.01}
+    cell = {"schema_version": 1, "document": "cell",
+            "cell": {"id": f"{variant}--{device}", "variant": variant, "model": model,
                      "recipe": recipe, "device": device, "backend": "torch"},
             "status": "ok",
-            "artifact": {"parameters": 2_615_424, "nonzero_parameters": 2_615_424,
-                         "bytes_on_disk": 10_466_744, "manifest": {}},
-            "latency": {"scenarios": [{"scenario": "decode", "context": 128, "ms_per_token": {
-                "median": decode_ms, "median_ci95": [decode_ms * 0.99, decode_ms * 1.01]}}],
-                "memory": {"model_bytes_on_disk": 10_466_744}, "warnings": [],
-                "environment": {"cpu": "test cpu", "threads": 2}},
+            "artifact": {"spec": model, "kind": "local", "path": None, "random_weights": False,
+                         "model_type": "gpt2", "parameters": 2_615_424,
+                         "nonzero_parameters": 2_615_424, "bytes_on_disk": 10_466_744,
+                         "dtype": "float32", "device": device, "weights_sha256": None,
+                         "manifest": {}},
+            "latency": {"config": {}, "scenarios": [{"scenario": "decode", "tag": "128",
+                                                     "params": {}, "measurements": [decode]}]},
+            "memory": {"model_bytes_on_disk": 10_466_744}, "warnings": [],
+            "environment": {"cpu": "test cpu", "threads": 2},
             "quality": {}}
     if ppl is not None:
-        cell["quality"]["perplexity"] = {"metrics": {"perplexity": {
-            "value": ppl, "ci95": [ppl - 1, ppl + 1], "higher_is_better": False}}}
+        cell["quality"]["perplexity"] = {
+            "task": "perplexity", "version": "1", "metric": "perplexity", "value": ppl,
+            "ci95": [ppl - 1, ppl + 1], "higher_is_better": False, "n": 50, "seconds": 1.0,
+            "metrics": {"perplexity": {"value": ppl, "ci95": [ppl - 1, ppl + 1],
+                                       "higher_is_better": False}}}
     return cell
 
 
@@ -37,7 +47,8 @@ def _cells():
             _cell("gpt2", "shape:gpt2", [], 60.0),
             _cell("gpt2-int8", "shape:gpt2", ["torch_dynamic_int8"], 30.0),
             _cell(EVIL, "reference", ["prune_unstructured"], 6.0, 50.0),
-            {"cell": {"id": "broken--cpu", "variant": "broken", "model": "reference",
+            {"schema_version": 1, "document": "cell",
+             "cell": {"id": "broken--cpu", "variant": "broken", "model": "reference",
                       "recipe": [], "device": "cpu"}, "status": "failed",
              "reason": "killed by SIGKILL <OOM>"}]
 
@@ -84,6 +95,7 @@ def _headless(exe, tmp_path, *args):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     exe = _chromium()
     run = _run_dir(tmp_path)

@@ -19,6 +19,7 @@ def test_published_parameter_counts(name, params):
     assert _meta_params(ShapeSpec(name)) == params
 
 
+@pytest.mark.slow
 def test_gpt2_shape_loads_flagged_random():
     loaded = load_artifact("shape:gpt2")
     assert loaded.info.parameters == 124_439_808

@@ -65,6 +65,7 @@ def test_suite_validation_and_overrides(tmp_path):
             load_suite(path, [override])
 
 
+@pytest.mark.slow
 def test_run_isolates_cells_resumes_and_reports(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(SUITE)

@@ -8,7 +8,7 @@ from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import load_artifact
 from slimbench.errors import UsageError
 from slimbench.tasks.generation import run_task
-from slimbench.tasks.sources import load_rows
+from slimbench.tasks.sources import load_examples
 from slimbench.tasks.specs import DEFS_DIR, TASKS, load_task_file, parse_task
 
 QA_ROWS = [{"q": "capital of France", "ctx": "Paris is the capital.", "answer": "Paris"},
@@ -54,7 +54,7 @@ def test_local_jsonl_task_runs(tmp_path, tiny_dir):
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))
     spec = load_task_file(_yaml(tmp_path, QA_TASK))
     assert spec.version == "2" and spec.dataset.path == str(tmp_path / "qa.jsonl")
-    rows = load_rows(spec)
+    rows = load_examples(spec)
     assert [r["id"] for r in rows] == [0, 1, 2]  # ids added where rows have none
     loaded = load_artifact(str(tiny_dir))
     res = run_task(TorchRuntime(loaded), loaded.tokenizer, str(tmp_path / "task.yaml"),
@@ -68,7 +68,7 @@ def test_local_jsonl_task_runs(tmp_path, tiny_dir):
     assert res["metrics"]["exact_match"]["resamples"] == 50
     # the task's own limit applies unless a limit is given
     limited = parse_task({**_raw(QA_TASK), "limit": 2}, "x", tmp_path)
-    assert len(load_rows(limited)) == 2 and len(load_rows(limited, 1)) == 1
+    assert len(load_examples(limited)) == 2 and len(load_examples(limited, 1)) == 1
 
 
 def _raw(text):
@@ -108,10 +108,10 @@ def test_bad_files_and_rows(tmp_path):
     (tmp_path / "qa.jsonl").write_text(json.dumps({"q": "x", "answer": "y"}) + "\n")
     spec = load_task_file(_yaml(tmp_path, QA_TASK))
     with pytest.raises(UsageError, match=r"rows have no field\(s\) ctx"):
-        load_rows(spec)
+        load_examples(spec)
     (tmp_path / "qa.jsonl").write_text("{not json\n")
     with pytest.raises(UsageError, match="line 1 is not JSON"):
-        load_rows(spec)
+        load_examples(spec)
 
 
 def test_huggingface_dataset(tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_huggingface_dataset(tmp_path, monkeypatch):
     except ImportError:  # not a dependency: the message says what to install
         monkeypatch.setitem(sys.modules, "datasets", None)
         with pytest.raises(UsageError, match="needs the `datasets` package"):
-            load_rows(spec)
+            load_examples(spec)
     # the call made when it is installed (a stand-in module records it)
     calls = []
 
@@ -133,6 +133,6 @@ def test_huggingface_dataset(tmp_path, monkeypatch):
         return QA_ROWS
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    rows = load_rows(spec, limit=2)
+    rows = load_examples(spec, limit=2)
     assert calls == [(str(tmp_path), "plain", "validation")]
     assert [r["answer"] for r in rows] == ["Paris", "four"]

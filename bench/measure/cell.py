@@ -1,4 +1,5 @@
-"""One latency cell: an artifact on a backend and device, its scenarios, memory and environment.
+"""One latency cell: an artifact on a backend and device, its scenarios, memory and environment,
+as the results schema's ``CellResult`` (``reports/schema.py``).
 
 ``latency_cell`` returns plain values so that
 ``run_isolated("slimbench.bench.measure.cell:latency_cell", ...)`` can run it in its own process;
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from slimbench.errors import UsageError
+from slimbench.reports.schema import Artifact, CellInfo, CellResult, Latency, Memory, QualityScore
+from slimbench.tasks.protocol import CausalLM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +57,11 @@ class LatencyConfig:
 
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
                  config: dict | None = None, dtype: str | None = None) -> dict:
-    """Load ``model`` and measure the configured scenarios; returns a JSON-ready dict."""
+    """Load ``model`` and measure the configured scenarios.
+
+    Returns:
+        The ``CellResult`` as plain values (``to_dict()``): what crosses a process boundary.
+    """
     from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
@@ -63,13 +70,27 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
     n_threads = environment.set_threads(threads)
     loaded = load_artifact(model, LoadOptions(device=device, dtype=dtype))
     rt = make_runtime(loaded, threads=n_threads)
-    return {"model": model, "backend": rt.backend, "device": device, "threads": n_threads,
-            "config": dataclasses.asdict(cfg), "artifact": loaded.info.to_dict(),
-            **measure_latency(rt, loaded, cfg, device)}
+    result = _cell_result(rt, loaded, device, n_threads)
+    return dataclasses.replace(result, **measure_latency(rt, loaded, cfg, device)).to_dict()
 
 
-def measure_latency(rt, loaded, cfg: LatencyConfig, device: str) -> dict:
-    """Scenarios, memory, environment (with bandwidth) and warnings for one runtime."""
+def _cell_result(rt: CausalLM, loaded, device: str, threads: int) -> CellResult:
+    """An ok cell of what was loaded, named after it (the runner names suite cells)."""
+    info = loaded.info
+    cell = CellInfo(id=f"{info.spec}--{device.replace(':', '')}", variant=info.spec,
+                    model=info.spec, recipe=list(info.recipe), device=device,
+                    backend=rt.backend, artifact=info.spec)
+    return CellResult(cell=cell, status="ok", threads=threads,
+                      artifact=Artifact.from_info(info.to_dict()))
+
+
+def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> dict:
+    """Scenarios, memory, environment (with bandwidth) and warnings for one runtime.
+
+    Returns:
+        ``latency``, ``memory``, ``environment`` and ``warnings``: those fields of a
+        ``CellResult``.
+    """
     from slimbench.bench.measure import environment, memory, scenarios
 
     results = [scenarios.prefill_latency(rt, n, min_seconds=cfg.min_seconds)
@@ -83,33 +104,38 @@ def measure_latency(rt, loaded, cfg: LatencyConfig, device: str) -> dict:
     if cfg.batches:
         results += scenarios.batch_sweep(rt, cfg.prefill[0], tuple(cfg.batches),
                                          cfg.min_seconds)
-    out = {"scenarios": results, "memory": memory.snapshot(loaded.info, device),
-           "environment": environment.capture(bandwidth=True, seeds={"inputs": 0})}
-    bandwidth = out["environment"]["memory_bandwidth_bytes_per_s"]
+    env = environment.capture(bandwidth=True, seeds={"inputs": 0})
     weights = loaded.info.bytes_on_disk
     if weights and device == "cpu":
         # a decode step streams every weight once: bytes / bandwidth is its floor
-        floor_ms = weights / bandwidth * 1e3
-        for r in results:
-            if r["scenario"] == "decode":
-                r["bandwidth_floor_ms"] = floor_ms
-                r["floor_fraction"] = floor_ms / r["ms_per_token"]["median"]
-    warnings = [f"{r['scenario']}: {s['warning']}" for r in results
-                for s in r.values() if isinstance(s, dict) and "warning" in s]
-    if rt.backend == "onnxruntime":
-        out["placement"] = rt.node_placement()
-        if out["placement"]["fallback_nodes"]:
-            warnings.append(f"{out['placement']['fallback_nodes']} ONNX nodes ran on a fallback "
-                            f"provider: {out['placement']['fallback_ops']}")
-    out["warnings"] = warnings
-    return out
+        floor_ms = weights / env["memory_bandwidth_bytes_per_s"] * 1e3
+        for s in results:
+            if s.scenario == "decode":
+                s.derived["bandwidth_floor_ms"] = floor_ms
+                s.derived["floor_fraction"] = floor_ms / s.measurement(
+                    "decode_ms_per_token").median
+    warnings = [f"{s.scenario}@{s.tag} {m.name}: {w}" for s in results for m in s.measurements
+                for w in m.warnings]
+    placement = rt.placement()
+    if placement and placement["fallback_nodes"]:
+        warnings.append(f"{placement['fallback_nodes']} ONNX nodes ran on a fallback "
+                        f"provider: {placement['fallback_ops']}")
+    return {"latency": Latency(dataclasses.asdict(cfg), results, placement),
+            "memory": Memory(**memory.snapshot(loaded.info, device)), "environment": env,
+            "warnings": warnings}
 
 
 def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
                tasks: list[str], task_limit: int | None, quality: bool,
                perplexity_limit: int | None = None) -> dict:
     """One suite cell: latency and (unless ``quality`` is off) every task, on one runtime, so
-    the quality comes from the very artifact that was timed."""
+    the quality comes from the very artifact that was timed.
+
+    Returns:
+        ``result``: the ``CellResult`` as plain values (the runner names the cell);
+        ``examples``: the tasks' per-example outputs, each with its ``task``, which the runner
+        writes beside the cell's file.
+    """
     from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
@@ -120,11 +146,14 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
     n_threads = environment.set_threads(threads)
     loaded = load_artifact(artifact, LoadOptions(device=device))
     rt = make_runtime(loaded, threads=n_threads)
-    out = {"backend": rt.backend, "threads": n_threads, "artifact": loaded.info.to_dict(),
-           "latency": measure_latency(rt, loaded, cfg, device), "quality": {}}
+    result = _cell_result(rt, loaded, device, n_threads)
+    result = dataclasses.replace(result, **measure_latency(rt, loaded, cfg, device))
+    examples = []
     if quality:
         for task in tasks:
             spec = resolve_task(task)  # a task file is keyed by its name, never by its path
             limit = perplexity_limit if spec.kind == "perplexity" else task_limit
-            out["quality"][spec.name] = run_task(rt, loaded.tokenizer, spec, limit)
-    return out
+            res = run_task(rt, loaded.tokenizer, spec, limit)
+            examples += [{"task": spec.name} | e for e in res.pop("examples")]
+            result.quality[spec.name] = QualityScore.from_task(res)
+    return {"result": result.to_dict(), "examples": examples}

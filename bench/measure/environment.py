@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from slimbench.errors import UsageError
 from slimbench.versions import package_versions
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "onnxruntime",
@@ -24,8 +25,8 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
 def set_threads(threads: int | None) -> int:
     """Fix torch's intra-op thread count (default: all cores) and return it."""
     n = threads or os.cpu_count() or 1
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
+    if n < 1:  # a user's number (--threads, a suite's threads): one line, not a traceback
+        raise UsageError(f"threads must be >= 1, got {n}")
     torch.set_num_threads(n)
     return n
 

@@ -1,5 +1,6 @@
-"""One memory taxonomy for every cell. Each field is defined once, here (``FIELDS``), and the
-README's table is checked against it by a test.
+"""One memory taxonomy for every cell. Each field is defined once, in the results schema
+(``reports/measurements.py``, ``Memory``; ``FIELDS`` here), and the README's table is checked
+against it by a test.
 
 Peak RSS is the kernel's high-water mark for the process (VmHWM), which is why every cell runs
 in its own process: a shared process would report the largest model it ever loaded.
@@ -9,21 +10,12 @@ from __future__ import annotations
 
 import resource
 
-FIELDS = {
-    "peak_rss_bytes": "peak resident set size of the cell's process (Linux VmHWM / ru_maxrss): "
-                      "weights, activations, runtime arenas and the Python interpreter",
-    "rss_bytes": "resident set size of the cell's process when the figure was taken",
-    "cuda_max_allocated_bytes": "torch.cuda.max_memory_allocated: peak bytes in live torch "
-                                "tensors on the GPU (torch backend only)",
-    "cuda_max_reserved_bytes": "torch.cuda.max_memory_reserved: peak bytes held by torch's "
-                               "caching allocator, freed tensors included",
-    "gpu_process_bytes": "GPU memory used by the cell's process according to NVML (any "
-                         "backend; ONNX Runtime's CUDA arena included); absent without NVML",
-    "model_bytes_on_disk": "bytes of the artifact's weight files (safetensors or ONNX + "
-                           "external data)",
-    "parameters": "parameter count (tied weights once)",
-    "nonzero_parameters": "parameters that are not exactly zero (what sparsity removed)",
-}
+from slimbench.reports.codec import field_docs
+from slimbench.reports.measurements import Memory
+
+# name -> description of every memory field: the results schema's ``Memory`` type is where each
+# is defined (one place for the measurement, the results file and the table)
+FIELDS = field_docs(Memory)
 
 
 def _status_bytes(key: str) -> int | None:

@@ -6,6 +6,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from slimbench.reports.schema import Measurement
+
 
 def time_callable(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10,
                   min_seconds: float = 1.0, sync: Callable[[], None] | None = None,
@@ -69,3 +71,14 @@ def summarize(samples: list[float], scale: float = 1e3) -> dict:
         out["warning"] = (f"high variation: CV {cv:.1%} > {CV_WARNING:.0%}; the machine was "
                           "busy or the run too short to trust this figure")
     return out
+
+
+def measurement(name: str, unit: str, samples: list[float], scale: float = 1e3,
+                higher_is_better: bool = False) -> Measurement:
+    """``summarize(samples, scale)`` as the results schema's ``Measurement`` called ``name``."""
+    s = summarize(samples, scale)
+    warnings = [s["warning"]] if "warning" in s else []
+    return Measurement(name=name, unit=unit, higher_is_better=higher_is_better,
+                       median=s["median"], ci95=tuple(s["median_ci95"]), n=s["n"], cv=s["cv"],
+                       mean=s["mean"], p90=s["p90"], p99=s["p99"], stdev=s["stdev"],
+                       min=s["min"], max=s["max"], warnings=warnings)

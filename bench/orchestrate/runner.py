@@ -4,7 +4,8 @@ one JSON per cell as it finishes, then the results table and report.
 Run directory layout::
 
     RUN/suite.json              the resolved suite (what was asked)
-    RUN/cells/<cell>.json       one result per cell (status ok | failed | skipped, reason)
+    RUN/cells/<cell>.json       one CellResult per cell (reports/schema.py; status ok |
+                                failed | skipped, reason)
     RUN/cells/<cell>.examples.jsonl   per-example task outputs of the cell
     RUN/results.json / results.csv / summary.csv / report.html
 
@@ -17,6 +18,7 @@ cell fails that variant's cells, with the reason in their files; the other cells
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import traceback
 from pathlib import Path
@@ -27,21 +29,24 @@ from slimbench import atomic
 from slimbench.bench.orchestrate.suite import Suite, Variant
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.log import quiet_progress
+from slimbench.reports.schema import CellInfo, CellResult, load_document, load_file
 
 
 def cell_id(variant: Variant, device: str) -> str:
     return f"{variant.name}--{device.replace(':', '')}"
 
 
-def _write_cell(run_dir: Path, result: dict) -> None:
-    cid = result["cell"]["id"]
-    examples = {}
-    for task, res in (result.get("quality") or {}).items():
-        examples[task] = res.pop("examples", [])
-    if any(examples.values()):
-        lines = [json.dumps({"task": t, **ex}) for t, rows in examples.items() for ex in rows]
-        atomic.write_text(run_dir / "cells" / f"{cid}.examples.jsonl", "\n".join(lines) + "\n")
-    atomic.write_json(run_dir / "cells" / f"{cid}.json", result)
+def _write_cell(run_dir: Path, result: CellResult, examples: list[dict]) -> None:
+    """The cell's file, and first its per-example outputs beside it: the cell file names a
+    file that exists when it appears."""
+    name = f"{result.cell.id}.examples.jsonl"
+    if examples:
+        lines = [json.dumps(ex) for ex in examples]
+        atomic.write_text(run_dir / "cells" / name, "\n".join(lines) + "\n")
+    tasks = {ex["task"] for ex in examples}
+    for task, score in result.quality.items():
+        score.examples_file = name if task in tasks else None
+    atomic.write_json(run_dir / "cells" / f"{result.cell.id}.json", result.to_dict())
 
 
 def _build(cache, variant: Variant) -> str | Exception:
@@ -91,81 +96,102 @@ def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
 
 def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | None = None,
               say=print, show_progress: bool = True, cell_target: str = CELL) -> list[dict]:
-    """Run every (variant, device) cell; returns the cell results in suite order.
+    """Run every (variant, device) cell, writing each cell's file as it finishes.
 
     ``cell_target`` names the function each isolated process runs (tests inject failures).
-    """
-    import torch
 
-    from slimbench.bench.measure.isolation import run_isolated
+    Returns:
+        The cell results in suite order, as written (``CellResult.to_dict()``).
+    """
     from slimbench.compress.cache import ArtifactCache
 
     run_dir = Path(run_dir)
     check_run_dir(suite, run_dir, resume)
-    saved = run_dir / "suite.json"
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     cache = ArtifactCache(Path(cache) if cache else run_dir.parent / ".artifacts", say)
-    if not saved.is_file():
-        atomic.write_json(saved, suite.to_dict())
+    if not (run_dir / "suite.json").is_file():
+        atomic.write_json(run_dir / "suite.json", suite.to_dict())
     cells = [(v, d) for v in suite.variants for d in suite.devices]
-    results = []
     bar = tqdm(cells, desc="cells", unit="cell", disable=quiet_progress(show_progress))
-    artifacts: dict[str, str | Exception] = {}
+    built: dict[str, str | Exception] = {}  # variant -> artifact path, or why it has none
     keys: dict[str, str | None] = {}
+    results = []
     for variant, device in bar:
-        cid = cell_id(variant, device)
-        bar.set_postfix_str(cid)
-        path = run_dir / "cells" / f"{cid}.json"
         if variant.name not in keys:
             keys[variant.name] = _content_key(cache, variant)
-        if resume and path.is_file():
-            previous = json.loads(path.read_text())
-            if previous.get("status") == "ok" and keys[variant.name] is not None and \
-                    previous["cell"].get("content_key") == keys[variant.name]:
-                results.append(previous)
-                continue
-            if previous.get("status") == "ok":  # a resumed run never mixes two models
-                say(f"cell {cid}: its model or recipe changed since it was measured; "
-                    "measuring it again")
-        head = {"cell": {"id": cid, "variant": variant.name, "model": variant.model,
-                         "recipe": [s for s, _ in variant.recipe], "device": device,
-                         "content_key": keys[variant.name]}}
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            result = head | {"status": "skipped", "reason": "no CUDA GPU on this machine"}
-        else:
-            if variant.name not in artifacts:
-                artifacts[variant.name] = _build(cache, variant)
-            artifact = artifacts[variant.name]
-            if isinstance(artifact, Exception):
-                result = head | {"status": "failed", "reason": f"building the artifact: "
-                                                                f"{artifact}"}
-                if getattr(artifact, "details", None):
-                    result["traceback"] = artifact.details
-            else:
-                run = run_isolated(cell_target, {
-                    "artifact": artifact, "device": device, "threads": suite.threads or None,
-                    "latency": suite.latency, "tasks": list(suite.tasks),
-                    "task_limit": suite.task_limit, "perplexity_limit": suite.perplexity_limit,
-                    "quality": variant.quality},
-                    timeout=suite.timeout, preload=() if device.startswith("cuda") else PRELOAD)
-                head["cell"] |= {"artifact": artifact}
-                if run["status"] == "ok":
-                    res = run["result"]
-                    head["cell"]["backend"] = res.pop("backend")
-                    result = head | {"status": "ok", "seconds": run["seconds"]} | res
-                else:
-                    result = head | {"status": "failed", "reason": run["reason"],
-                                     "seconds": run["seconds"]}
-                    if run.get("traceback"):
-                        result["traceback"] = run["traceback"]
-        if result["status"] == "failed":
-            say(f"cell {cid}: failed: {result['reason']}")
-        _write_cell(run_dir, result)
-        results.append(result)
+        head = CellInfo(id=cell_id(variant, device), variant=variant.name, model=variant.model,
+                        recipe=[s for s, _ in variant.recipe], device=device,
+                        content_key=keys[variant.name])
+        bar.set_postfix_str(head.id)
+        result = _finished(run_dir, head, say) if resume else None
+        if result is None:
+            result, examples = _run_cell(suite, cache, built, variant, head, cell_target)
+            if result.status == "failed":
+                say(f"cell {head.id}: failed: {result.reason}")
+            _write_cell(run_dir, result, examples)
+        results.append(result.to_dict())
+    _say_skipped(results, say)
+    return results
+
+
+def _finished(run_dir: Path, head: CellInfo, say) -> CellResult | None:
+    """The cell's earlier result, if it finished ok measuring the same content (a resumed run
+    never mixes two models); None to measure it (again)."""
+    path = run_dir / "cells" / f"{head.id}.json"
+    if not path.is_file():
+        return None
+    try:
+        previous = load_file(path, "cell")
+    except UsageError as e:
+        say(f"cell {head.id}: its earlier result cannot be read ({e}); measuring it again")
+        return None
+    if previous.status != "ok":
+        return None
+    if head.content_key is not None and previous.cell.content_key == head.content_key:
+        return previous
+    say(f"cell {head.id}: its model or recipe changed since it was measured; measuring it again")
+    return None
+
+
+def _run_cell(suite: Suite, cache, built: dict, variant: Variant, head: CellInfo,
+              target: str) -> tuple[CellResult, list[dict]]:
+    """Build the variant's artifact (once per run) and measure it in its own process: the
+    cell's result and its per-example outputs."""
+    import torch
+
+    from slimbench.bench.measure.isolation import run_isolated
+
+    if head.device.startswith("cuda") and not torch.cuda.is_available():
+        return CellResult(head, "skipped", reason="no CUDA GPU on this machine"), []
+    if variant.name not in built:
+        built[variant.name] = _build(cache, variant)
+    artifact = built[variant.name]
+    if isinstance(artifact, Exception):
+        return CellResult(head, "failed", reason=f"building the artifact: {artifact}",
+                          traceback=getattr(artifact, "details", None)), []
+    head.artifact = artifact
+    run = run_isolated(target, {
+        "artifact": artifact, "device": head.device, "threads": suite.threads or None,
+        "latency": suite.latency, "tasks": list(suite.tasks), "task_limit": suite.task_limit,
+        "perplexity_limit": suite.perplexity_limit, "quality": variant.quality},
+        timeout=suite.timeout, preload=() if head.device.startswith("cuda") else PRELOAD)
+    if run["status"] != "ok":
+        return CellResult(head, "failed", reason=run["reason"], seconds=run["seconds"],
+                          traceback=run.get("traceback")), []
+    out = run["result"] if isinstance(run["result"], dict) else {}
+    try:  # the cell's own identity names the artifact; the suite's names the cell
+        measured = load_document(out.get("result"), f"cell {head.id}", "cell")
+    except UsageError as e:  # a cell that returns no valid result has failed
+        return CellResult(head, "failed", reason=str(e), seconds=run["seconds"]), []
+    head.backend = measured.cell.backend
+    return dataclasses.replace(measured, cell=head, seconds=run["seconds"]), \
+        out.get("examples") or []
+
+
+def _say_skipped(results: list[dict], say) -> None:
     skipped: dict[str, list[str]] = {}
     for r in results:
         if r["status"] == "skipped":
             skipped.setdefault(r["reason"], []).append(r["cell"]["id"])
     for reason, ids in skipped.items():
         say(f"{len(ids)} cell(s) skipped, {reason}: {', '.join(ids)}")
-    return results

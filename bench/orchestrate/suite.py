@@ -99,42 +99,47 @@ def _names(data: dict, key: str, source: str, default: list) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_suite(data, source: str = "suite") -> Suite:
-    from slimbench.bench.measure.cell import LatencyConfig
+def _variant(name, spec, source: str) -> Variant:
+    """One ``variants:`` entry: its name checked, its recipe resolved and its chain checked."""
     from slimbench.compress.kinds import check_chain
     from slimbench.compress.recipe import parse_recipe, resolve
-    from slimbench.tasks.specs import resolve_task
 
-    if not isinstance(data, dict):
-        raise UsageError(f"{source}: expected a mapping")
-    unknown = sorted(set(data) - KEYS)
-    if unknown:
-        raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(KEYS))}")
+    check_name(name, "variant", source)
+    if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "recipe",
+                                                                         "quality"}:
+        raise UsageError(f"{source}: variant {name}: give model (and optionally recipe, "
+                         "quality)")
+    steps: tuple = ()
+    if spec.get("recipe"):
+        try:
+            recipe = parse_recipe({"steps": spec["recipe"]}, f"{source}: variant {name}")
+            steps = tuple(resolve(recipe, str(spec["model"])))
+            check_chain(str(spec["model"]), [s for s, _ in steps])
+        except SlimbenchError as e:
+            raise UsageError(f"{source}: variant {name}: {e}") from None
+    quality = bool(spec.get("quality", not str(spec["model"]).startswith("shape:")))
+    return Variant(str(name), str(spec["model"]), steps, quality)
+
+
+def _variants(data: dict, source: str) -> tuple[Variant, ...]:
     raw = data.get("variants")
     if not isinstance(raw, dict) or not raw:
         raise UsageError(f"{source}: 'variants' must map names to {{model, recipe}}")
-    variants = []
-    for name, spec in raw.items():
-        check_name(name, "variant", source)
-        if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "recipe",
-                                                                             "quality"}:
-            raise UsageError(f"{source}: variant {name}: give model (and optionally recipe, "
-                             "quality)")
-        steps: tuple = ()
-        if spec.get("recipe"):
-            try:
-                recipe = parse_recipe({"steps": spec["recipe"]}, f"{source}: variant {name}")
-                steps = tuple(resolve(recipe, str(spec["model"])))
-                check_chain(str(spec["model"]), [s for s, _ in steps])
-            except SlimbenchError as e:
-                raise UsageError(f"{source}: variant {name}: {e}") from None
-        quality = bool(spec.get("quality", not str(spec["model"]).startswith("shape:")))
-        variants.append(Variant(str(name), str(spec["model"]), steps, quality))
+    return tuple(_variant(name, spec, source) for name, spec in raw.items())
+
+
+def _devices(data: dict, source: str) -> tuple[str, ...]:
     devices = _names(data, "devices", source, ["cpu"]) or ("cpu",)
     for d in devices:
         if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
             raise UsageError(f"{source}: device {d!r}: use cpu, cuda or cuda:N")
+    return devices
+
+
+def _latency(data: dict, source: str) -> dict:
+    """The ``latency:`` mapping, checked by building a LatencyConfig from it (kept as given)."""
+    from slimbench.bench.measure.cell import LatencyConfig
+
     latency = data.get("latency") or {}
     if not isinstance(latency, dict):
         raise UsageError(f"{source}: latency must be a mapping, e.g. {{prefill: [128]}}")
@@ -145,6 +150,13 @@ def parse_suite(data, source: str = "suite") -> Suite:
         raise UsageError(f"{source}: latency: {e}") from None
     except UsageError as e:
         raise UsageError(f"{source}: {e}") from None
+    return latency
+
+
+def _tasks(data: dict, source: str) -> tuple[str, ...]:
+    """Task specs as given, each resolvable and with a name no other task has."""
+    from slimbench.tasks.specs import resolve_task
+
     tasks = _names(data, "tasks", source, [])
     task_names: dict[str, str] = {}
     for t in tasks:
@@ -156,6 +168,21 @@ def parse_suite(data, source: str = "suite") -> Suite:
             raise UsageError(f"{source}: tasks {task_names[name]!r} and {t!r} are both named "
                              f"{name!r}; task names must differ")
         task_names[name] = t
+    return tasks
+
+
+def parse_suite(data, source: str = "suite") -> Suite:
+    """A validated Suite from parsed YAML; every problem is one UsageError naming ``source``."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: expected a mapping")
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(KEYS))}")
+    variants = _variants(data, source)
+    devices = _devices(data, source)
+    latency = _latency(data, source)
+    tasks = _tasks(data, source)
     threads = _number(data, "threads", int, source) or 0
     limit = _number(data, "task_limit", int, source)
     timeout = _number(data, "timeout", float, source, 900)
@@ -168,7 +195,7 @@ def parse_suite(data, source: str = "suite") -> Suite:
     ppl_limit = _number(data, "perplexity_limit", int, source)
     if ppl_limit is not None and int(ppl_limit) < 1:
         raise UsageError(f"{source}: perplexity_limit must be >= 1")
-    return Suite(str(data.get("name", "suite")), tuple(variants), devices, threads, latency,
+    return Suite(str(data.get("name", "suite")), variants, devices, threads, latency,
                  tasks, None if limit is None else int(limit), timeout, base,
                  None if ppl_limit is None else int(ppl_limit))
 

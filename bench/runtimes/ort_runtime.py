@@ -91,19 +91,29 @@ class OrtRuntime(RuntimeBase):
         self.kv_dtype = _NUMPY_TYPES[types[self.input_names[1]]]
         self.logits_dtype = _NUMPY_TYPES[types["logits"]]
         self.fallback_nodes = None  # filled by the harness when it profiles placement
-        self._device = "cuda" if self.onnx.device.startswith("cuda") else "cpu"
-        self._device_id = int(self.onnx.device.partition(":")[2] or 0)
+        self._ort_device = "cuda" if self.onnx.device.startswith("cuda") else "cpu"
+        self._ort_device_id = int(self.onnx.device.partition(":")[2] or 0)
+        # the protocol's form: "cpu" or "cuda:N" (ORT itself takes name and id apart)
+        self.device = (f"cuda:{self._ort_device_id}" if self._ort_device == "cuda" else "cpu")
         self._pool: _KVPool | None = None
         self._step = 0
 
-    def _sync(self) -> None:  # run_with_iobinding returns after the device work is done
-        pass
+    def sync(self) -> None:
+        """Nothing to wait for: ``run_with_iobinding`` returns after the device work is done
+        (and the logits are bound to host memory)."""
+
+    def reset_cache(self) -> None:
+        """Drop the KV buffers and the decode bindings built on them, so that the next
+        generation is cold (it allocates and binds anew): what a benchmark of that cost needs.
+        """
+        self._pool = None
 
     def _pool_for(self, batch: int) -> _KVPool:
         if self._pool is None or self._pool.batch != batch:
             self._pool = None  # free the old buffers before allocating new ones
             self._pool = _KVPool(batch, len(self.input_names) - 1, self.heads * self.head_dim,
-                                 self.max_length, self.kv_dtype, self._device, self._device_id)
+                                 self.max_length, self.kv_dtype, self._ort_device,
+                                 self._ort_device_id)
         return self._pool
 
     def bind(self, ids: np.ndarray, past: OrtPast | None, keep_cache: bool = True):
@@ -141,7 +151,7 @@ class OrtRuntime(RuntimeBase):
         if new_past is not None and past is None:
             self._pool_for(batch)
         ids_value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids, dtype=np.int64),
-                                                     self._device, self._device_id)
+                                                     self._ort_device, self._ort_device_id)
         logits = np.empty((batch, seq, self.vocab_size), dtype=self.logits_dtype)
         return self._new_binding(ids_value, logits, past, new_past), logits, new_past
 
@@ -149,7 +159,7 @@ class OrtRuntime(RuntimeBase):
                      new_past: OrtPast | None):
         import onnxruntime as ort
 
-        dev, dev_id = self._device, self._device_id
+        dev, dev_id = self._ort_device, self._ort_device_id
         batch = logits.shape[0]
         binding = self.session.io_binding()
         binding.bind_ortvalue_input("input_ids", ids_value)
@@ -174,7 +184,11 @@ class OrtRuntime(RuntimeBase):
         return binding
 
     def forward(self, input_ids, past: OrtPast | None = None, keep_cache: bool = True):
-        """One graph run; returns (logits as a numpy array, the new cache or None)."""
+        """One graph run; returns (logits as a numpy array, the new cache or None).
+
+        Without ``keep_cache`` ORT allocates the presents and drops them: scoring a batch
+        leaves the decode buffers alone.
+        """
         ids = np.asarray(input_ids, dtype=np.int64)
         binding, logits, new_past = self.bind(ids, past, keep_cache)
         self.session.run_with_iobinding(binding)
@@ -184,7 +198,7 @@ class OrtRuntime(RuntimeBase):
             logits = logits.copy()  # the buffer is overwritten by the next step
         return logits, new_past
 
-    def node_placement(self) -> dict:
+    def placement(self) -> dict:
         """Which execution provider ran each graph node, from ORT's profiler on one prefill.
 
         Nodes that the primary provider (CUDA on a GPU) could not take run on the CPU

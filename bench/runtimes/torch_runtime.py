@@ -16,39 +16,50 @@ class TorchRuntime(RuntimeBase):
 
     Args:
         loaded: what ``load_artifact`` returned.
+        threads: accepted so that every runtime is built alike (``make_runtime``); torch's
+            intra-op threads are process-wide and set by ``environment.set_threads`` before
+            loading, so a runtime does not change them.
     """
 
     backend = "torch"
+    # left padding, an attention mask and position ids from the mask batch any prompts
+    batched_generation = True
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
         self.model = loaded.model
         self.info = loaded.info
         cfg = self.model.config
         self.max_length = int(getattr(cfg, "n_positions", None) or cfg.max_position_embeddings)
         self.vocab_size = int(cfg.vocab_size)
-        self.device = next(self.model.parameters()).device
+        self._torch_device = next(self.model.parameters()).device
+        self.device = str(self._torch_device)  # "cpu" or "cuda:N", as the protocol says
         # transformers 5.2x renamed `past_key_values` to `cache` (argument and output field)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def sync(self) -> None:
+        """Wait for queued CUDA kernels: torch launches them asynchronously."""
+        if self._torch_device.type == "cuda":
+            torch.cuda.synchronize(self._torch_device)
+
+    def placement(self) -> None:
+        """None: eager torch runs every op on ``device``; there is no per-op placement."""
+        return None
 
     @torch.inference_mode()
-    def forward(self, input_ids, past=None):
-        """One raw forward pass; returns (logits, past_key_values)."""
-        input_ids = torch.as_tensor(input_ids).to(self.device)
-        out = self.model(input_ids=input_ids, use_cache=True,
+    def forward(self, input_ids, past=None, keep_cache: bool = True):
+        """One raw forward pass; returns (logits tensor on the device, the cache or None)."""
+        input_ids = torch.as_tensor(input_ids).to(self._torch_device)
+        out = self.model(input_ids=input_ids, use_cache=keep_cache,
                          **{self._cache_kw: past})
-        return out.logits, getattr(out, self._cache_kw)
+        return out.logits, getattr(out, self._cache_kw) if keep_cache else None
 
     @torch.inference_mode()
     def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
         padded, lengths = self._padded(batch)
-        ids = torch.from_numpy(padded).to(self.device)
+        ids = torch.from_numpy(padded).to(self._torch_device)
         mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
-        mask = mask.to(self.device)
+        mask = mask.to(self._torch_device)
         logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
         picked = lp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu().numpy()
@@ -57,14 +68,12 @@ class TorchRuntime(RuntimeBase):
     @torch.inference_mode()
     def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
         padded, lengths = self._padded(batch)
-        ids = torch.from_numpy(padded).to(self.device)
+        ids = torch.from_numpy(padded).to(self._torch_device)
         mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
-        logits = self.model(input_ids=ids, attention_mask=mask.to(self.device),
+        logits = self.model(input_ids=ids, attention_mask=mask.to(self._torch_device),
                             use_cache=False).logits
         lp = torch.log_softmax(logits.double(), dim=-1).cpu().numpy()  # (B, T, V)
         return [lp[i, :n] for i, n in enumerate(lengths)]
-
-    batched_generation = True
 
     @torch.inference_mode()
     def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
@@ -90,7 +99,7 @@ class TorchRuntime(RuntimeBase):
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = ids.to(self._torch_device), mask.to(self._torch_device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, width): 0 at each first token
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True)

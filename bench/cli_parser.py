@@ -1,0 +1,120 @@
+"""The ``slimbench`` command line's arguments (``cli.py`` runs the commands)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from slimbench import __version__
+from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY
+
+LS_WHAT = ("models", "steps", "tasks", "backends")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``slimbench`` argument parser: one helper per command with several options."""
+    p = argparse.ArgumentParser(
+        prog="slimbench",
+        description="Benchmark and compress GPT-style causal LMs: latency, memory, quality.")
+    p.add_argument("--version", action="version", version=f"slimbench {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ls = sub.add_parser("ls", help="list the models, recipe steps, tasks and backends that exist")
+    ls.add_argument("what", nargs="?", choices=LS_WHAT, help="list only this kind")
+    _model_args(sub.add_parser("inspect", help="load a model and print what was loaded (JSON)"))
+    _eval_args(sub.add_parser("eval", help="score a model on tasks"))
+    _compress_args(sub.add_parser("compress", help="apply a recipe step (or a YAML recipe of "
+                                                   "steps) to a model, writing artifacts with "
+                                                   "manifests"))
+    _run_args(sub.add_parser("run", help="run a suite YAML: every cell isolated, results and "
+                                         "report in the run directory"))
+    rep = sub.add_parser("report", help="re-render a run's tables and HTML from its cell JSON")
+    rep.add_argument("run_dir", type=Path)
+    _gate_args(sub.add_parser("gate", help="compare a candidate run with a baseline; exit 1 on "
+                                           "a regression or a missing metric"))
+    _demo_args(sub.add_parser("demo", help="run the demo suite (reference + gpt2 shapes, every "
+                                           "compression), report, and gate it"))
+    val = sub.add_parser("validate", help="check result files against the results schema "
+                                          "(reports/results.schema.json); exit 2 on the first "
+                                          "violation")
+    val.add_argument("path", type=Path, help="a cell JSON, a results.json, an `eval --out` file, "
+                                             "or a run directory (its cells and results.json)")
+    return p
+
+
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", help="'reference', 'shape:gpt2[:key=value,...]', a local "
+                                  "Hugging Face directory or a hub id")
+    sp.add_argument("--allow-pickle", action="store_true",
+                    help="load pickle weights (.bin) when no safetensors exist; only for "
+                         "files you trust")
+    sp.add_argument("--trust-remote-code", action="store_true",
+                    help="run model code shipped with the checkpoint")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    sp.add_argument("--dtype", help="float32, float16 or bfloat16 (default: as stored)")
+
+
+def _eval_args(ev: argparse.ArgumentParser) -> None:
+    _model_args(ev)
+    ev.add_argument("--task", action="append",
+                    help="task name or task YAML file (repeatable; default: all built-in)")
+    ev.add_argument("--limit", type=int, help="examples per task (default: the task's own)")
+    ev.add_argument("--batch-size", type=int,
+                    help="batch size for generation and perplexity (default: the task's own)")
+    ev.add_argument("--resamples", type=int, default=None,
+                    help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
+    ev.add_argument("--baseline", help="also measure fidelity (top-1 agreement, KL, greedy "
+                                       "exact match) against this model spec on the "
+                                       "perplexity text")
+    ev.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    ev.add_argument("--out", type=Path, help="write the results JSON here, and per-example "
+                                             "outputs to <out stem>.examples.jsonl beside it")
+
+
+def _compress_args(comp: argparse.ArgumentParser) -> None:
+    comp.add_argument("model", nargs="?",
+                      help="model spec (as for inspect) or an artifact directory; with "
+                           "--recipe, defaults to the recipe's model")
+    how = comp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--step", help="recipe step (see `slimbench ls steps`)")
+    how.add_argument("--recipe", type=Path, help="YAML recipe: steps applied in order")
+    comp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="step parameter (repeatable; with --step)")
+    comp.add_argument("--out", type=Path, required=True,
+                      help="new artifact directory (with --recipe: a folder of them)")
+
+
+def _run_args(run: argparse.ArgumentParser) -> None:
+    run.add_argument("suite", type=Path, help="suite YAML file")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="suite overrides with dotted keys, e.g. threads=1 latency.repeats=3")
+    run.add_argument("--out", type=Path, required=True, help="run directory (new, or --resume)")
+    run.add_argument("--resume", action="store_true", help="skip cells already finished ok")
+    run.add_argument("--cache", type=Path,
+                     help="artifact cache (default: .artifacts beside the run directory)")
+
+
+def _gate_args(gate: argparse.ArgumentParser) -> None:
+    gate.add_argument("--baseline", type=Path, required=True, action="append",
+                      help="baseline run directory or results.json; give it several times "
+                           "for repeated runs of one build (each metric is then held to the "
+                           "worst of them: the machine's run-to-run noise)")
+    gate.add_argument("--candidate", type=Path, required=True,
+                      help="candidate run directory (the Markdown table is also written "
+                           "there, as gate-<time>.md) or results.json")
+    gate.add_argument("--policy", type=Path, help="gate policy YAML (default: built-in)")
+    gate.add_argument("--allow-different-suites", action="store_true",
+                      help="compare runs even if their suites measure different things (or "
+                           "a results file does not say): warn instead of refusing")
+
+
+def _demo_args(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="suite overrides, e.g. threads=1 task_limit=50 devices=[cpu]")
+    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<timestamp>)")
+    demo.add_argument("--resume", action="store_true", help="finish an interrupted demo run")
+    demo.add_argument("--baseline", type=Path, default=DEMO_BASELINE,
+                      help="results to gate against (default: the committed demo baseline)")
+    demo.add_argument("--policy", type=Path, default=DEMO_POLICY,
+                      help="gate policy (default: quality and size gated, latency reported)")

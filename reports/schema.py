@@ -1,0 +1,300 @@
+"""The results schema: every result slimbench writes is one of three typed documents.
+
+- ``CellResult``: one cell of a run (``RUN/cells/<cell>.json``; ``latency_cell``'s return);
+- ``EvalResult``: what ``slimbench eval --out`` writes;
+- ``ResultsFile``: a run's tidy rows (``RUN/results.json``, committed baselines).
+
+Each carries ``schema_version`` (``SCHEMA_VERSION``) and ``document`` (which of the three).
+Producers build these types and write ``to_dict()``; consumers read with ``load_document``,
+which checks every field and names the first one that does not fit. Files of another
+version are refused in one line: their fields may mean something else.
+
+``python -m slimbench.reports.schema`` prints the JSON Schema of the three, generated from these
+types (committed as ``reports/results.schema.json``, for other tools; slimbench validates with
+the types themselves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from slimbench.errors import UsageError
+from slimbench.reports.codec import SchemaError, Typed, json_schema
+from slimbench.reports.measurements import (  # noqa: F401 - the schema's parts, named here too
+    Fidelity,
+    Interval,
+    Latency,
+    Measurement,
+    Memory,
+    QualityScore,
+    Scenario,
+    Score,
+)
+
+SCHEMA_VERSION = 1
+RESULTS_FORMAT = 1  # results.json's own marker, older than schema_version: kept, so that
+# results files written before the schema (the committed demo baseline) still load as version 1
+
+
+@dataclasses.dataclass
+class Artifact(Typed):
+    """What was loaded and measured (the loader's ModelInfo).
+
+    Attributes:
+        spec: the model spec or artifact path that was loaded.
+        kind: reference, local, hub or shape.
+        path: the folder read, or null (in-memory shape models).
+        random_weights: true for random-weight shape models (timed, never scored).
+        model_type: the Hugging Face model type.
+        parameters: parameter count (tied weights once).
+        nonzero_parameters: parameters that are not exactly zero.
+        bytes_on_disk: bytes of the weight files, or null.
+        dtype: dtype of the weights as loaded.
+        device: where they were loaded.
+        weights_sha256: sha256 of the weight files that were measured, or null.
+        recipe: the steps that made the artifact.
+        manifest: the artifact's manifest (recipe, parent, audit), or null.
+    """
+
+    spec: str
+    kind: str
+    path: str | None
+    random_weights: bool
+    model_type: str
+    parameters: int
+    nonzero_parameters: int
+    bytes_on_disk: int | None
+    dtype: str
+    device: str
+    weights_sha256: str | None
+    recipe: list[str] = dataclasses.field(default_factory=list)
+    manifest: dict | None = None
+
+    @classmethod
+    def from_info(cls, info: dict) -> Artifact:
+        """From ``ModelInfo.to_dict()``."""
+        return cls.from_dict({f.name: info[f.name] for f in dataclasses.fields(cls)
+                              if f.name in info})
+
+
+@dataclasses.dataclass
+class CellInfo(Typed):
+    """Which cell: what it was asked to measure, known whatever its status.
+
+    Attributes:
+        id: the cell's id (its file name): variant--device.
+        variant: the suite's variant.
+        model: the variant's input model.
+        recipe: the variant's steps.
+        device: cpu, cuda or cuda:N.
+        backend: torch or onnxruntime (null until an artifact was loaded).
+        artifact: path of the artifact the cell measures (null if it was never built).
+        content_key: the artifact cache's key: input weights, steps, configs and code
+            versions hashed (null if unknown).
+    """
+
+    id: str
+    variant: str
+    model: str
+    recipe: list[str]
+    device: str
+    backend: str | None = None
+    artifact: str | None = None
+    content_key: str | None = None
+
+
+@dataclasses.dataclass
+class CellResult(Typed):
+    """One cell: an artifact on a backend and device; its latency, memory and quality.
+
+    Attributes:
+        cell: which cell.
+        status: ok, failed or skipped; only an ok cell has figures.
+        reason: why the cell failed or was skipped.
+        traceback: the end of the traceback of a failed cell, when there is one.
+        seconds: wall time of the cell's process.
+        threads: intra-op threads the cell ran with.
+        artifact: what was loaded and measured, with the sha256 of its weight files.
+        environment: the machine, versions, threads and seeds the figures come from.
+        latency: the latency scenarios.
+        memory: memory and size figures.
+        quality: task name to its scores.
+        warnings: what makes a figure of this cell doubtful.
+        document: always "cell".
+        schema_version: the results schema's version.
+    """
+
+    cell: CellInfo
+    status: Literal["ok", "failed", "skipped"]
+    reason: str | None = None
+    traceback: str | None = None
+    seconds: float | None = None
+    threads: int | None = None
+    artifact: Artifact | None = None
+    environment: dict | None = None
+    latency: Latency | None = None
+    memory: Memory | None = None
+    quality: dict[str, QualityScore] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    document: Literal["cell"] = "cell"
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self):
+        if self.status != "ok" and not self.reason:
+            return "reason", f"text saying why the cell was {self.status}", self.reason
+        return None
+
+
+@dataclasses.dataclass
+class EvalResult(Typed):
+    """What ``slimbench eval --out`` writes.
+
+    Attributes:
+        model: what was loaded and scored.
+        tasks: task name to its scores.
+        environment: the machine, versions and threads.
+        examples_file: the per-example outputs of every task (JSON lines), beside this file.
+        threads: intra-op threads.
+        fidelity: agreement with --baseline, when one was given.
+        document: always "eval".
+        schema_version: the results schema's version.
+    """
+
+    model: Artifact
+    tasks: dict[str, QualityScore]
+    environment: dict
+    examples_file: str
+    threads: int | None = None
+    fidelity: Fidelity | None = None
+    document: Literal["eval"] = "eval"
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclasses.dataclass
+class Row(Typed):
+    """One results row: one metric of one cell, what CSV, HTML and the gate read.
+
+    Attributes:
+        cell: the cell's id.
+        variant: the suite's variant.
+        backend: torch or onnxruntime.
+        device: cpu, cuda or cuda:N.
+        kind: latency, memory, size or quality: the gate's default allowance.
+        metric: e.g. decode_ms_per_token@128, peak_rss_bytes, perplexity.perplexity.
+        value: the median (latency) or the value.
+        ci_low: low end of the 95% interval, or null.
+        ci_high: high end of the 95% interval, or null.
+        higher_is_better: the metric's direction.
+        unit: the value's unit ("" for counts and scores).
+    """
+
+    cell: str | None
+    variant: str
+    backend: str | None
+    device: str | None
+    kind: Literal["latency", "memory", "size", "quality"]
+    metric: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    higher_is_better: bool
+    unit: str | None
+
+
+def valid_suite(suite) -> bool:
+    """Is ``suite`` shaped like ``suite.json`` (a mapping whose variants are named mappings)?"""
+    variants = suite.get("variants", []) if isinstance(suite, dict) else None
+    return isinstance(variants, list) and all(
+        isinstance(v, dict) and isinstance(v.get("name"), str) for v in variants)
+
+
+SUITE_SHAPE = "a mapping as in suite.json, with variants a list of {name, model, recipe, quality}"
+
+
+@dataclasses.dataclass
+class ResultsFile(Typed):
+    """A run's results: its rows and the suite that made them (``results.json``).
+
+    Attributes:
+        rows: one per (cell, metric).
+        suite: what suite.json holds, so a gate can tell whether two runs measured the same
+            thing; null in files written before it was recorded.
+        slimbench_results: the rows format (1), older than schema_version.
+        document: always "results".
+        schema_version: the results schema's version.
+    """
+
+    rows: list[Row]
+    suite: dict | None = None
+    slimbench_results: Literal[1] = RESULTS_FORMAT
+    document: Literal["results"] = "results"
+    schema_version: int = SCHEMA_VERSION
+
+    def check(self):
+        if self.suite is not None and not valid_suite(self.suite):
+            return "suite", SUITE_SHAPE, self.suite
+        return None
+
+
+DOCUMENTS = {"cell": CellResult, "eval": EvalResult, "results": ResultsFile}
+Document = CellResult | EvalResult | ResultsFile
+
+
+def load_document(data: Any, source: str | Path, want: str | None = None) -> Document:
+    """The typed document of parsed JSON ``data`` read from ``source``.
+
+    ``want`` (cell, eval, results) refuses the other kinds. A results file without
+    ``schema_version`` (written before it existed) reads as version 1: its rows format is
+    unchanged.
+
+    Raises:
+        UsageError: one line naming the file, and the field with what it must be and what it
+            is; or the schema version, when it is not this slimbench's.
+    """
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: not a slimbench result (a JSON object), got "
+                         f"{type(data).__name__}")
+    kind = data.get("document", "results" if "slimbench_results" in data else None)
+    version = data.get("schema_version", 1 if kind == "results" else None)
+    if version != SCHEMA_VERSION:
+        said = "no schema_version (written before the results schema existed, or not a " \
+               "slimbench result)" if version is None else f"schema_version {version!r}"
+        raise UsageError(f"{source}: {said}; this slimbench reads schema version "
+                         f"{SCHEMA_VERSION}")
+    if kind not in DOCUMENTS or want and kind != want:
+        wanted = [want] if want else list(DOCUMENTS)
+        raise UsageError(f"{source}: document must be {' or '.join(map(repr, wanted))}, "
+                         f"got {kind!r}")
+    try:
+        return DOCUMENTS[kind].from_dict(data)
+    except SchemaError as e:
+        raise UsageError(f"{source}: {e}") from None
+
+
+def load_file(path: str | Path, want: str | None = None) -> Document:
+    """``load_document`` of the JSON file ``path``."""
+    from slimbench.files import read_json
+
+    return load_document(read_json(path, "result file"), path, want)
+
+
+def generate() -> dict:
+    """The JSON Schema of the three documents (what ``reports/results.schema.json`` holds)."""
+    return json_schema(
+        [CellResult, EvalResult, ResultsFile], title="slimbench results",
+        description=f"slimbench results schema version {SCHEMA_VERSION}: a cell result, an "
+                    "eval --out file or a run's results file. Generated from "
+                    "slimbench/reports/schema.py by `python -m slimbench.reports.schema`. "
+                    "Figures may be NaN or Infinity (as Python's json writes them), which "
+                    "strict JSON has no number for.")
+
+
+def schema_text() -> str:
+    return json.dumps(generate(), indent=2) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised by the committed-schema test
+    print(schema_text(), end="")

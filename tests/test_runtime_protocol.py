@@ -1,0 +1,108 @@
+"""Every registered runtime is a whole ``CausalLM``: each member present and each answer alike.
+
+Both runtimes run one tiny random GPT-2: the torch model itself and its ONNX export. Their
+forward with a KV cache must give the full forward's logits, and their greedy tokens must be
+identical (the minGPT bar).
+"""
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from slimbench.bench.runtimes import RUNTIMES, OrtRuntime, TorchRuntime, make_runtime
+from slimbench.compress.loader import load_artifact
+from slimbench.compress.steps import run_step
+from slimbench.tasks.protocol import CausalLM
+
+# what the protocol declares: its attributes and its public methods, read off the class so that
+# a member added to the protocol is checked here without editing this file
+ATTRIBUTES = sorted(CausalLM.__annotations__)
+METHODS = sorted(name for name, obj in vars(CausalLM).items()
+                 if inspect.isfunction(obj) and not name.startswith("_"))
+TYPES = {"backend": str, "device": str, "max_length": int, "vocab_size": int,
+         "batched_generation": bool}
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory, tiny_model, ref_tokenizer):
+    """{backend: runtime} for the tiny model as a torch directory and as its ONNX export."""
+    tiny = tmp_path_factory.mktemp("proto") / "tiny"
+    tiny_model.save_pretrained(tiny)
+    ref_tokenizer.save_pretrained(tiny)
+    onnx_dir = tiny.parent / "tiny-onnx"
+    run_step("export_onnx", {}, str(tiny), onnx_dir)
+    rts = [make_runtime(load_artifact(str(d)), threads=2) for d in (tiny, onnx_dir)]
+    return {rt.backend: rt for rt in rts}
+
+
+def _array(logits) -> np.ndarray:
+    return logits.float().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
+
+
+def test_protocol_declares_what_callers_use():
+    assert {"forward", "sync", "placement", "token_logprobs", "next_token_logprobs",
+            "greedy_generate", "greedy_generate_batch"} <= set(METHODS)
+    assert set(TYPES) == set(ATTRIBUTES)
+
+
+def test_every_registered_runtime_is_built(runtimes):
+    assert {type(rt) for rt in runtimes.values()} == set(RUNTIMES.values())
+    assert isinstance(runtimes["torch"], TorchRuntime)
+    assert isinstance(runtimes["onnxruntime"], OrtRuntime)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_runtime_has_every_member(runtimes, backend):
+    rt = runtimes[backend]
+    assert isinstance(rt, CausalLM)
+    for name in ATTRIBUTES:
+        assert isinstance(getattr(rt, name), TYPES[name]), name
+    for name in METHODS:
+        # same parameter names as the protocol, so a caller's keyword works on every runtime
+        want = list(inspect.signature(getattr(CausalLM, name)).parameters)[1:]
+        assert list(inspect.signature(getattr(rt, name)).parameters) == want, name
+    assert (rt.device, rt.max_length, rt.vocab_size) == ("cpu", 64, 4096)
+    rt.sync()  # nothing queued on a CPU: returns at once, and must not raise
+
+
+def test_placement_by_backend(runtimes):
+    assert runtimes["torch"].placement() is None
+    placed = runtimes["onnxruntime"].placement()
+    assert placed["primary"] == "CPUExecutionProvider" and placed["fallback_nodes"] == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_cached_forward_equals_full_forward(runtimes, backend):
+    rt = runtimes[backend]
+    ids = np.random.default_rng(0).integers(0, rt.vocab_size, size=(2, 12))
+    full, no_cache = rt.forward(ids, keep_cache=False)
+    assert no_cache is None
+    full = _array(full)  # (2, 12, V)
+    logits, past = rt.forward(ids[:, :8])
+    steps = [_array(logits)]
+    for t in range(8, 12):  # one token at a time through the cache
+        logits, past = rt.forward(ids[:, t: t + 1], past)
+        rt.sync()
+        steps.append(_array(logits))
+    cached = np.concatenate(steps, axis=1)
+    assert cached.shape == full.shape == (2, 12, rt.vocab_size)
+    np.testing.assert_allclose(cached, full, atol=1e-5)
+
+
+def test_backends_agree(runtimes):
+    torch_rt, ort_rt = runtimes["torch"], runtimes["onnxruntime"]
+    prompts = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
+    want = [torch_rt.greedy_generate(p, 24) for p in prompts]
+    assert [ort_rt.greedy_generate(p, 24) for p in prompts] == want
+    assert ort_rt.greedy_generate_batch(prompts, 24) == want
+    assert torch_rt.greedy_generate_batch(prompts, 24) == want
+    assert len({tuple(w) for w in want}) > 1  # not one degenerate continuation for all
+    for a, b in zip(torch_rt.next_token_logprobs(prompts), ort_rt.next_token_logprobs(prompts),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(torch_rt.token_logprobs(prompts[:2]), ort_rt.token_logprobs(prompts[:2]),
+                    strict=True):
+        assert a.shape == (len(b),) and a.dtype == np.float64
+        np.testing.assert_allclose(a, b, atol=1e-5)
