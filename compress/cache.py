@@ -75,23 +75,9 @@ def source_identity(spec: str) -> dict:
         if not path.is_dir():
             raise ModelLoadError(f"{spec!r} is a file; expected a Hugging Face model directory")
         return {"directory": directory_digest(path)}
-    return {"hub": spec, "snapshot": directory_digest(_hub_snapshot(spec))}
+    from slimbench.compress.hub import fetch_snapshot
 
-
-# what the loader reads from a hub repository (not its .bin/.onnx/.h5 copies of the weights)
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-
-
-def _hub_snapshot(hub_id: str) -> Path:
-    """The hub model's files on this machine (fetched when the machine can; from the local
-    cache when offline)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(hub_id, allow_patterns=HUB_FILES))
-    except Exception as e:  # huggingface_hub raises many types; one line is enough here
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelLoadError(f"cannot fetch hub model {hub_id!r}: {first}") from None
+    return {"hub": spec, "snapshot": directory_digest(fetch_snapshot(spec))}
 
 
 class ArtifactCache:

@@ -1,7 +1,8 @@
 """Hugging Face hub look-ups for the loader: one brief probe, and the local cache.
 
-Nothing here downloads weights: the probe asks for a model's metadata only, and the snapshot
-look-ups read the local cache (``local_files_only``).
+The probe asks for a model's metadata only and the snapshot look-ups read the local cache
+(``local_files_only``); only ``fetch_snapshot`` (the cache key of a hub model's content)
+downloads, and only the files the loader reads.
 """
 
 from __future__ import annotations
@@ -66,3 +67,18 @@ def hub_weight_files(hub_id: str, revision: str | None) -> list[Path]:
     """The cached safetensors files of ``hub_id`` (sizes and digests are best-effort)."""
     snap = _local_snapshot(hub_id, revision)
     return sorted(snap.glob("*.safetensors")) if snap is not None else []
+
+
+# what the loader reads from a hub repository (not its .bin/.onnx/.h5 copies of the weights)
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def fetch_snapshot(hub_id: str) -> Path:
+    """The hub model's files on this machine (fetched when the machine can; from the local
+    cache when offline), for hashing its content."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=HUB_FILES))
+    except Exception as e:  # huggingface_hub raises many types; one line is enough here
+        raise ModelLoadError(f"cannot fetch hub model {hub_id!r}: {first_line(e)}") from None

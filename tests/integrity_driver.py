@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from slimbench.compress.step_io import save_model
-from slimbench.compress.steps import STEPS, Step
+from slimbench.compress.steps import STEPS, register_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +36,10 @@ def _boom(parent, config, tmp: Path) -> dict:
 
 
 def register() -> None:
+    """Register the test steps through the public decorator (once per process)."""
     if "sleepy" not in STEPS:
-        STEPS.add("sleepy", Step("sleepy", NoConfig, _sleepy), "test: slow copy")
-        STEPS.add("boom", Step("boom", NoConfig, _boom), "test: raises RuntimeError")
+        register_step("sleepy", NoConfig, help="test: slow copy")(_sleepy)
+        register_step("boom", NoConfig, help="test: raises RuntimeError")(_boom)
 
 
 if __name__ == "__main__":
