@@ -89,6 +89,8 @@ def cmd_eval(args) -> None:
 def _eval_inputs(args) -> tuple[list, int]:
     """The task specs and bootstrap resamples of ``eval``, every argument checked before any
     model is loaded."""
+    from slimbench.bench.measure.environment import MAX_THREADS
+    from slimbench.files import check_output_dir
     from slimbench.tasks.bootstrap import RESAMPLES
     from slimbench.tasks.specs import TASKS, resolve_task
 
@@ -101,9 +103,12 @@ def _eval_inputs(args) -> tuple[list, int]:
         if value is not None and value <= 0:
             raise SlimbenchError(f"{flag} must be positive, got {value}")
     resamples = RESAMPLES if args.resamples is None else args.resamples
-    if resamples < 0:
-        raise SlimbenchError(f"--resamples must be >= 0, got {resamples}")
+    if not 0 <= resamples <= 1_000_000:  # each resample is a pass over the examples
+        raise SlimbenchError(f"--resamples must be in [0, 1000000], got {resamples}")
+    if args.threads is not None and args.threads > MAX_THREADS:
+        raise SlimbenchError(f"--threads must be at most {MAX_THREADS}, got {args.threads}")
     if args.out:
+        check_output_dir(args.out.parent, "--out")
         for path in (args.out, examples_path(args.out)):
             if path.exists():
                 raise SlimbenchError(f"{path} already exists; choose another --out (slimbench "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -73,10 +72,12 @@ def read_manifest(directory: Path) -> dict | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    from slimbench.files import read_json
+
+    manifest = read_json(path, "artifact manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise UsageError(f"{path} is not a slimbench artifact manifest (not a mapping with a "
+                         "'files' table)")
     if manifest.get("slimbench_artifact") != FORMAT_VERSION:
         raise UsageError(f"{path} is not a slimbench artifact manifest (version "
                          f"{manifest.get('slimbench_artifact')!r}, expected {FORMAT_VERSION})")
@@ -106,6 +107,9 @@ def staging_dir(out: Path):
     if out.exists():
         raise UsageError(f"{out} already exists; choose another output directory "
                          "(slimbench never overwrites an artifact)")
+    from slimbench.files import check_output_dir
+
+    check_output_dir(out.parent, "output")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_staging(out)
     owner = f"{socket.gethostname()}-{os.getpid()}"  # whose it is, for a later clean-up

@@ -31,6 +31,7 @@ from slimbench import __version__
 from slimbench.compress.artifact import MANIFEST, read_manifest, sha256_file, verify_files
 from slimbench.compress.steps import STEPS, make_config, run_step
 from slimbench.errors import ModelLoadError, SlimbenchError
+from slimbench.files import check_output_dir
 from slimbench.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class ArtifactCache:
 
     def __init__(self, root: Path, say=print) -> None:
         self.root = Path(root)
+        check_output_dir(self.root, "artifact cache")
         self.say = say
         self._identity: dict[str, str] = {}  # spec -> content digest, once per cache object
         self._verified: set[str] = set()  # folders whose full sha256 matched in this run

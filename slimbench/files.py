@@ -12,9 +12,24 @@ from slimbench.errors import UsageError
 
 
 def _text(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; expected a file")
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {path} is not a UTF-8 text file (byte {e.start})") from None
+
+
+def check_output_dir(path: str | Path, what: str) -> None:
+    """Refuse, before any work, an output path that cannot be made: one of its parents is a
+    file. (Without this, an evaluation would run to the end and fail while writing.)"""
+    for parent in [Path(path), *Path(path).parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what} {path}: {parent} is a file, not a folder")
+            return
 
 
 def _unique_key_loader():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from slimbench.names import check_name
 from slimbench.registry import Registry
 from slimbench.tasks.perplexity import PerplexityConfig
 from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS
+from slimbench.typecheck import misfit
 
 DEFS_DIR = Path(__file__).resolve().parent / "defs"
 KINDS = ("perplexity", "generate")
@@ -210,6 +212,11 @@ def _perplexity(raw, where: str) -> PerplexityConfig:
     """A perplexity task's ``perplexity`` section (windows, stride, BOS, batch)."""
     p = _mapping(raw, f"{where}: perplexity")
     _unknown(p, {f.name for f in dataclasses.fields(PerplexityConfig)}, f"{where}: perplexity")
+    hints = typing.get_type_hints(PerplexityConfig)
+    for key, value in p.items():  # before __post_init__ compares values of the wrong type
+        wanted = misfit(value, hints[key])
+        if wanted:
+            raise UsageError(f"{where}: perplexity.{key} must be {wanted}, got {value!r}")
     try:
         return PerplexityConfig(**p)
     except UsageError as e:

@@ -109,3 +109,44 @@ def test_cli_missing_relative_path_is_one_line_exit_2(capsys, tmp_path, monkeypa
     rc = main(["inspect", "m/doesnotexist"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "'m/doesnotexist' does not exist" in err
+
+
+SUITE = ("name: t\nvariants:\n  a: {model: reference}\ndevices: [cpu]\nthreads: 1\n"
+         "tasks: [perplexity]\nperplexity_limit: 2\n")
+PPL_TASK = ("name: t1\nkind: perplexity\ndataset: {evalset: lm_stdlib}\ntext: '{text}'\n"
+            "perplexity: {context_length: abc}\n"
+            "metric_list: [{metric: perplexity, higher_is_better: false}]\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "reference", "--task", "bin.yaml"], "bin.yaml is not a UTF-8 text file"),
+    (["run", "bin.yaml", "--out", "R"], "suite file bin.yaml is not a UTF-8 text file"),
+    (["validate", "bin.yaml"], "bin.yaml is not a UTF-8 text file"),
+    (["eval", "reference", "--task", "perplexity", "--out", "file.txt/x.json"],
+     "file.txt is a file, not a folder"),
+    (["compress", "reference", "--step", "torch_dynamic_int8", "--out", "file.txt/sub"],
+     "file.txt is a file, not a folder"),
+    (["run", "s.yaml", "--out", "file.txt/R"], "file.txt is a file, not a folder"),
+    (["run", "s.yaml", "--out", "R", "--cache", "file.txt"], "file.txt is a file, not a folder"),
+    (["eval", "reference", "--task", "t1.yaml"],
+     "perplexity.context_length must be an integer, got 'abc'"),
+    (["run", "s.yaml", "--out", "R", "timeout=.nan"], "timeout must be a number, got nan"),
+    (["run", "s.yaml", "--out", "R", "threads=99999999999"], "threads in [0, 4096]"),
+    (["eval", "reference", "--threads", "99999999999"], "--threads must be at most 4096"),
+    (["eval", "reference", "--resamples", "100000000000000"], "--resamples must be in"),
+    (["run", "s.yaml", "--out", "R", "tasks=[perplexity"], "is not a YAML value"),
+    (["run", "s.yaml", "--out", "R", "variants.a.recipe=foo"], "recipe must be a list of steps"),
+    (["compress", "--recipe", "adir", "--out", "o"], "recipe file adir is a folder"),
+    (["run", "s.yaml", "--out", "R", "name=[x,y]"], "name must be text"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00\x81bad")
+    (tmp_path / "file.txt").write_text("")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "s.yaml").write_text(SUITE)
+    (tmp_path / "t1.yaml").write_text(PPL_TASK)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "R").exists() and not (tmp_path / "o").exists()

@@ -22,11 +22,14 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
              "amx_bf16", "amx_int8")
 
 
+MAX_THREADS = 4096  # beyond any machine; torch overflows on absurd values
+
+
 def set_threads(threads: int | None) -> int:
     """Fix torch's intra-op thread count (default: all cores) and return it."""
     n = threads or os.cpu_count() or 1
-    if n < 1:  # a user's number (--threads, a suite's threads): one line, not a traceback
-        raise UsageError(f"threads must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:  # a user's number (--threads, a suite's): one line
+        raise UsageError(f"threads must be in [1, {MAX_THREADS}], got {n}")
     torch.set_num_threads(n)
     return n
 

@@ -80,6 +80,9 @@ PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
 def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
     """Refuse a run directory that exists (unless resuming) or that a resumed run started
     with another suite or other overrides: cells of two configurations never mix."""
+    from slimbench.files import check_output_dir
+
+    check_output_dir(run_dir, "run directory")
     if run_dir.exists() and not resume:
         raise UsageError(f"{run_dir} already exists; pass --resume to finish it, or choose "
                          "another run directory")
@@ -107,8 +110,9 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
 
     run_dir = Path(run_dir)
     check_run_dir(suite, run_dir, resume)
-    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    # the cache first: a bad --cache must not leave a half-made run directory behind
     cache = ArtifactCache(Path(cache) if cache else run_dir.parent / ".artifacts", say)
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     if not (run_dir / "suite.json").is_file():
         atomic.write_json(run_dir / "suite.json", suite.to_dict())
     cells = [(v, d) for v in suite.variants for d in suite.devices]

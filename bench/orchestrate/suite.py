@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 
 from slimbench.errors import SlimbenchError, UsageError
@@ -72,7 +73,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
                 raise UsageError(f"override {item!r}: {p} is not a mapping")
-        target[parts[-1]] = yaml.safe_load(raw)
+        try:
+            target[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UsageError(f"override {item!r}: {raw!r} is not a YAML value (quote text, "
+                             "close brackets)") from None
     return data
 
 
@@ -81,8 +86,8 @@ def _number(data: dict, key: str, kind, source: str, default=None):
     value = data.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            kind is int and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value) or (kind is int and not float(value).is_integer()):
         raise UsageError(f"{source}: {key} must be {'an integer' if kind is int else 'a number'}"
                          f", got {value!r}")
     return kind(value)
@@ -109,10 +114,16 @@ def _variant(name, spec, source: str) -> Variant:
                                                                          "quality"}:
         raise UsageError(f"{source}: variant {name}: give model (and optionally recipe, "
                          "quality)")
+    if not isinstance(spec["model"], str):
+        raise UsageError(f"{source}: variant {name}: model must be a model spec (text), got "
+                         f"{spec['model']!r}")
+    if spec.get("recipe") is not None and not isinstance(spec["recipe"], list):
+        raise UsageError(f"{source}: variant {name}: recipe must be a list of steps, e.g. "
+                         "[export_onnx, ort_dynamic_int8]")
     steps: tuple = ()
     if spec.get("recipe"):
         try:
-            recipe = parse_recipe({"steps": spec["recipe"]}, f"{source}: variant {name}")
+            recipe = parse_recipe({"steps": spec["recipe"]}, "recipe")
             steps = tuple(resolve(recipe, str(spec["model"])))
             check_chain(str(spec["model"]), [s for s, _ in steps])
         except SlimbenchError as e:
@@ -171,6 +182,9 @@ def _tasks(data: dict, source: str) -> tuple[str, ...]:
     return tasks
 
 
+MAX_THREADS = 4096  # as bench/measure/environment.py: beyond any machine
+
+
 def parse_suite(data, source: str = "suite") -> Suite:
     """A validated Suite from parsed YAML; every problem is one UsageError naming ``source``."""
     if not isinstance(data, dict):
@@ -190,8 +204,11 @@ def parse_suite(data, source: str = "suite") -> Suite:
     base = data.get("baseline_variant", names[0])
     if base not in names:
         raise UsageError(f"{source}: baseline_variant {base!r} is not a variant ({names})")
-    if threads < 0 or timeout <= 0 or (limit is not None and int(limit) < 1):
-        raise UsageError(f"{source}: threads >= 0, timeout > 0 and task_limit >= 1 please")
+    if not 0 <= threads <= MAX_THREADS or timeout <= 0 or (limit is not None and limit < 1):
+        raise UsageError(f"{source}: threads in [0, {MAX_THREADS}], timeout > 0 and task_limit "
+                         ">= 1 please")
+    if not isinstance(data.get("name", "suite"), str):
+        raise UsageError(f"{source}: name must be text, got {data['name']!r}")
     ppl_limit = _number(data, "perplexity_limit", int, source)
     if ppl_limit is not None and int(ppl_limit) < 1:
         raise UsageError(f"{source}: perplexity_limit must be >= 1")
