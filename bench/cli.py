@@ -209,10 +209,27 @@ def cmd_run(args) -> None:
     _report(args.out, suite.baseline_variant)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"{ok} of {len(results)} cells ok; results in {args.out}")
+    rejected = _acceptance(suite, args.out, args.verbose) if suite.acceptance else []
     failed = [r["cell"]["id"] for r in results if r["status"] == "failed"]
     if failed:  # exit 3: finished with a report, but not every measurement exists
         raise CellsFailed(f"{len(failed)} of {len(results)} cells failed ({', '.join(failed)}); "
                           "the reasons are in their cell files and the report")
+    if rejected:
+        raise GateFailed(f"acceptance criteria failed: {'; '.join(rejected)}; see "
+                         f"{args.out / 'acceptance.md'}")
+
+
+def _acceptance(suite, run_dir: Path, verbose: int) -> list[str]:
+    """Judge the suite's acceptance criteria on the run (printing each failure and the
+    verdict), add them to its report; the failed ones, named."""
+    from slimbench.bench.orchestrate.acceptance import evaluate_acceptance
+    from slimbench.reports.html import render_html
+
+    checks = evaluate_acceptance(suite, run_dir, say=print, show_progress=verbose > 0)
+    render_html(run_dir, Path(run_dir).name, suite.baseline_variant)  # with its section
+    print(f"wrote {run_dir / 'acceptance.md'}, {run_dir / 'acceptance.json'}")
+    return [f"{c['variant']} {c['device']} {c['metric']} {c['criterion']} {c['threshold']:g}"
+            for c in checks if c["status"] == "fail"]
 
 
 def _report(run_dir: Path, baseline_variant: str | None) -> None:
@@ -237,6 +254,7 @@ def cmd_gate(args) -> None:
     from datetime import datetime, timezone
 
     from slimbench.errors import UsageError
+    from slimbench.reports.evidence import load_evidence
     from slimbench.reports.gate import compare, load_policy, markdown, suite_problem
     from slimbench.reports.table import load_results
 
@@ -251,7 +269,11 @@ def cmd_gate(args) -> None:
         if problem:
             print(f"slimbench: warning: {problem}", file=sys.stderr)
     (baseline, _), *repeats = loaded
-    checks = compare(baseline, candidate, policy, [rows for rows, _ in repeats])
+    # per-example outputs (paired quality tests) and environments (latency comparability)
+    evidence = (load_evidence(args.baseline[0]), load_evidence(args.candidate))
+    checks = compare(baseline, candidate, policy, [rows for rows, _ in repeats], evidence)
+    if args.remeasure:
+        checks = _remeasure(args, checks, evidence, cand_suite, policy)
     text = markdown(checks)
     print(text, end="")
     if args.candidate.is_dir():
@@ -263,6 +285,20 @@ def cmd_gate(args) -> None:
         raise GateFailed("the candidate regressed or lacks baseline metrics")
 
 
+def _remeasure(args, checks: list[dict], evidence, suite: dict | None, policy) -> list[dict]:
+    from slimbench.bench.orchestrate.remeasure import Remeasure, remeasure
+    from slimbench.errors import UsageError
+
+    if not 0 < args.max_seconds <= 3600:
+        raise UsageError(f"--max-seconds must be in (0, 3600], got {args.max_seconds:g}")
+    suite = suite or {}
+    runs = [p if p.is_dir() else p.parent for p in (args.baseline[0], args.candidate)]
+    plan = Remeasure(runs[0], runs[1], suite.get("threads"), suite.get("latency") or {},
+                     max_seconds=args.max_seconds)
+    return remeasure(checks, evidence, plan, policy,
+                     say=lambda text: print(text, file=sys.stderr))
+
+
 def cmd_demo(args) -> None:
     from slimbench.bench.orchestrate.demo import default_run_dir, run_demo
 
@@ -271,8 +307,53 @@ def cmd_demo(args) -> None:
     run_dir = args.out or default_run_dir()
     if not run_demo(run_dir, args.overrides, baseline=args.baseline, policy=args.policy,
                     resume=args.resume):
-        raise GateFailed(f"the demo run differs from {args.baseline.name}; see "
+        raise GateFailed(f"an acceptance criterion failed or the demo run differs from "
+                         f"{args.baseline.name}; see {run_dir / 'acceptance.md'} and "
                          f"{run_dir / 'gate.md'}")
+
+
+def cmd_compare(args) -> None:
+    from slimbench.bench.measure.paired import (
+        PRIMARY,
+        PairedConfig,
+        format_result,
+        paired_compare,
+    )
+    from slimbench.errors import UsageError
+
+    min_effect = args.min_effect
+    if min_effect is None and args.policy is not None:
+        from slimbench.reports.gate import load_policy
+
+        metric = PRIMARY.get(args.scenario, "")
+        kind, allowed = load_policy(args.policy).allowance("latency", metric)
+        if kind != "relative":  # an absolute ms allowance has no ratio before measuring
+            raise UsageError(f"{args.policy}: {metric} has a {kind} rule there; compare "
+                             "judges a ratio and needs a relative one, or give --min-effect")
+        min_effect = allowed
+    config = PairedConfig(
+        scenario=args.scenario, length=args.length, new_tokens=args.new_tokens,
+        device=args.device, dtype=args.dtype, threads=args.threads,
+        min_seconds=args.min_seconds, max_seconds=args.max_seconds, precision=args.precision,
+        seed=args.seed, **({} if min_effect is None else {"min_effect": min_effect}))
+    if args.json is not None:  # checked before minutes of measuring, never overwritten
+        from slimbench.files import check_output_dir
+
+        check_output_dir(args.json.parent, "--json")
+        if args.json.exists():
+            raise UsageError(f"{args.json} already exists; choose another --json")
+    result = paired_compare(args.baseline, args.candidate, config,
+                            slowdown=args.inject_slowdown, show_progress=True,
+                            allow_pickle=args.allow_pickle,
+                            trust_remote_code=args.trust_remote_code)
+    print(format_result(result))
+    for w in result.warnings:
+        print(f"slimbench: warning: {w}", file=sys.stderr)
+    if args.json is not None:
+        atomic.write_json(args.json, result.to_dict())
+        print(f"wrote {args.json}", file=sys.stderr)
+    if result.verdict == "slower":
+        raise GateFailed(result.verdict_line)
 
 
 def cmd_validate(args) -> None:
@@ -283,7 +364,7 @@ def cmd_validate(args) -> None:
 
 COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,
             "run": cmd_run, "report": cmd_report, "gate": cmd_gate, "demo": cmd_demo,
-            "validate": cmd_validate}
+            "validate": cmd_validate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

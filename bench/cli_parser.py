@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
                                           "violation")
     val.add_argument("path", type=Path, help="a cell JSON, a results.json, an `eval --out` file, "
                                              "or a run directory (its cells and results.json)")
+    _compare_args(sub.add_parser(
+        "compare", help="paired A/B latency: measure two models in interleaved trials and "
+                        "judge the ratio; exit 1 if the candidate is slower"))
     return p
 
 
@@ -107,6 +110,14 @@ def _gate_args(gate: argparse.ArgumentParser) -> None:
     gate.add_argument("--allow-different-suites", action="store_true",
                       help="compare runs even if their suites measure different things (or "
                            "a results file does not say): warn instead of refusing")
+    gate.add_argument("--remeasure", action="store_true",
+                      help="decide latency on a paired, interleaved re-measurement of the "
+                           "baseline run's and the candidate run's artifacts (where both are "
+                           "at hand, e.g. in the artifact cache), not on the two runs' own "
+                           "figures: one A/B per variant, device and scenario")
+    gate.add_argument("--max-seconds", type=float, default=30.0,
+                      help="with --remeasure: the longest each A/B may measure (default 30; "
+                           "at least 10 s each)")
 
 
 def _demo_args(demo: argparse.ArgumentParser) -> None:
@@ -118,3 +129,48 @@ def _demo_args(demo: argparse.ArgumentParser) -> None:
                       help="results to gate against (default: the committed demo baseline)")
     demo.add_argument("--policy", type=Path, default=DEMO_POLICY,
                       help="gate policy (default: quality and size gated, latency reported)")
+
+
+def _compare_args(cmp: argparse.ArgumentParser) -> None:
+    from slimbench.bench.measure.paired import SCENARIOS, PairedConfig
+
+    d = PairedConfig()
+    cmp.description = (
+        "Measure BASELINE and CANDIDATE together: each in its own process, alternating short "
+        "trials in random order, so that a shared machine's drift cancels in the per-pair "
+        "ratios candidate/baseline. Exit 0: no change or faster; 1: slower; 2: bad input.")
+    cmp.add_argument("baseline", help="model spec (as for inspect) or an artifact directory")
+    cmp.add_argument("candidate", help="model spec or artifact directory")
+    cmp.add_argument("--scenario", choices=SCENARIOS, default=d.scenario,
+                     help=f"what to time (default {d.scenario})")
+    cmp.add_argument("--length", type=int, default=d.length,
+                     help=f"prompt (prefill, generate) or context (decode) tokens "
+                          f"(default {d.length})")
+    cmp.add_argument("--new-tokens", type=int, default=d.new_tokens,
+                     help=f"decode steps / generated tokens per unit (default {d.new_tokens})")
+    cmp.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    cmp.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
+    cmp.add_argument("--dtype", help="float32, float16 or bfloat16 (default: as stored)")
+    cmp.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                     help=f"measure pairs at least this long (default {d.min_seconds:g})")
+    cmp.add_argument("--max-seconds", type=float, default=d.max_seconds,
+                     help=f"and at most this long (default {d.max_seconds:g})")
+    cmp.add_argument("--precision", type=float, default=d.precision,
+                     help="stop after --min-seconds once the 95%% interval of the ratio is "
+                          f"within this relative distance (default {d.precision:g})")
+    cmp.add_argument("--min-effect", type=float,
+                     help="smallest relative change called slower / faster (default: the "
+                          f"policy's latency allowance with --policy, else {d.min_effect:g})")
+    cmp.add_argument("--policy", type=Path,
+                     help="gate policy YAML: its latency allowance for the scenario's metric "
+                          "is the min effect")
+    cmp.add_argument("--seed", type=int, default=d.seed, help="seed of the trial order")
+    cmp.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
+    cmp.add_argument("--allow-pickle", action="store_true",
+                     help="load pickle weights (.bin) when no safetensors exist; only for "
+                          "files you trust")
+    cmp.add_argument("--trust-remote-code", action="store_true",
+                     help="run model code shipped with the checkpoint")
+    cmp.add_argument("--inject-slowdown", type=float, default=0.0, metavar="F",
+                     help="test only: the candidate busy-waits F x each timed step's own time "
+                          "(a known slowdown of F, to check that compare finds it)")

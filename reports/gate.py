@@ -1,25 +1,41 @@
 """The regression gate: candidate rows vs baseline rows under a per-metric policy.
 
 Fails closed: a baseline metric the candidate lacks (failed cell, dropped task) fails the gate.
-Direction comes from each row's ``higher_is_better``. Latency is noisy, so a latency
-regression must both exceed the allowed relative change (the minimum effect size) and be
-significant: the candidate's and the baseline's 95% intervals of the median must not overlap.
-Those intervals are within one run; a shared machine also drifts between runs, which no
-single run shows, so the baseline may be several runs of one build: each metric is then held
-to the worst of them. Quality and size are deterministic for a given artifact and data, so any
-change beyond the allowance counts.
+Direction comes from each row's ``higher_is_better``.
+
+Quality is tested *paired* wherever both runs saved their per-example outputs (a run
+directory, or a results file with its run's ``cells/`` beside it): the same examples are
+resampled for both sides (``tasks/paired.py``), which gives an interval of the change, and
+per metric one of two tests decides:
+
+- ``significance``: fail when the loss exceeds the allowance *and* the interval excludes no
+  loss. The default for generation metrics, whose 20-example intervals are wide: only a
+  demonstrated loss fails, and the check says which loss it could have detected at all.
+- ``non_inferiority``: fail unless the interval's bad end stays within the allowance. The
+  default for perplexity, which is precise when paired (per-text NLL moves together).
+
+Without per-example data a quality metric is held to its point value, as are size metrics.
+
+Latency and memory are compared only between runs whose environment fingerprints match
+(``slimbench/fingerprint.py``: CPU model, kernel ISA, threads, GPU, library versions);
+otherwise they are reported with the reason. Between matching runs a latency regression must
+exceed the allowance and be significant (the 95% intervals of the medians must not overlap).
+Sequential runs on a shared host drift by more than that: measure latency paired instead
+(``slimbench compare``, a suite's acceptance criteria). A baseline may be several runs of one
+build: each metric is then held to the worst of them. A quality check across a kernel-relevant
+ISA change (int8 kernels differ between AVX2, AVX-512 VNNI and AMX) says so in its note.
 
 Policy YAML (every key optional)::
 
     default: {latency: 0.10, quality: 0.02, size: 0.05, memory: 0.25}   # allowed relative change
     metrics:                                                         # per metric name
-      perplexity.perplexity: {relative: 0.01}
-      docstring_summary.bleu: {absolute: 0.5}
+      perplexity.perplexity: {relative: 0.01, test: non_inferiority}
+      docstring_summary.bleu: {absolute: 0.5, test: significance}
+      method_name.f1: {test: non_inferiority}                        # default allowance
       peak_rss_bytes: {report: true}                                 # shown, never gated
 
 ``null`` for a kind (``default: {latency: null}``) reports that kind without gating it: what a
-baseline made on another machine needs, since latency and memory do not transfer between
-machines while quality and size do. Report-only rows never pass a missing metric silently:
+baseline made on another machine needs. Report-only rows never pass a missing metric silently:
 they still need to be present.
 
 A NaN or infinite candidate figure fails its check; in a baseline it is an error. Runs whose
@@ -39,6 +55,8 @@ from slimbench.errors import UsageError
 from slimbench.reports.table import is_finite
 
 DEFAULTS = {"latency": 0.10, "quality": 0.02, "size": 0.05, "memory": 0.25}
+TESTS = ("significance", "non_inferiority")
+ALLOWANCES = ("relative", "absolute", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +67,21 @@ class Policy:
     def allowance(self, kind: str, metric: str) -> tuple[str, float | None]:
         """("relative" | "absolute" | "report", allowed change in the bad direction; None
         for report-only)."""
-        rule = self.metrics.get(metric) or self.metrics.get(metric.split("@")[0])
-        if rule:
-            key = next(iter(rule))
+        rule = self.rule(metric)
+        key = next((k for k in ALLOWANCES if k in rule), None)
+        if key:
             return key, None if key == "report" else float(rule[key])
         allowed = self.default.get(kind, DEFAULTS.get(kind, 0.0))
         return ("report", None) if allowed is None else ("relative", float(allowed))
+
+    def rule(self, metric: str) -> dict:
+        return self.metrics.get(metric) or self.metrics.get(metric.split("@")[0]) or {}
+
+    def test(self, metric: str, task_kind: str) -> str:
+        """The paired quality test of ``metric``: the policy's, else non-inferiority for
+        perplexity (precise when paired) and significance for everything else."""
+        return self.rule(metric).get("test") or (
+            "non_inferiority" if task_kind == "perplexity" else "significance")
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -73,10 +100,17 @@ def load_policy(path: Path | None) -> Policy:
     default = dict(DEFAULTS) | (data.get("default") or {})
     metrics = data.get("metrics") or {}
     for name, rule in metrics.items():
-        if not isinstance(rule, dict) or len(rule) != 1 or not set(rule) <= {
-                "relative", "absolute", "report"}:
-            raise UsageError(f"{path}: metric {name}: give one of relative / absolute / report")
-        key, value = next(iter(rule.items()))
+        keys = set(rule) - {"test"} if isinstance(rule, dict) else None
+        if keys is None or len(keys) > 1 or not keys <= set(ALLOWANCES) or not rule:
+            raise UsageError(f"{path}: metric {name}: give one of relative / absolute / report "
+                             "(and optionally test: significance | non_inferiority)")
+        if "test" in rule and rule["test"] not in TESTS:
+            raise UsageError(f"{path}: metric {name}: test must be one of {', '.join(TESTS)}, "
+                             f"got {rule['test']!r}")
+        if not keys:
+            continue
+        key = next(iter(keys))
+        value = rule[key]
         # NaN would make every comparison false (an identical candidate fails "allowed
         # nan%"), infinity would gate nothing: `report: true` says that plainly
         if key == "report" and value is not True or key != "report" and not (
@@ -104,12 +138,54 @@ def worst_run(runs: list[dict]) -> dict:
     return min(runs, key=key)
 
 
-def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
-    """``runs``: this metric in each baseline run (one, or repeated runs of the same build)."""
+def _paired_quality(base: dict, cand: dict, evidence, policy: Policy, mode: str,
+                    allowed: float) -> dict | None:
+    """The paired test of a quality row, or None where either run lacks its examples."""
+    from slimbench.tasks.paired import paired_test
+
+    task, _, metric = base["metric"].partition(".")
+    b_ev, c_ev = evidence[0].get(base["cell"]), evidence[1].get(cand["cell"])
+    bt = b_ev.tasks.get(task) if b_ev else None
+    ct = c_ev.tasks.get(task) if c_ev else None
+    if bt is None or ct is None:
+        return None
+    test = policy.test(base["metric"], bt.kind)
+    try:
+        res = paired_test(bt.examples, ct.examples, bt.kind, metric, bt.options.get(metric, {}),
+                          base["higher_is_better"], test, mode, allowed)
+    except UsageError as e:  # other examples on each side: nothing to pair
+        return {"paired": False, "note": f"unpaired ({e})"}
+    detect = res["detectable"]
+    shown = f"{res['detectable_relative']:.1%}" if mode == "relative" and \
+        res.get("detectable_relative") is not None else f"{detect:.3g}"
+    return {"paired": True, "status": res["status"], "test": test,
+            "delta": res["delta"], "delta_ci95": res["ci95"], "detectable": detect,
+            "why": f"{res['why']}; with n={res['n']} it detects a loss of {shown}"}
+
+
+def _environment_note(base: dict, cand: dict, evidence) -> tuple[list[str], list[str]]:
+    """(every difference, the kernel-relevant ones) between the two rows' environments; both
+    empty where either run did not record its environment (files from before it was
+    recorded are compared as they always were)."""
+    from slimbench.fingerprint import differences, kernel_differences
+
+    b_ev, c_ev = evidence[0].get(base["cell"]), evidence[1].get(cand["cell"])
+    b_fp = b_ev.fingerprint if b_ev else None
+    c_fp = c_ev.fingerprint if c_ev else None
+    if b_fp is None or c_fp is None:
+        return [], []
+    return differences(b_fp, c_fp), kernel_differences(b_fp, c_fp)
+
+
+def _check(runs: list[dict], cand: dict | None, policy: Policy, evidence=None) -> dict:
+    """``runs``: this metric in each baseline run (one, or repeated runs of the same build).
+    ``evidence``: (baseline, candidate) ``load_evidence`` maps, or None to compare the rows
+    alone (no paired tests, no environment check)."""
     base = runs[0]
     values = sorted(r["value"] for r in runs)
     b = statistics.median(values)
     out = {"variant": base["variant"], "backend": base["backend"], "device": base["device"],
+           "cell": base["cell"], "candidate_cell": None if cand is None else cand["cell"],
            "metric": base["metric"], "kind": base["kind"], "baseline": b,
            "baseline_range": [values[0], values[-1]], "baseline_runs": len(runs),
            "candidate": None if cand is None else cand["value"],
@@ -123,6 +199,21 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
     mode, allowed = policy.allowance(base["kind"], base["metric"])
     if allowed is None:
         return out | {"status": "info", "why": "reported, not gated (policy)"}
+    note = ""
+    if evidence is not None:
+        diffs, kernel = _environment_note(base, cand, evidence)
+        if base["kind"] in ("latency", "memory") and diffs:
+            return out | {"status": "info", "why": "not compared: measured in another "
+                          f"environment ({'; '.join(diffs)}); measure both paired with "
+                          "`slimbench compare`"}
+        note = f" [across {'; '.join(kernel)}]" if kernel and base["kind"] == "quality" else ""
+        paired = _paired_quality(base, cand, evidence, policy, mode, allowed) \
+            if base["kind"] == "quality" else None
+        if paired and paired.pop("paired"):
+            return out | {"mode": mode, "allowed": allowed} | paired | {
+                "why": paired["why"] + note}
+        if paired:
+            note = f" [{paired['note']}]" + note
     # Compared with the worst baseline run: what one build has already measured is not a
     # regression. With one baseline run this is that run.
     bar = worst_run(runs)
@@ -134,29 +225,33 @@ def _check(runs: list[dict], cand: dict | None, policy: Policy) -> dict:
         change = worse / abs(w) if w else (float("inf") if worse > 0 else 0.0)
     out |= {"allowed": allowed, "mode": mode}
     if change <= allowed:
-        return out | {"status": "pass", "why": ""}
+        return out | {"status": "pass", "why": note.strip()}
     if base["kind"] == "latency" and all(is_finite(x) for x in (
             bar["ci_low"], bar["ci_high"], cand["ci_low"], cand["ci_high"])):
         separated = (cand["ci_low"] > bar["ci_high"] if not base["higher_is_better"]
                      else cand["ci_high"] < bar["ci_low"])
         if not separated:
-            return out | {"status": "pass", "why": "within noise: 95% intervals overlap"}
+            return out | {"status": "pass", "why": "within noise: 95% intervals overlap" + note}
     if mode == "absolute":
         what, limit = f"{abs(worse):.4g}", f"{allowed:g}"
     else:
         what, limit = f"{change:.1%}", f"{allowed * 100:g}%"
     than = f"the worst of {len(runs)} baseline runs ({w:.4g})" if len(runs) > 1 else \
         "the baseline run"
-    return out | {"status": "fail", "why": f"worse than {than} by {what} (allowed {limit})"}
+    return out | {"status": "fail", "why": f"worse than {than} by {what} (allowed {limit})"
+                  + note}
 
 
 def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
-            repeats: list[list[dict]] = ()) -> list[dict]:
+            repeats: list[list[dict]] = (), evidence=None) -> list[dict]:
     """One check per baseline row, in baseline order.
 
     ``repeats``: more baseline runs of the same build. Each metric is then held to the worst
     of the runs, so the gate learns the run-to-run spread of the machine it runs on instead
-    of failing on it (the A/A figure in the README).
+    of failing on it.
+    ``evidence``: ``(load_evidence(baseline), load_evidence(candidate))``: quality is then
+    tested paired where both have examples, and latency and memory compared only between
+    matching environments.
     """
     if not baseline:
         raise UsageError("the baseline has no metrics to compare against")
@@ -166,7 +261,7 @@ def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
         raise UsageError(f"the policy names metric(s) the baseline does not have: "
                          f"{', '.join(unknown)}; known: {', '.join(sorted(names))}")
     cand = {row_key(r): r for r in candidate}
-    return [_check(runs, cand.get(row_key(runs[0])), policy)
+    return [_check(runs, cand.get(row_key(runs[0])), policy, evidence)
             for runs in _runs_per_metric(baseline, repeats)]
 
 

@@ -1,6 +1,7 @@
 """``report.html``: one self-contained page (inline SVG charts, no external files or scripts).
 
-Sections: summary table with deltas against each variant's baseline (green = better, red =
+Sections: the acceptance criteria and their verdict (``acceptance.json``, where the suite
+has criteria), summary table with deltas against each variant's baseline (green = better, red =
 worse, by each metric's direction), Pareto charts (quality vs decode latency, quality vs size),
 per-variant audit (did it compress: quantized counts, sparsity, structure, parity), warnings
 (high CV, fallback providers, failed or skipped cells) and the environment. Every string goes
@@ -13,6 +14,7 @@ import io
 from pathlib import Path
 
 from slimbench import atomic
+from slimbench.errors import UsageError
 from slimbench.reports.schema import CellResult
 from slimbench.reports.table import load_cells, rows_from_cell, to_frame
 
@@ -30,6 +32,16 @@ figure{display:inline-block;margin:0 2em 1em 0}
 <h1>slimbench report: {{ name }}</h1>
 <p>{{ cells|length }} cells, {{ ok }} ok. Deltas against: {% for b in baseline_names %}
 <b>{{ b }}</b>{% if not loop.last %}, {% endif %}{% else %}—{% endfor %}.</p>
+{% if acceptance %}<h2>Acceptance</h2>
+<p id="acceptance-verdict" class="{{ 'fail' if acceptance.verdict == 'fail' else '' }}">
+{{ acceptance.line }}</p>
+<table id="acceptance"><thead><tr><th>variant</th><th>baseline</th><th>device</th>
+<th>metric</th><th>criterion</th><th>status</th><th>value [95% CI]</th><th>why</th></tr>
+</thead><tbody>{% for c in acceptance.criteria %}<tr><td>{{ c.variant }}</td>
+<td>{{ c.baseline }}</td><td>{{ c.device }}</td><td>{{ c.metric }}</td>
+<td>{{ c.criterion }} {{ c.threshold }}</td><td class="{{ c.cls }}">{{ c.status }}</td>
+<td>{{ c.shown }}</td><td style="text-align:left">{{ c.why }}</td></tr>{% endfor %}
+</tbody></table>{% endif %}
 <h2>Summary</h2>
 <div style="overflow-x:auto"><table id="summary"><thead><tr><th>variant</th><th>backend</th>
 <th>device</th>
@@ -171,6 +183,24 @@ def _audit_and_warnings(cells: list[CellResult]) -> tuple[list[dict], list[dict]
     return audit, warnings, env
 
 
+def _acceptance(run_dir: Path, warnings: list[dict]) -> dict | None:
+    """``acceptance.json`` of the run, each criterion with its status's colour; None where
+    there is none (a warning where it cannot be read)."""
+    from slimbench.files import read_json
+
+    path = Path(run_dir) / "acceptance.json"
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path, "acceptance file")
+        criteria = [c | {"cls": {"pass": "better", "fail": "worse"}.get(c["status"], "warn"),
+                         "threshold": f"{c['threshold']:g}"} for c in data["criteria"]]
+        return {"line": str(data["line"]), "verdict": data["verdict"], "criteria": criteria}
+    except (UsageError, KeyError, TypeError, ValueError) as e:
+        warnings.append({"cls": "fail", "text": f"{path.name} cannot be read: {e}"})
+        return None
+
+
 # figures the summary leaves out: shown elsewhere (ttft with tpot) or rarely compared
 HIDDEN = ("ttft_ms", "peak_rss_bytes", "rss_bytes", "nonzero_parameters")
 
@@ -187,13 +217,14 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
                if m.split("@")[0] not in HIDDEN]
     baselines = baselines_for(cells, baseline)
     audit, warnings, env = _audit_and_warnings(cells)
+    acceptance = _acceptance(run_dir, warnings)
     environment = [(k, v) for k, v in env.items() if k != "packages"]
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
     html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
         name=name, cells=cells, ok=sum(c.status == "ok" for c in cells),
         baseline_names=sorted(set(baselines.values())), metrics=metrics,
         summary=_summary(rows, metrics, baselines), figures=_figures(to_frame(rows), metrics),
-        audit=audit, warnings=warnings, environment=environment)
+        audit=audit, warnings=warnings, environment=environment, acceptance=acceptance)
     path = Path(run_dir) / "report.html"
     atomic.write_text(path, html)
     return path

@@ -55,7 +55,11 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
     # the suite travels with the rows, so a gate can check that two runs measured the same thing
     suite = read_json(run_dir / "suite.json", "suite file") \
         if (run_dir / "suite.json").is_file() else None
-    results = ResultsFile(rows=[Row(**r) for r in rows], suite=suite)
+    from slimbench.fingerprint import fingerprint
+
+    results = ResultsFile(rows=[Row(**r) for r in rows], suite=suite,
+                          environments={c.cell.id: fingerprint(c.environment) for c in cells
+                                        if c.status == "ok"})
     atomic.write_json(run_dir / "results.json", results.to_dict())
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))
     atomic.write_text(run_dir / "summary.csv",

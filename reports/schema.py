@@ -222,6 +222,10 @@ class ResultsFile(Typed):
         rows: one per (cell, metric).
         suite: what suite.json holds, so a gate can tell whether two runs measured the same
             thing; null in files written before it was recorded.
+        environments: per cell id, the environment fingerprint its figures come from
+            (``slimbench/fingerprint.py``: CPU model, kernel ISA, threads, GPU, library
+            versions), so a gate compares latency only between matching machines; empty in
+            files written before it was recorded.
         slimbench_results: the rows format (1), older than schema_version.
         document: always "results".
         schema_version: the results schema's version.
@@ -229,6 +233,7 @@ class ResultsFile(Typed):
 
     rows: list[Row]
     suite: dict | None = None
+    environments: dict[str, dict | None] = dataclasses.field(default_factory=dict)
     slimbench_results: Literal[1] = RESULTS_FORMAT
     document: Literal["results"] = "results"
     schema_version: int = SCHEMA_VERSION

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,12 @@ latency: {prefill: [16], decode_contexts: [16], new_tokens: 4, generate_prompt: 
 tasks: [perplexity, method_name]
 task_limit: 2
 perplexity_limit: 3
+acceptance:
+  torch-int8:
+    perplexity.perplexity: {non_inferior: 0.5}
+    parameters: {ratio_at_most: 1.0}
+    decode_ms_per_token: {slowdown_at_most: 10}
+paired: {min_seconds: 0, max_seconds: 1, trial_seconds: 0.01}
 """
 
 
@@ -110,11 +117,17 @@ def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
     # the committed baseline measured another suite (task_limit, tasks, ...): its figures do
     # not apply, so the demo says so and skips that gate, but the report is written
     rc, out, err = run(capsys, "demo", "--out", str(first))
-    assert rc == 0 and "note: the gate will be skipped: demo-cpu.json and this demo run " \
+    assert rc == 0 and "note: the gate will be skipped: demo-cpu and this demo run " \
         "measure different things: tasks: " in out and "task_limit: 20 -> 2" in out
     assert f"report: {first / 'report.html'}" in out and (first / "report.html").is_file()
-    assert "verdict against demo-cpu.json: SKIPPED (" in out and not (first / "gate.md").exists()
+    assert "verdict against demo-cpu: SKIPPED (" in out and not (first / "gate.md").exists()
     assert "[torch-int8 1/1] torch_dynamic_int8" in out
+    # the acceptance criteria were judged within the run (cuda ones skipped without a GPU)
+    assert "acceptance: PASS (" in out and (first / "acceptance.md").is_file()
+    criteria = json.loads((first / "acceptance.json").read_text())["criteria"]
+    cpu = {c["metric"]: c for c in criteria if c["device"] == "cpu"}
+    assert {c["status"] for c in cpu.values()} == {"pass"} and len(cpu) == 3
+    assert cpu["parameters"]["value"] == 1.0  # dynamic int8 keeps the parameter count
     # the same build against its own results: quality and size identical, latency reported
     second = tmp_path / "runs" / "second"
     rc, out, _ = run(capsys, "demo", "--out", str(second), "--baseline",
@@ -123,6 +136,11 @@ def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
     assert "torch_dynamic_int8" not in out  # the artifact came from the cache
     verdict = (second / "gate.md").read_text().splitlines()[0]
     assert verdict.startswith("**slimbench gate: PASS** (") and "reported, not gated" in verdict
+    # quality was tested paired on the same examples: both runs saved them
+    paired = re.search(r"\(demo-policy\.yaml; (\d+) quality checks paired\): PASS", out)
+    quality = [line for line in (second / "gate.md").read_text().splitlines()
+               if "| perplexity." in line or "| method_name." in line]
+    assert paired and int(paired.group(1)) == len(quality) > 0, out
     cells = json.loads((second / "cells" / "shape--cpu.json").read_text())
     assert cells["status"] == "ok" and cells["quality"] == {}  # random weights: timed only
     skipped = json.loads((second / "cells" / "baseline--cuda.json").read_text())
@@ -149,6 +167,18 @@ def test_committed_demo_baseline_matches_the_demo_suite():
     policy = load_policy(DEMO_POLICY)
     assert policy.allowance("latency", "decode_ms_per_token@128") == ("report", None)
     assert policy.allowance("quality", "perplexity.perplexity") == ("relative", 0.02)
+    # the committed run keeps what paired tests need: every scored variant's examples of
+    # every task, and every cell's environment
+    from slimbench.reports.evidence import load_evidence
+
+    evidence = load_evidence(DEMO_BASELINE)
+    for v in suite.variants:
+        ev = evidence[f"{v.name}--cpu"]
+        assert ev.fingerprint and ev.fingerprint["isa"], v.name
+        if v.quality:
+            for task in suite.tasks:
+                n = suite.perplexity_limit if task == "perplexity" else suite.task_limit
+                assert len(ev.tasks[task].examples) == n, (v.name, task)
 
 
 @pytest.mark.slow

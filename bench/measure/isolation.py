@@ -23,7 +23,7 @@ import time
 import traceback
 
 
-def _watch_parent(lifeline) -> None:
+def watch_parent(lifeline) -> None:
     """Kill this process when the parent goes away, however it dies (SIGKILL included), so a
     killed run leaves no cell running on. The parent holds the only write end of
     ``lifeline``: EOF means it is gone. (PR_SET_PDEATHSIG would watch the fork server, which
@@ -47,7 +47,7 @@ def _child(target: str, kwargs: dict, conn, lifeline) -> None:
 
     # Ctrl-C reaches the whole process group: the parent handles it and kills this cell
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _watch_parent(lifeline)
+    watch_parent(lifeline)
     setup_logging(int(os.environ.get("SLIMBENCH_VERBOSITY", "0")))  # as quiet as the parent
     try:
         module, _, name = target.partition(":")

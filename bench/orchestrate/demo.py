@@ -1,12 +1,17 @@
-"""``slimbench demo``: the default suite end to end, then the gate against a committed baseline.
+"""``slimbench demo``: the default suite end to end, its acceptance criteria, then the gate
+against a committed baseline.
 
 Runs ``bench/suites/demo.yaml`` (every compression variant of the embedded reference, and the
-gpt2-124M architecture plain and int8) into ``runs/demo-<timestamp>``, writes its tables and
-HTML report, and gates it against ``bench/baselines/demo-cpu.json`` under
-``bench/baselines/demo-policy.yaml``: quality and size are gated, latency and memory are
-reported only, since the committed baseline was measured on another machine. The committed
-baseline records the suite that made it: when overrides (or another suite) change what is
-measured, its figures do not apply and the demo skips that gate, saying why.
+gpt2-124M architecture plain and int8) into ``runs/demo-<timestamp>``, evaluates the suite's
+acceptance criteria within the run (quality paired on the same examples, latency measured
+paired and interleaved against each variant's baseline: portable across machines), writes its
+tables and HTML report, and gates it against the committed baseline run
+``bench/baselines/demo-cpu/`` (its results, suite and per-example outputs) under
+``bench/baselines/demo-policy.yaml``: quality with paired tests on the same examples, size
+exactly; latency and memory are reported only, since the committed baseline was measured on
+another machine. The committed baseline records the suite that made it: when overrides (or
+another suite) change what is measured, its figures do not apply and the demo skips that gate,
+saying why.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent  # bench/: suites/ and baselines/ live there
 DEMO_SUITE = HERE / "suites" / "demo.yaml"
-DEMO_BASELINE = HERE / "baselines" / "demo-cpu.json"
+DEMO_BASELINE = HERE / "baselines" / "demo-cpu"
 DEMO_POLICY = HERE / "baselines" / "demo-policy.yaml"
 # suite keys that change latency and memory figures only
 TIMING = {"threads", "latency"}
@@ -47,15 +52,16 @@ def _inapplicable(suite, baseline: Path, rows: list[dict], recorded: dict | None
 def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BASELINE,
              policy: Path = DEMO_POLICY, suite_path: Path | None = None, resume: bool = False,
              say=print) -> bool:
-    """Run the demo suite into ``run_dir``, report, gate; returns whether the gate passed
-    (True where it was skipped: the committed baseline measured another suite)."""
-    from slimbench import atomic
+    """Run the demo suite into ``run_dir``, evaluate its acceptance criteria, report, gate;
+    returns whether every criterion held and the gate passed (a gate skipped because the
+    committed baseline measured another suite counts as passed)."""
+    from slimbench.bench.orchestrate.acceptance import evaluate_acceptance
     from slimbench.bench.orchestrate.runner import check_run_dir, run_suite
     from slimbench.bench.orchestrate.suite import load_suite
     from slimbench.errors import UsageError
-    from slimbench.reports.gate import compare, load_policy, markdown, verdict
+    from slimbench.reports.gate import load_policy
     from slimbench.reports.output import write_report
-    from slimbench.reports.table import load_results, load_rows
+    from slimbench.reports.table import load_results
 
     t0 = time.perf_counter()
     suite_path = suite_path or DEMO_SUITE
@@ -73,24 +79,40 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
     say(f"slimbench demo: {len(suite.variants)} variants x {len(suite.devices)} devices "
         f"({suite_path.name}) -> {run_dir}")
     results = run_suite(suite, run_dir, resume=resume, say=say)
-    report = write_report(run_dir, suite.baseline_variant)
     ok = sum(r["status"] == "ok" for r in results)
     say(f"{ok} of {len(results)} cells ok ({sum(r['status'] == 'skipped' for r in results)} "
         f"skipped) in {time.perf_counter() - t0:.0f} s")
+    criteria = evaluate_acceptance(suite, run_dir, say=say) if suite.acceptance else []
+    report = write_report(run_dir, suite.baseline_variant)  # after acceptance: it shows them
     say(f"report: {report['html']}")
     say(f"tables: {run_dir / 'results.csv'}, {run_dir / 'summary.csv'}")
+    accepted = not any(c["status"] == "fail" for c in criteria)
     if problem:
         say(f"verdict against {baseline.name}: SKIPPED (it measured another suite; see the note "
             "above)")
-        return True
-    checks = compare(baseline_rows, load_rows(run_dir / "results.json"), gate_policy)
-    text = markdown(checks)
-    atomic.write_text(run_dir / "gate.md", text)
+        return accepted
+    return _gate(run_dir, baseline, baseline_rows, gate_policy, policy.name, say) and accepted
+
+
+def _gate(run_dir: Path, baseline: Path, baseline_rows: list[dict], gate_policy,
+          policy_name: str, say) -> bool:
+    """The run against the committed baseline, paired where both hold per-example outputs;
+    writes gate.md, says the failures and the verdict; returns whether it passed."""
+    from slimbench import atomic
+    from slimbench.reports.evidence import load_evidence
+    from slimbench.reports.gate import compare, markdown, verdict
+    from slimbench.reports.table import load_rows
+
+    evidence = (load_evidence(baseline), load_evidence(run_dir))
+    checks = compare(baseline_rows, load_rows(run_dir / "results.json"), gate_policy,
+                     evidence=evidence)
+    atomic.write_text(run_dir / "gate.md", markdown(checks))
     failed = [c for c in checks if c["status"] == "fail"]
     for c in failed[:10]:
         say(f"  FAIL {c['variant']} ({c['device']}) {c['metric']}: {c['why']}")
     if len(failed) > 10:
         say(f"  ... and {len(failed) - 10} more in {run_dir / 'gate.md'}")
-    say(f"verdict against {baseline.name} ({policy.name}): "
+    paired = sum("test" in c for c in checks)
+    say(f"verdict against {baseline.name} ({policy_name}; {paired} quality checks paired): "
         f"{verdict(checks).removeprefix('slimbench gate: ')}")
     return not failed

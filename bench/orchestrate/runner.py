@@ -8,6 +8,8 @@ Run directory layout::
                                 failed | skipped, reason)
     RUN/cells/<cell>.examples.jsonl   per-example task outputs of the cell
     RUN/results.json / results.csv / summary.csv / report.html
+    RUN/acceptance.json / acceptance.md   the suite's acceptance criteria judged, when it has
+                                any (``acceptance.py``; ``slimbench run`` judges them last)
 
 Artifacts are cached by content (``compress/cache.py``: input weights, step, config, code
 versions) under ``--cache`` (default ``RUN/../.artifacts``), verified before use, so a second

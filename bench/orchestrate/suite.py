@@ -12,6 +12,14 @@
     perplexity_limit: 100           # texts for perplexity (default: all)
     timeout: 900                    # seconds per cell
     baseline_variant: baseline      # deltas in reports are against this variant
+    acceptance:                     # optional: per variant, criteria against its baseline,
+      ort-int8:                     # judged within the run (bench/orchestrate/acceptance.py)
+        perplexity.perplexity: {non_inferior: 0.02}     # paired bootstrap, 95% bad end
+        method_name.f1: {no_significant_loss: 0.05}     # fails only on a significant loss
+        decode_ms_per_token: {speedup_at_least: 1.5}    # paired interleaved A/B, 95% low end
+        prefill_ms: {slowdown_at_most: 0.05}            # A/B ratio's 95% high end <= 1.05
+        model_bytes_on_disk: {ratio_at_most: 0.6}       # size / memory rows of the run
+    paired: {min_seconds: 10, max_seconds: 60, precision: 0.02}   # the latency A/B's budget
 
 Overrides from the command line use dotted keys: ``threads=1 latency.repeats=3``. Everything is
 validated before any work: unknown keys, steps, parameters and tasks fail with one message.
@@ -28,7 +36,7 @@ from slimbench.errors import SlimbenchError, UsageError
 from slimbench.names import check_name
 
 KEYS = {"name", "variants", "devices", "threads", "latency", "tasks", "task_limit", "timeout",
-        "baseline_variant", "perplexity_limit"}
+        "baseline_variant", "perplexity_limit", "acceptance", "paired"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +59,14 @@ class Suite:
     timeout: float
     baseline_variant: str
     perplexity_limit: int | None = None
+    acceptance: dict = dataclasses.field(default_factory=dict)  # variant -> metric -> criterion
+    paired: dict = dataclasses.field(default_factory=dict)  # the latency A/B's settings
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As saved in ``suite.json``; without acceptance and paired when the suite has none,
+        so a suite without criteria is recorded as it was before they existed (resume)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if v or k not in ("acceptance", "paired")}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -184,6 +197,125 @@ def _tasks(data: dict, source: str) -> tuple[str, ...]:
 
 MAX_THREADS = 4096  # as bench/measure/environment.py: beyond any machine
 
+# acceptance criteria (bench/orchestrate/acceptance.py judges them): name -> what it needs
+QUALITY_CRITERIA = {"non_inferior": "non_inferiority", "no_significant_loss": "significance"}
+LATENCY_CRITERIA = ("speedup_at_least", "slowdown_at_most")
+SIZE_CRITERIA = ("ratio_at_most",)
+CRITERIA = (*QUALITY_CRITERIA, *LATENCY_CRITERIA, *SIZE_CRITERIA)
+METRIC_ALIASES = {"bytes_on_disk": "model_bytes_on_disk"}  # the manifest's name for it
+PAIRED_KEYS = ("min_seconds", "max_seconds", "precision", "trial_seconds")  # PairedConfig's
+
+
+def _paired(data: dict, source: str) -> dict:
+    """The ``paired:`` settings of the latency A/B (those given; PairedConfig's defaults for
+    the rest), checked by building a PairedConfig from them."""
+    from slimbench.bench.measure.paired import PairedConfig
+
+    raw = data.get("paired")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - set(PAIRED_KEYS):
+        raise UsageError(f"{source}: paired must be a mapping of {', '.join(PAIRED_KEYS)}, "
+                         f"got {raw!r}")
+    out = {k: _number(raw, k, float, f"{source}: paired") for k in raw}
+    try:
+        PairedConfig(**out)
+    except UsageError as e:
+        raise UsageError(f"{source}: paired: {e}") from None
+    return out
+
+
+def suite_baselines(suite: Suite) -> dict[str, str]:
+    """Each variant's baseline as the reports have it (``reports/output.py baselines_for``)."""
+    from slimbench.reports.output import baselines_for
+    from slimbench.reports.schema import CellInfo, CellResult
+
+    heads = [CellResult(CellInfo(v.name, v.name, v.model, [s for s, _ in v.recipe], "cpu"),
+                        "skipped") for v in suite.variants]
+    return baselines_for(heads, suite.baseline_variant)
+
+
+def _criterion(suite: Suite, variant: Variant, metric: str, rule, where: str) -> dict:
+    """One ``metric: {criterion: number}`` entry, checked against what the suite measures."""
+    from slimbench.bench.measure.cell import LatencyConfig
+    from slimbench.bench.measure.paired import SCENARIO_OF_METRIC
+    from slimbench.reports.schema import Memory
+    from slimbench.tasks.specs import resolve_task
+
+    if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in CRITERIA:
+        raise UsageError(f"{where}: give one criterion of {', '.join(CRITERIA)}, e.g. "
+                         f"{{non_inferior: 0.02}}, got {rule!r}")
+    (name, value), = rule.items()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value) or value <= 0:
+        raise UsageError(f"{where}: {name} must be a number > 0, got {value!r}")
+    memory = {f.name for f in dataclasses.fields(Memory)}
+    known = (f"latency: {', '.join(SCENARIO_OF_METRIC)}; size and memory: "
+             f"{', '.join(sorted(memory | set(METRIC_ALIASES)))}; quality: task.metric")
+    if name in LATENCY_CRITERIA:
+        if metric not in SCENARIO_OF_METRIC:
+            raise UsageError(f"{where}: {name} needs a latency metric ({known})")
+        scenario = SCENARIO_OF_METRIC[metric]
+        lat = LatencyConfig(**suite.latency)
+        needs = {"prefill": ("latency.prefill", lat.prefill),
+                 "decode": ("latency.decode_contexts", lat.decode_contexts),
+                 "generate": ("latency.generate_prompt", lat.generate_prompt)}[scenario]
+        if not needs[1]:
+            raise UsageError(f"{where}: the {scenario} scenario needs {needs[0]}, which is "
+                             "empty")
+    elif name in SIZE_CRITERIA:
+        if METRIC_ALIASES.get(metric, metric) not in memory:
+            raise UsageError(f"{where}: {name} needs a size or memory metric ({known})")
+    else:
+        task, dot, score = metric.partition(".")
+        if not dot or metric in SCENARIO_OF_METRIC:
+            raise UsageError(f"{where}: {name} needs a quality metric task.metric, e.g. "
+                             f"perplexity.perplexity ({known})")
+        specs = {s.name: s for s in map(resolve_task, suite.tasks)}
+        if task not in specs:
+            raise UsageError(f"{where}: task {task!r} is not in the suite's tasks "
+                             f"({', '.join(specs) or 'none'})")
+        metrics = [m.metric for m in specs[task].metric_list]
+        if score not in metrics:
+            raise UsageError(f"{where}: task {task} has no metric {score!r} (its metrics: "
+                             f"{', '.join(metrics)})")
+        base = {v.name: v for v in suite.variants}[suite_baselines(suite)[variant.name]]
+        for v in (variant, base):
+            if not v.quality:
+                raise UsageError(f"{where}: variant {v.name} is not scored (quality: false)")
+    return {name: float(value)}
+
+
+def _acceptance(data: dict, suite: Suite, source: str) -> dict:
+    """``acceptance:`` as variant -> metric -> {criterion: number}, every entry checked."""
+    raw = data.get("acceptance")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: acceptance must map variants to {{metric: {{criterion: "
+                         f"number}}}}, got {raw!r}")
+    variants = {v.name: v for v in suite.variants}
+    baselines = suite_baselines(suite)
+    out = {}
+    for name, criteria in raw.items():
+        where = f"{source}: acceptance.{name}"
+        if name not in variants:
+            raise UsageError(f"{where}: {name!r} is not a variant ({', '.join(variants)})")
+        if baselines.get(name, name) == name:
+            model = variants[name].model
+            what = ("is the baseline" if name == suite.baseline_variant else
+                    f"is the baseline of model {model}" if name in baselines else
+                    f"has no baseline (no variant of model {model} without a recipe)")
+            raise UsageError(f"{where}: variant {name} {what}; criteria compare a variant "
+                             "with its baseline")
+        if not isinstance(criteria, dict) or not criteria:
+            raise UsageError(f"{where}: give metric: {{criterion: number}} entries, got "
+                             f"{criteria!r}")
+        out[name] = {str(m): _criterion(suite, variants[name], str(m), rule, f"{where}.{m}")
+                     for m, rule in criteria.items()}
+    return out
+
+
 
 def parse_suite(data, source: str = "suite") -> Suite:
     """A validated Suite from parsed YAML; every problem is one UsageError naming ``source``."""
@@ -212,9 +344,10 @@ def parse_suite(data, source: str = "suite") -> Suite:
     ppl_limit = _number(data, "perplexity_limit", int, source)
     if ppl_limit is not None and int(ppl_limit) < 1:
         raise UsageError(f"{source}: perplexity_limit must be >= 1")
-    return Suite(str(data.get("name", "suite")), variants, devices, threads, latency,
-                 tasks, None if limit is None else int(limit), timeout, base,
-                 None if ppl_limit is None else int(ppl_limit))
+    suite = Suite(str(data.get("name", "suite")), variants, devices, threads, latency,
+                  tasks, None if limit is None else int(limit), timeout, base,
+                  None if ppl_limit is None else int(ppl_limit), paired=_paired(data, source))
+    return dataclasses.replace(suite, acceptance=_acceptance(data, suite, source))
 
 
 def load_suite(path: Path, overrides: list[str] = ()) -> Suite:

@@ -1,0 +1,295 @@
+"""The two sides of a paired comparison: one worker process per model, driven over a pipe.
+
+A worker loads its model once, fixes its threads once, then answers requests one at a time:
+``warmup`` (run units until warm, then calibrate how many units make a trial), ``trial``
+(run K units, return the mean of each metric) and ``stop``. Between requests it blocks in
+``recv``, asleep, so the worker that is being timed has the machine to itself.
+
+CPU workers are forked from the fork server that has imported torch and transformers (as
+``run_isolated`` does), so a comparison does not pay 2 x 7 s of imports; CUDA workers are
+spawned, since a CUDA context must never be inherited through fork. Every worker holds a
+lifeline to the parent and dies with it, however the parent dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import time
+
+from slimbench.errors import ModelLoadError, SlimbenchError, UsageError
+
+# what every CPU worker imports anyway: the fork server imports it once
+PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
+           "slimbench.bench.runtimes", "slimbench.bench.measure.environment",
+           "slimbench.bench.measure.paired_worker")
+WARMUP_UNITS = 3  # at least this many untimed units per side ...
+WARMUP_SECONDS = 0.5  # ... and at least this long (ORT and the allocators settle in it)
+LOAD_TIMEOUT = 900.0  # loading a hub model or building a large random shape on 2 busy cores
+_ERRORS = {"UsageError": UsageError, "ModelLoadError": ModelLoadError}
+
+
+def _spin(seconds: float) -> None:
+    """Busy-wait: the injected slowdown must cost CPU time like real work, not sleep."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class _Bench:
+    """The worker's model and its unit of work for one scenario.
+
+    ``slowdown`` (test-only) makes every timed step cost ``1 + slowdown`` times its own
+    measured time: after each timed forward (each decode step; each prefill forward; in
+    generate, the prefill and then the rest of the generation) it busy-waits ``slowdown``
+    times that step's measured time inside the timed region.
+    """
+
+    def __init__(self, spec: str, options: dict, slowdown: float) -> None:
+        from slimbench.bench.measure import environment
+        from slimbench.bench.measure.scenarios import _ids
+        from slimbench.bench.runtimes import make_runtime
+        from slimbench.compress.loader import LoadOptions, load_artifact
+        from slimbench.fingerprint import fingerprint
+
+        self.scenario = options["scenario"]
+        self.length, self.new_tokens = options["length"], options["new_tokens"]
+        self.slowdown = slowdown
+        threads = environment.set_threads(options["threads"])
+        loaded = load_artifact(spec, LoadOptions(
+            device=options["device"], dtype=options["dtype"],
+            allow_pickle=options["allow_pickle"],
+            trust_remote_code=options["trust_remote_code"]))
+        self.rt = rt = make_runtime(loaded, threads=threads)
+        tokens = self.length + (self.new_tokens if self.scenario != "prefill" else 0)
+        if tokens > rt.max_length:
+            raise UsageError(f"{spec}: {self.scenario} needs {tokens} positions (length "
+                             f"{self.length}" + (f" + {self.new_tokens} new tokens"
+                                                 if self.scenario != "prefill" else "")
+                             + f"), the model has {rt.max_length}")
+        self.prompt = _ids(rt.vocab_size, self.length)  # (1, length), seeded: same work always
+        info = loaded.info
+        self.describe = {
+            "spec": spec, "backend": rt.backend, "device": rt.device, "threads": threads,
+            "parameters": info.parameters, "dtype": info.dtype, "kind": info.kind,
+            "recipe": list(info.recipe), "bytes_on_disk": info.bytes_on_disk,
+            "weights_sha256": info.weights_sha256, "pid": os.getpid(),
+            # captured after threads are set and the model is loaded: what the trials run in
+            "fingerprint": fingerprint(environment.capture())}
+        self._state = None  # decode: (logits, cache, steps done) of the unit under way
+        self.unit = {"prefill": self._prefill, "decode": self._decode,
+                     "generate": self._generate}[self.scenario]
+
+    def _timed(self, t0: float) -> float:
+        """Seconds since ``t0`` after a synchronize, stretched by the injected slowdown."""
+        self.rt.sync()
+        dt = time.perf_counter() - t0
+        if self.slowdown:
+            _spin(self.slowdown * dt)
+            dt = time.perf_counter() - t0
+        return dt
+
+    def _prefill(self) -> dict:
+        t0 = time.perf_counter()
+        self.rt.forward(self.prompt)
+        return {"prefill_ms": self._timed(t0) * 1e3}
+
+    def _decode(self) -> dict:
+        self._state = None  # a whole unit: its own prefill and all its steps
+        return self.decode_steps(self.new_tokens)
+
+    def decode_steps(self, steps: int) -> dict:
+        """``steps`` timed decode steps that continue the current unit; a new unit (with its
+        untimed prefill) once the last one has had its ``new_tokens`` steps."""
+        rt = self.rt
+        if self._state is None or self._state[2] >= self.new_tokens:
+            logits, past = rt.forward(self.prompt)  # untimed prefill: the context's KV cache
+            rt.sync()
+            self._state = (logits, past, 0)
+        logits, past, done = self._state
+        steps = min(steps, self.new_tokens - done)
+        total = 0.0
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            logits, past = rt.forward(logits[:, -1:].argmax(-1), past)
+            total += self._timed(t0)
+        self._state = (logits, past, done + steps)
+        return {"decode_ms_per_token": total / steps * 1e3}
+
+    def _generate(self) -> dict:
+        rt = self.rt
+        t0 = time.perf_counter()
+        logits, past = rt.forward(self.prompt)
+        token = logits[:, -1:].argmax(-1)
+        ttft = self._timed(t0)
+        t1 = time.perf_counter()
+        for _ in range(self.new_tokens - 1):
+            logits, past = rt.forward(token, past)
+            token = logits[:, -1:].argmax(-1)
+        rest = self._timed(t1)
+        return {"generate_ms": (ttft + rest) * 1e3, "ttft_ms": ttft * 1e3,
+                "tpot_ms": rest / (self.new_tokens - 1) * 1e3}
+
+    def warmup(self, _=None) -> dict:
+        """Untimed units until warm; then what a unit costs, from the median of the later
+        half of them: ``unit_ms`` (wall, with decode's untimed prefill, which a trial also
+        spends) and, for decode, ``step_ms`` (one timed step)."""
+        walls, steps = [], []
+        start = time.perf_counter()
+        while len(walls) < WARMUP_UNITS or time.perf_counter() - start < WARMUP_SECONDS:
+            t0 = time.perf_counter()
+            values = self.unit()
+            walls.append(time.perf_counter() - t0)
+            steps.append(values.get("decode_ms_per_token"))
+        half = len(walls) // 2
+        out = {"unit_ms": statistics.median(walls[half:]) * 1e3, "warmup_units": len(walls)}
+        if self.scenario == "decode":
+            out["step_ms"] = statistics.median(steps[half:])
+        return out
+
+    def trial(self, plan: dict) -> dict:
+        """One trial (ms): ``{"units": K}``: the mean of each metric over K units;
+        ``{"steps": c}`` (decode): c steps that continue the current unit."""
+        if "steps" in plan:
+            return self.decode_steps(plan["steps"])
+        k = plan["units"]
+        sums: dict[str, float] = {}
+        for _ in range(k):
+            for name, value in self.unit().items():
+                sums[name] = sums.get(name, 0.0) + value
+        return {name: total / k for name, total in sums.items()}
+
+
+def serve(spec: str, options: dict, slowdown: float, conn, lifeline) -> None:
+    """Worker process: load, answer ("ok", description) or the error, then serve requests
+    ``(name, argument)`` until "stop" or the parent is gone."""
+    from slimbench.bench.measure.isolation import watch_parent
+    from slimbench.log import setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    watch_parent(lifeline)
+    setup_logging(int(os.environ.get("SLIMBENCH_VERBOSITY", "0")))
+    bench = None
+    with contextlib.suppress(EOFError, OSError):  # the parent is gone: nobody to answer
+        try:
+            bench = _Bench(spec, options, slowdown)
+            conn.send(("ok", bench.describe))
+        except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
+            conn.send(_error(e))
+            return
+        while True:
+            name, arg = conn.recv()
+            if name == "stop":
+                return
+            try:
+                conn.send(("ok", getattr(bench, name)(arg)))
+            except BaseException as e:  # noqa: BLE001
+                conn.send(_error(e))
+
+
+def _error(e: BaseException) -> tuple:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return ("error", type(e).__name__, text, isinstance(e, SlimbenchError))
+
+
+class Worker:
+    """Parent-side handle of one worker process (``role`` is "baseline" or "candidate")."""
+
+    def __init__(self, role: str, spec: str, options: dict, slowdown: float = 0.0) -> None:
+        from slimbench.bench.measure.isolation import _context
+
+        self.role, self.spec = role, spec
+        ctx = _context(() if options["device"].startswith("cuda") else PRELOAD)
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        life_r, self._life_w = ctx.Pipe(duplex=False)  # we hold the writer: the lifeline
+        self.proc = ctx.Process(target=serve, args=(spec, options, slowdown, child_conn, life_r),
+                                daemon=True, name=f"slimbench-{role}")
+        self.proc.start()
+        child_conn.close()
+        life_r.close()
+
+    def ready(self) -> dict:
+        """The worker's description once it has loaded its model (raises its error)."""
+        return self._answer(LOAD_TIMEOUT)
+
+    def request(self, name: str, arg, timeout: float):
+        self.conn.send((name, arg))
+        return self._answer(timeout)
+
+    def _answer(self, timeout: float):
+        deadline = time.perf_counter() + timeout
+        while not self.conn.poll(0.5):
+            if not self.proc.is_alive() and not self.conn.poll(0):
+                raise SlimbenchError(f"{self.role} worker ({self.spec}) died: "
+                                     f"{_exit_reason(self.proc.exitcode)}")
+            if time.perf_counter() > deadline:
+                raise SlimbenchError(f"{self.role} worker ({self.spec}) gave no answer in "
+                                     f"{timeout:g} s")
+        try:
+            message = self.conn.recv()
+        except EOFError:
+            self.proc.join(1)
+            raise SlimbenchError(f"{self.role} worker ({self.spec}) died: "
+                                 f"{_exit_reason(self.proc.exitcode)}") from None
+        if message[0] == "ok":
+            return message[1]
+        _, kind, text, known = message
+        # a user's problem (bad spec, too long a prompt) keeps its class: one line, exit 2
+        cls = _ERRORS.get(kind, SlimbenchError) if known else SlimbenchError
+        prefix = "" if known and text.startswith(self.spec) else f"{self.spec}: "
+        raise cls(f"{self.role} {prefix}{text}" if known else
+                  f"{self.role} worker ({self.spec}) failed: {kind}: {text}")
+
+    def close(self) -> None:
+        """Stop the worker: politely, then by force; never leaves it running."""
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("stop", None))
+        self.proc.join(2)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+        self._life_w.close()
+
+
+def cpu_snapshot(pids: list[int]) -> tuple[int, int, int] | None:
+    """(the machine's busy jiffies, its total jiffies, the jiffies ``pids`` used), summed
+    over all CPUs, from /proc; None where there is no /proc. Hypervisor steal counts as busy:
+    it is CPU some other machine took."""
+    from pathlib import Path
+
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        busy = user + nice + system + irq + softirq + steal
+        ours = 0
+        for pid in pids:
+            # after "(comm)": field 3 onwards; utime and stime are fields 14 and 15
+            rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ours += int(rest[11]) + int(rest[12])
+        return busy, busy + idle + iowait, ours
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def other_cores(before, after) -> float | None:
+    """How many cores' worth of CPU other work used between two ``cpu_snapshot``s."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    wall = (after[1] - before[1]) / (os.cpu_count() or 1)  # jiffies of one CPU
+    return max(0.0, ((after[0] - before[0]) - (after[2] - before[2])) / wall)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (the kernel's OOM killer sends SIGKILL)"
+                                      if name == "SIGKILL" else "")
+    return f"exited with status {code}"

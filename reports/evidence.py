@@ -1,0 +1,85 @@
+"""What a run holds beside its rows, for verdicts that pair: per cell, the environment
+fingerprint its figures come from, the artifact it measured, and per task the saved
+per-example outputs (``cells/<cell>.examples.jsonl``) that a paired quality test resamples.
+
+A run directory has all of it; a ``results.json`` has the fingerprints, and the rest when its
+run's ``cells/`` folder lies beside it (a committed baseline keeps both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cached_property
+from pathlib import Path
+
+from slimbench.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEvidence:
+    """One task of one cell: its kind, each metric's options, and its examples file."""
+
+    task: str
+    kind: str
+    options: dict[str, dict]
+    path: Path
+
+    @cached_property
+    def examples(self) -> list[dict]:
+        """The task's per-example records (the file holds every task of the cell)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"{self.path}: cannot read the per-example outputs ({e})") from None
+        return [r for r in records if isinstance(r, dict) and r.get("task") == self.task]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellEvidence:
+    """One cell: its environment fingerprint, the artifact it measured (path or model spec,
+    with its content key and recipe) and its tasks' examples."""
+
+    fingerprint: dict | None
+    artifact: str | None = None
+    tasks: dict[str, TaskEvidence] = dataclasses.field(default_factory=dict)
+    content_key: str | None = None
+    recipe: list[str] = dataclasses.field(default_factory=list)
+
+
+def _task_evidence(cells_dir: Path, task: str, score) -> TaskEvidence | None:
+    if not score.examples_file or not (cells_dir / score.examples_file).is_file():
+        return None
+    spec = score.task_spec or {}
+    options = {m["metric"]: {k: v for k, v in m.items() if k not in ("metric",
+                                                                     "higher_is_better")}
+               for m in spec.get("metric_list") or [] if isinstance(m, dict) and "metric" in m}
+    return TaskEvidence(task, spec.get("kind", "generate"), options,
+                        cells_dir / score.examples_file)
+
+
+def load_evidence(path: Path) -> dict[str, CellEvidence]:
+    """Per cell id, what ``path`` (a run directory or a results file) holds beside its rows."""
+    from slimbench.files import read_json
+    from slimbench.fingerprint import fingerprint
+    from slimbench.reports.table import load_cells
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    recorded = {}
+    results = path / "results.json" if path.is_dir() else path
+    if results.is_file():
+        recorded = (read_json(results, "results file") or {}).get("environments") or {}
+    out = {cell: CellEvidence(fp) for cell, fp in recorded.items()}
+    if not (run_dir / "cells").is_dir():
+        return out
+    for res in load_cells(run_dir):
+        if res.status != "ok":
+            continue
+        tasks = {task: ev for task, score in res.quality.items()
+                 if (ev := _task_evidence(run_dir / "cells", task, score))}
+        fp = fingerprint(res.environment) if res.environment else recorded.get(res.cell.id)
+        out[res.cell.id] = CellEvidence(fp, res.cell.artifact, tasks, res.cell.content_key,
+                                        list(res.cell.recipe))
+    return out

@@ -1,0 +1,65 @@
+"""The environment fingerprint: what must match for two figures to be compared.
+
+Latency and memory only compare between matching fingerprints: the same CPU model, the same
+instruction-set features that select kernels, the same threads, the same GPU and the same
+versions of the libraries whose kernels run. Quality is deterministic for an artifact on one
+machine, but int8 kernels differ between AVX2, AVX-512 VNNI and AMX (ONNX Runtime's MLAS picks
+its kernel by CPU), so a quality comparison across such a change is marked as one.
+
+A fingerprint is computed from the ``environment`` record every cell and comparison saves
+(``bench/measure/environment.capture``), so it needs nothing but that record.
+"""
+
+from __future__ import annotations
+
+# CPU features that change which int8 / bf16 kernel runs (torch's oneDNN/FBGEMM, ORT's MLAS)
+KERNEL_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+              "amx_int8", "amx_bf16")
+# libraries whose kernels run during a measurement
+KERNEL_PACKAGES = ("torch", "onnxruntime-gpu", "onnxruntime", "transformers")
+
+
+def fingerprint(env: dict | None) -> dict | None:
+    """``{"cpu", "isa", "threads", "gpu", "packages"}`` of an environment record (None for
+    none: a figure with no environment cannot be shown comparable)."""
+    if not isinstance(env, dict) or not env:
+        return None
+
+    def mapping(value) -> dict:  # the record is untyped: take what has the expected shape
+        return value if isinstance(value, dict) else {}
+
+    cpu, gpu = env.get("cpu"), mapping(env.get("gpu"))
+    flags, packages = mapping(mapping(cpu).get("flags")), mapping(env.get("packages"))
+    model = mapping(cpu).get("model") or (cpu if isinstance(cpu, str) else None)
+    return {"cpu": model or env.get("processor"),
+            "isa": sorted(f for f in KERNEL_ISA if flags.get(f)),
+            "threads": env.get("torch_threads", env.get("threads")),
+            "gpu": gpu.get("name"),
+            "packages": {p: packages.get(p) for p in KERNEL_PACKAGES if packages.get(p)}}
+
+
+def differences(a: dict | None, b: dict | None) -> list[str]:
+    """What differs between two fingerprints, one short text each (empty: comparable), e.g.
+    ``isa: +avx512_vnni``, ``threads: 2 -> 4``. A missing fingerprint is a difference (the
+    caller decides what an unknown environment means)."""
+    if a is None or b is None:
+        return ["no environment recorded"]
+    out = []
+    for key in ("cpu", "threads", "gpu"):
+        if a.get(key) != b.get(key):
+            out.append(f"{key}: {a.get(key)} -> {b.get(key)}")
+    isa_a, isa_b = set(a.get("isa") or ()), set(b.get("isa") or ())
+    if isa_a != isa_b:
+        out.append("isa: " + " ".join([f"+{f}" for f in sorted(isa_b - isa_a)]
+                                      + [f"-{f}" for f in sorted(isa_a - isa_b)]))
+    pa, pb = a.get("packages") or {}, b.get("packages") or {}
+    out += [f"{p}: {pa.get(p)} -> {pb.get(p)}" for p in sorted(set(pa) | set(pb))
+            if pa.get(p) != pb.get(p)]
+    return out
+
+
+def kernel_differences(a: dict | None, b: dict | None) -> list[str]:
+    """The differences that can change a model's outputs (ISA, GPU, library versions), not
+    only its speed (CPU model, threads)."""
+    return [d for d in differences(a, b)
+            if not d.startswith(("cpu:", "threads:", "no environment"))]

@@ -1,0 +1,204 @@
+"""Paired quality tests: a baseline and a candidate scored on the same examples.
+
+Comparing two point values against a fixed threshold ignores sampling noise: on 20 examples a
+ROUGE score's own 95% interval is ten points wide, so a candidate whose outputs differ by a few
+tokens can fail a 2% gate by chance. The two sides were scored on the same examples, so the
+comparison is paired: each bootstrap resample draws one set of example indices and applies it
+to both sides (paired bootstrap, Koehn 2004; sacrebleu's ``paired-bs``), giving an interval of
+the difference in which the between-example variance cancels out. A corpus metric
+re-aggregates its per-example statistics on each resample (BLEU's n-gram counts, perplexity's
+per-text NLL and token counts kept together), as in ``bootstrap.bootstrap_ci``.
+
+Two decision rules on the interval of the degradation d (the change in the bad direction):
+
+- ``significance``: fail only when d exceeds the allowance AND the interval of d excludes 0
+  (the burden of proof is on the gate; a small n passes more).
+- ``non_inferiority``: pass only when the interval's bad end is within the allowance (the
+  burden of proof is on the candidate; a small n fails more).
+
+Each decision says the smallest degradation it could detect with this n, so a pass on too few
+examples reads as what it is.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+
+from slimbench.errors import UsageError
+from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
+
+TESTS = ("significance", "non_inferiority")
+MODES = ("relative", "absolute")
+Z_POWER = 1.96 + 0.84  # 5% two-sided, 80% power
+_SPEC_KEYS = frozenset({"metric", "higher_is_better"})  # a task_spec metric_list entry's own
+
+
+def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | None = None
+                ) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    """Per-example statistics rows and the aggregate for one metric, from saved example
+    records (``*.examples.jsonl``).
+
+    Kind ``perplexity``: rows ``(nll_nats, tokens, bytes)`` per text and
+    ``PERPLEXITY_METRICS[metric]``; otherwise ``METRICS[metric].stats(predictions,
+    references, **options)`` and its aggregate, with the metric's default options filled in.
+    ``options`` may be a ``task_spec`` ``metric_list`` entry as saved (its ``metric`` and
+    ``higher_is_better`` keys are ignored).
+    """
+    registry = PERPLEXITY_METRICS if kind == "perplexity" else METRICS
+    scorer = registry.get(metric)
+    if scorer is None:
+        raise UsageError(f"unknown metric {metric!r} for a {kind} task "
+                         f"(known: {', '.join(sorted(registry))})")
+    opts = {k: v for k, v in dict(options or {}).items() if k not in _SPEC_KEYS}
+    unknown = sorted(set(opts) - set(scorer.options))
+    if unknown:
+        raise UsageError(f"metric {metric}: unknown option(s) {', '.join(unknown)} "
+                         f"(allowed: {', '.join(sorted(scorer.options)) or 'none'})")
+    opts = with_defaults(scorer, opts)
+    try:
+        if kind == "perplexity":
+            rows = np.array([[e["nll_nats"], e["tokens"], e["bytes"]] for e in examples],
+                            dtype=np.float64).reshape(len(examples), 3)
+        else:
+            rows = scorer.stats([e["prediction"] for e in examples],
+                                [e["reference"] for e in examples], **opts)
+    except KeyError as e:
+        raise UsageError(f"metric {metric}: a {kind} example record lacks "
+                         f"{e.args[0]!r}") from None
+    return np.asarray(rows), lambda r: float(scorer.aggregate(r, **opts))
+
+
+def _few(ids: list, k: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in ids[:k])
+    return shown + (f" and {len(ids) - k} more" if len(ids) > k else "") if ids else "none"
+
+
+def _by_id(examples: list[dict], side: str) -> dict:
+    try:
+        ids = [e["id"] for e in examples]
+    except (KeyError, TypeError):
+        raise UsageError(f"{side}: an example record has no id") from None
+    repeated = [i for i, c in Counter(ids).items() if c > 1]
+    if repeated:
+        raise UsageError(f"{side}: example id(s) {_few(repeated)} repeat, so examples cannot "
+                         "be paired by id (one task's records at a time)")
+    return dict(zip(ids, examples, strict=True))
+
+
+def pair_examples(base: list[dict], cand: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Both sides in the baseline's order, joined by example id.
+
+    UsageError naming a few ids when the two sets of ids differ (the comparison would not be
+    paired) or when an id repeats on one side.
+    """
+    b, c = _by_id(base, "baseline"), _by_id(cand, "candidate")
+    only_b, only_c = [i for i in b if i not in c], [i for i in c if i not in b]
+    if only_b or only_c:
+        raise UsageError(f"baseline and candidate were scored on different examples, so they "
+                         f"cannot be paired: only in the baseline {_few(only_b)}; only in the "
+                         f"candidate {_few(only_c)}")
+    return list(b.values()), [c[i] for i in b]
+
+
+def paired_samples(base_rows, cand_rows, aggregate: Callable[[np.ndarray], float],
+                   resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The metric of each side on each resample: ``(resamples,)`` arrays, the same indices
+    ``default_rng(seed).integers(0, n, (resamples, n))`` for both sides (the draw of
+    ``bootstrap_ci``, and of sacrebleu's ``rng.choice`` for the same seed)."""
+    base_rows, cand_rows = np.asarray(base_rows), np.asarray(cand_rows)
+    n = len(base_rows)
+    if n == 0 or len(cand_rows) != n:
+        raise UsageError(f"paired bootstrap needs the same examples on both sides, at least one:"
+                         f" got {n} baseline and {len(cand_rows)} candidate rows")
+    if resamples < 1:
+        raise UsageError(f"paired bootstrap needs at least 1 resample, got {resamples}")
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    return (np.array([aggregate(base_rows[i]) for i in idx], dtype=np.float64),
+            np.array([aggregate(cand_rows[i]) for i in idx], dtype=np.float64))
+
+
+def paired_bootstrap(base_rows, cand_rows, aggregate: Callable[[np.ndarray], float],
+                     resamples: int = 1000, seed: int = 0) -> dict:
+    """Point values, and the percentile 95% interval and standard error of the difference
+    ``candidate - baseline`` over paired resamples (the same indices for both sides)."""
+    b, c = paired_samples(base_rows, cand_rows, aggregate, resamples, seed)
+    base_v = float(aggregate(np.asarray(base_rows)))
+    cand_v = float(aggregate(np.asarray(cand_rows)))
+    deltas = c - b
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    return {"baseline": base_v, "candidate": cand_v, "delta": cand_v - base_v,
+            "ci95": [float(lo), float(hi)],
+            "se": float(deltas.std(ddof=1)) if resamples > 1 else 0.0,
+            "n": len(np.asarray(base_rows)), "resamples": resamples, "seed": seed}
+
+
+def _check(test: str, mode: str, allowed: float) -> None:
+    if test not in TESTS:
+        raise UsageError(f"unknown paired test {test!r} (one of {', '.join(TESTS)})")
+    if mode not in MODES:
+        raise UsageError(f"unknown allowance mode {mode!r} (one of {', '.join(MODES)})")
+    if not isinstance(allowed, numbers.Real) or not math.isfinite(allowed) or allowed < 0:
+        raise UsageError(f"allowed change must be a finite number >= 0, got {allowed!r}")
+
+
+def decide(result: dict, higher_is_better: bool, test: str, mode: str, allowed: float) -> dict:
+    """Pass or fail a ``paired_bootstrap`` result.
+
+    The degradation d is the change in the bad direction (baseline - candidate when higher is
+    better, else candidate - baseline), its interval likewise. The allowance A is
+    ``allowed * |baseline|`` (mode ``relative``; 0 for a baseline of 0) or ``allowed``
+    (``absolute``, metric units). ``significance`` fails when d > A and the interval of d
+    excludes 0; ``non_inferiority`` fails unless the interval's high end is <= A.
+    ``detectable`` is the smallest degradation the test could detect with this n: about
+    (1.96 + 0.84) * se for significance (80% power), the interval's half-width for
+    non-inferiority.
+    """
+    _check(test, mode, allowed)
+    base, delta = result["baseline"], result["delta"]
+    sign = -1.0 if higher_is_better else 1.0
+    d = sign * delta + 0.0  # + 0.0: no -0.0
+    lo, hi = sorted(sign * x + 0.0 for x in result["ci95"])
+    if mode == "relative":
+        allowance = float(allowed) * abs(base)
+        rule = (f"{allowed:.4g} x |baseline {base:.4g}|" if base else
+                "relative to a baseline of 0, so 0")
+    else:
+        allowance, rule = float(allowed), "absolute"
+    if test == "significance":
+        fail = d > allowance and lo > 0
+        reason = ("beyond the allowance and significant (interval excludes 0)" if fail else
+                  "within the allowance" if d <= allowance else
+                  "beyond the allowance but not significant (interval includes 0)")
+        detectable = Z_POWER * result["se"]
+    else:
+        fail = not hi <= allowance
+        reason = (f"interval's bad end {hi:.4g} {'>' if fail else '<='} allowance "
+                  f"{allowance:.4g}")
+        detectable = (result["ci95"][1] - result["ci95"][0]) / 2
+    why = (f"{test}: {'fail' if fail else 'pass'}: change {delta:+.4g} "
+           f"({base:.4g} -> {result['candidate']:.4g}), degradation {d:.4g} "
+           f"95% CI [{lo:.4g}, {hi:.4g}] on {result['n']} paired examples, allowance "
+           f"{allowance:.4g} ({rule}): {reason}")
+    return {"status": "fail" if fail else "pass", "why": why, "test": test,
+            "allowance": allowance, "degradation": d, "degradation_ci95": [lo, hi],
+            "detectable": float(detectable),
+            "detectable_relative": float(detectable / abs(base)) if base else None}
+
+
+def paired_test(base_examples: list[dict], cand_examples: list[dict], kind: str, metric: str,
+                options: dict | None, higher_is_better: bool, test: str, mode: str,
+                allowed: float, resamples: int = 1000, seed: int = 0) -> dict:
+    """pair_examples -> metric_rows for each side -> paired_bootstrap -> decide: the bootstrap
+    fields, the decision fields, and ``metric`` (the ``why`` starts with the metric)."""
+    _check(test, mode, allowed)
+    base, cand = pair_examples(base_examples, cand_examples)
+    base_rows, aggregate = metric_rows(base, kind, metric, options)
+    cand_rows, _ = metric_rows(cand, kind, metric, options)
+    boot = paired_bootstrap(base_rows, cand_rows, aggregate, resamples, seed)
+    decision = decide(boot, higher_is_better, test, mode, allowed)
+    return {"metric": metric} | boot | decision | {"why": f"{metric} {decision['why']}"}
