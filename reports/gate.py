@@ -156,6 +156,10 @@ def _paired_quality(base: dict, cand: dict, evidence, policy: Policy, mode: str,
     except UsageError as e:  # other examples on each side: nothing to pair
         return {"paired": False, "note": f"unpaired ({e})"}
     detect = res["detectable"]
+    if detect == 0 and res["ci95"] == [0.0, 0.0]:  # nothing varies: no power to speak of
+        return {"paired": True, "status": res["status"], "test": test, "delta": res["delta"],
+                "delta_ci95": res["ci95"], "detectable": detect,
+                "why": f"{metric}: identical on all {res['n']} paired examples"}
     shown = f"{res['detectable_relative']:.1%}" if mode == "relative" and \
         res.get("detectable_relative") is not None else f"{detect:.3g}"
     return {"paired": True, "status": res["status"], "test": test,

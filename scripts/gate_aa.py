@@ -61,7 +61,8 @@ def record(kind: str, name: str, run: int, spec: str, settings: dict, result,
             "ci95": list(result.ci95), "half_width": half_width(result.ratio, result.ci95),
             "pairs": result.pairs, "seconds": result.seconds,
             "setup_seconds": result.setup_seconds, "wall_seconds": wall,
-            "load_average_1m": load, "warnings": result.warnings, "by_order": result.by_order,
+            "load_average_1m": load, "host": result.host, "warnings": result.warnings,
+            "by_order": result.by_order,
             "calibration": result.calibration, "trials": result.trials}
 
 

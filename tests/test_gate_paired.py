@@ -269,3 +269,11 @@ def test_fingerprint_of_a_real_and_of_a_malformed_environment():
     other = fp | {"threads": fp["threads"] + 1, "isa": fp["isa"] + ["amx_tile"]}
     assert kernel_differences(fp, other) == ["isa: +amx_tile"]
     assert f"threads: {fp['threads']} -> {fp['threads'] + 1}" in differences(fp, other)
+
+
+def test_identical_outputs_say_so(tmp_path):
+    base = _run(tmp_path, "b", [_rouge_task(REFS)], _env())
+    same = _run(tmp_path, "same", [_rouge_task(REFS)], _env())
+    check = _gate(base, same)["summary.rouge1"]
+    assert check["status"] == "pass" and check["why"] == \
+        "rouge1: identical on all 20 paired examples"

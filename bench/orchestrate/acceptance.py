@@ -229,7 +229,9 @@ class _Judge:
         if r is None:
             return out | {"status": "fail", "why": f"the {scenario} A/B measured no {metric}"}
         ratio, (lo, hi) = r["ratio"], r["ci95"]
-        warnings = comparison["result"].get("warnings") or []
+        # the A/B's own min effect plays no part here: the criterion's threshold decides
+        warnings = [w for w in comparison["result"].get("warnings") or []
+                    if "wider than the min effect" not in w]
         pairs = comparison["result"]["pairs"]
         what = (f"{metric} {r['baseline']:.4g} -> {r['candidate']:.4g} ms (medians), "
                 f"{pairs} interleaved pairs")
