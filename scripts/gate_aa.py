@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=PairedConfig.min_seconds)
     ap.add_argument("--max-seconds", type=float, default=PairedConfig.max_seconds)
     ap.add_argument("--trial-seconds", type=float, default=PairedConfig.trial_seconds)
+    ap.add_argument("--precision", type=float, default=PairedConfig.precision,
+                    help="stop once the interval is within +-this (default %(default)s)")
     ap.add_argument("--cache", type=Path,
                     help="artifact cache (default: .artifacts beside --out)")
     args = ap.parse_args()
@@ -125,12 +127,14 @@ def main() -> None:
     if args.runs < 0 or power_runs < 0:
         ap.error("--runs and --power-runs must be >= 0")
     settings = {"threads": args.threads, "min_seconds": args.min_seconds,
-                "max_seconds": args.max_seconds, "trial_seconds": args.trial_seconds}
+                "max_seconds": args.max_seconds, "trial_seconds": args.trial_seconds,
+                "precision": args.precision}
     try:  # every value checked before any work
         configs = {name: PairedConfig(scenario=CONFIGS[name][2], threads=args.threads,
                                       min_seconds=args.min_seconds,
                                       max_seconds=args.max_seconds,
-                                      trial_seconds=args.trial_seconds)
+                                      trial_seconds=args.trial_seconds,
+                                      precision=args.precision)
                    for name in CONFIGS}
     except SlimbenchError as e:
         ap.error(str(e))

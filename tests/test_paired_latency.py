@@ -4,6 +4,7 @@ the command's inputs and output, and real comparisons of the reference with itse
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -115,28 +116,51 @@ def test_should_stop():
     assert not should_stop(wide, 50.0, cfg, pair_seconds=4.0)
 
 
-def test_orders_random_but_balanced_in_blocks_of_two():
-    import random
+def test_every_timed_trial_follows_the_other_side(monkeypatch):
+    log = []
 
-    def first(seed, n=200):
-        orders = paired.balanced_orders(random.Random(seed))
-        return [next(orders) for _ in range(n)]
+    class FakeWorker:
+        def __init__(self, role):
+            self.role = role
 
-    seq = first(0)
-    assert all(seq[i] != seq[i + 1] for i in range(0, len(seq), 2))  # one of each per block
-    assert seq != [True, False] * 100 and seq != [False, True] * 100  # not a fixed alternation
-    assert first(0) == seq and first(1) != seq  # seeded
+        def request(self, name, plan, timeout):
+            log.append((self.role, bool(plan.get("filler"))))
+            return {"decode_ms_per_token": 2.0 if self.role == "candidate" else 1.0}
+
+    monkeypatch.setattr(paired, "GAP_SECONDS", 0.0)
+    cfg = PairedConfig(min_seconds=0, max_seconds=1e-9, seed=3)
+    plan = {"baseline": {"steps": 4}, "candidate": {"steps": 4}}
+    trials, _ = paired._pairs({r: FakeWorker(r) for r in plan}, plan, cfg, False)
+    assert len(trials) == MIN_PAIRS  # stopped as early as allowed
+    assert all(log[i][0] != log[i + 1][0] for i in range(len(log) - 1))  # alternation
+    fillers = sum(f for _, f in log)
+    assert 0 < fillers < len(log) / 2 and len(log) == 2 * (MIN_PAIRS + 1) + fillers
+    assert {t["baseline_first"] for t in trials} == {True, False}  # the order stays random
+    assert all(t["candidate"]["decode_ms_per_token"] == 2.0 for t in trials)
+    orders = paired.pair_orders(random.Random(3))
+    assert [t["baseline_first"] for t in trials] == [next(orders) for _ in range(11)][1:]
+
+
+def test_filler_trials_keep_the_decode_units_in_lockstep(monkeypatch):
+    b = _bench(monkeypatch, "decode")
+    b.trial({"steps": 2})
+    b.trial({"steps": 2, "filler": True})  # 2 one-token forwards without a cache
+    b.trial({"steps": 2})  # continues the main unit: steps 3 and 4, no prefill
+    assert b.rt.calls == [9, 1, 1, 1, 1, 1, 1]
+    assert b.rt.cacheless == [3, 4]  # the filler's calls kept no cache
 
 
 def test_busy_machine_warning(monkeypatch):
-    monkeypatch.setattr(paired.os, "cpu_count", lambda: 2)
-    assert paired._busy_warning(0.2, 2, "cpu") is None
-    assert paired._busy_warning(1.1, 1, "cpu") is None
-    assert paired._busy_warning(None, 2, "cpu") is None
-    assert "other work used 1.5 of its 2 cores" in paired._busy_warning(1.5, 2, "cpu")
-    assert "fewer --threads" in paired._busy_warning(1.5, 2, "cpu")
-    assert "fewer --threads" not in paired._busy_warning(1.5, 1, "cpu")
-    assert paired._busy_warning(1.5, 2, "cuda") is None
+    from slimbench.bench.measure import paired_worker
+
+    monkeypatch.setattr(paired_worker.os, "cpu_count", lambda: 2)
+    assert paired_worker.busy_warning(0.2, 2, "cpu") is None
+    assert paired_worker.busy_warning(1.1, 1, "cpu") is None
+    assert paired_worker.busy_warning(None, 2, "cpu") is None
+    assert "other work used 1.5 of its 2 cores" in paired_worker.busy_warning(1.5, 2, "cpu")
+    assert "fewer --threads" in paired_worker.busy_warning(1.5, 2, "cpu")
+    assert "fewer --threads" not in paired_worker.busy_warning(1.5, 1, "cpu")
+    assert paired_worker.busy_warning(1.5, 2, "cuda") is None
 
 
 def test_other_cores_from_cpu_snapshots(monkeypatch):
@@ -183,14 +207,20 @@ class _FakeRuntime:
     vocab_size, max_length, backend = 16, 64, "fake"
 
     def __init__(self, clock):
-        self.clock, self.calls = clock, []
+        self.clock, self.calls, self.cacheless = clock, [], []
 
-    def forward(self, ids, past=None):
+    burst = range(0)  # calls that other work slows down 3x
+
+    def forward(self, ids, past=None, keep_cache=True):
         import torch
 
-        self.clock.t += 0.010 * ids.shape[1] ** 0.5  # 10 ms a step, more for a prompt
+        slow = 3 if len(self.calls) in self.burst else 1
+        self.clock.t += 0.010 * ids.shape[1] ** 0.5 * slow  # 10 ms a step, more for a prompt
+        if not keep_cache:
+            self.cacheless.append(len(self.calls))
         self.calls.append(ids.shape[1])
-        return torch.zeros(1, ids.shape[1], self.vocab_size), (past or 0) + ids.shape[1]
+        logits = torch.zeros(1, ids.shape[1], self.vocab_size)
+        return logits, ((past or 0) + ids.shape[1]) if keep_cache else None
 
     def sync(self):
         pass
@@ -205,7 +235,7 @@ def _bench(monkeypatch, scenario, slowdown=0.0, new_tokens=4):
     monkeypatch.setattr(paired_worker.time, "perf_counter", clock)
     b = paired_worker._Bench.__new__(paired_worker._Bench)
     b.scenario, b.length, b.new_tokens, b.slowdown = scenario, 9, new_tokens, slowdown
-    b.rt, b.prompt, b._state = _FakeRuntime(clock), torch.zeros(1, 9, dtype=torch.long), None
+    b.rt, b.prompt, b._states = _FakeRuntime(clock), torch.zeros(1, 9, dtype=torch.long), {}
     b.unit = {"prefill": b._prefill, "decode": b._decode, "generate": b._generate}[scenario]
     return b
 
@@ -219,6 +249,35 @@ def test_decode_trials_of_steps_continue_a_unit(monkeypatch):
     b.trial({"units": 2})  # whole units: each its own prefill and all its steps
     assert b.rt.calls[8:] == [9, 1, 1, 1, 1, 9, 1, 1, 1, 1]
     assert b.trial({"steps": 2})["decode_ms_per_token"] == pytest.approx(10, abs=0.1)
+
+
+def test_warmup_sizes_trials_from_the_fastest_unit(monkeypatch):
+    b = _bench(monkeypatch, "decode")
+    b.rt.burst = range(5, 15)  # units 2 and 3 of the warm-up meet a burst of other work
+    cal = b.warmup()
+    assert cal["warmup_units"] >= 3
+    assert cal["unit_ms"] == pytest.approx(30 + 4 * 10, abs=0.1)  # a 9-token prefill, 4 steps
+    assert cal["step_ms"] == pytest.approx(10, abs=0.01)
+
+
+@pytest.mark.slow
+def test_decode_steps_and_fillers_on_onnx_runtime(monkeypatch, tmp_path, tiny_dir):
+    """ORT continues only the cache of its latest call: a filler must leave it alone."""
+    import torch
+
+    from slimbench.bench.runtimes import make_runtime
+    from slimbench.compress.loader import load_artifact
+    from slimbench.compress.steps import run_step
+
+    run_step("export_onnx", {}, str(tiny_dir), tmp_path / "onnx")
+    b = _bench(monkeypatch, "decode")
+    b.rt = make_runtime(load_artifact(str(tmp_path / "onnx")), threads=1)
+    b.prompt = torch.zeros(1, 9, dtype=torch.long)
+    assert b.rt.backend == "onnxruntime"
+    for _ in range(5):  # across the end of a unit, too
+        b.trial({"steps": 2, "filler": True})
+        assert set(b.trial({"steps": 2})) == {"decode_ms_per_token"}
+    assert set(b.trial({"units": 2})) == {"decode_ms_per_token"}
 
 
 @pytest.mark.parametrize("scenario", ["prefill", "decode", "generate"])

@@ -26,9 +26,9 @@ import time
 
 from slimbench.bench.measure.paired_stats import (  # noqa: F401 - part of this API
     MIN_PAIRS,
-    balanced_orders,
     half_width,
     median_ci,
+    pair_orders,
     ratio_summary,
     should_stop,
     trial_plan,
@@ -47,6 +47,14 @@ BURN_IN_PAIRS = 1  # measured and dropped: the first switch between the workers 
 # while after its last parallel region; started at once, the next trial would share the
 # cores with the previous worker's spinning threads. Randomized order cancels what remains.
 GAP_SECONDS = 0.015
+# Every timed trial follows a trial of the other side. A trial that follows its own side's
+# runs warm (its thread pool just active, its data in cache) and is faster; with a random
+# order, the first trial of a pair follows itself half the time, the second never, and on a
+# busy 2-core host the second came out 7-15% slower: the ratios split into two humps (by
+# order) and their median wandered between them (an A/A gave 0.944 [0.913, 0.985]). So when
+# the random order would repeat a side, an unused filler trial of the other side runs first
+# (0.5 per pair on average); the order stays random, which cancels drift within a pair.
+ALTERNATE = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +264,12 @@ def paired_compare(baseline: str, candidate: str, config: PairedConfig = PairedC
         UsageError / ModelLoadError: a bad config, spec or length (one line).
         SlimbenchError: a worker that failed or died, with the reason.
     """
-    from slimbench.bench.measure.paired_worker import Worker, cpu_snapshot, other_cores
+    from slimbench.bench.measure.paired_worker import (
+        Worker,
+        busy_warning,
+        cpu_snapshot,
+        other_cores,
+    )
     from slimbench.compress.loader import LoadOptions
 
     if isinstance(slowdown, bool) or not isinstance(slowdown, int | float) or not (
@@ -293,25 +306,10 @@ def paired_compare(baseline: str, candidate: str, config: PairedConfig = PairedC
                                      "steps_per_trial": next(iter(plan[role].values()))}
                           for role, c in calibration.items()}
     result.host = {"load_average_1m": load, "other_cores": others}
-    busy = _busy_warning(others, models["baseline"]["threads"], config.device)
+    busy = busy_warning(others, models["baseline"]["threads"], config.device)
     if busy:
         result.warnings.append(busy)
     return result
-
-
-def _busy_warning(others: float | None, threads: int, device: str) -> str | None:
-    """Other work on the machine (``others`` cores busy on average during the pairs; not the
-    load average, which back-to-back comparisons fill with their own work): pairing cancels
-    its slow changes, but not its fast ones, which widen the interval; and a
-    CPU thread pool as wide as the machine waits at every barrier for whichever thread the
-    scheduler took away (on a 2-core host at load 4, the reference's decode step took
-    39 ms at 2 threads and 2.7 ms at 1 thread)."""
-    cores = os.cpu_count() or 1
-    if others is None or not device.startswith("cpu") or others + threads <= cores + 0.25:
-        return None
-    hint = "; fewer --threads gives steadier figures" if threads >= cores else ""
-    return (f"the machine was busy: other work used {others:.1f} of its {cores} cores during "
-            f"the comparison, which ran {threads} threads per worker{hint}")
 
 
 def _pairs(workers: dict, plan: dict, config: PairedConfig,
@@ -321,11 +319,11 @@ def _pairs(workers: dict, plan: dict, config: PairedConfig,
 
     from slimbench.log import quiet_progress
 
-    orders = balanced_orders(random.Random(config.seed))
+    orders = pair_orders(random.Random(config.seed))
     primary = PRIMARY[config.scenario]
     # a trial may take far longer than planned on a loaded host; only a hung worker takes this
     timeout = 300 + 100 * config.trial_seconds
-    trials, ratios = [], []
+    trials, ratios, last = [], [], None
     bar = tqdm(total=None, unit="pair", desc="compare", disable=quiet_progress(show_progress),
                leave=False)
     start = None
@@ -333,10 +331,15 @@ def _pairs(workers: dict, plan: dict, config: PairedConfig,
         for i in range(100_000_000):
             baseline_first = next(orders)
             order = ("baseline", "candidate") if baseline_first else ("candidate", "baseline")
+            if ALTERNATE and order[0] == last:
+                # a filler trial of the other side, not used: see ALTERNATE
+                time.sleep(GAP_SECONDS)
+                workers[order[1]].request("trial", plan[order[1]] | {"filler": True}, timeout)
             values = {}
             for role in order:
                 time.sleep(GAP_SECONDS)
                 values[role] = workers[role].request("trial", plan[role], timeout)
+            last = order[1]
             if i < BURN_IN_PAIRS:
                 start = time.perf_counter()
                 continue

@@ -98,12 +98,7 @@ def trial_plan(config, calibration: dict) -> dict:
             for role, u in unit_s.items()}
 
 
-def balanced_orders(rng: random.Random):
-    """Who runs first in each pair: random per pair, balanced in blocks of two (one pair of
-    each order, shuffled), so that whatever the second trial of a pair suffers (it was a few
-    percent slower on a loaded 2-core host) falls on both sides equally in any stretch of
-    pairs, instead of only on average."""
+def pair_orders(rng: random.Random):
+    """Whether the baseline runs first, for each pair: random, seeded."""
     while True:
-        block = [True, False]
-        rng.shuffle(block)
-        yield from block
+        yield rng.random() < 0.5

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import statistics
 import time
 
 from slimbench.errors import ModelLoadError, SlimbenchError, UsageError
@@ -78,7 +77,7 @@ class _Bench:
             "weights_sha256": info.weights_sha256, "pid": os.getpid(),
             # captured after threads are set and the model is loaded: what the trials run in
             "fingerprint": fingerprint(environment.capture())}
-        self._state = None  # decode: (logits, cache, steps done) of the unit under way
+        self._states = {}  # decode: slot -> (logits, cache, steps done) of a unit under way
         self.unit = {"prefill": self._prefill, "decode": self._decode,
                      "generate": self._generate}[self.scenario]
 
@@ -97,25 +96,28 @@ class _Bench:
         return {"prefill_ms": self._timed(t0) * 1e3}
 
     def _decode(self) -> dict:
-        self._state = None  # a whole unit: its own prefill and all its steps
-        return self.decode_steps(self.new_tokens)
+        self._states.pop("unit", None)  # a whole unit: its own prefill and all its steps
+        return self.decode_steps(self.new_tokens, "unit")
 
-    def decode_steps(self, steps: int) -> dict:
-        """``steps`` timed decode steps that continue the current unit; a new unit (with its
-        untimed prefill) once the last one has had its ``new_tokens`` steps."""
+    def decode_steps(self, steps: int, slot: str = "main") -> dict:
+        """``steps`` timed decode steps that continue the current unit in ``slot``; a new
+        unit (with its untimed prefill) once the last one has had its ``new_tokens`` steps.
+        (A runtime may only continue the cache of its latest call: ORT's raises otherwise;
+        so slots take turns, never interleave.)"""
         rt = self.rt
-        if self._state is None or self._state[2] >= self.new_tokens:
+        state = self._states.get(slot)
+        if state is None or state[2] >= self.new_tokens:
             logits, past = rt.forward(self.prompt)  # untimed prefill: the context's KV cache
             rt.sync()
-            self._state = (logits, past, 0)
-        logits, past, done = self._state
+            state = (logits, past, 0)
+        logits, past, done = state
         steps = min(steps, self.new_tokens - done)
         total = 0.0
         for _ in range(steps):
             t0 = time.perf_counter()
             logits, past = rt.forward(logits[:, -1:].argmax(-1), past)
             total += self._timed(t0)
-        self._state = (logits, past, done + steps)
+        self._states[slot] = (logits, past, done + steps)
         return {"decode_ms_per_token": total / steps * 1e3}
 
     def _generate(self) -> dict:
@@ -132,10 +134,27 @@ class _Bench:
         return {"generate_ms": (ttft + rest) * 1e3, "ttft_ms": ttft * 1e3,
                 "tpot_ms": rest / (self.new_tokens - 1) * 1e3}
 
+    def _filler_steps(self, steps: int) -> dict:
+        """A filler trial for decode in steps: as many one-token forwards without a cache
+        (the same weights streamed, the same thread pool busy), which leave the unit under way
+        and its cache alone, so that both sides' units stay in lockstep."""
+        token = self.prompt[:, -1:]
+        for _ in range(steps):
+            self.rt.forward(token, keep_cache=False)
+        self.rt.sync()
+        return {}
+
     def warmup(self, _=None) -> dict:
-        """Untimed units until warm; then what a unit costs, from the median of the later
-        half of them: ``unit_ms`` (wall, with decode's untimed prefill, which a trial also
-        spends) and, for decode, ``step_ms`` (one timed step)."""
+        """Untimed units until warm; then what a unit costs: ``unit_ms`` (wall, with
+        decode's untimed prefill, which a trial also spends) and, for decode, ``step_ms``
+        (one timed step), each the fastest warm-up unit's.
+
+        Why the fastest: trials are sized from these, and two sides whose trials differ in
+        length meet a busy host differently (the longer one runs further past its wake-up
+        and loses more time to other work). A median taken during a burst of other work sized
+        an A/A's baseline trials at 1 unit and its candidate's at 3, and the candidate came
+        out 9% "slower". The fastest unit is the least disturbed figure of a model's own cost.
+        """
         walls, steps = [], []
         start = time.perf_counter()
         while len(walls) < WARMUP_UNITS or time.perf_counter() - start < WARMUP_SECONDS:
@@ -143,15 +162,17 @@ class _Bench:
             values = self.unit()
             walls.append(time.perf_counter() - t0)
             steps.append(values.get("decode_ms_per_token"))
-        half = len(walls) // 2
-        out = {"unit_ms": statistics.median(walls[half:]) * 1e3, "warmup_units": len(walls)}
+        out = {"unit_ms": min(walls[1:]) * 1e3, "warmup_units": len(walls)}  # the 1st is cold
         if self.scenario == "decode":
-            out["step_ms"] = statistics.median(steps[half:])
+            out["step_ms"] = min(steps[1:])
         return out
 
     def trial(self, plan: dict) -> dict:
         """One trial (ms): ``{"units": K}``: the mean of each metric over K units;
-        ``{"steps": c}`` (decode): c steps that continue the current unit."""
+        ``{"steps": c}`` (decode): c steps that continue the current unit; with
+        ``"filler": True``, a trial whose figures are not used."""
+        if "steps" in plan and plan.get("filler"):
+            return self._filler_steps(plan["steps"])
         if "steps" in plan:
             return self.decode_steps(plan["steps"])
         k = plan["units"]
@@ -280,6 +301,21 @@ def other_cores(before, after) -> float | None:
         return None
     wall = (after[1] - before[1]) / (os.cpu_count() or 1)  # jiffies of one CPU
     return max(0.0, ((after[0] - before[0]) - (after[2] - before[2])) / wall)
+
+
+def busy_warning(others: float | None, threads: int, device: str) -> str | None:
+    """Other work on the machine (``others`` cores busy on average during the pairs; not the
+    load average, which back-to-back comparisons fill with their own work): pairing cancels
+    its slow changes, but not its fast ones, which widen the interval; and a
+    CPU thread pool as wide as the machine waits at every barrier for whichever thread the
+    scheduler took away (on a 2-core host at load 4, the reference's decode step took
+    39 ms at 2 threads and 2.7 ms at 1 thread)."""
+    cores = os.cpu_count() or 1
+    if others is None or not device.startswith("cpu") or others + threads <= cores + 0.25:
+        return None
+    hint = "; fewer --threads gives steadier figures" if threads >= cores else ""
+    return (f"the machine was busy: other work used {others:.1f} of its {cores} cores during "
+            f"the comparison, which ran {threads} threads per worker{hint}")
 
 
 def _exit_reason(code: int | None) -> str:
