@@ -22,7 +22,7 @@ def _load_options(args):
 
 def cmd_ls(args) -> None:
     from slimbench.compress.reference import reference_card
-    from slimbench.compress.shapes import SHAPES
+    from slimbench.compress.shapes import SHAPES, describe
     from slimbench.compress.steps import STEPS
     from slimbench.tasks.specs import TASKS
 
@@ -31,8 +31,7 @@ def cmd_ls(args) -> None:
         "models": [("reference", f"embedded GPT-2 ({card['parameters'] / 1e6:.1f} M params, "
                                  f"validation perplexity {card['validation_perplexity']:.1f}) "
                                  "trained on CPython stdlib")]
-        + [(f"shape:{n}", "random weights, {n_layer} layers, d={n_embd}, {n_head} heads"
-            .format(**s)) for n, s in SHAPES.items()],
+        + [(f"shape:{n}", describe(n)) for n in SHAPES],
         "steps": [(n, STEPS.describe(n)) for n in STEPS.names()],
         "tasks": [(n, TASKS.describe(n)) for n in TASKS.names()],
         "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)"),

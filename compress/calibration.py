@@ -30,6 +30,8 @@ def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) 
 def parent_calibration(parent, samples: int, seq_len: int) -> list:
     """Calibration batches for a torch ``parent`` (a ``LoadedModel``), no longer than its
     position table allows."""
+    from slimbench.compress.arch import max_positions
+
     cfg = parent.model.config
     return calibration_batches(parent.tokenizer, cfg.vocab_size, samples,
-                               min(seq_len, cfg.n_positions))
+                               min(seq_len, max_positions(cfg)))

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimbench import atomic
+from slimbench.compress.arch import arch_of, hidden_size, n_layers
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
 from slimbench.compress.onnx_model import OnnxModel
 from slimbench.compress.step_io import save_model
@@ -109,15 +110,26 @@ class DistillConfig:
 
 def shallow_student(parent: nn.Module, layers: int) -> nn.Module:
     """A copy of ``parent`` keeping ``layers`` evenly spaced blocks (first and last kept)."""
-    n = parent.config.n_layer
+    arch = arch_of(parent, "distill")
+    n = n_layers(parent.config)
     if layers >= n:
         raise UsageError(f"student_layers ({layers}) must be fewer than the parent's {n}")
     keep = sorted({round(i * (n - 1) / max(layers - 1, 1)) for i in range(layers)})
     student = copy.deepcopy(parent)
-    student.transformer.h = nn.ModuleList(student.transformer.h[i] for i in keep)
-    for i, block in enumerate(student.transformer.h):
-        block.attn.layer_idx = i  # the KV cache is indexed by layer
-    student.config.n_layer = layers
+    owner, _, attr = arch.blocks.rpartition(".")
+    kept = nn.ModuleList(arch.block_list(student)[i] for i in keep)
+    setattr(student.get_submodule(owner), attr, kept)
+    for i, block in enumerate(kept):
+        for mod in block.modules():  # the KV cache is indexed by layer: renumber the kept ones
+            if hasattr(mod, "layer_idx"):
+                mod.layer_idx = i
+    cfg = student.config
+    cfg.num_hidden_layers = layers  # GPT-2's config maps this onto n_layer
+    # per-layer lists (transformers 5: layer_types for sliding/full attention) follow the blocks
+    for key in ("layer_types",):
+        value = getattr(cfg, key, None)
+        if isinstance(value, list) and len(value) == n:
+            setattr(cfg, key, [value[i] for i in keep])
     return student
 
 
@@ -188,9 +200,10 @@ def _used_teacher(student: nn.Module, teacher: nn.Module | None,
     if teacher.config.vocab_size != student.config.vocab_size:
         raise UsageError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the "
                          f"student's ({student.config.vocab_size})")
-    if config.hidden_weight > 0 and teacher.config.n_embd != student.config.n_embd:
+    widths = hidden_size(teacher.config), hidden_size(student.config)
+    if config.hidden_weight > 0 and widths[0] != widths[1]:
         raise UsageError("hidden_weight needs teacher and student of the same width "
-                         f"({teacher.config.n_embd} vs {student.config.n_embd})")
+                         f"({widths[0]} vs {widths[1]})")
     return teacher
 
 
@@ -321,7 +334,8 @@ def _teacher_for(parent: LoadedModel, config: DistillConfig):
     return loaded.model, loaded.info
 
 
-@register_step("distill", DistillConfig,
+# version 2: shallow students of every family (arch.py)
+@register_step("distill", DistillConfig, version=2,
                help="teacher -> student distillation (KL + CE) on the corpus; or a shallower "
                     "student")
 def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> dict:
@@ -338,4 +352,4 @@ def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> dic
             "teacher": None if teacher_info is None else {
                 "spec": config.teacher or "(parent)", "weights_sha256":
                     teacher_info.weights_sha256, "parameters": teacher_info.parameters},
-            "student_layers": student.config.n_layer, "training": record}
+            "student_layers": n_layers(student.config), "training": record}

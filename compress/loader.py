@@ -2,7 +2,7 @@
 
 A *spec* names what to load:
   ``reference``                  the embedded reference checkpoint
-  ``shape:gpt2[:n_layer=2,...]`` random weights in a GPT-2 shape (no download)
+  ``shape:NAME[:key=value,...]`` random weights in a published shape (``shapes.py``; no download)
   ``./dir`` or ``/abs/dir``      a local Hugging Face directory
   ``org/name``                   a Hugging Face hub id (uses the local HF cache when offline
                                  or when the hub cannot be reached; ``org/`` must not be a

@@ -1,6 +1,8 @@
-"""ONNX export of a GPT-2 causal LM as one merged graph with an explicit KV cache.
+"""ONNX export of a causal LM (any family of ``compress/arch.py``) as one merged graph with an
+explicit KV cache.
 
-Graph I/O (L layers, H heads, D head size):
+Graph I/O (L layers, H KV heads, D head size; under grouped-query attention H is the number of
+key/value heads, fewer than the query heads):
   inputs   input_ids (batch, seq) int64; past_key_i, past_value_i (batch, H, past, D) float
   outputs  logits (batch, seq, vocab); present_key_i, present_value_i (batch, H, past+seq, D)
 Prefill passes past tensors with past = 0; decode passes the previous presents. There is no
@@ -10,7 +12,8 @@ Exporter: transformers 5 returns a ``DynamicCache`` that the exporters cannot ta
 so ``_KVWrapper`` turns flat past tensors into a cache and the output cache back into tensors.
 We use the TorchScript exporter (``dynamo=False``): it keeps ``dynamic_axes`` symbolic even
 for a past length of 0, which lets one graph serve prefill and decode, whereas
-``torch.export`` specialises 0-sized dimensions.
+``torch.export`` specialises 0-sized dimensions. Positions (learned or rotary) are derived
+inside the model from the past length, so the graph needs no position input.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimbench.compress.arch import arch_of, kv_shape, n_layers
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.loader import LoadedModel, count_parameters
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
@@ -48,9 +52,9 @@ class ExportOnnxConfig:
             raise UsageError(f"opset must be in [14, 21], got {self.opset}")
 
 
-def io_names(n_layer: int) -> tuple[list[str], list[str]]:
-    past = [f"past_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
-    present = [f"present_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+    present = [f"present_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
     return ["input_ids", *past], ["logits", *present]
 
 
@@ -60,12 +64,12 @@ class _KVWrapper(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.n_layer = model.config.n_layer
+        self.layers = n_layers(model.config)
 
     def forward(self, input_ids, *past):
         from transformers import DynamicCache
 
-        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)]
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
         out = self.model(input_ids=input_ids, use_cache=True,
                          **{_cache_kw(self.model): DynamicCache(ddp_cache_data=pairs)})
         cache = getattr(out, _cache_kw(self.model))
@@ -87,13 +91,19 @@ def export_onnx(model: nn.Module, out_dir: Path, config: ExportOnnxConfig) -> Pa
 
     Conv1D layers are normalized to Linear first, so the projections appear as MatMul nodes
     with constant weights, the form ONNX Runtime's quantizers and fusions recognise.
+
+    Tracing can leave state behind in the traced model (OPT's, for one, computes wrong logits
+    afterwards): pass a copy and compare against the original.
+
+    Raises:
+        UsageError: a model of no family slimbench knows.
     """
+    arch_of(model, "export_onnx")  # an unknown family fails here, before anything is written
     normalize_conv1d(model)
     cfg = model.config
-    heads, head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
-    inputs, outputs = io_names(cfg.n_layer)
+    inputs, outputs = io_names(n_layers(cfg))
     ids = torch.zeros(2, 3, dtype=torch.long)
-    past = [torch.zeros(2, heads, 4, head_dim) for _ in range(2 * cfg.n_layer)]
+    past = [torch.zeros(kv_shape(cfg, 2, 4)) for _ in range(2 * n_layers(cfg))]
     axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
     axes |= {n: {0: "batch", 2: "past"} for n in inputs[1:]}
     axes |= {n: {0: "batch", 2: "total"} for n in outputs[1:]}
@@ -104,22 +114,67 @@ def export_onnx(model: nn.Module, out_dir: Path, config: ExportOnnxConfig) -> Pa
         torch.onnx.export(_KVWrapper(model).eval(), (ids, *past), str(path), input_names=inputs,
                           output_names=outputs, dynamic_axes=axes, opset_version=config.opset,
                           dynamo=False, do_constant_folding=True)
-    if big:
-        import onnx
+    import onnx
 
-        proto = onnx.load(str(path))
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+    proto = onnx.load(str(path))
+    if _gemm_to_matmul(proto.graph) or big:
+        onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                         location=ONNX_FILE + ".data")
     return path
+
+
+def _gemm_to_matmul(graph) -> int:
+    """Rewrite each ``Gemm(x, W, b)`` with a constant ``W`` as ``MatMul(x, W') + Add(b)`` in
+    place; returns how many.
+
+    The exporter emits Gemm for a Linear on 2-D input (OPT flattens the MLP's activations),
+    but ONNX Runtime's static (QDQ) quantizer and calibrator and the int8 audit take MatMul
+    only (the dynamic quantizer rewrites Gemm itself, unseen by the audit). Nodes are named
+    after the Gemm's module path, so the audit still finds their block.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        weight = node.input[1] + ".matmul"
+        graph.initializer.append(numpy_helper.from_array(
+            np.ascontiguousarray(w.T if attrs.get("transB", 0) else w), weight))
+        replaced.add(node.input[1])
+        stem = node.name.removesuffix("/Gemm")
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{stem}/MatMul_output_0" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product],
+                                      name=f"{stem}/MatMul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]],
+                                          name=f"{stem}/Add"))
+    if replaced:
+        used = {i for n in nodes for i in n.input}
+        drop = [i for i in graph.initializer if i.name in replaced and i.name not in used]
+        for init in drop:  # the Gemm-layout weights nothing reads any more
+            graph.initializer.remove(init)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return len(replaced)
 
 
 @register_step("export_onnx", ExportOnnxConfig, produces="onnx",
                help="ONNX export: one merged graph with explicit KV cache, dynamic "
                     "batch/sequence")
 def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, out: Path) -> dict:
+    arch_of(parent.model, "export_onnx")
     if parent.info.device != "cpu" or parent.info.dtype != "float32":
         raise UsageError("export_onnx exports float32 models loaded on cpu")
     params, nonzero = count_parameters(parent.model)
+    # a copy: tracing may mutate the model, and the parity reference below is the untouched one
     path = export_onnx(copy.deepcopy(parent.model), out, config)
     # config and tokenizer beside the graph: the loader rebuilds the model's shape from them
     parent.model.config.save_pretrained(out)

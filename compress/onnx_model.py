@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slimbench.compress.arch import kv_shape, n_layers
+
 
 @dataclasses.dataclass
 class OnnxModel:
@@ -38,9 +40,10 @@ class OnnxModel:
         return ort.InferenceSession(str(self.path), opts, providers=self.providers())
 
     def empty_past(self, batch: int, dtype=np.float32) -> list[np.ndarray]:
-        cfg = self.config
-        shape = (batch, cfg.n_head, 0, cfg.n_embd // cfg.n_head)
-        return [np.zeros(shape, dtype=dtype) for _ in range(2 * cfg.n_layer)]
+        """Past tensors of length 0 (KV heads under grouped-query attention), key and value
+        per layer in the graph's input order."""
+        shape = kv_shape(self.config, batch, 0)
+        return [np.zeros(shape, dtype=dtype) for _ in range(2 * n_layers(self.config))]
 
 
 def onnx_logits_fn(model: OnnxModel, session=None):
@@ -50,7 +53,7 @@ def onnx_logits_fn(model: OnnxModel, session=None):
     def fn(ids: np.ndarray) -> np.ndarray:
         from slimbench.compress.onnx_export import io_names
 
-        names = io_names(model.config.n_layer)[0]
+        names = io_names(n_layers(model.config))[0]
         feeds = {"input_ids": np.asarray(ids, dtype=np.int64),
                  **dict(zip(names[1:], model.empty_past(len(ids)), strict=True))}
         return session.run(["logits"], feeds)[0]

@@ -1,46 +1,58 @@
-"""Structured pruning of GPT-2 with torch-pruning: attention heads, MLP channels, width.
+"""Structured pruning with torch-pruning: attention heads, MLP channels and, where the config
+forces it, residual width, for every decoder family of ``compress/arch.py``.
 
-The result is a real, smaller GPT-2 that ``from_pretrained`` reloads: its config has fewer
-heads (``n_head``), a narrower MLP (``n_inner``) and, with heads removed, a narrower residual
-stream (``n_embd``). The last is forced by Hugging Face's GPT-2, which derives the head size as
-``n_embd // n_head`` and the attention width as ``n_embd``: dropping whole heads while keeping
-``n_embd`` is not representable in its config, so removing a share of the heads also removes the
-same share of residual channels (n_embd' = heads kept x head size).
+The result is a real, smaller model of the same family that ``from_pretrained`` reloads: its
+config has fewer heads, a narrower MLP and, where the family derives the head size from the
+width, a narrower residual stream. GPT-2, GPT-NeoX and OPT compute the head size as
+``hidden / heads``: dropping whole heads while keeping the width is not representable in their
+configs, so removing a share of the heads also removes the same share of residual channels
+(hidden' = heads kept x head size). Llama-style configs (llama, mistral, qwen2) store
+``head_dim``, so their heads go without touching the residual width.
 
-torch-pruning traces the model (Conv1D normalized to Linear first) and owns the coupled groups
-it understands: MLP channels (c_fc out -> c_proj in) and the residual stream (embeddings, every
-LayerNorm, every projection's in/out side and lm_head). It cannot see that the fused qkv
-projection is cut into heads by ``split`` + ``view``, so heads are pruned by a small custom
-function that calls torch-pruning's own Linear pruners on the q/k/v rows of each removed head
-and the matching c_proj columns.
+torch-pruning traces the model (GPT-2's Conv1D normalized to Linear first) and owns the coupled
+groups it understands: MLP channels (the up projections' outputs, gate included, with the down
+projection's inputs) and the residual stream (embeddings, learned positions, every norm, every
+projection's in/out side and the LM head). It cannot see heads (rows cut by ``view``), so heads
+are removed by ``prune_heads``, which calls torch-pruning's own Linear pruners on each head's
+rows and columns.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from slimbench.compress import arch as archs
 from slimbench.compress.calibration import parent_calibration
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.prune_heads import (
+    HeadShape,
+    group_scores,
+    prune_groups,
+    set_head_attrs,
+)
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 
 TARGETS = ("mlp", "attention", "both")
 IMPORTANCE = ("magnitude", "taylor")
+STEP = "prune_structured"
 
 
 @dataclasses.dataclass(frozen=True)
 class StructuredPruneConfig:
     """Args:
-        ratio: share removed per layer, uniformly: of the MLP channels and/or of the heads
-            (and with heads, of the residual width).
+        ratio: share removed per layer, uniformly: of the MLP channels and/or of the KV head
+            groups (with their query heads; where the family ties head size to width, of the
+            residual width too).
         targets: ``mlp``, ``attention`` or ``both``.
         importance: ``magnitude`` (L2 of the group's weights) or ``taylor`` (|w * dL/dw|
             summed over the group, gradients from calibration text).
@@ -78,30 +90,16 @@ def _taylor_grads(model: nn.Module, batches: list) -> None:
             model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
 
 
-def _head_scores(attn: nn.Module, heads: int, head_dim: int, taylor: bool) -> torch.Tensor:
-    """One score per head: its q/k/v rows of c_attn and its columns of c_proj."""
-    def contrib(w: torch.Tensor) -> torch.Tensor:
-        return (w * w.grad).abs() if taylor else w * w
-
-    qkv = contrib(attn.c_attn.weight).detach()  # (3 * width, d_model)
-    proj = contrib(attn.c_proj.weight).detach()  # (d_model, width)
-    width = heads * head_dim
-    per_head = qkv.reshape(3, heads, head_dim, -1).sum((0, 2, 3))
-    per_head = per_head + proj.reshape(-1, heads, head_dim).sum((0, 2))
-    assert qkv.shape[0] == 3 * width
-    return per_head if taylor else per_head.sqrt()
-
-
-def _prune_heads(attn: nn.Module, drop: list[int], heads: int, head_dim: int) -> None:
-    """The custom pruning function: torch-pruning's Linear pruners on a head's channels."""
+def _graph(model: nn.Module):
+    """torch-pruning's dependency graph of ``model``, traced on 8 tokens."""
     import torch_pruning as tp
 
-    width = heads * head_dim
-    rows = [part * width + h * head_dim + j for part in range(3) for h in drop
-            for j in range(head_dim)]
-    cols = [h * head_dim + j for h in drop for j in range(head_dim)]
-    tp.prune_linear_out_channels(attn.c_attn, rows)
-    tp.prune_linear_in_channels(attn.c_proj, cols)
+    example = {"input_ids": torch.zeros(1, 8, dtype=torch.long), "use_cache": False}
+    with warnings.catch_warnings():
+        # Llama's RMSNorm weights are bare parameters: torch-pruning warns that it prunes
+        # their last dimension, which is their only one (the residual channels): correct.
+        warnings.filterwarnings("ignore", message=".*unwrapped.*")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
 def _lowest(importance, group, n: int, keep: int) -> list[int]:
@@ -110,143 +108,203 @@ def _lowest(importance, group, n: int, keep: int) -> list[int]:
     return sorted(torch.argsort(scores)[: n - keep].tolist())
 
 
-def _mlp_groups(graph, importance, blocks: nn.ModuleList, keep: int) -> list:
-    """Per block, the coupled group that cuts its MLP to ``keep`` channels (c_fc out ->
-    c_proj in)."""
+def _mlp_groups(graph, importance, arch: archs.Arch, blocks: nn.ModuleList,
+                keep: int) -> list:
+    """Per block, the coupled group that cuts its MLP to ``keep`` channels: rooted at the
+    first up projection's outputs, it holds the other up projection (Llama's gate) and the
+    down projection's inputs."""
     import torch_pruning as tp
 
-    inner = blocks[0].mlp.c_fc.out_features
     plan = []
     for block in blocks:
-        full = graph.get_pruning_group(block.mlp.c_fc, tp.prune_linear_out_channels,
+        root = block.get_submodule(arch.mlp_in[0])
+        inner = root.out_features
+        full = graph.get_pruning_group(root, tp.prune_linear_out_channels,
                                        idxs=list(range(inner)))
-        plan.append(graph.get_pruning_group(block.mlp.c_fc, tp.prune_linear_out_channels,
+        plan.append(graph.get_pruning_group(root, tp.prune_linear_out_channels,
                                             idxs=_lowest(importance, full, inner, keep)))
     return plan
 
 
-def _width_group(graph, importance, model: nn.Module, keep: int):
-    """The residual-stream group (embeddings, LayerNorms, every projection, lm_head) cut to
+def _width_group(graph, importance, model: nn.Module, width: int, keep: int):
+    """The residual-stream group (embeddings, norms, every projection, LM head) cut to
     ``keep`` channels."""
     import torch_pruning as tp
 
-    wte, width = model.transformer.wte, model.config.n_embd
-    full = graph.get_pruning_group(wte, tp.prune_embedding_out_channels, idxs=list(range(width)))
-    return graph.get_pruning_group(wte, tp.prune_embedding_out_channels,
+    emb = model.get_input_embeddings()
+    full = graph.get_pruning_group(emb, tp.prune_embedding_out_channels, idxs=list(range(width)))
+    return graph.get_pruning_group(emb, tp.prune_embedding_out_channels,
                                    idxs=_lowest(importance, full, width, keep))
 
 
-def _set_shapes(model: nn.Module, heads: int, head_dim: int, inner: int) -> None:
+def _check_width_prunable(model: nn.Module, arch: archs.Arch, width: int) -> None:
+    """Refuse a model whose token embeddings are not the residual stream (OPT-350m style
+    ``project_in``/``project_out`` between them) when the residual width must shrink: the
+    embedding-rooted group would cut the word-embedding side instead."""
+    emb_dim = model.get_input_embeddings().weight.shape[1]
+    if emb_dim != width:
+        raise UsageError(
+            f"{STEP}: this {arch.family} model's token embeddings are {emb_dim} wide but its "
+            f"residual stream is {width} (word_embed_proj_dim != hidden_size, projected in and "
+            "out); removing heads must narrow the residual stream, which slimbench cannot do "
+            "through those projections; use targets=mlp")
+
+
+def _set_config(model: nn.Module, arch: archs.Arch, shape: HeadShape, width: int,
+                inner: int) -> None:
     """Write the pruned shapes into the config and the attributes derived from it."""
-    cfg, width = model.config, heads * head_dim
-    cfg.n_embd, cfg.n_head, cfg.n_inner = width, heads, inner
-    for block in model.transformer.h:  # attributes GPT2Attention derived from the old config
-        block.attn.embed_dim = block.attn.split_size = width
-        block.attn.num_heads = heads
-    if getattr(cfg, "tie_word_embeddings", True):
-        model.lm_head.weight = model.transformer.wte.weight  # both were cut alike; re-tie
+    cfg = model.config
+    old_width = archs.hidden_size(cfg)
+    cfg.num_attention_heads = shape.heads  # GPT-2's config maps this name onto n_head
+    if hasattr(cfg, "num_key_value_heads"):
+        cfg.num_key_value_heads = shape.kv_heads
+    if not arch.head_dim_from_width:
+        # explicit, else a config without head_dim (Qwen2's) derives hidden / heads anew
+        cfg.head_dim = shape.head_dim
+    cfg.hidden_size = width  # GPT-2: n_embd
+    if getattr(cfg, "word_embed_proj_dim", None) == old_width:  # OPT: embeddings = residual
+        cfg.word_embed_proj_dim = width
+    setattr(cfg, arch.inner_key, inner)
+    for block in arch.block_list(model):
+        set_head_attrs(block, arch, shape)
+    if getattr(cfg, "tie_word_embeddings", False):
+        # both sides were cut alike but are separate tensors after pruning: tie them again
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
 
 
 def prune_structured(model: nn.Module, config: StructuredPruneConfig,
                      calibration: list | None = None) -> dict:
     """Prune ``model`` (float32, CPU) in place and update its config; returns the audit.
 
-    The model's blocks are left as ``nn.Linear``; ``to_gpt2`` turns it back into a standard
-    GPT-2 for saving.
+    GPT-2's blocks are left as ``nn.Linear``; ``rebuild`` turns any pruned model back into a
+    standard one of its family.
+
+    Raises:
+        UsageError: unknown family, taylor without calibration, an OPT with projected
+            embeddings when heads (hence width) must go.
     """
     import torch_pruning as tp
 
-    cfg = model.config
+    arch = archs.arch_of(model, STEP)
+    shape, width = HeadShape.of(model.config), archs.hidden_size(model.config)
+    blocks = arch.block_list(model)
+    prune_mlp = config.targets in ("mlp", "both")
+    prune_heads = config.targets in ("attention", "both")
+    new_shape = shape.kept(_keep_count(shape.kv_heads, config.ratio) if prune_heads
+                           else shape.kv_heads)
+    # where the config derives head size from width, the width follows the heads kept
+    new_width = new_shape.heads * shape.head_dim if arch.head_dim_from_width else width
+    if new_width < width:
+        _check_width_prunable(model, arch, width)
     before = sum(p.numel() for p in model.parameters())
     normalize_conv1d(model)
-    blocks = model.transformer.h
-    heads, head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
-    inner = blocks[0].mlp.c_fc.out_features
+    inner = blocks[0].get_submodule(arch.mlp_in[0]).out_features
+    new_inner = _keep_count(inner, config.ratio) if prune_mlp else inner
     taylor = config.importance == "taylor"
     if taylor:
         if not calibration:
             raise UsageError("taylor importance needs calibration batches")
         _taylor_grads(model, calibration)
-    example = {"input_ids": torch.zeros(1, 8, dtype=torch.long), "use_cache": False}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    graph = _graph(model)
     imp = (tp.importance.GroupTaylorImportance() if taylor
            else tp.importance.GroupMagnitudeImportance(p=2))
-    prune_mlp = config.targets in ("mlp", "both")
-    prune_heads = config.targets in ("attention", "both")
-    new_inner = _keep_count(inner, config.ratio) if prune_mlp else inner
-    new_heads = _keep_count(heads, config.ratio) if prune_heads else heads
     # importance is computed for every group before anything is cut
-    plan = _mlp_groups(graph, imp, blocks, new_inner) if prune_mlp else []
+    plan = _mlp_groups(graph, imp, arch, blocks, new_inner) if prune_mlp else []
     drops = []
     if prune_heads:
         for block in blocks:
-            scores = _head_scores(block.attn, heads, head_dim, taylor)
-            drops.append(sorted(torch.argsort(scores)[: heads - new_heads].tolist()))
-        plan.append(_width_group(graph, imp, model, new_heads * head_dim))
+            scores = group_scores(block, arch, shape, taylor)
+            drops.append(sorted(torch.argsort(scores)[: shape.kv_heads - new_shape.kv_heads]
+                                .tolist()))
+    if new_width < width:
+        plan.append(_width_group(graph, imp, model, width, new_width))
     for group in plan:
         group.prune()
-    for block, drop in zip(blocks, drops or [[]] * len(blocks), strict=True):
-        if drop:
-            _prune_heads(block.attn, drop, heads, head_dim)
+    for block, drop in zip(blocks, drops, strict=False):  # no drops: heads untouched
+        if drop:  # a ratio too small to remove a whole KV group leaves the heads as they are
+            prune_groups(block, arch, shape, drop)
     model.zero_grad(set_to_none=True)
-    _set_shapes(model, new_heads, head_dim, new_inner)
+    _set_config(model, arch, new_shape, new_width, new_inner)
     after = sum(p.numel() for p in model.parameters())
-    return {"targets": config.targets, "importance": config.importance,
-            "requested_ratio": config.ratio,
-            "heads": [heads, new_heads], "n_inner": [inner, new_inner],
-            "n_embd": [heads * head_dim, new_heads * head_dim],
-            "realized_head_ratio": 1 - new_heads / heads,
+    return {"family": arch.family, "targets": config.targets,
+            "importance": config.importance, "requested_ratio": config.ratio,
+            "heads": [shape.heads, new_shape.heads],
+            "kv_heads": [shape.kv_heads, new_shape.kv_heads],
+            "head_dim": shape.head_dim,
+            "mlp_width": [inner, new_inner], "hidden_size": [width, new_width],
+            "realized_head_ratio": 1 - new_shape.heads / shape.heads,
             "realized_mlp_ratio": 1 - new_inner / inner,
+            "realized_width_ratio": 1 - new_width / width,
             "parameters": [before, after], "parameter_ratio": after / before,
+            # KV groups (with their query heads) removed per layer; without grouped-query
+            # attention a group is one head
             "heads_dropped_per_layer": drops}
 
 
-def to_gpt2(pruned: nn.Module) -> nn.Module:
-    """A standard GPT-2 (Conv1D blocks) built from the pruned model's config and weights.
+def rebuild(pruned: nn.Module) -> nn.Module:
+    """A standard model of the pruned model's family, built from its config and weights.
 
     Building a fresh model from the updated config, rather than converting modules in place,
     proves the config alone describes the pruned shapes (what ``from_pretrained`` will need).
+    GPT-2's Linear weights go back to Conv1D's (in, out) layout.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
     fresh = AutoModelForCausalLM.from_config(pruned.config)
+    fresh_modules = dict(fresh.named_modules())
     state = {}
     for name, tensor in pruned.state_dict().items():
-        mod_name = name.rpartition(".")[0]
-        mod = pruned.get_submodule(mod_name)
-        if (isinstance(mod, nn.Linear) and name.endswith(".weight")
-                and not mod_name.endswith("lm_head")):
+        mod_name, _, leaf = name.rpartition(".")
+        if leaf == "weight" and isinstance(fresh_modules.get(mod_name), Conv1D):
             tensor = tensor.t().contiguous()  # Linear (out, in) -> Conv1D (in, out)
         state[name] = tensor
     missing, unexpected = fresh.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+    tied = {f"{n}.weight" for n, m in fresh.named_modules()
+            if m is fresh.get_output_embeddings()}
+    if unexpected or set(missing) - tied:
         raise RuntimeError(f"pruned weights do not fit the pruned config: missing {missing}, "
                            f"unexpected {unexpected}")
     fresh.tie_weights()
     return fresh.eval()
 
 
-@register_step("prune_structured", StructuredPruneConfig,
-               help="remove heads, MLP channels and width with torch-pruning: a smaller GPT-2")
+to_gpt2 = rebuild  # the GPT-2-only name this function had
+
+
+def _reload_check(out: Path, audit: dict) -> LoadedModel:
+    """Load the saved child as a user would and check it has the pruned shapes."""
+    reloaded = load_artifact(str(out))
+    cfg = reloaded.model.config
+    got = {"parameters": count_parameters(reloaded.model)[0], "heads": archs.n_heads(cfg),
+           "kv_heads": archs.n_kv_heads(cfg), "mlp_width": archs.mlp_width(cfg),
+           "hidden_size": archs.hidden_size(cfg)}
+    want = {k: audit[k][1] for k in got}  # audit fields are [before, after]
+    if got != want:
+        raise CompressionError(f"pruned checkpoint does not reload with the pruned shapes: "
+                               f"{got} != {want}")
+    return reloaded
+
+
+# version 2: every family (arch.py); audit fields mlp_width, hidden_size, kv_heads
+@register_step(STEP, StructuredPruneConfig, version=2,
+               help="remove heads, MLP channels and width with torch-pruning: a smaller model "
+                    "of the same family")
 def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
                             out: Path) -> dict:
-    if parent.model.config.model_type != "gpt2":
-        raise UsageError("prune_structured knows GPT-2's layout; got model type "
-                         f"{parent.model.config.model_type!r}")
+    archs.arch_of(parent.model, STEP)  # an unknown family fails before any copy or tracing
     work = copy.deepcopy(parent.model)
     batches = (parent_calibration(parent, config.calib_samples, config.calib_seq_len)
                if config.importance == "taylor" else None)
     audit = prune_structured(work, config, batches)
-    model = to_gpt2(work)
+    model = rebuild(work)
     prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
     rebuilt = parity(torch_logits_fn(work), torch_logits_fn(model), prompts)
     if rebuilt["max_abs_logit_diff"] > 1e-5:
         raise CompressionError(f"pruned model changed when rebuilt from its config: {rebuilt}")
     save_model(model, parent.tokenizer, out)
-    reloaded = load_artifact(str(out))  # what a user gets back from disk, checked now
+    reloaded = _reload_check(out, audit)  # what a user gets back from disk, checked now
     params, nonzero = count_parameters(reloaded.model)
-    if params != audit["parameters"][1] or reloaded.model.config.n_inner != audit["n_inner"][1]:
-        raise CompressionError("pruned checkpoint does not reload with the pruned shapes")
     return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
             "dtypes": {"weights": "float32"}, "structure": audit,
             "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}

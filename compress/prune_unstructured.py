@@ -103,16 +103,21 @@ def _rows_view(module: nn.Module) -> torch.Tensor:
 
 
 def prunable_layers(model: nn.Module, config: UnstructuredPruneConfig) -> dict[str, nn.Module]:
-    """Block projections, plus the embedding / an untied lm_head when asked."""
-    layers = {name: mod for name, mod in model.named_modules()
-              if isinstance(mod, (nn.Linear, Conv1D)) and not name.endswith("lm_head")}
+    """Block projections, plus the embedding / an untied lm_head when asked.
+
+    Module names come from the model itself (``transformer.wte``, ``model.embed_tokens``,
+    ``gpt_neox.embed_in``...), so every family is covered without a name list.
+    """
     head = model.get_output_embeddings()
     emb = model.get_input_embeddings()
+    names = {mod: name for name, mod in model.named_modules()}
+    layers = {name: mod for name, mod in model.named_modules()
+              if isinstance(mod, (nn.Linear, Conv1D)) and mod is not head}
     tied = head is not None and head.weight is emb.weight
     if config.include_embeddings or (config.include_lm_head and tied):
-        layers["transformer.wte"] = emb
+        layers[names[emb]] = emb
     if config.include_lm_head and not tied and head is not None:
-        layers["lm_head"] = head
+        layers[names[head]] = head
     return layers
 
 

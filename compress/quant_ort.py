@@ -9,6 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from slimbench.compress.arch import Arch, arch_of, max_positions, n_layers
 from slimbench.compress.calibration import calibration_batches
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_export import ONNX_FILE, io_names
@@ -17,7 +18,9 @@ from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 
 log = logging.getLogger(__name__)
-_BLOCK = re.compile(r"/h\.(\d+)/")
+# the output projection's node path in every family's export (/model/lm_head/MatMul), kept
+# by the quantizers in the names they give (/model/lm_head/MatMul_quant)
+_LM_HEAD = re.compile(r"(?:^|/)lm_head/")
 QUANTIZED_MATMULS = ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                      "QLinearMatMul")
 
@@ -85,9 +88,11 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
         quantize_static,
     )
 
-    batches = calibration_batches(tokenizer, onnx_model.config.vocab_size, config.samples,
-                                  config.seq_len)
-    names = io_names(onnx_model.config.n_layer)[0]
+    cfg = onnx_model.config
+    # no longer than the position table (a learned one cannot be indexed past its end)
+    seq_len = min(config.seq_len, max_positions(cfg))
+    batches = calibration_batches(tokenizer, cfg.vocab_size, config.samples, seq_len)
+    names = io_names(n_layers(cfg))[0]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -110,8 +115,8 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
                         calibrate_method=method, calibration_cache_path=str(cache),
                         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True,
                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
-    return audit_onnx_quantization(src, dst) | {"calibration": {
-        "method": config.method, "samples": len(batches), "seq_len": config.seq_len,
+    return audit_onnx_quantization(src, dst, cfg) | {"calibration": {
+        "method": config.method, "samples": len(batches), "seq_len": seq_len,
         "num_bins": config.num_bins if config.method != "minmax" else None,
         "percentile": config.percentile if config.method == "percentile" else None,
         "source": "corpus train split" if tokenizer is not None else "seeded random ids"}}
@@ -140,8 +145,11 @@ def _calibrate(src: Path, reader, method, config: OrtStaticInt8Config, tmp: Path
     return cache
 
 
-def weight_matmuls(path: Path) -> dict[str, int]:
-    """MatMul nodes with a constant weight operand, per block (``lm_head`` and ``other`` too)."""
+def weight_matmuls(path: Path, arch: Arch) -> dict[str, int]:
+    """MatMul nodes with a constant weight operand, per block (``lm_head`` and ``other`` too).
+
+    Every projection is such a MatMul: the export turns Conv1D and Gemm (OPT's MLP runs on
+    flattened 2-D activations) into MatMul."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -149,11 +157,12 @@ def weight_matmuls(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
-            counts[_where(node.name)] = counts.get(_where(node.name), 0) + 1
+            where = _where(node.name, arch)
+            counts[where] = counts.get(where, 0) + 1
     return counts
 
 
-def quantized_matmuls(path: Path) -> dict[str, int]:
+def quantized_matmuls(path: Path, arch: Arch) -> dict[str, int]:
     """Integer MatMul nodes, and (QDQ graphs) MatMuls whose weight comes from a
     DequantizeLinear of an int8 initializer."""
     import onnx
@@ -166,23 +175,26 @@ def quantized_matmuls(path: Path) -> dict[str, int]:
     for node in graph.node:
         qdq = node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in dq_weights
         if node.op_type in QUANTIZED_MATMULS or qdq:
-            counts[_where(node.name)] = counts.get(_where(node.name), 0) + 1
+            where = _where(node.name, arch)
+            counts[where] = counts.get(where, 0) + 1
     return counts
 
 
-def _where(node_name: str) -> str:
-    m = _BLOCK.search(node_name)
+def _where(node_name: str, arch: Arch) -> str:
+    """Block index, ``lm_head`` or ``other``, from the exporter's module-path node names."""
+    m = arch.onnx_block_pattern.search(node_name)
     if m:
         return m.group(1)
-    return "lm_head" if "lm_head" in node_name else "other"
+    return "lm_head" if _LM_HEAD.search(node_name) else "other"
 
 
-def ort_dynamic_int8(src: Path, dst: Path, config: OrtDynamicInt8Config) -> dict:
-    """Quantize ``src`` into ``dst``; returns the audit (float vs int8 weight MatMuls)."""
+def ort_dynamic_int8(src: Path, dst: Path, config: OrtDynamicInt8Config, model_config) -> dict:
+    """Quantize ``src`` into ``dst``; returns the audit (float vs int8 weight MatMuls) against
+    the architecture of ``model_config`` (the HF config)."""
     ops = ["MatMul"] + (["Gather"] if config.quantize_embeddings else [])
     with _quiet_root_logger():
         _quantize(src, dst, ops, config)
-    return audit_onnx_quantization(src, dst)
+    return audit_onnx_quantization(src, dst, model_config)
 
 
 @contextlib.contextmanager
@@ -211,13 +223,19 @@ def _quantize(src: Path, dst: Path, ops: list[str], config: OrtDynamicInt8Config
                                     "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def audit_onnx_quantization(parent: Path, child: Path) -> dict:
-    """Compare weight MatMuls of the parent graph with quantized MatMuls of the child."""
-    before, after = weight_matmuls(parent), quantized_matmuls(child)
-    left = weight_matmuls(child)
+def audit_onnx_quantization(parent: Path, child: Path, model_config) -> dict:
+    """Compare weight MatMuls of the parent graph with quantized MatMuls of the child, and
+    with the projections the architecture has (``expected_block_matmuls``): a projection
+    exported as another op would otherwise drop out of both counts unnoticed (OPT's MLP did,
+    as Gemm)."""
+    arch = arch_of(model_config)
+    before, after = weight_matmuls(parent, arch), quantized_matmuls(child, arch)
+    left = weight_matmuls(child, arch)
     blocks = sorted((k for k in before if k.isdigit()), key=int)
     return {
         "blocks": len(blocks),
+        "layers": n_layers(model_config),
+        "expected_per_block": len(arch.linears()),
         "block_matmuls": sum(before[k] for k in blocks),
         "block_matmuls_int8": sum(after.get(k, 0) for k in blocks),
         "per_block_int8": {k: after.get(k, 0) for k in blocks},
@@ -228,28 +246,40 @@ def audit_onnx_quantization(parent: Path, child: Path) -> dict:
 
 
 def require_onnx_coverage(audit: dict) -> None:
-    """Raise unless every block weight MatMul of the graph was quantized."""
-    if audit["block_matmuls_int8"] < audit["block_matmuls"]:
+    """Raise unless every block weight MatMul of the graph was quantized, in every layer, and
+    each block's are at least the architecture's projections."""
+    per_block = audit["expected_per_block"]
+    short = {b: n for b, n in audit["per_block_int8"].items() if n < per_block}
+    if (short or audit["blocks"] < audit["layers"]
+            or audit["block_matmuls_int8"] < audit["block_matmuls"]):
         raise CompressionError(
             f"ORT int8 quantized {audit['block_matmuls_int8']} of {audit['block_matmuls']} "
-            f"block weight MatMuls: {audit['per_block_int8']}")
+            f"block weight MatMuls in {audit['blocks']} of {audit['layers']} blocks; each "
+            f"block has {per_block} projections: {audit['per_block_int8']}")
 
 
-@register_step("ort_dynamic_int8", OrtDynamicInt8Config, accepts=("onnx",),
+# version 2: the audit holds each block to its family's projections (arch.py)
+@register_step("ort_dynamic_int8", OrtDynamicInt8Config, accepts=("onnx",), version=2,
                help="ONNX Runtime dynamic INT8 of every weight MatMul (+ embeddings) of an "
                     "ONNX artifact")
 def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
                             out: Path) -> dict:
     weights = "int8" + (" (embeddings too)" if config.quantize_embeddings else "")
-    return _quantized_child(parent, out, lambda src, dst: ort_dynamic_int8(src, dst, config),
-                            weights, "dynamic uint8")
+    arch_of(parent.model.config, "ort_dynamic_int8")  # an unknown family fails before work
+
+    def quantize(src: Path, dst: Path) -> dict:
+        return ort_dynamic_int8(src, dst, config, parent.model.config)
+
+    return _quantized_child(parent, out, quantize, weights, "dynamic uint8")
 
 
-@register_step("ort_static_int8", OrtStaticInt8Config, accepts=("onnx",),
+@register_step("ort_static_int8", OrtStaticInt8Config, accepts=("onnx",), version=2,
                help="ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the "
                     "train corpus")
 def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,
                            out: Path) -> dict:
+    arch_of(parent.model.config, "ort_static_int8")  # an unknown family fails before work
+
     def quantize(src: Path, dst: Path) -> dict:
         return ort_static_int8(src, dst, config, parent.model, parent.tokenizer)
 

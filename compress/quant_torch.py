@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
+from slimbench.compress.arch import arch_of
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.loader import LoadedModel, count_parameters
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
@@ -29,7 +29,6 @@ from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 
-_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)\.")
 
 @dataclasses.dataclass(frozen=True)
 class TorchDynamicInt8Config:
@@ -53,8 +52,9 @@ def quantize_dynamic_int8(model: nn.Module, config: TorchDynamicInt8Config) -> n
     """Normalize Conv1D and quantize Linears (in place; returns the quantized model)."""
     torch.backends.quantized.engine = config.engine
     normalize_conv1d(model)
+    head = output_projection_name(model)
     names = {name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)
-             and (config.include_lm_head or not name.endswith("lm_head"))}
+             and (config.include_lm_head or name != head)}
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -63,13 +63,24 @@ def quantize_dynamic_int8(model: nn.Module, config: TorchDynamicInt8Config) -> n
             model, {name: qconfig for name in names}, dtype=torch.qint8, inplace=True)
 
 
+def output_projection_name(model: nn.Module) -> str | None:
+    """The module name of the output projection (``lm_head`` in every family known today)."""
+    head = model.get_output_embeddings()
+    return next((name for name, mod in model.named_modules() if mod is head), None)
+
+
 def audit_quantization(model: nn.Module) -> dict:
     """Count quantized vs float linear layers per transformer block, from the modules present.
 
+    Blocks are found through the family's description (``arch.py``), so a family whose block
+    names the audit did not know shows up as a refusal, never as "0 of 0 quantized".
     Conv1D counts as a float linear layer: that is what a quantizer that missed it left behind.
     """
     from transformers.pytorch_utils import Conv1D
 
+    arch = arch_of(model, "torch_dynamic_int8")
+    block = arch.block_pattern
+    head = output_projection_name(model) or "lm_head"
     per_block: dict[str, dict[str, int]] = {}
     lm_head = "absent"
     for name, mod in model.named_modules():
@@ -77,16 +88,18 @@ def audit_quantization(model: nn.Module) -> dict:
         is_float = isinstance(mod, (nn.Linear, Conv1D)) and not quantized
         if not (quantized or is_float):
             continue
-        if name.endswith("lm_head"):
+        if name == head:
             lm_head = "int8" if quantized else "float"
             continue
-        m = _BLOCK.search(name + ".")
+        m = block.search(name + ".")
         if m:
             slot = per_block.setdefault(m.group(1), {"int8": 0, "float": 0})
             slot["int8" if quantized else "float"] += 1
     q = sum(b["int8"] for b in per_block.values())
     total = q + sum(b["float"] for b in per_block.values())
     return {"blocks": len(per_block), "block_linears": total, "block_linears_int8": q,
+            # what the family's description says each block holds (q, k, v, o, MLP)
+            "expected_block_linears": len(arch.linears()) * len(arch.block_list(model)),
             "per_block_int8": {k: v["int8"] for k, v in sorted(per_block.items(), key=lambda kv:
                                                                 int(kv[0]))},
             "lm_head": lm_head, "int8_weight_bytes": _int8_weight_bytes(model)}
@@ -106,10 +119,11 @@ def require_full_coverage(audit: dict) -> None:
         raise CompressionError(
             "dynamic int8 quantized nothing inside the transformer blocks "
             f"({audit['block_linears']} float linear layers left; lm_head: {audit['lm_head']})")
-    if audit["block_linears_int8"] < audit["block_linears"]:
+    expected = max(audit["block_linears"], audit.get("expected_block_linears", 0))
+    if audit["block_linears_int8"] < expected:
         raise CompressionError(
             f"dynamic int8 covered only {audit['block_linears_int8']} of "
-            f"{audit['block_linears']} block linear layers: {audit['per_block_int8']}")
+            f"{expected} block linear layers: {audit['per_block_int8']}")
 
 
 def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config) -> LoadedModel:
@@ -118,11 +132,13 @@ def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config) -> Lo
     return loaded
 
 
-@register_step("torch_dynamic_int8", TorchDynamicInt8Config, produces="torch-int8",
+# version 2: the audit counts blocks by family (arch.py) and holds them to their projections
+@register_step("torch_dynamic_int8", TorchDynamicInt8Config, produces="torch-int8", version=2,
                transform=_quantize_on_load,
                help="PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")
 def _apply_torch_dynamic_int8(parent: LoadedModel, config: TorchDynamicInt8Config,
                               out: Path) -> dict:
+    arch_of(parent.model, "torch_dynamic_int8")  # an unknown family: refused before any work
     # packed int8 weights have no safetensors form: store the float weights, quantize on load
     save_model(parent.model, parent.tokenizer, out)
     params, nonzero = count_parameters(parent.model)

@@ -1,5 +1,7 @@
-"""Random-weight models in real GPT-2 shapes: latency workhorses that need no download.
+"""Random-weight models in the shapes users ship: latency workhorses that need no download.
 
+Each shape is a published configuration of one architecture family (``arch.py``): GPT-2 sizes,
+Llama-family models (SmolLM-135M, TinyLlama-1.1B, Qwen2-0.5B), Pythia (GPT-NeoX) and OPT.
 Their quality numbers mean nothing, so every model built here is flagged ``random_weights``
 and reports never show quality for it.
 """
@@ -7,25 +9,72 @@ and reports never show quality for it.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from slimbench.errors import UsageError
 
-# The published GPT-2 family shapes (vocab 50257, 1024 positions).
+# model_type + the published config fields that set the shape (the rest are the family's
+# defaults). Sources: the config.json of the hub checkpoints named in each comment.
 SHAPES: dict[str, dict] = {
-    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12},
-    "gpt2-medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
-    "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12},
+    "gpt2": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
+             "vocab_size": 50257, "n_positions": 1024},
+    "gpt2-medium": {"model_type": "gpt2", "n_layer": 24, "n_embd": 1024, "n_head": 16,
+                    "vocab_size": 50257, "n_positions": 1024},
+    "distilgpt2": {"model_type": "gpt2", "n_layer": 6, "n_embd": 768, "n_head": 12,
+                   "vocab_size": 50257, "n_positions": 1024},
+    # HuggingFaceTB/SmolLM-135M
+    "llama-135m": {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576,
+                   "num_attention_heads": 9, "num_key_value_heads": 3,
+                   "intermediate_size": 1536, "vocab_size": 49152,
+                   "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+                   "tie_word_embeddings": True},
+    # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T
+    "tinyllama-1.1b": {"model_type": "llama", "num_hidden_layers": 22, "hidden_size": 2048,
+                       "num_attention_heads": 32, "num_key_value_heads": 4,
+                       "intermediate_size": 5632, "vocab_size": 32000,
+                       "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+                       "tie_word_embeddings": False},
+    # Qwen/Qwen2-0.5B
+    "qwen2-0.5b": {"model_type": "qwen2", "num_hidden_layers": 24, "hidden_size": 896,
+                   "num_attention_heads": 14, "num_key_value_heads": 2,
+                   "intermediate_size": 4864, "vocab_size": 151936,
+                   "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                   "rope_theta": 1_000_000.0, "tie_word_embeddings": True},
+    # EleutherAI/pythia-160m
+    "pythia-160m": {"model_type": "gpt_neox", "num_hidden_layers": 12, "hidden_size": 768,
+                    "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 50304,
+                    "max_position_embeddings": 2048, "rotary_pct": 0.25,
+                    "use_parallel_residual": True, "tie_word_embeddings": False},
+    # facebook/opt-125m
+    "opt-125m": {"model_type": "opt", "num_hidden_layers": 12, "hidden_size": 768,
+                 "num_attention_heads": 12, "ffn_dim": 3072, "vocab_size": 50272,
+                 "max_position_embeddings": 2048, "word_embed_proj_dim": 768,
+                 "pad_token_id": 1, "tie_word_embeddings": True},
 }
-_BASE = {"vocab_size": 50257, "n_positions": 1024}
+# overrides that must be positive integers (both naming schemes)
+_POSITIVE = {"n_layer", "n_embd", "n_head", "n_inner", "n_positions", "vocab_size",
+             "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+             "intermediate_size", "ffn_dim", "max_position_embeddings", "head_dim",
+             "word_embed_proj_dim"}
+
+
+def _config_class(model_type: str):
+    from transformers import AutoConfig
+
+    return type(AutoConfig.for_model(model_type))
+
+
+def _fields(model_type: str) -> set[str]:
+    """The names a family's config takes: its fields plus its aliases (GPT-2's
+    ``hidden_size`` -> ``n_embd``)."""
+    cls = _config_class(model_type)
+    return set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
 
 
 @dataclasses.dataclass(frozen=True)
 class ShapeSpec:
-    """A named GPT-2 shape plus ``GPT2Config`` overrides (e.g. ``n_layer=2``)."""
+    """A named shape plus config overrides (e.g. ``num_hidden_layers=2``)."""
 
     name: str
     overrides: tuple[tuple[str, object], ...] = ()
@@ -33,19 +82,35 @@ class ShapeSpec:
     def __post_init__(self) -> None:
         if self.name not in SHAPES:
             raise UsageError(f"unknown shape {self.name!r}; known shapes: {', '.join(SHAPES)}")
-        valid = set(inspect.signature(GPT2Config.__init__).parameters) - {"self", "kwargs"}
+        model_type = SHAPES[self.name]["model_type"]
+        valid = _fields(model_type) - {"model_type"}
         for key, value in self.overrides:
             if key not in valid:
-                raise UsageError(f"shape override {key!r} is not a GPT2Config field")
-            if key in {"n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "n_inner"} \
-                    and (not isinstance(value, int) or value <= 0):
+                raise UsageError(f"shape override {key!r} is not a field of the "
+                                 f"{_config_class(model_type).__name__} of shape {self.name}")
+            if key in _POSITIVE and (not isinstance(value, int) or value <= 0):
                 raise UsageError(f"shape override {key}={value!r} must be a positive integer")
-        cfg = self.config_dict()
-        if cfg["n_embd"] % cfg["n_head"]:
-            raise UsageError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}")
+        cfg = self.config()
+        heads, kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None)
+        if not getattr(cfg, "head_dim", None) and cfg.hidden_size % heads:
+            raise UsageError(f"hidden size {cfg.hidden_size} is not divisible by "
+                             f"{heads} heads")
+        if kv and heads % kv:
+            raise UsageError(f"{heads} query heads are not divisible into {kv} KV heads")
 
     def config_dict(self) -> dict:
-        return {**_BASE, **SHAPES[self.name], **dict(self.overrides)}
+        return {**SHAPES[self.name], **dict(self.overrides)}
+
+    def config(self):
+        """The Hugging Face config of this shape."""
+        from transformers import AutoConfig
+
+        fields = self.config_dict()
+        model_type = fields.pop("model_type")
+        if model_type in ("llama", "qwen2"):
+            # an explicit head size, as published checkpoints' configs carry it
+            fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
+        return AutoConfig.for_model(model_type, **fields)
 
     @property
     def label(self) -> str:
@@ -66,6 +131,27 @@ class ShapeSpec:
         return cls(name, tuple(overrides))
 
 
+def describe(name: str) -> str:
+    """One line for ``slimbench ls``: family, depth, width, heads (KV heads), parameters."""
+    spec = ShapeSpec(name)
+    cfg = spec.config()
+    from slimbench.compress.arch import hidden_size, n_heads, n_kv_heads, n_layers
+
+    kv = n_kv_heads(cfg)
+    heads = f"{n_heads(cfg)} heads" + (f" ({kv} KV)" if kv != n_heads(cfg) else "")
+    return (f"random weights, {cfg.model_type}, {n_layers(cfg)} layers, d={hidden_size(cfg)}, "
+            f"{heads}, {meta_parameters(spec) / 1e6:.0f} M params")
+
+
+def meta_parameters(spec: ShapeSpec) -> int:
+    """Parameter count of a shape without allocating its weights (tied weights once)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(spec.config())
+    return sum(p.numel() for p in model.parameters())
+
+
 def parse_value(raw: str) -> object:
     """``"2"`` -> 2, ``"0.5"`` -> 0.5, ``"true"`` -> True, anything else stays a string."""
     for conv in (int, float):
@@ -76,9 +162,9 @@ def parse_value(raw: str) -> object:
     return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
-def build_shape_model(spec: ShapeSpec, seed: int = 0) -> GPT2LMHeadModel:
-    """A GPT-2 model of the given shape with seeded random weights, in eval mode."""
+def build_shape_model(spec: ShapeSpec, seed: int = 0):
+    """A model of the given shape with seeded random weights, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
-    config = GPT2Config(**spec.config_dict())
-    model = GPT2LMHeadModel(config)
-    return model.eval()
+    return AutoModelForCausalLM.from_config(spec.config()).eval()

@@ -87,8 +87,12 @@ def _evidence(manifest: dict | None) -> str:
         parts.append(f"sparsity {s['realized']:.1%} of pruned layers ({s['method']}"
                      f"{', ' + s['n_m'] if s.get('n_m') else ''}); dense kernels: no speedup")
     if st := m.get("structure"):
-        parts.append(f"heads {st['heads'][0]}→{st['heads'][1]}, n_inner {st['n_inner'][0]}→"
-                     f"{st['n_inner'][1]}, n_embd {st['n_embd'][0]}→{st['n_embd'][1]}")
+        # manifests written while only GPT-2 was pruned call these n_inner and n_embd
+        mlp, width = st.get("mlp_width", st.get("n_inner")), st.get("hidden_size", st.get("n_embd"))
+        kv = st.get("kv_heads") or st["heads"]
+        gqa = f" (KV {kv[0]}→{kv[1]})" if kv != st["heads"] else ""
+        parts.append(f"heads {st['heads'][0]}→{st['heads'][1]}{gqa}, MLP width {mlp[0]}→"
+                     f"{mlp[1]}, hidden {width[0]}→{width[1]}")
     if t := m.get("training"):
         parts.append(f"distilled {t['steps']} steps, val ppl {t.get('final_val_perplexity')}")
     if p := m.get("parity"):

@@ -73,7 +73,7 @@ def ort_floor(rt: OrtRuntime, context: int, new_tokens: int, repeats: int) -> di
     mid = context + new_tokens // 2
     feeds = {"input_ids": prompt[:, :1]}
     for name in rt.input_names[1:]:
-        feeds[name] = np.zeros((1, rt.heads, mid, rt.head_dim), dtype=rt.kv_dtype)
+        feeds[name] = np.zeros((1, rt.kv_heads, mid, rt.head_dim), dtype=rt.kv_dtype)
     plain = []
     for _ in range(new_tokens * (repeats + 1)):
         t0 = time.perf_counter()

@@ -56,3 +56,59 @@ def tiny_dir(tmp_path, tiny_model, ref_tokenizer):
     tiny_model.save_pretrained(d)
     ref_tokenizer.save_pretrained(d)
     return d
+
+
+# One tiny random checkpoint per architecture family (compress/arch.py), with the reference
+# tokenizer: 2 layers, width 64, 4 heads (Llama-style: 2 KV heads, grouped-query attention).
+FAMILIES = ("gpt2", "llama", "qwen2", "gpt_neox", "opt")
+
+
+def family_config(family: str, **kw):
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=4096, num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                  max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+    extra = {
+        "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+        "llama": dict(num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False),
+        "qwen2": dict(num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True),
+        "gpt_neox": dict(intermediate_size=256, rotary_pct=0.25, use_parallel_residual=True,
+                         tie_word_embeddings=False),
+        "opt": dict(ffn_dim=256, word_embed_proj_dim=64, pad_token_id=1),
+    }[family]
+    return AutoConfig.for_model(family, **(common | extra | kw))
+
+
+def family_model(family: str, seed: int = 0, **kw):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(family_config(family, **kw)).eval()
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes a ``family`` argument runs once per family (tests are imported with
+    --import-mode=importlib, so they cannot import FAMILIES from this file)."""
+    if "family" in metafunc.fixturenames and not any(
+            "family" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+        metafunc.parametrize("family", FAMILIES)
+
+
+@pytest.fixture(scope="session")
+def make_family_model():
+    """``family_model`` as a fixture: (family, seed=0, **config overrides) -> model."""
+    return family_model
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, ref_tokenizer):
+    """{family: local HF directory} of seeded tiny random models with the reference
+    tokenizer, saved once per session (tests copy or only read them)."""
+    root = tmp_path_factory.mktemp("families")
+    dirs = {}
+    for family in FAMILIES:
+        d = root / family
+        family_model(family).save_pretrained(d)
+        ref_tokenizer.save_pretrained(d)
+        dirs[family] = d
+    return dirs

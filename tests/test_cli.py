@@ -39,7 +39,7 @@ def test_inspect_reference(capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["inspect", "./missing-model"], "model path './missing-model' does not exist"),
-    (["inspect", "shape:gpt2:n_head=7"], "not divisible by n_head=7"),
+    (["inspect", "shape:gpt2:n_head=7"], "hidden size 768 is not divisible by 7 heads"),
     (["inspect", "reference", "--dtype", "fp8"], "unknown dtype 'fp8'"),
     (["eval", "reference", "--task", "perplexit"], "did you mean 'perplexity'?"),
     (["eval", "shape:gpt2:n_layer=1", "--limit", "1"], "has random weights"),

@@ -100,8 +100,8 @@ def test_bad_unstructured_configs():
 def test_structured_pruning_rebuilds_the_same_function(tiny_model):
     work = copy.deepcopy(tiny_model)
     audit = prune_structured(work, StructuredPruneConfig(ratio=0.5))
-    assert audit["heads"] == [4, 2] and audit["n_inner"] == [128, 64]
-    assert audit["n_embd"] == [32, 16]
+    assert audit["heads"] == [4, 2] and audit["mlp_width"] == [128, 64]
+    assert audit["hidden_size"] == [32, 16]
     rebuilt = to_gpt2(work)
     ids = torch.randint(0, 4096, (2, 12))
     with torch.no_grad():
@@ -131,7 +131,7 @@ def test_taylor_importance_uses_gradients(tiny_dir):
                                                                        targets="attention"))
     tay = prune_structured(copy.deepcopy(model), StructuredPruneConfig(
         ratio=0.5, targets="attention", importance="taylor"), batches)
-    assert mag["n_inner"] == tay["n_inner"] == [128, 128]
+    assert mag["mlp_width"] == tay["mlp_width"] == [128, 128]
     assert mag["heads_dropped_per_layer"] != tay["heads_dropped_per_layer"]
     with pytest.raises(UsageError, match="ratio must be in"):
         StructuredPruneConfig(ratio=1.5)

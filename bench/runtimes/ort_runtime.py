@@ -6,7 +6,7 @@ binding: a step reads the past from one set and writes its presents into the oth
 graph's Concat cannot work in place), so decoding allocates nothing per token and copies
 nothing through numpy but the logits.
 
-Binding 2 x n_layer x 2 tensors costs ~6 us of Python each (~0.35 ms per gpt2 step, more
+Binding 2 x layers x 2 tensors costs ~6 us of Python each (~0.35 ms per gpt2 step, more
 with cold caches after a run). Since a decode step's binding depends only on (buffer set,
 past length), it is built once and reused: the token goes into a bound ids buffer in place
 and the logits come out of a bound host buffer.
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from slimbench.bench.runtimes.base import RuntimeBase
+from slimbench.compress.arch import head_dim, max_positions, n_kv_heads, n_layers
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_export import io_names
 
@@ -82,10 +83,11 @@ class OrtRuntime(RuntimeBase):
         self.info = loaded.info
         self.session = self.onnx.session(threads)
         cfg = self.onnx.config
-        self.max_length = int(cfg.n_positions)
+        self.max_length = max_positions(cfg)
         self.vocab_size = int(cfg.vocab_size)
-        self.heads, self.head_dim = int(cfg.n_head), int(cfg.n_embd) // int(cfg.n_head)
-        self.input_names, self.output_names = io_names(cfg.n_layer)
+        # the cache holds KV heads: fewer than the query heads under grouped-query attention
+        self.kv_heads, self.head_dim = n_kv_heads(cfg), head_dim(cfg)
+        self.input_names, self.output_names = io_names(n_layers(cfg))
         types = {i.name: i.type for i in self.session.get_inputs()}
         types |= {o.name: o.type for o in self.session.get_outputs()}
         self.kv_dtype = _NUMPY_TYPES[types[self.input_names[1]]]
@@ -111,7 +113,7 @@ class OrtRuntime(RuntimeBase):
     def _pool_for(self, batch: int) -> _KVPool:
         if self._pool is None or self._pool.batch != batch:
             self._pool = None  # free the old buffers before allocating new ones
-            self._pool = _KVPool(batch, len(self.input_names) - 1, self.heads * self.head_dim,
+            self._pool = _KVPool(batch, len(self.input_names) - 1, self.kv_heads * self.head_dim,
                                  self.max_length, self.kv_dtype, self._ort_device,
                                  self._ort_device_id)
         return self._pool
@@ -163,7 +165,7 @@ class OrtRuntime(RuntimeBase):
         batch = logits.shape[0]
         binding = self.session.io_binding()
         binding.bind_ortvalue_input("input_ids", ids_value)
-        shape = [batch, self.heads, past.length if past else 0, self.head_dim]
+        shape = [batch, self.kv_heads, past.length if past else 0, self.head_dim]
         if past is None:
             empty = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype), dev, dev_id)
             for name in self.input_names[1:]:
@@ -178,7 +180,7 @@ class OrtRuntime(RuntimeBase):
             for name in self.output_names[1:]:
                 binding.bind_output(name, dev, dev_id)
             return binding
-        out_shape = [batch, self.heads, new_past.length, self.head_dim]
+        out_shape = [batch, self.kv_heads, new_past.length, self.head_dim]
         for name, buf in zip(self.output_names[1:], self._pool.sets[new_past.slot], strict=True):
             binding.bind_output(name, dev, dev_id, self.kv_dtype, out_shape, buf.data_ptr())
         return binding

@@ -29,7 +29,7 @@ class TorchRuntime(RuntimeBase):
         self.model = loaded.model
         self.info = loaded.info
         cfg = self.model.config
-        self.max_length = int(getattr(cfg, "n_positions", None) or cfg.max_position_embeddings)
+        self.max_length = int(cfg.max_position_embeddings)  # GPT-2's config maps n_positions
         self.vocab_size = int(cfg.vocab_size)
         self._torch_device = next(self.model.parameters()).device
         self.device = str(self._torch_device)  # "cpu" or "cuda:N", as the protocol says
