@@ -33,6 +33,7 @@ from slimbench import atomic
 from slimbench.compress.arch import arch_of, hidden_size, n_layers
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
 from slimbench.compress.onnx_model import OnnxModel
+from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
@@ -352,4 +353,8 @@ def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> dic
             "teacher": None if teacher_info is None else {
                 "spec": config.teacher or "(parent)", "weights_sha256":
                     teacher_info.weights_sha256, "parameters": teacher_info.parameters},
-            "student_layers": n_layers(student.config), "training": record}
+            "student_layers": n_layers(student.config), "training": record,
+            # how close the student stays to the model it was made from (not a preservation
+            # claim: a distilled student is a different function, this is its fidelity)
+            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(student.eval()),
+                             reference_prompts(parent.tokenizer, student.config.vocab_size))}

@@ -117,6 +117,25 @@ def test_ort_cached_decode_equals_torch(family, family_dirs, exported):
     assert placement["primary"] == "CPUExecutionProvider" and placement["fallback_nodes"] == 0
 
 
+@pytest.mark.parametrize("family", ["llama"])
+def test_kv_buffers_grow_past_their_first_capacity(family, family_dirs, exported, monkeypatch):
+    # a pool sized for 10 positions must double three times during 40 new tokens, carrying
+    # the cache over each time: tokens and logits stay those of the torch model
+    from slimbench.bench.runtimes import ort_runtime
+
+    monkeypatch.setattr(ort_runtime, "INITIAL_POSITIONS", 8)
+    torch_loaded = load_artifact(str(family_dirs[family]))
+    prompt = torch_loaded.tokenizer(PROMPT)["input_ids"][:5]
+    ort_rt = OrtRuntime(load_artifact(str(exported(family))), threads=2)
+    want_tokens, want_logits = _cached_greedy(TorchRuntime(torch_loaded), prompt, 40)
+    got_tokens, got_logits = _cached_greedy(ort_rt, prompt, 40)
+    assert ort_rt._pool.capacity == 80  # 10 -> 20 -> 40 -> 80
+    assert got_tokens == want_tokens
+    for got, want in zip(got_logits, want_logits, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert ort_rt.greedy_generate(prompt, 40) == want_tokens  # reused pool, rebuilt bindings
+
+
 def test_ort_dynamic_int8_quantizes_every_block_matmul(family, exported, tmp_path):
     m = run_step("ort_dynamic_int8", {}, str(exported(family)), tmp_path / "int8")
     q, per_block = m["quantization"], BLOCK_MATMULS[family]

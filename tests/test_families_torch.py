@@ -113,6 +113,9 @@ def test_one_layer_student_distills_from_the_cli(family, family_dirs, tmp_path):
     assert code == 0
     m = _manifest(out)
     assert m["student_layers"] == 1 and m["training"]["steps"] == 2
+    # fidelity to the parent, measured on the same prompts as every step's parity
+    assert m["parity"]["prompts"] == [4, 64] and 0 <= m["parity"]["top1_agreement"] <= 1
+    assert m["parity"]["max_abs_logit_diff"] > 0
     assert m["parameters"] < load_artifact(str(family_dirs[family])).info.parameters
     reloaded = load_artifact(str(out))
     assert n_layers(reloaded.model.config) == 1
@@ -125,3 +128,19 @@ def test_batched_generation_equals_one_prompt_at_a_time(family, family_dirs):
     batched = rt.greedy_generate_batch(copy.deepcopy(prompts), max_new_tokens=6)
     single = [rt.greedy_generate(p, 6) for p in prompts]
     assert batched == single
+
+
+def test_the_families_suite_times_each_family_in_a_published_shape():
+    from pathlib import Path
+
+    from slimbench.bench.orchestrate.suite import load_suite, suite_baselines
+    from slimbench.compress.shapes import ShapeSpec
+
+    suite = load_suite(Path(__file__).parent.parent / "bench" / "suites" / "families.yaml")
+    families = {arch_of(ShapeSpec.parse(v.model).config()).family for v in suite.variants}
+    assert families == {"llama", "gpt_neox", "opt"}
+    baselines = suite_baselines(suite)
+    assert baselines["llama-135m-ort-int8"] == "llama-135m"
+    assert baselines["opt-125m-ort-int8"] == "opt-125m"  # each against its own family's fp32
+    assert suite.acceptance["llama-135m-ort-int8"]["decode_ms_per_token"] == {
+        "speedup_at_least": 1.5}

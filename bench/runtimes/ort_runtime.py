@@ -10,6 +10,11 @@ Binding 2 x layers x 2 tensors costs ~6 us of Python each (~0.35 ms per gpt2 ste
 with cold caches after a run). Since a decode step's binding depends only on (buffer set,
 past length), it is built once and reused: the token goes into a bound ids buffer in place
 and the logits come out of a bound host buffer.
+
+The buffers hold ``capacity`` positions, not the model's whole position table: Qwen2's 32k
+or Llama 3's 128k positions would take gigabytes per buffer set. A pool starts at
+``INITIAL_POSITIONS`` (or twice the prompt, or the table when that is smaller, as for GPT-2's
+1024) and doubles when a step needs more, carrying the newest cache over.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_export import io_names
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+INITIAL_POSITIONS = 2048
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -47,14 +53,16 @@ class OrtPast:
 
 
 class _KVPool:
-    """Two sets of flat device buffers, one per past/present tensor, sized for max length."""
+    """Two sets of flat device buffers, one per past/present tensor, for ``capacity``
+    positions."""
 
-    def __init__(self, batch: int, n_tensors: int, per_position: int, max_length: int,
+    def __init__(self, batch: int, n_tensors: int, per_position: int, capacity: int,
                  dtype, device: str, device_id: int) -> None:
         import onnxruntime as ort
 
-        size = batch * per_position * max_length
-        self.batch = batch
+        self.batch, self.per_position, self.capacity = batch, per_position, capacity
+        self.dtype, self.device, self.device_id = dtype, device, device_id
+        size = batch * per_position * capacity
         self.sets = [[ort.OrtValue.ortvalue_from_shape_and_type([size], dtype, device, device_id)
                       for _ in range(n_tensors)] for _ in range(2)]
         # single-token decode steps: bound ids buffer, bound host logits, bindings by
@@ -63,6 +71,27 @@ class _KVPool:
                                                              device_id)
         self.logits: np.ndarray | None = None
         self.bindings: dict[tuple[int, int], object] = {}
+
+    def grow(self, capacity: int, slot: int, length: int) -> None:
+        """Reallocate both sets for ``capacity`` positions, keeping the first ``length``
+        positions of set ``slot`` (the newest cache; a buffer is laid out (batch, heads,
+        length, head size), so those are its first elements). Through host memory: growing
+        is rare, and OrtValue has no device-to-device copy."""
+        import onnxruntime as ort
+
+        size = self.batch * self.per_position * capacity
+        kept = self.batch * self.per_position * length
+        for i, sets in enumerate(self.sets):
+            for j, buf in enumerate(sets):
+                new = ort.OrtValue.ortvalue_from_shape_and_type([size], self.dtype, self.device,
+                                                                self.device_id)
+                if i == slot and kept:
+                    host = np.zeros(size, dtype=self.dtype)
+                    host[:kept] = buf.numpy()[:kept]
+                    new.update_inplace(host)
+                sets[j] = new
+        self.capacity = capacity
+        self.bindings.clear()  # they point into the old buffers
 
 
 class OrtRuntime(RuntimeBase):
@@ -110,12 +139,13 @@ class OrtRuntime(RuntimeBase):
         """
         self._pool = None
 
-    def _pool_for(self, batch: int) -> _KVPool:
-        if self._pool is None or self._pool.batch != batch:
+    def _pool_for(self, batch: int, total: int) -> _KVPool:
+        """The pool for a prefill of ``total`` positions (a new one for a new batch size)."""
+        if self._pool is None or self._pool.batch != batch or self._pool.capacity < total:
             self._pool = None  # free the old buffers before allocating new ones
+            capacity = min(self.max_length, max(INITIAL_POSITIONS, 2 * total))
             self._pool = _KVPool(batch, len(self.input_names) - 1, self.kv_heads * self.head_dim,
-                                 self.max_length, self.kv_dtype, self._ort_device,
-                                 self._ort_device_id)
+                                 capacity, self.kv_dtype, self._ort_device, self._ort_device_id)
         return self._pool
 
     def bind(self, ids: np.ndarray, past: OrtPast | None, keep_cache: bool = True):
@@ -140,6 +170,9 @@ class OrtRuntime(RuntimeBase):
         if keep_cache:
             new_past = OrtPast(0 if past is None else 1 - past.slot, total, batch,
                                self._step + 1)
+        if past is not None and keep_cache and total > self._pool.capacity:
+            self._pool.grow(min(self.max_length, max(total, 2 * self._pool.capacity)), past.slot,
+                            past.length)
         if past is not None and seq == 1 and keep_cache:
             pool = self._pool
             pool.ids.update_inplace(np.ascontiguousarray(ids, dtype=np.int64))
@@ -151,7 +184,7 @@ class OrtRuntime(RuntimeBase):
                 pool.bindings[(past.slot, past_len)] = binding
             return binding, pool.logits, new_past
         if new_past is not None and past is None:
-            self._pool_for(batch)
+            self._pool_for(batch, total)
         ids_value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids, dtype=np.int64),
                                                      self._ort_device, self._ort_device_id)
         logits = np.empty((batch, seq, self.vocab_size), dtype=self.logits_dtype)
