@@ -58,7 +58,9 @@ def test_torch_int8_quantizes_every_block_linear(family, family_dirs, tmp_path):
     assert sum(isinstance(x, nnqd.Linear) for x in loaded.model.modules()) == expected
 
 
-def test_torch_int8_refuses_an_unknown_family(tmp_path, ref_tokenizer, capsys):
+@pytest.fixture
+def bloom_dir(tmp_path, ref_tokenizer):
+    """A tiny model of a family slimbench has no description for."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -66,10 +68,32 @@ def test_torch_int8_refuses_an_unknown_family(tmp_path, ref_tokenizer, capsys):
     src = tmp_path / "bloom"
     AutoModelForCausalLM.from_config(cfg).save_pretrained(src)
     ref_tokenizer.save_pretrained(src)
-    assert _compress(src, tmp_path / "out", "torch_dynamic_int8") == 2
+    return src
+
+
+@pytest.mark.parametrize("step,sets", [
+    ("torch_dynamic_int8", []), ("export_onnx", []), ("prune_structured", ["ratio=0.3"]),
+    ("distill", ["student_layers=1", "steps=1", "warmup=0"])])
+def test_steps_that_need_the_layout_refuse_an_unknown_family(step, sets, bloom_dir, tmp_path,
+                                                              capsys):
+    assert _compress(bloom_dir, tmp_path / "out", step, *sets) == 2
     err = capsys.readouterr().err
-    assert "model type 'bloom' is not an architecture slimbench knows" in err
+    assert f"{step}: model type 'bloom' is not an architecture slimbench knows" in err
+    assert "gpt_neox (gpt_neox), opt (opt)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_layout_free_steps_still_work_on_an_unknown_family(bloom_dir, tmp_path):
+    # unstructured pruning finds Linears by type, not by name: any causal LM
+    assert _compress(bloom_dir, tmp_path / "sparse", "prune_unstructured", "sparsity=0.5") == 0
+    sp = _manifest(tmp_path / "sparse")["sparsity"]
+    assert sp["realized"] == pytest.approx(0.5, abs=0.01) and len(sp["per_layer"]) == 4
+    # distillation into a same-depth student and casts need no layout either
+    assert _compress(bloom_dir, tmp_path / "kd", "distill", f"teacher={bloom_dir}", "steps=2",
+                     "warmup=0", "batch_size=2", "seq_len=16", "eval_every=0",
+                     "eval_batches=1") == 0
+    assert _manifest(tmp_path / "kd")["training"]["steps"] == 2
+    assert _compress(bloom_dir, tmp_path / "bf16", "torch_cast") == 0
 
 
 def test_unstructured_sparsity_is_realized_on_every_family(family, family_dirs, tmp_path):
