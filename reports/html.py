@@ -2,10 +2,12 @@
 
 Sections: the acceptance criteria and their verdict (``acceptance.json``, where the suite
 has criteria), summary table with deltas against each variant's baseline (green = better, red =
-worse, by each metric's direction), Pareto charts (quality vs decode latency, quality vs size),
-per-variant audit (did it compress: quantized counts, sparsity, structure, parity), warnings
-(high CV, fallback providers, failed or skipped cells) and the environment. Every string goes
-through Jinja2's autoescaping.
+worse, by each metric's direction) and, beside decode ms/token, the memory-bandwidth floor of a
+decode step and the share of it reached, Pareto charts (quality vs decode latency, quality vs
+size; any backend and weight format alike), generate tokens/s vs batch (where the suite swept
+``latency.generate_batches``), per-variant audit (did it compress: quantized counts, sparsity,
+structure, parity), warnings (high CV, fallback providers, failed or skipped cells) and the
+environment. Every string goes through Jinja2's autoescaping.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ figure{display:inline-block;margin:0 2em 1em 0}
 <h2>Summary</h2>
 <div style="overflow-x:auto"><table id="summary"><thead><tr><th>variant</th><th>backend</th>
 <th>device</th>
-{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead><tbody>
+{% for m in columns %}<th>{{ m }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in summary %}<tr><td>{{ row.variant }}</td><td>{{ row.backend }}</td>
 <td>{{ row.device }}</td>{% for c in row.cells %}<td class="{{ c.cls }}">{{ c.text }}</td>
 {% endfor %}</tr>{% endfor %}</tbody></table></div>
+{% if floor_note %}<p id="floor-note"><small>{{ floor_note }}</small></p>{% endif %}
 <h2>Trade-offs</h2>
 {% for fig in figures %}<figure>{{ fig.svg|safe }}<figcaption>{{ fig.caption }}</figcaption>
 </figure>{% endfor %}
@@ -79,10 +82,11 @@ def _evidence(manifest: dict | None) -> str:
     m = manifest or {}
     parts = []
     if q := m.get("quantization"):
-        if "block_linears" in q:
-            parts.append(f"int8 block linears {q['block_linears_int8']}/{q['block_linears']}")
-        if "block_matmuls" in q:
-            parts.append(f"int8 block MatMuls {q['block_matmuls_int8']}/{q['block_matmuls']}")
+        # counts per weight format (block_matmuls_int8, block_matmuls_int4, ...): a new format
+        # shows under its own name instead of failing the whole report on a missing int8 key
+        for total, what in (("block_linears", "linears"), ("block_matmuls", "MatMuls")):
+            parts += [f"{k[len(total) + 1:]} block {what} {q[k]}/{q[total]}"
+                      for k in sorted(q) if total in q and k.startswith(total + "_")]
     if s := m.get("sparsity"):
         parts.append(f"sparsity {s['realized']:.1%} of pruned layers ({s['method']}"
                      f"{', ' + s['n_m'] if s.get('n_m') else ''}); dense kernels: no speedup")
@@ -117,15 +121,18 @@ def _pareto(frame, x_metric: str, y_metric: str, x_label: str, y_label: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = frame[frame.metric == x_metric].set_index(["variant", "device"])["value"]
-    y = frame[frame.metric == y_metric].set_index(["variant", "device"])["value"]
+    # one point per cell, whatever its backend or weight format: keyed by what names a cell,
+    # so a variant measured on two backends is two points rather than a cross product
+    key = ["variant", "backend", "device"]
+    x = frame[frame.metric == x_metric].set_index(key)["value"]
+    y = frame[frame.metric == y_metric].set_index(key)["value"]
     both = x.to_frame("x").join(y.to_frame("y"), how="inner").dropna()
     if both.empty:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.scatter(both.x, both.y)
-    for (variant, device), r in both.iterrows():
-        ax.annotate(f"{variant} ({device})", (r.x, r.y), fontsize=8, xytext=(3, 3),
+    for (variant, backend, device), r in both.iterrows():
+        ax.annotate(f"{variant} ({backend}, {device})", (r.x, r.y), fontsize=8, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
@@ -133,14 +140,52 @@ def _pareto(frame, x_metric: str, y_metric: str, x_label: str, y_label: str):
     return _svg(fig)
 
 
-def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str]) -> list[dict]:
-    """Summary table rows: each metric's value and, where it has one, its change against the
-    variant's baseline, coloured by the metric's direction."""
+# bytes per weight of a dtype as ModelInfo records it (the fallback when no file size is known)
+DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1,
+               "int4": 0.5, "uint4": 0.5}
+FLOOR_NOTE = (
+    "floor ms: weight bytes / the host memory copy bandwidth measured in the cell's process "
+    "(environment memory_bandwidth_bytes_per_s): the time a decode step needs just to stream "
+    "every weight once. Weight bytes are model_bytes_on_disk (the files as stored: an artifact "
+    "quantized again at load, torch dynamic int8, streams fewer), or where marked * parameters "
+    "× bytes per weight of the loaded dtype. % of floor = floor ms / decode ms: 100% is "
+    "bandwidth-bound; above 100% the weights sat in cache. The KV cache's reads are not in the "
+    "floor. CUDA cells have none: the recorded bandwidth is the host's, not the GPU's.")
+
+
+def _floor(cell: CellResult) -> tuple[float, bool] | None:
+    """(the decode step's bandwidth floor in ms, whether its bytes came from parameters x
+    dtype) of an ok CPU cell; None where a figure is missing."""
+    bandwidth = (cell.environment or {}).get("memory_bandwidth_bytes_per_s")
+    if cell.cell.device != "cpu" or not bandwidth:
+        return None
+    mem, art = cell.memory, cell.artifact
+    weights = (mem and mem.model_bytes_on_disk) or (art and art.bytes_on_disk)
+    if weights:
+        return weights / bandwidth * 1e3, False
+    params = (mem and mem.parameters) or (art and art.parameters)
+    size = DTYPE_BYTES.get(str(art.dtype).removeprefix("torch.")) if art else None
+    return (params * size / bandwidth * 1e3, True) if params and size else None
+
+
+def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str],
+             floors: dict[tuple, tuple[float, bool]]) -> tuple[list[str], list[dict]]:
+    """The summary table's column names and rows: each metric's value and, where it has one,
+    its change against the variant's baseline, coloured by the metric's direction; after each
+    decode ms/token column the bandwidth floor ("floor ms", once) and the share of it that
+    decode reached ("% of floor@<context>")."""
     from slimbench.reports.output import summary_frame
 
     direction = {r["metric"]: r["higher_is_better"] for r in rows}
+    decode = [m for m in metrics if m.startswith("decode_ms_per_token@")]
+    columns = []
+    for m in metrics:
+        columns.append(m)
+        if m in decode:
+            columns += ["floor ms"] * (m == decode[0]) + [f"% of floor@{m.partition('@')[2]}"]
     summary = []
     for _, r in summary_frame(rows, baselines).iterrows():
+        floor = floors.get((r["variant"], r["backend"], r["device"]))
         out = []
         for m in metrics:
             delta = r.get(f"Δ {m}")
@@ -151,12 +196,55 @@ def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str]) ->
                 cls = "better" if good else "worse"
                 text += f" ({delta:+.1%})"
             out.append({"cls": cls, "text": text})
+            if m in decode:
+                ms = r.get(m)
+                if m == decode[0]:
+                    out.append({"cls": "", "text": _fmt(floor[0]) + "*" * floor[1]
+                                if floor else "—"})
+                share = floor[0] / ms if floor and ms == ms and ms else None
+                out.append({"cls": "", "text": "—" if share is None else f"{share:.0%}"})
         summary.append({"variant": r["variant"], "backend": r["backend"],
                         "device": r["device"], "cells": out})
-    return summary
+    return columns, summary
 
 
-def _figures(frame, metrics: list[str]) -> list[dict]:
+def _sweep(cells: list[CellResult]):
+    """Generate tokens/s vs batch, one line per variant x backend x device, from the generate
+    scenarios (batch 1: the plain one; more: ``latency.generate_batches``); None where no cell
+    has a batch above 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series, setups = {}, set()
+    for c in cells:
+        for s in c.latency.scenarios if c.status == "ok" and c.latency else []:
+            rate = [m.median for m in s.measurements if m.name == "tokens_per_s"]
+            if s.scenario == "generate" and rate:
+                key = (c.cell.variant, c.cell.backend, c.cell.device)
+                series.setdefault(key, {})[int(s.params.get("batch", 1))] = rate[0]
+                setups.add((s.params.get("prompt_len"), s.params.get("new_tokens")))
+    if not any(b > 1 for points in series.values() for b in points):
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for (variant, backend, device), points in sorted(series.items(), key=str):
+        xs = sorted(points)
+        ax.plot(xs, [points[b] for b in xs], marker="o", label=f"{variant} ({backend}, "
+                f"{device})")
+    ticks = sorted({b for points in series.values() for b in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(b) for b in ticks])
+    ax.set_xlabel("batch (equal-length prompts)")
+    ax.set_ylabel("tokens/s (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    setup = ", ".join(f"prompt {p}, {n} new tokens" for p, n in sorted(setups, key=str))
+    return {"svg": _svg(fig), "caption": f"generate tokens/s vs batch ({setup}; greedy, KV "
+                                         "cache; batch × new tokens / total time)"}
+
+
+def _figures(frame, metrics: list[str], cells: list[CellResult]) -> list[dict]:
     figures = []
     ppl = "perplexity.perplexity"
     decode = next((m for m in metrics if m.startswith("decode_ms_per_token")), None)
@@ -164,6 +252,8 @@ def _figures(frame, metrics: list[str]) -> list[dict]:
         svg = _pareto(frame, x, ppl, label, "perplexity (lower is better)") if x else None
         if svg:
             figures.append({"svg": svg, "caption": f"perplexity vs {label}"})
+    if sweep := _sweep(cells):
+        figures.append(sweep)
     return figures
 
 
@@ -224,11 +314,15 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     acceptance = _acceptance(run_dir, warnings)
     environment = [(k, v) for k, v in env.items() if k != "packages"]
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
+    floors = {(c.cell.variant, c.cell.backend, c.cell.device): f for c in cells
+              if c.status == "ok" and (f := _floor(c))}
+    columns, summary = _summary(rows, metrics, baselines, floors)
     html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
         name=name, cells=cells, ok=sum(c.status == "ok" for c in cells),
-        baseline_names=sorted(set(baselines.values())), metrics=metrics,
-        summary=_summary(rows, metrics, baselines), figures=_figures(to_frame(rows), metrics),
-        audit=audit, warnings=warnings, environment=environment, acceptance=acceptance)
+        baseline_names=sorted(set(baselines.values())), columns=columns, summary=summary,
+        floor_note=FLOOR_NOTE if any(c.startswith("floor") for c in columns) else None,
+        figures=_figures(to_frame(rows), metrics, cells), audit=audit, warnings=warnings,
+        environment=environment, acceptance=acceptance)
     path = Path(run_dir) / "report.html"
     atomic.write_text(path, html)
     return path

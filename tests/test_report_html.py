@@ -107,6 +107,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     body = body[:body.index("</table>")]
     assert body.count("<tr>") == 1 + 5  # header + five ok cells
     assert "gpt2-int8" in body and "(-50.0%)" in body and "(-20.0%)" in body
+    assert "<th>floor ms</th>" in body  # beside decode; "—" here: no bandwidth recorded
     # every string escaped: the variant name is text, never a script that ran
     assert "&lt;script&gt;document.title" in dom and "<title>pwned" not in dom
     assert "broken--cpu: failed: killed by SIGKILL &lt;OOM&gt;" in dom

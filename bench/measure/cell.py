@@ -14,6 +14,8 @@ from slimbench.errors import UsageError
 from slimbench.reports.schema import Artifact, CellInfo, CellResult, Latency, Memory, QualityScore
 from slimbench.tasks.protocol import CausalLM
 
+LISTS = ("prefill", "decode_contexts", "batches", "generate_batches")  # lists of positive ints
+
 
 @dataclasses.dataclass(frozen=True)
 class LatencyConfig:
@@ -23,6 +25,9 @@ class LatencyConfig:
         new_tokens: tokens per decode / generate repeat (min = max, no early stop).
         generate_prompt: prompt length of the end-to-end generate scenario (0 = skip it).
         batches: batch sizes for the prefill batch sweep (empty = skip it).
+        generate_batches: batch sizes for the generate batch sweep (empty = skip it): the
+            generate scenario at ``generate_prompt`` with that many equal-length prompts, rows
+            ``tokens_per_s@<prompt>x<batch>`` etc.; batch 1 is the generate scenario itself.
         repeats: minimum decode / generate rounds after one warm-up.
         min_seconds: minimum timed duration of each figure (prefill, decode, generate): the
             longer the window, the less a shared host's passing state moves the median.
@@ -33,6 +38,7 @@ class LatencyConfig:
     new_tokens: int = 32
     generate_prompt: int = 128
     batches: tuple[int, ...] = ()
+    generate_batches: tuple[int, ...] = ()
     repeats: int = 5
     min_seconds: float = 1.0
 
@@ -40,8 +46,7 @@ class LatencyConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             items = value if isinstance(value, tuple | list) else [value]
-            if not isinstance(value, tuple | list) and f.name in ("prefill", "decode_contexts",
-                                                                  "batches"):
+            if not isinstance(value, tuple | list) and f.name in LISTS:
                 raise UsageError(f"latency.{f.name} must be a list of lengths, got {value!r}")
             numeric = int | float if f.name == "min_seconds" else int
             if any(isinstance(v, bool) or not isinstance(v, numeric) for v in items):
@@ -50,9 +55,16 @@ class LatencyConfig:
                 raise UsageError(f"latency.{f.name} must be {what}, got {value!r}")
         if self.new_tokens < 2 or self.repeats < 1 or self.min_seconds < 0:
             raise UsageError("new_tokens must be >= 2, repeats >= 1 and min_seconds >= 0")
-        for name in ("prefill", "decode_contexts", "batches"):
+        for name in LISTS:
             if any(int(v) < 1 for v in getattr(self, name)):
                 raise UsageError(f"{name} values must be >= 1")
+        if self.generate_batches and not self.generate_prompt:
+            raise UsageError("latency.generate_batches needs latency.generate_prompt > 0: the "
+                             "sweep generates from prompts of that length")
+        if len(set(self.generate_batches)) != len(self.generate_batches):
+            # two scenarios with one tag would give two results rows of the same name
+            raise UsageError(f"latency.generate_batches must not repeat a batch size, got "
+                             f"{list(self.generate_batches)!r}")
 
 
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
@@ -99,8 +111,11 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> di
                                          min_seconds=cfg.min_seconds)
                 for c in cfg.decode_contexts]
     if cfg.generate_prompt:
-        results.append(scenarios.generate_latency(rt, cfg.generate_prompt, cfg.new_tokens,
-                                                  cfg.repeats, min_seconds=cfg.min_seconds))
+        # batch 1 is the plain generate scenario (tag "64"); each further batch of the sweep
+        # adds one tagged "64x8", so the batch-1 point is measured once, whatever the sweep
+        batches = tuple(dict.fromkeys((1, *cfg.generate_batches)))
+        results += scenarios.generate_sweep(rt, cfg.generate_prompt, batches, cfg.new_tokens,
+                                            cfg.repeats, min_seconds=cfg.min_seconds)
     if cfg.batches:
         results += scenarios.batch_sweep(rt, cfg.prefill[0], tuple(cfg.batches),
                                          cfg.min_seconds)

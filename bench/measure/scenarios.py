@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from slimbench.bench.measure.timing import measurement, time_callable
@@ -73,37 +74,77 @@ def decode_latency(rt: CausalLM, context: int, new_tokens: int = 32, repeats: in
                     [measurement("decode_ms_per_token", "ms", samples)])
 
 
-def generate_latency(rt: CausalLM, prompt_len: int, new_tokens: int = 32, repeats: int = 5,
-                     warmup: int = 1, min_seconds: float = 0.0) -> Scenario:
-    """End-to-end greedy generation of exactly ``new_tokens`` (no early stop): time to first
-    token (prefill + first argmax), time per output token after it, and tokens/s; repeated
-    until ``repeats`` generations and ``min_seconds``."""
+def timed_generation(rt: CausalLM, prompt, new_tokens: int, repeats: int = 5,
+                     warmup: int = 1, min_seconds: float = 0.0) -> dict:
+    """Greedy generation of exactly ``new_tokens`` per row of ``prompt`` (B, T) with the KV
+    cache, repeated as ``_rounds`` says; per timed round:
+
+    - ``ttft``: seconds from the call to the first token of every row (prefill of the B
+      prompts + argmax);
+    - ``tpot``: seconds per later decode step (one step advances all B rows);
+    - ``rate``: tokens/s, ``B * new_tokens / (ttft + (new_tokens - 1) * tpot)``: the round's
+      total time, so the identity holds per round up to float rounding.
+
+    ``tokens``: the last round's greedy tokens, (B, new_tokens) int64, taken off the device
+    after the clocks stop (a copy inside the loop would be timed).
+    """
     if new_tokens < 2:
         raise ValueError("new_tokens must be >= 2 to separate first-token and per-token time")
+    batch, prompt_len = prompt.shape
     if prompt_len + new_tokens > rt.max_length:
         raise ValueError(f"prompt {prompt_len} + {new_tokens} tokens exceeds {rt.max_length}")
-    prompt = _ids(rt.vocab_size, prompt_len)
-    ttft, tpot, rate = [], [], []
+    ttft, tpot, rate, steps = [], [], [], []
     for i in _rounds(warmup, repeats, min_seconds):
+        rt.sync()  # nothing queued by the previous round may land in this one's clock
         t0 = time.perf_counter()
         logits, past = rt.forward(prompt)
-        token = logits[:, -1:].argmax(-1)
+        steps = [logits[:, -1:].argmax(-1)]
         rt.sync()
         t1 = time.perf_counter()
         for _ in range(new_tokens - 1):
-            logits, past = rt.forward(token, past)
-            token = logits[:, -1:].argmax(-1)
+            logits, past = rt.forward(steps[-1], past)
+            steps.append(logits[:, -1:].argmax(-1))
         rt.sync()
         t2 = time.perf_counter()
         if i >= warmup:
             ttft.append(t1 - t0)
             tpot.append((t2 - t1) / (new_tokens - 1))
-            rate.append(new_tokens / (t2 - t0))
-    return Scenario("generate", f"{prompt_len}",
-                    {"prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": len(ttft)},
-                    [measurement("ttft_ms", "ms", ttft), measurement("tpot_ms", "ms", tpot),
-                     measurement("tokens_per_s", "tok/s", rate, scale=1.0,
+            rate.append(batch * new_tokens / (t2 - t0))
+    tokens = np.concatenate([_numpy(t) for t in steps], axis=1).astype(np.int64)
+    return {"ttft": ttft, "tpot": tpot, "rate": rate, "tokens": tokens}
+
+
+def _numpy(x) -> np.ndarray:
+    """A backend's array (torch tensor on any device, or numpy) as numpy."""
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def generate_latency(rt: CausalLM, prompt_len: int, new_tokens: int = 32, repeats: int = 5,
+                     warmup: int = 1, min_seconds: float = 0.0, batch: int = 1) -> Scenario:
+    """End-to-end greedy generation of exactly ``new_tokens`` (no early stop) for ``batch``
+    equal-length seeded prompts: time to first token (prefill + first argmax), time per
+    output token after it (per step of all rows), and tokens/s (all rows); repeated until
+    ``repeats`` generations and ``min_seconds``. Tagged like prefill: ``64``, ``64x8``."""
+    run = timed_generation(rt, _ids(rt.vocab_size, prompt_len, batch), new_tokens, repeats,
+                           warmup, min_seconds)
+    return Scenario("generate", f"{prompt_len}" + (f"x{batch}" if batch > 1 else ""),
+                    {"prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch,
+                     "repeats": len(run["ttft"])},
+                    [measurement("ttft_ms", "ms", run["ttft"]),
+                     measurement("tpot_ms", "ms", run["tpot"]),
+                     measurement("tokens_per_s", "tok/s", run["rate"], scale=1.0,
                                  higher_is_better=True)])
+
+
+def generate_sweep(rt: CausalLM, prompt_len: int, batches: tuple[int, ...] = (1, 4, 8, 16),
+                   new_tokens: int = 32, repeats: int = 5, warmup: int = 1,
+                   min_seconds: float = 0.0) -> list[Scenario]:
+    """``generate_latency`` at each batch size: how throughput grows with batch while the
+    per-step time (TPOT) grows less, as long as a decode step stays bound by streaming the
+    weights. Prompts are equal-length (seeded ``_ids``: row 0 of every batch is the batch-1
+    prompt), which every runtime batches without an attention mask."""
+    return [generate_latency(rt, prompt_len, new_tokens, repeats, warmup, min_seconds, b)
+            for b in batches]
 
 
 def batch_sweep(rt: CausalLM, seq_len: int, batches: tuple[int, ...] = (1, 2, 4, 8),
