@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slimbench.compress.arch import arch_of, hidden_size, n_heads, n_layers
+from slimbench.compress.arch import arch_of, hidden_size, n_heads
 from slimbench.compress.loader import LoadedModel
-from slimbench.compress.onnx_export import ONNX_FILE, io_names
+from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.onnx_model import OnnxModel
 from slimbench.compress.parity import FP32_PARITY
 from slimbench.compress.step_io import copy_side_files, onnx_child_fields
@@ -72,14 +72,11 @@ def ort_optimize(src: Path, dst: Path, config: OrtOptimizeConfig, model_type: st
 def decode_drift(parent: OnnxModel, child: OnnxModel, prompt: np.ndarray) -> float:
     """Max |Δlogits| of one decode step after a prefill of ``prompt`` (1, T): the parity
     prompts run with an empty past only, and a fusion may treat a past differently."""
-    names = io_names(n_layers(parent.config))[0]
     steps = []
     for model in (parent, child):
         session = model.session()
-        feeds = {"input_ids": prompt[:, :-1], **dict(zip(names[1:], model.empty_past(1),
-                                                         strict=True))}
-        _, *present = session.run(None, feeds)
-        feeds = {"input_ids": prompt[:, -1:], **dict(zip(names[1:], present, strict=True))}
+        _, *present = session.run(None, model.feeds(prompt[:, :-1]))
+        feeds = model.feeds(prompt[:, -1:], present)
         steps.append(session.run(["logits"], feeds)[0].astype(np.float64))
     return float(np.abs(steps[0] - steps[1]).max())
 

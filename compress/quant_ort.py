@@ -12,7 +12,7 @@ from pathlib import Path
 from slimbench.compress.arch import Arch, arch_of, max_positions, n_layers
 from slimbench.compress.calibration import calibration_batches
 from slimbench.compress.loader import LoadedModel
-from slimbench.compress.onnx_export import ONNX_FILE, io_names
+from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.step_io import copy_side_files, onnx_child_fields
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
@@ -20,7 +20,7 @@ from slimbench.errors import CompressionError, UsageError
 log = logging.getLogger(__name__)
 # the output projection's node path in every family's export (/model/lm_head/MatMul), kept
 # by the quantizers in the names they give (/model/lm_head/MatMul_quant)
-_LM_HEAD = re.compile(r"(?:^|/)lm_head/")
+LM_HEAD = re.compile(r"(?:^|/)lm_head/")
 QUANTIZED_MATMULS = ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                      "QLinearMatMul")
 
@@ -92,7 +92,6 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
     # no longer than the position table (a learned one cannot be indexed past its end)
     seq_len = min(config.seq_len, max_positions(cfg))
     batches = calibration_batches(tokenizer, cfg.vocab_size, config.samples, seq_len)
-    names = io_names(n_layers(cfg))[0]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -102,12 +101,11 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
             ids = next(self.it, None)
             if ids is None:
                 return None
-            return {"input_ids": ids, **dict(zip(names[1:], onnx_model.empty_past(1),
-                                                 strict=True))}
+            return onnx_model.feeds(ids)  # what the graph declares, with an empty past
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
-    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="slimbench-calib-") as tmp:
+    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="slimbench-calib-") as tmp:
         cache = _calibrate(src, Reader(), method, config, Path(tmp))
         quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
@@ -157,7 +155,7 @@ def weight_matmuls(path: Path, arch: Arch) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
-            where = _where(node.name, arch)
+            where = where_in_graph(node.name, arch)
             counts[where] = counts.get(where, 0) + 1
     return counts
 
@@ -175,30 +173,30 @@ def quantized_matmuls(path: Path, arch: Arch) -> dict[str, int]:
     for node in graph.node:
         qdq = node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in dq_weights
         if node.op_type in QUANTIZED_MATMULS or qdq:
-            where = _where(node.name, arch)
+            where = where_in_graph(node.name, arch)
             counts[where] = counts.get(where, 0) + 1
     return counts
 
 
-def _where(node_name: str, arch: Arch) -> str:
+def where_in_graph(node_name: str, arch: Arch) -> str:
     """Block index, ``lm_head`` or ``other``, from the exporter's module-path node names."""
     m = arch.onnx_block_pattern.search(node_name)
     if m:
         return m.group(1)
-    return "lm_head" if _LM_HEAD.search(node_name) else "other"
+    return "lm_head" if LM_HEAD.search(node_name) else "other"
 
 
 def ort_dynamic_int8(src: Path, dst: Path, config: OrtDynamicInt8Config, model_config) -> dict:
     """Quantize ``src`` into ``dst``; returns the audit (float vs int8 weight MatMuls) against
     the architecture of ``model_config`` (the HF config)."""
     ops = ["MatMul"] + (["Gather"] if config.quantize_embeddings else [])
-    with _quiet_root_logger():
+    with quiet_root_logger():
         _quantize(src, dst, ops, config)
     return audit_onnx_quantization(src, dst, model_config)
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def quiet_root_logger():
     """ORT's quantizers give advice through the root logger; keep it for -v."""
     root = logging.getLogger()
     level = root.level

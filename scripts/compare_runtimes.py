@@ -71,9 +71,9 @@ def ort_floor(rt: OrtRuntime, context: int, new_tokens: int, repeats: int) -> di
     finally:
         rt.session = session
     mid = context + new_tokens // 2
-    feeds = {"input_ids": prompt[:, :1]}
-    for name in rt.input_names[1:]:
-        feeds[name] = np.zeros((1, rt.kv_heads, mid, rt.head_dim), dtype=rt.kv_dtype)
+    past = [np.zeros((1, rt.kv_heads, mid, rt.head_dim), dtype=rt.kv_dtype)
+            for _ in rt.input_names[1:]]
+    feeds = rt.onnx.feeds(prompt[:, :1], past, last_only=True)  # the loop's step, unbound
     plain = []
     for _ in range(new_tokens * (repeats + 1)):
         t0 = time.perf_counter()

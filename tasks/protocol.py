@@ -26,8 +26,10 @@ class CausalLM(Protocol):
         max_length: the longest sequence (prompt + generated) the model accepts.
         vocab_size: number of logits per position.
         batched_generation: True where ``greedy_generate_batch`` pads prompts of different
-            lengths into one batch; False where it runs them one at a time (a graph without an
-            attention-mask input). Tasks size their batches by it and report which was used.
+            lengths into one batch and ``forward`` takes an attention mask with pads; False
+            where it runs them one at a time (an ONNX graph without an attention-mask input,
+            exported before export_onnx version 2). Tasks size their batches by it and report
+            which was used.
     """
 
     backend: str
@@ -36,8 +38,9 @@ class CausalLM(Protocol):
     vocab_size: int
     batched_generation: bool
 
-    def forward(self, input_ids: Any, past: Any = None,
-                keep_cache: bool = True) -> tuple[Any, Any]:
+    def forward(self, input_ids: Any, past: Any = None, keep_cache: bool = True,
+                attention_mask: Any = None, position_ids: Any = None,
+                last_only: bool = False) -> tuple[Any, Any]:
         """One forward pass over ``input_ids`` (B, T) after the cache ``past`` (None: none).
 
         Returns ``(logits, new_past)``: logits (B, T, V) in the backend's own array type (a
@@ -45,6 +48,18 @@ class CausalLM(Protocol):
         callers only slice and ``argmax`` them. ``new_past`` continues the sequence in the
         next call, and is None with ``keep_cache=False``. Only the cache returned by the latest
         call may be continued (a runtime may reuse the buffers of older ones).
+
+        Optional (defaults: an unpadded batch, every position's logits):
+
+        - ``attention_mask``: (B, past + T) int array, 1 for real tokens, 0 for pads; pass the
+          whole mask (past columns included) at every step of a padded batch. None: all ones.
+        - ``position_ids``: (B, T) int array; None: from the mask (each real token's index
+          among its row's real tokens), which without a mask continues after the past.
+        - ``last_only``: logits (B, 1, V) of the last position only: the lm_head projection
+          of the other positions is skipped where the backend can (generation needs no more).
+
+        A runtime whose ``batched_generation`` is False (an ONNX graph exported before the
+        mask input) refuses a mask with zeros.
         """
         ...
 

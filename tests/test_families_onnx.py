@@ -64,7 +64,14 @@ def test_cli_export_matches_torch_with_kv_head_cache(family, exported):
     kv = KV_HEADS[family]
     inputs = {v.name: dims(v) for v in graph.input}
     outputs = {v.name: dims(v) for v in graph.output}
-    assert len(inputs) == len(outputs) == 1 + 2 * 2  # ids/logits + key and value per block
+    # ids, mask, positions, logits index / logits + key and value per block; every size
+    # symbolic: batch, sequence, past and the positions that get logits
+    assert list(inputs)[:4] == ["input_ids", "attention_mask", "position_ids", "logits_index"]
+    assert len(inputs) == 4 + 2 * 2 and len(outputs) == 1 + 2 * 2
+    assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "seq"]
+    assert inputs["attention_mask"] == ["batch", "total"] and inputs["logits_index"] == ["keep"]
+    assert outputs["logits"] == ["batch", "keep", 4096]
+    assert m["parity"]["left_padded_max_abs_logit_diff"] <= 1e-4
     for i in range(2):
         for kind in ("key", "value"):
             assert inputs[f"past_{kind}_{i}"] == ["batch", kv, "past", 16]

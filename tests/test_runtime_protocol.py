@@ -106,3 +106,27 @@ def test_backends_agree(runtimes):
                     strict=True):
         assert a.shape == (len(b),) and a.dtype == np.float64
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
+    # the optional forward arguments mean the same on every backend: a left-padded batch,
+    # positions from the mask, logits of the last position only, then one cached step
+    torch_rt, ort_rt = runtimes["torch"], runtimes["onnxruntime"]
+    assert torch_rt.batched_generation and ort_rt.batched_generation
+    ids = np.array([[0, 0, 0, 5, 17, 300], [9, 8, 7, 6, 5, 4]])
+    mask = (ids != 0).astype(np.int64)
+    step_mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+    got = {}
+    for name, rt in runtimes.items():
+        logits, past = rt.forward(ids, attention_mask=mask, last_only=True)
+        step, _ = rt.forward(np.array([[11], [12]]), past, attention_mask=step_mask,
+                             last_only=True)
+        got[name] = (_array(logits), _array(step))
+        assert got[name][0].shape == got[name][1].shape == (2, 1, rt.vocab_size)
+    for a, b in zip(got["torch"], got["onnxruntime"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # row 0 alone, unpadded, continues exactly as in the batch
+    alone, past = ort_rt.forward(ids[:1, 3:], last_only=True)
+    np.testing.assert_allclose(alone[0], got["onnxruntime"][0][0], atol=1e-5)
+    alone, _ = ort_rt.forward(np.array([[11]]), past)
+    np.testing.assert_allclose(alone[0], got["onnxruntime"][1][0], atol=1e-5)

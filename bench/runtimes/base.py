@@ -1,9 +1,10 @@
-"""What every runtime shares: input checks, right padding and the greedy KV-cache loop.
+"""What every runtime shares: input checks, right padding and the greedy KV-cache loops.
 
 A runtime subclasses ``RuntimeBase`` and provides the backend-specific members of the
-``CausalLM`` protocol (``forward`` with its cache, ``sync``, ``placement``, the two log-prob
-methods); the greedy loop below then runs on top of ``forward``, so both backends generate by
-one definition. The abstract methods make a runtime that misses one fail when it is built.
+``CausalLM`` protocol (``forward`` with its cache, mask and positions, ``sync``,
+``placement``, the two log-prob methods); the greedy loops below then run on top of
+``forward``, so both backends generate by one definition, single prompts and left-padded
+batches alike. The abstract methods make a runtime that misses one fail when it is built.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import abc
 from typing import Any
 
 import numpy as np
+
+from slimbench.compress.onnx_model import positions_from_mask
 
 
 class RuntimeBase(abc.ABC):
@@ -29,8 +32,9 @@ class RuntimeBase(abc.ABC):
     batched_generation = False
 
     @abc.abstractmethod
-    def forward(self, input_ids: Any, past: Any = None,
-                keep_cache: bool = True) -> tuple[Any, Any]:
+    def forward(self, input_ids: Any, past: Any = None, keep_cache: bool = True,
+                attention_mask: Any = None, position_ids: Any = None,
+                last_only: bool = False) -> tuple[Any, Any]:
         """See ``CausalLM.forward``."""
 
     @abc.abstractmethod
@@ -59,26 +63,80 @@ class RuntimeBase(abc.ABC):
             ids[i, : len(x)] = x
         return ids, lengths
 
+    @staticmethod
+    def _right_mask(lengths: list[int], width: int) -> np.ndarray:
+        """(B, width) attention mask of right-padded sequences: 1 on each row's first n."""
+        return (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+
     def greedy_generate(self, prompt: list[int], max_new_tokens: int,
                         stop_ids: frozenset[int] = frozenset()) -> list[int]:
-        """See ``CausalLM.greedy_generate``: one prefill, then one cached step per token."""
+        """See ``CausalLM.greedy_generate``: one prefill, then one cached step per token; only
+        the last position gets logits (``last_only``)."""
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) + max_new_tokens > self.max_length:
             raise ValueError(f"prompt ({len(prompt)}) + {max_new_tokens} new tokens exceeds "
                              f"{self.max_length} positions")
-        logits, past = self.forward(np.array([prompt], dtype=np.int64))
+        logits, past = self.forward(np.array([prompt], dtype=np.int64), last_only=True)
         new: list[int] = []
         for _ in range(max_new_tokens):
             token = int(logits[0, -1].argmax())
             new.append(token)
             if token in stop_ids or len(new) == max_new_tokens:
                 break
-            logits, past = self.forward(np.array([[token]], dtype=np.int64), past)
+            logits, past = self.forward(np.array([[token]], dtype=np.int64), past,
+                                        last_only=True)
         return new
 
     def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
                               stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
-        """One example at a time: a backend without an attention-mask input (the exported
-        ONNX graph) cannot pad a batch of prompts of different lengths."""
-        return [self.greedy_generate(p, max_new_tokens, stop_ids) for p in prompts]
+        """Greedy continuations of prompts of different lengths in one batch, KV-cached; one
+        prompt at a time where the backend has no batched generation (an ONNX graph without
+        an attention-mask input).
+
+        Prompts are LEFT-padded so that every row's next token sits in the last column; the
+        attention mask hides the pads and the position ids count real tokens only (GPT-2
+        would otherwise give a padded row's first token position ``n_pad``, not 0). The mask
+        grows by a column of ones per step and each row's positions continue its own count. A
+        batch without padding passes neither (the runtime's all-ones default: ORT's decode
+        steps then write no mask). A row that emitted a stop token keeps being fed (its
+        outputs are dropped) until all stop.
+        """
+        if not self.batched_generation or len(prompts) == 1:
+            return [self.greedy_generate(p, max_new_tokens, stop_ids) for p in prompts]
+        lengths = [len(p) for p in prompts]
+        if min(lengths) < 1:
+            raise ValueError("empty prompt")
+        if max(lengths) + max_new_tokens > self.max_length:
+            raise ValueError(f"prompt ({max(lengths)}) + {max_new_tokens} new tokens exceeds "
+                             f"{self.max_length} positions")
+        width = max(lengths)
+        padded = min(lengths) < width
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        # the whole generation's mask at once: each step passes a view of its first columns
+        mask = np.ones((len(prompts), width + max_new_tokens), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = p
+            mask[i, : width - len(p)] = 0
+        positions = positions_from_mask(mask[:, :width], width)  # 0 at each first token
+        logits, past = self.forward(ids, attention_mask=mask[:, :width] if padded else None,
+                                    position_ids=positions if padded else None,
+                                    last_only=True)
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        next_pos = positions[:, -1:] + 1  # (B, 1)
+        for step in range(max_new_tokens):
+            tokens = logits[:, -1].argmax(-1)  # (B,), the backend's array type
+            for i, t in enumerate(tokens.tolist()):
+                if not done[i]:
+                    new[i].append(t)
+                    done[i] = t in stop_ids or len(new[i]) == max_new_tokens
+            if all(done):
+                break
+            total = width + step + 1
+            logits, past = self.forward(tokens[:, None], past,
+                                        attention_mask=mask[:, :total] if padded else None,
+                                        position_ids=next_pos if padded else None,
+                                        last_only=True)
+            next_pos = next_pos + 1
+        return new

@@ -11,6 +11,13 @@ with cold caches after a run). Since a decode step's binding depends only on (bu
 past length), it is built once and reused: the token goes into a bound ids buffer in place
 and the logits come out of a bound host buffer.
 
+Graphs of export_onnx version 2 take an attention mask and position ids: prompts of
+different lengths share a left-padded batch (``batched_generation``), and their decode steps
+bind the mask and positions from the pool's buffers too (``ort_kv.py``). Steps whose caller
+needs only the next token (``last_only``) bind ``logits_index`` = [-1], so lm_head projects one
+position. Older graphs (no mask input) run as before, one prompt at a time: every binding
+follows the inputs the graph declares.
+
 The buffers hold ``capacity`` positions, not the model's whole position table: Qwen2's 32k
 or Llama 3's 128k positions would take gigabytes per buffer set. A pool starts at
 ``INITIAL_POSITIONS`` (or twice the prompt, or the table when that is smaller, as for GPT-2's
@@ -19,15 +26,15 @@ or Llama 3's 128k positions would take gigabytes per buffer set. A pool starts a
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from slimbench.bench.runtimes.base import RuntimeBase
+from slimbench.bench.runtimes.ort_kv import KVPool, OrtPast
 from slimbench.compress.arch import head_dim, max_positions, n_kv_heads, n_layers
 from slimbench.compress.loader import LoadedModel
-from slimbench.compress.onnx_export import io_names
+from slimbench.compress.onnx_model import LOGITS_INDEX, io_names
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 INITIAL_POSITIONS = 2048
@@ -39,72 +46,19 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-@dataclasses.dataclass(frozen=True)
-class OrtPast:
-    """A KV cache held in the runtime's buffers: which set, how many positions, which step.
-
-    Only the newest cache is valid: the next step overwrites the set the one before used.
-    """
-
-    slot: int
-    length: int
-    batch: int
-    step: int
-
-
-class _KVPool:
-    """Two sets of flat device buffers, one per past/present tensor, for ``capacity``
-    positions."""
-
-    def __init__(self, batch: int, n_tensors: int, per_position: int, capacity: int,
-                 dtype, device: str, device_id: int) -> None:
-        import onnxruntime as ort
-
-        self.batch, self.per_position, self.capacity = batch, per_position, capacity
-        self.dtype, self.device, self.device_id = dtype, device, device_id
-        size = batch * per_position * capacity
-        self.sets = [[ort.OrtValue.ortvalue_from_shape_and_type([size], dtype, device, device_id)
-                      for _ in range(n_tensors)] for _ in range(2)]
-        # single-token decode steps: bound ids buffer, bound host logits, bindings by
-        # (set read, past length)
-        self.ids = ort.OrtValue.ortvalue_from_shape_and_type([batch, 1], np.int64, device,
-                                                             device_id)
-        self.logits: np.ndarray | None = None
-        self.bindings: dict[tuple[int, int], object] = {}
-
-    def grow(self, capacity: int, slot: int, length: int) -> None:
-        """Reallocate both sets for ``capacity`` positions, keeping the first ``length``
-        positions of set ``slot`` (the newest cache; a buffer is laid out (batch, heads,
-        length, head size), so those are its first elements). Through host memory: growing
-        is rare, and OrtValue has no device-to-device copy."""
-        import onnxruntime as ort
-
-        size = self.batch * self.per_position * capacity
-        kept = self.batch * self.per_position * length
-        for i, sets in enumerate(self.sets):
-            for j, buf in enumerate(sets):
-                new = ort.OrtValue.ortvalue_from_shape_and_type([size], self.dtype, self.device,
-                                                                self.device_id)
-                if i == slot and kept:
-                    host = np.zeros(size, dtype=self.dtype)
-                    host[:kept] = buf.numpy()[:kept]
-                    new.update_inplace(host)
-                sets[j] = new
-        self.capacity = capacity
-        self.bindings.clear()  # they point into the old buffers
-
-
 class OrtRuntime(RuntimeBase):
     """Runs an ONNX artifact in an ORT session (one per runtime, threads fixed).
 
     Args:
         loaded: what ``load_artifact`` returned for an ONNX artifact.
         threads: ORT intra-op threads (None: ORT's default).
+
+    ``batched_generation`` is set per graph: True where it has an attention-mask input, False
+    for artifacts exported before that (prompts of different lengths cannot share a padded
+    batch there: ``greedy_generate_batch`` runs them one at a time).
     """
 
     backend = "onnxruntime"
-    # the exported graph has no attention-mask input, so prompts of different lengths cannot
-    # share a padded batch: greedy_generate_batch falls back to one example at a time
     batched_generation = False
 
     def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
@@ -116,17 +70,20 @@ class OrtRuntime(RuntimeBase):
         self.vocab_size = int(cfg.vocab_size)
         # the cache holds KV heads: fewer than the query heads under grouped-query attention
         self.kv_heads, self.head_dim = n_kv_heads(cfg), head_dim(cfg)
+        # ids + KV names (both graph interfaces); the control inputs come from onnx.feeds
         self.input_names, self.output_names = io_names(n_layers(cfg))
         types = {i.name: i.type for i in self.session.get_inputs()}
         types |= {o.name: o.type for o in self.session.get_outputs()}
         self.kv_dtype = _NUMPY_TYPES[types[self.input_names[1]]]
         self.logits_dtype = _NUMPY_TYPES[types["logits"]]
+        self.batched_generation = self.onnx.has_mask
+        self._last_index = LOGITS_INDEX in types  # logits of chosen positions only
         self.fallback_nodes = None  # filled by the harness when it profiles placement
         self._ort_device = "cuda" if self.onnx.device.startswith("cuda") else "cpu"
         self._ort_device_id = int(self.onnx.device.partition(":")[2] or 0)
         # the protocol's form: "cpu" or "cuda:N" (ORT itself takes name and id apart)
         self.device = (f"cuda:{self._ort_device_id}" if self._ort_device == "cuda" else "cpu")
-        self._pool: _KVPool | None = None
+        self._pool: KVPool | None = None
         self._step = 0
 
     def sync(self) -> None:
@@ -139,25 +96,26 @@ class OrtRuntime(RuntimeBase):
         """
         self._pool = None
 
-    def _pool_for(self, batch: int, total: int) -> _KVPool:
+    def _pool_for(self, batch: int, total: int) -> KVPool:
         """The pool for a prefill of ``total`` positions (a new one for a new batch size)."""
         if self._pool is None or self._pool.batch != batch or self._pool.capacity < total:
             self._pool = None  # free the old buffers before allocating new ones
             capacity = min(self.max_length, max(INITIAL_POSITIONS, 2 * total))
-            self._pool = _KVPool(batch, len(self.input_names) - 1, self.kv_heads * self.head_dim,
-                                 capacity, self.kv_dtype, self._ort_device, self._ort_device_id)
+            self._pool = KVPool(batch, len(self.input_names) - 1, self.kv_heads * self.head_dim,
+                                capacity, self.kv_dtype, self._ort_device, self._ort_device_id,
+                                masked=self.batched_generation)
         return self._pool
 
-    def bind(self, ids: np.ndarray, past: OrtPast | None, keep_cache: bool = True):
+    def bind(self, ids: np.ndarray, past: OrtPast | None, keep_cache: bool = True,
+             attention_mask=None, position_ids=None, last_only: bool = False):
         """An IO binding for one step, the logits array it fills, and the cache it will write
         (None without ``keep_cache``). For a single-token step the logits array is the pool's
-        reused buffer: copy it before the next step.
+        reused buffer: copy it before the next step. Mask, positions and ``last_only`` as in
+        ``forward``.
 
         Public so that a benchmark can time ``session.run_with_iobinding`` alone on the very
         binding the loop uses.
         """
-        import onnxruntime as ort
-
         batch, seq = ids.shape
         past_len = past.length if past is not None else 0
         total = past_len + seq
@@ -174,33 +132,51 @@ class OrtRuntime(RuntimeBase):
             self._pool.grow(min(self.max_length, max(total, 2 * self._pool.capacity)), past.slot,
                             past.length)
         if past is not None and seq == 1 and keep_cache:
-            pool = self._pool
-            pool.ids.update_inplace(np.ascontiguousarray(ids, dtype=np.int64))
-            binding = pool.bindings.get((past.slot, past_len))
-            if binding is None:
-                if pool.logits is None:
-                    pool.logits = np.empty((batch, 1, self.vocab_size), self.logits_dtype)
-                binding = self._new_binding(pool.ids, pool.logits, past, new_past)
-                pool.bindings[(past.slot, past_len)] = binding
-            return binding, pool.logits, new_past
+            return self._decode_binding(ids, past, new_past, attention_mask, position_ids)
         if new_past is not None and past is None:
             self._pool_for(batch, total)
-        ids_value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids, dtype=np.int64),
-                                                     self._ort_device, self._ort_device_id)
-        logits = np.empty((batch, seq, self.vocab_size), dtype=self.logits_dtype)
-        return self._new_binding(ids_value, logits, past, new_past), logits, new_past
+        # every input but the past, as the graph declares them (checked there)
+        feeds = self.onnx.control_feeds(ids, past_len, attention_mask, position_ids, last_only)
+        keep = 1 if last_only and self._last_index else seq
+        logits = np.empty((batch, keep, self.vocab_size), dtype=self.logits_dtype)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, self._ort_value(value))
+        self._bind_cache(binding, logits, past, new_past)
+        return binding, logits, new_past
 
-    def _new_binding(self, ids_value, logits: np.ndarray, past: OrtPast | None,
-                     new_past: OrtPast | None):
+    def _decode_binding(self, ids, past: OrtPast, new_past: OrtPast, mask, positions):
+        """A single-token step on the reused binding of (buffer set, past length): its
+        inputs are written into the pool's bound buffers in place."""
+        pool = self._pool
+        if not pool.masked and (mask is not None or positions is not None):
+            # the old interface: refuses a mask with zeros or positions it cannot take
+            self.onnx.control_feeds(ids, past.length, mask, positions)
+        pool.write_step(ids, past.length, mask, positions)
+        binding = pool.bindings.get((past.slot, past.length))
+        if binding is None:
+            if pool.logits is None:
+                pool.logits = np.empty((pool.batch, 1, self.vocab_size), self.logits_dtype)
+            binding = self.session.io_binding()
+            pool.bind_step_inputs(binding, new_past.length)
+            self._bind_cache(binding, pool.logits, past, new_past)
+            pool.bindings[(past.slot, past.length)] = binding
+        return binding, pool.logits, new_past
+
+    def _ort_value(self, array: np.ndarray):
         import onnxruntime as ort
 
+        return ort.OrtValue.ortvalue_from_numpy(array, self._ort_device, self._ort_device_id)
+
+    def _bind_cache(self, binding, logits: np.ndarray, past: OrtPast | None,
+                    new_past: OrtPast | None) -> None:
+        """Bind the past (empty, or a pool set), the logits (host array) and the presents
+        (the other pool set, or ORT-allocated and dropped without ``new_past``)."""
         dev, dev_id = self._ort_device, self._ort_device_id
         batch = logits.shape[0]
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", ids_value)
         shape = [batch, self.kv_heads, past.length if past else 0, self.head_dim]
         if past is None:
-            empty = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype), dev, dev_id)
+            empty = self._ort_value(np.zeros(shape, self.kv_dtype))
             for name in self.input_names[1:]:
                 binding.bind_ortvalue_input(name, empty)
         else:
@@ -212,25 +188,30 @@ class OrtRuntime(RuntimeBase):
         if new_past is None:  # no cache wanted: ORT allocates the presents and drops them
             for name in self.output_names[1:]:
                 binding.bind_output(name, dev, dev_id)
-            return binding
+            return
         out_shape = [batch, self.kv_heads, new_past.length, self.head_dim]
         for name, buf in zip(self.output_names[1:], self._pool.sets[new_past.slot], strict=True):
             binding.bind_output(name, dev, dev_id, self.kv_dtype, out_shape, buf.data_ptr())
-        return binding
 
-    def forward(self, input_ids, past: OrtPast | None = None, keep_cache: bool = True):
-        """One graph run; returns (logits as a numpy array, the new cache or None).
+    def forward(self, input_ids, past: OrtPast | None = None, keep_cache: bool = True,
+                attention_mask=None, position_ids=None, last_only: bool = False):
+        """One graph run; returns (logits as a numpy array, the new cache or None). See
+        ``CausalLM.forward`` for the mask, positions and ``last_only`` (a graph without a
+        ``logits_index`` input computes every position; the last one is returned).
 
         Without ``keep_cache`` ORT allocates the presents and drops them: scoring a batch
         leaves the decode buffers alone.
         """
         ids = np.asarray(input_ids, dtype=np.int64)
-        binding, logits, new_past = self.bind(ids, past, keep_cache)
+        binding, logits, new_past = self.bind(ids, past, keep_cache, attention_mask,
+                                              position_ids, last_only)
         self.session.run_with_iobinding(binding)
         if new_past is not None:
             self._step = new_past.step
         if self._pool is not None and logits is self._pool.logits:
             logits = logits.copy()  # the buffer is overwritten by the next step
+        elif last_only and logits.shape[1] > 1:
+            logits = logits[:, -1:]
         return logits, new_past
 
     def placement(self) -> dict:
@@ -252,10 +233,7 @@ class OrtRuntime(RuntimeBase):
             opts.log_severity_level = 3
             session = ort.InferenceSession(str(self.onnx.path), opts,
                                            providers=self.onnx.providers())
-            feeds = {"input_ids": np.zeros((1, 4), dtype=np.int64)}
-            feeds |= dict(zip(self.input_names[1:], self.onnx.empty_past(1, self.kv_dtype),
-                              strict=True))
-            session.run(None, feeds)
+            session.run(None, self.onnx.feeds(np.zeros((1, 4), dtype=np.int64)))
             events = json.loads(Path(session.end_profiling()).read_text())
         nodes = {}
         for e in events:  # one "<node>_kernel_time" event per node run
@@ -268,16 +246,22 @@ class OrtRuntime(RuntimeBase):
         return {"primary": primary, "nodes_by_provider": dict(by_provider),
                 "fallback_nodes": self.fallback_nodes, "fallback_ops": dict(fallback)}
 
-    def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+    def _scored(self, batch: list[list[int]]) -> tuple[np.ndarray, list[int], np.ndarray]:
+        """Right-padded ids, lengths and every position's logits. A causal graph needs no mask
+        for pads after a sequence; a graph with a mask input gets one all the same, as the
+        torch runtime does (and the positions from it)."""
         ids, lengths = self._padded(batch)
-        logits, _ = self.forward(ids, keep_cache=False)
+        mask = self._right_mask(lengths, ids.shape[1]) if self.batched_generation else None
+        logits, _ = self.forward(ids, keep_cache=False, attention_mask=mask)
+        return ids, lengths, logits
+
+    def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        ids, lengths, logits = self._scored(batch)
         lp = log_softmax(logits[:, :-1])
         picked = np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
         return [picked[i, : n - 1] for i, n in enumerate(lengths)]
 
     def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        # right padding needs no mask under a causal graph: pads come after each sequence
-        ids, lengths = self._padded(batch)
-        logits, _ = self.forward(ids, keep_cache=False)
+        _, lengths, logits = self._scored(batch)
         lp = log_softmax(logits)  # (B, T, V) float64
         return [lp[i, :n] for i, n in enumerate(lengths)]

@@ -22,7 +22,8 @@ class TorchRuntime(RuntimeBase):
     """
 
     backend = "torch"
-    # left padding, an attention mask and position ids from the mask batch any prompts
+    # left padding, an attention mask and position ids from the mask batch any prompts (the
+    # loop is RuntimeBase.greedy_generate_batch)
     batched_generation = True
 
     def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
@@ -47,11 +48,25 @@ class TorchRuntime(RuntimeBase):
         return None
 
     @torch.inference_mode()
-    def forward(self, input_ids, past=None, keep_cache: bool = True):
-        """One raw forward pass; returns (logits tensor on the device, the cache or None)."""
-        input_ids = torch.as_tensor(input_ids).to(self._torch_device)
-        out = self.model(input_ids=input_ids, use_cache=keep_cache,
-                         **{self._cache_kw: past})
+    def forward(self, input_ids, past=None, keep_cache: bool = True, attention_mask=None,
+                position_ids=None, last_only: bool = False):
+        """One raw forward pass; returns (logits tensor on the device, the cache or None).
+        See ``CausalLM.forward``; ``last_only`` is HF's ``logits_to_keep=1`` (lm_head on the
+        last position only)."""
+        dev = self._torch_device
+        input_ids = torch.as_tensor(input_ids).to(dev)
+        kw = {}
+        if attention_mask is not None:
+            kw["attention_mask"] = torch.as_tensor(attention_mask).to(dev)
+            if position_ids is None:  # as ORT does; HF would count from the cache length
+                seq = input_ids.shape[1]
+                position_ids = (kw["attention_mask"].cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+        if position_ids is not None:
+            kw["position_ids"] = torch.as_tensor(position_ids).to(dev)
+        if last_only:
+            kw["logits_to_keep"] = 1
+        out = self.model(input_ids=input_ids, use_cache=keep_cache, **{self._cache_kw: past},
+                         **kw)
         return out.logits, getattr(out, self._cache_kw) if keep_cache else None
 
     @torch.inference_mode()
@@ -74,50 +89,3 @@ class TorchRuntime(RuntimeBase):
                             use_cache=False).logits
         lp = torch.log_softmax(logits.double(), dim=-1).cpu().numpy()  # (B, T, V)
         return [lp[i, :n] for i, n in enumerate(lengths)]
-
-    @torch.inference_mode()
-    def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
-                              stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
-        """Greedy continuations of prompts of different lengths in one batch, KV-cached.
-
-        Prompts are LEFT-padded so that every row's next token sits in the last column; the
-        attention mask hides the pads and the position ids count real tokens only (GPT-2
-        would otherwise give a padded row's first token position ``n_pad``, not 0). A row
-        that emitted a stop token keeps being fed (its outputs are dropped) until all stop.
-        """
-        if len(prompts) == 1:  # no padding needed: the single-sequence loop
-            return [self.greedy_generate(prompts[0], max_new_tokens, stop_ids)]
-        lengths = [len(p) for p in prompts]
-        if min(lengths) < 1:
-            raise ValueError("empty prompt")
-        if max(lengths) + max_new_tokens > self.max_length:
-            raise ValueError(f"prompt ({max(lengths)}) + {max_new_tokens} new tokens exceeds "
-                             f"{self.max_length} positions")
-        width = max(lengths)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(self._torch_device), mask.to(self._torch_device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, width): 0 at each first token
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True)
-        logits, past = out.logits[:, -1], getattr(out, self._cache_kw)
-        new: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        next_pos = positions[:, -1:] + 1  # (B, 1)
-        for _ in range(max_new_tokens):
-            tokens = logits.argmax(-1)  # (B,)
-            for i, t in enumerate(tokens.tolist()):
-                if not done[i]:
-                    new[i].append(t)
-                    done[i] = t in stop_ids or len(new[i]) == max_new_tokens
-            if all(done):
-                break
-            mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
-            out = self.model(input_ids=tokens[:, None], attention_mask=mask,
-                             position_ids=next_pos, use_cache=True, **{self._cache_kw: past})
-            logits, past = out.logits[:, -1], getattr(out, self._cache_kw)
-            next_pos = next_pos + 1
-        return new
