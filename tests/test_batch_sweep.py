@@ -216,3 +216,16 @@ def test_report_without_a_sweep_has_no_sweep_chart(tmp_path):
                                                            {1: 200.0})))
     html = write_report(run, "baseline")["html"].read_text()
     assert "tokens/s vs batch" not in html and html.count("<svg") == 2
+
+
+def test_the_frontier_suite_sweeps_batches_and_times_int4():
+    from pathlib import Path
+
+    from slimbench.bench.orchestrate.suite import load_suite
+
+    suite = load_suite(Path(__file__).parent.parent / "bench" / "suites" / "frontier.yaml")
+    assert list(suite.latency["generate_batches"]) == [1, 4, 8, 16]
+    recipes = {v.name: [s for s, _ in v.recipe] for v in suite.variants}
+    assert recipes["gpt2-ort-int4"] == ["export_onnx", "ort_weight_int4"]
+    assert recipes["ort-int4-gptq"] == ["export_onnx", "ort_weight_int4"]
+    assert suite.acceptance["ort-int4-gptq"]["perplexity.perplexity"] == {"non_inferior": 0.05}
