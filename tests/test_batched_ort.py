@@ -28,17 +28,14 @@ TEXTS = ("x = 1", "def read(self, n=-1):\n    return self.", "import os\nclass A
 
 
 @pytest.fixture(scope="module")
-def exported(family_dirs, tmp_path_factory):
-    """family -> (torch LoadedModel, OrtRuntime of its fp32 export), exported once."""
-    root = tmp_path_factory.mktemp("batched-onnx")
+def exported(family_dirs, family_exports):
+    """family -> (torch LoadedModel, OrtRuntime of its fp32 export), loaded once."""
     done = {}
 
     def get(family: str):
         if family not in done:
-            out = root / family
-            run_step("export_onnx", {}, str(family_dirs[family]), out)
             done[family] = (load_artifact(str(family_dirs[family])),
-                            OrtRuntime(load_artifact(str(out)), threads=2))
+                            OrtRuntime(load_artifact(str(family_exports(family))), threads=2))
         return done[family]
 
     return get

@@ -30,22 +30,9 @@ PROMPT = "def read(self, n=-1):\n    "
 
 
 @pytest.fixture(scope="module")
-def exported(family_dirs, tmp_path_factory):
-    """family -> its fp32 ONNX artifact, written once by ``slimbench compress --step
-    export_onnx`` run in-process."""
-    root = tmp_path_factory.mktemp("families-onnx")
-    done = {}
-
-    def get(family: str):
-        if family not in done:
-            out = root / family
-            rc = main(["compress", str(family_dirs[family]), "--step", "export_onnx", "--out",
-                       str(out)])
-            assert rc == 0
-            done[family] = out
-        return done[family]
-
-    return get
+def exported(family_exports):
+    """family -> its fp32 ONNX artifact (shared by the session: conftest.py)."""
+    return family_exports
 
 
 def test_cli_export_matches_torch_with_kv_head_cache(family, exported):

@@ -24,20 +24,9 @@ BLOCK_MATMULS = {"gpt2": 4, "llama": 7, "qwen2": 7, "gpt_neox": 4, "opt": 6}
 
 
 @pytest.fixture(scope="module")
-def exported(family_dirs, tmp_path_factory):
-    """family -> its fp32 ONNX artifact (``slimbench compress --step export_onnx``)."""
-    root = tmp_path_factory.mktemp("int4-onnx")
-    done = {}
-
-    def get(family: str):
-        if family not in done:
-            out = root / family
-            assert main(["compress", str(family_dirs[family]), "--step", "export_onnx",
-                         "--out", str(out)]) == 0
-            done[family] = out
-        return done[family]
-
-    return get
+def exported(family_exports):
+    """family -> its fp32 ONNX artifact (shared by the session: conftest.py)."""
+    return family_exports
 
 
 @pytest.fixture(scope="module")
