@@ -16,6 +16,13 @@ the last column); ``logits_index`` is HF's ``logits_to_keep`` as an index tensor
 before lm_head, so generation projects one position onto the vocabulary instead of all of
 them (~30% of a gpt2-size prefill's FLOPs over 128 positions).
 
+With ``attention=fused`` (``fused_attention.py``) the interface is the same but for three
+points: each layer's attention is one ORT GroupQueryAttention node, which may take its past
+and present as ONE buffer of any capacity (it writes the new positions in place, so a decode
+step copies no cache); rows are RIGHT-padded (a row's length is its mask's sum, and it attends
+to its first n positions); and ``logits_index`` counts negative indices from each row's last
+real token. The graph carries the metadata ``slimbench.attention = fused``.
+
 Artifacts exported before version 2 of this step have no mask, position or index inputs
 (positions follow the past length, logits for every position); ``OnnxModel.feeds`` and
 ``OrtRuntime`` read which inputs a graph declares and still run them, unbatched.
@@ -43,8 +50,10 @@ from torch import nn
 
 from slimbench.compress.arch import arch_of, kv_shape, n_layers
 from slimbench.compress.conv1d import normalize_conv1d
+from slimbench.compress.fused_attention import DOMAIN
 from slimbench.compress.loader import LoadedModel, count_parameters
 from slimbench.compress.onnx_model import (
+    ATTENTION_PROP,
     LOGITS_INDEX,
     MASK,
     POSITIONS,
@@ -54,12 +63,14 @@ from slimbench.compress.onnx_model import (
     onnx_logits_fn,
     onnx_op_counts,
     positions_from_mask,
+    positions_right,
 )
 from slimbench.compress.parity import FP32_PARITY, parity, reference_prompts, torch_logits_fn
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 
 ONNX_FILE = "model.onnx"
+ATTENTION_KINDS = ("ops", "fused")
 # Protobuf files cannot exceed 2 GB; above this size the weights go to external data.
 EXTERNAL_DATA_BYTES = 1_500_000_000
 
@@ -68,13 +79,22 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 class ExportOnnxConfig:
     """Args:
         opset: ONNX opset to export with.
+        attention: ``ops`` (attention as traced ONNX ops, a Concat-grown cache, left-padded
+            batches; runs on every execution provider) or ``fused`` (one ORT
+            GroupQueryAttention node per layer that updates a shared KV buffer in place,
+            right-padded batches; see ``fused_attention.py``. ORT's CUDA kernel for it takes
+            float16/bfloat16 only: cast a fused graph to fp16 for CUDA).
     """
 
     opset: int = 18
+    attention: str = "ops"
 
     def __post_init__(self) -> None:
         if not 14 <= self.opset <= 21:
             raise UsageError(f"opset must be in [14, 21], got {self.opset}")
+        if self.attention not in ATTENTION_KINDS:
+            raise UsageError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got "
+                             f"{self.attention!r}")
 
 
 # the inputs before the past, in the graph's order (io_names: the names both interfaces share)
@@ -106,6 +126,31 @@ class _KVWrapper(nn.Module):
         return (out.logits, *flat)
 
 
+class _FusedKVWrapper(_KVWrapper):
+    """The same interface over fused attention (``fused_attention.py``): rows are
+    right-padded, so the position that gets logits is found per row. ``logits_index`` counts
+    from each row's last real token in this chunk when negative ([-1]: that token), from the
+    chunk's start otherwise; a row's last real token is ``min(n, seq) - 1`` (n = its mask
+    sum: a right-padded prefill ends at n - 1, a decode step's one token is at 0)."""
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_index, *past):
+        from slimbench.compress.fused_attention import fused
+
+        base = self.model.base_model
+        with fused(self.model, past, attention_mask) as (cache, step):
+            hidden = base(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=True,
+                          **{_cache_kw(base): cache}).last_hidden_state
+        seq = torch._shape_as_tensor(input_ids)[1]
+        last = torch.minimum(attention_mask.sum(1), seq) - 1  # (B,)
+        rows = torch.where(logits_index[None, :] < 0, last[:, None] + 1 + logits_index[None, :],
+                           logits_index[None, :])  # (B, keep)
+        picked = torch.gather(hidden, 1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.model.get_output_embeddings()(picked)
+        flat = [t for layer in range(self.layers) for t in step.present[layer]]
+        return (logits, *flat)
+
+
 def _cache_kw(model: nn.Module) -> str:
     import inspect
 
@@ -129,10 +174,12 @@ def export_onnx(model: nn.Module, out_dir: Path, config: ExportOnnxConfig) -> Pa
     normalize_conv1d(model)
     cfg = model.config
     past_names, present_names = kv_names(n_layers(cfg))
+    fused = config.attention == "fused"
     ids = torch.zeros(2, 3, dtype=torch.long)
-    # a padded example (row 1 starts with a pad), so nothing specialises on an all-ones mask
+    # a padded example (row 1 starts with a pad, or ends with one under fused attention), so
+    # nothing specialises on an all-ones mask
     mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 0] = 0
+    mask[1, -1 if fused else 0] = 0
     positions = torch.from_numpy(positions_from_mask(mask.numpy(), 3))
     index = torch.arange(3)
     past = [torch.zeros(kv_shape(cfg, 2, 4)) for _ in range(2 * n_layers(cfg))]
@@ -140,19 +187,25 @@ def export_onnx(model: nn.Module, out_dir: Path, config: ExportOnnxConfig) -> Pa
             POSITIONS: {0: "batch", 1: "seq"}, LOGITS_INDEX: {0: "keep"},
             "logits": {0: "batch", 1: "keep"}}
     axes |= {n: {0: "batch", 2: "past"} for n in past_names}
-    axes |= {n: {0: "batch", 2: "total"} for n in present_names}
+    # a fused graph's presents are its past buffers when they are shared, not past + seq long
+    axes |= {n: {0: "batch", 2: "present" if fused else "total"} for n in present_names}
     path = out_dir / ONNX_FILE
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore")
-        torch.onnx.export(_KVWrapper(model).eval(), (ids, mask, positions, index, *past),
+        wrapper = (_FusedKVWrapper if fused else _KVWrapper)(model).eval()
+        torch.onnx.export(wrapper, (ids, mask, positions, index, *past),
                           str(path), input_names=[*CONTROL_INPUTS, *past_names],
                           output_names=["logits", *present_names], dynamic_axes=axes,
-                          opset_version=config.opset, dynamo=False, do_constant_folding=True)
+                          opset_version=config.opset, dynamo=False, do_constant_folding=True,
+                          custom_opsets={DOMAIN: 1} if fused else None)
     import onnx
+    from onnx import helper
 
     proto = onnx.load(str(path))
-    if _gemm_to_matmul(proto.graph) or big:
+    if fused:  # how the runtime tells the two interfaces apart (padding side, shared buffers)
+        helper.set_model_props(proto, {ATTENTION_PROP: "fused"})
+    if _gemm_to_matmul(proto.graph) or big or fused:
         onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                         location=ONNX_FILE + ".data")
     return path
@@ -202,15 +255,21 @@ def _gemm_to_matmul(graph) -> int:
 
 
 def padded_drift(model: nn.Module, child: OnnxModel, session, prompts: np.ndarray) -> float:
-    """Max |Δlogits| over the real tokens of a left-padded batch (row i loses its first 4i
-    tokens to pads), graph vs ``model`` given the same mask and positions: the parity prompts
-    alone never mask a token."""
+    """Max |Δlogits| over the real tokens of a padded batch (row i loses 4i tokens to pads:
+    its first ones, or its last under fused attention, whose rows are right-padded), graph
+    vs ``model`` given the same mask and positions: the parity prompts alone never mask a
+    token."""
     batch, width = prompts.shape
+    fused = child.fused_attention
     mask = np.ones_like(prompts)
     for i in range(batch):
-        mask[i, : min(4 * i, width - 1)] = 0
+        pads = min(4 * i, width - 1)
+        if fused:
+            mask[i, width - pads:] = 0
+        else:
+            mask[i, :pads] = 0
     ids = prompts * mask
-    positions = positions_from_mask(mask, width)
+    positions = (positions_right if fused else positions_from_mask)(mask, width)
     got = session.run(["logits"], child.feeds(ids, attention_mask=mask,
                                               position_ids=positions))[0]
     with torch.inference_mode():
@@ -240,14 +299,15 @@ def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, out: Path)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
     session = child.session()
     checked = parity(torch_logits_fn(parent.model), onnx_logits_fn(child, session), prompts)
-    checked["left_padded_max_abs_logit_diff"] = padded_drift(parent.model, child, session,
+    checked["padded_max_abs_logit_diff"] = padded_drift(parent.model, child, session,
                                                              prompts)
-    ok = (max(checked["max_abs_logit_diff"], checked["left_padded_max_abs_logit_diff"])
+    ok = (max(checked["max_abs_logit_diff"], checked["padded_max_abs_logit_diff"])
           <= FP32_PARITY
           and checked["greedy_identical"] == checked["greedy_prompts"])
     if not ok:
         raise CompressionError(f"ONNX export does not reproduce the torch model: {checked}")
     return {"format": "onnx", "onnx_file": path.name, "opset": config.opset,
+            "attention": config.attention,
             "parameters": params, "nonzero_parameters": nonzero, "dtypes": {"weights": "float32"},
             "graph": onnx_op_counts(path),
             "parity": checked | {"target_max_abs_logit_diff": FP32_PARITY}}

@@ -18,6 +18,8 @@ import numpy as np
 from slimbench.compress.arch import kv_shape, n_layers
 
 MASK, POSITIONS, LOGITS_INDEX = "attention_mask", "position_ids", "logits_index"
+# model metadata key: "fused" on graphs with GroupQueryAttention (compress/fused_attention.py)
+ATTENTION_PROP = "slimbench.attention"
 # logits_index [-1]: ONNX's Gather takes negative indices, so one constant selects the last
 # position whatever the sequence length (a decode binding can keep it bound)
 LAST_ONLY = np.array([-1], dtype=np.int64)
@@ -47,6 +49,25 @@ def positions_from_mask(mask: np.ndarray, seq: int) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=-1) - 1, 0)[:, -seq:]
 
 
+def positions_right(mask: np.ndarray, seq: int) -> np.ndarray:
+    """Position ids (B, seq) of a chunk of ``seq`` tokens of RIGHT-padded rows (fused-attention
+    graphs): row b holds ``n = mask[b].sum()`` real tokens at positions 0..n-1, and the chunk is
+    its last ``min(n, seq)`` of them, starting at ``max(n - seq, 0)`` (0 for a padded prefill,
+    n - 1 for a decode step's one token)."""
+    start = np.maximum(np.asarray(mask).sum(-1) - seq, 0)
+    return start[:, None] + np.arange(seq)[None, :]
+
+
+def check_right_padded(mask: np.ndarray) -> None:
+    """A fused-attention graph reads each row's length off the mask and attends to the first
+    n positions: a row must be ones, then zeros."""
+    mask = np.asarray(mask)
+    lengths = mask.sum(-1)
+    if not (mask == (np.arange(mask.shape[-1])[None, :] < lengths[:, None])).all():
+        raise ValueError("this graph has fused attention: its rows must be right-padded (an "
+                         "attention_mask row of ones, then zeros)")
+
+
 @dataclasses.dataclass
 class OnnxModel:
     """Args:
@@ -61,6 +82,9 @@ class OnnxModel:
     # {input name: numpy dtype}, read once from a session or the graph (see graph_inputs)
     _inputs: dict | None = dataclasses.field(default=None, init=False, repr=False,
                                              compare=False)
+    _props: dict | None = dataclasses.field(default=None, init=False, repr=False,
+                                            compare=False)
+    _ops: set | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def providers(self) -> list:
         if self.device.startswith("cuda"):
@@ -85,6 +109,8 @@ class OnnxModel:
         """Take the declared inputs from a session of this graph (saves reading the file)."""
         if self._inputs is None:
             self._inputs = {i.name: _NUMPY_TYPES.get(i.type) for i in session.get_inputs()}
+        if self._props is None:
+            self._props = dict(session.get_modelmeta().custom_metadata_map)
 
     def graph_inputs(self) -> dict:
         """{input name: numpy dtype} the graph declares, in order. Read from a session when
@@ -93,10 +119,35 @@ class OnnxModel:
             import onnx
             from onnx import helper
 
-            graph = onnx.load(str(self.path), load_external_data=False).graph
+            proto = onnx.load(str(self.path), load_external_data=False)
             self._inputs = {i.name: helper.tensor_dtype_to_np_dtype(
-                i.type.tensor_type.elem_type).type for i in graph.input}
+                i.type.tensor_type.elem_type).type for i in proto.graph.input}
+            self._props = {p.key: p.value for p in proto.metadata_props}
         return self._inputs
+
+    def op_types(self) -> set[str]:
+        """The graph's node op types (read once, without external weights)."""
+        if self._ops is None:
+            import onnx
+
+            graph = onnx.load(str(self.path), load_external_data=False).graph
+            self._ops = {n.op_type for n in graph.node}
+        return self._ops
+
+    @property
+    def batch_invariant(self) -> bool:
+        """False where activations are quantized on the fly with one scale per tensor
+        (ORT dynamic int8: DynamicQuantizeLinear): a row's logits then depend on the other
+        rows of its batch, so a batched generation may differ from one prompt at a time.
+        Static int8 (fixed scales) and weight-only int4 (scales per row block) do not."""
+        return "DynamicQuantizeLinear" not in self.op_types()
+
+    @property
+    def fused_attention(self) -> bool:
+        """True for graphs exported with ``attention=fused``: right-padded rows, and the past
+        and present of a layer may be one buffer (see ``compress/fused_attention.py``)."""
+        self.graph_inputs()
+        return self._props.get(ATTENTION_PROP) == "fused"
 
     @property
     def has_mask(self) -> bool:
@@ -147,8 +198,11 @@ class OnnxModel:
                                  "the past length; export it again for other positions")
             return {"input_ids": ids}
         mask = np.ones((batch, total), np.int64) if attention_mask is None else attention_mask
+        if self.fused_attention:
+            check_right_padded(mask)
         if position_ids is None:
-            position_ids = positions_from_mask(mask, seq)
+            position_ids = (positions_right if self.fused_attention
+                            else positions_from_mask)(mask, seq)
         feeds = {"input_ids": ids, MASK: mask, POSITIONS: position_ids}
         if LOGITS_INDEX in inputs:
             feeds[LOGITS_INDEX] = LAST_ONLY if last_only else np.arange(seq, dtype=np.int64)

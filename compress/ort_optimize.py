@@ -5,8 +5,9 @@ ORT 1.31's optimizer knows ``gpt2`` and ``gpt_neox`` by name; for Llama-style gr
 gets ``bert``, the optimizer's default and generic fusion set. On this project's exports
 (ORT 1.31) GPT-2, GPT-NeoX and Llama-style graphs get their norms fused (``SkipLayerNormalization``,
 ``SkipSimplifiedLayerNormalization``) and GPT-2's and GPT-NeoX's GELU; OPT's graph, whose
-residual adds reach the norms through reshapes, only loses shape arithmetic. No attention is
-fused: the DynamicCache export does not match the optimizer's attention patterns. Fused
+residual adds reach the norms through reshapes, only loses shape arithmetic. The optimizer
+fuses no attention: the DynamicCache export does not match its attention patterns; export with
+``attention=fused`` for an attention kernel (``fused_attention.py``), which this step keeps. Fused
 graphs are held to fp32 parity with their parent, prefill and one decode step after a past.
 """
 

@@ -213,12 +213,23 @@ def test_old_interface_graph_still_runs_unbatched(family, exported, tmp_path):
 
 # --- the embedded reference: the generation tasks, ORT batch 8 == batch 1 ---
 
-@pytest.fixture(scope="module")
-def reference_ort(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref-onnx") / "reference-onnx"
-    run_step("export_onnx", {}, "reference", out)
+@pytest.fixture(scope="module", params=["ops-fp32", "fused-static_int8"])
+def reference_ort(request, tmp_path_factory):
+    """The reference as an fp32 export (left-padded batches) and as static int8 of the
+    fused-attention export (right-padded batches, one KV buffer set updated in place). Dynamic
+    int8 is not batch-invariant (test_dynamic_int8_batches_are_recorded_as_batch_dependent)."""
+    root = tmp_path_factory.mktemp("ref-onnx")
+    attention, step = request.param.split("-")
+    run_step("export_onnx", {"attention": attention}, "reference", root / "fp32")
+    out = root / "fp32"
+    if step != "fp32":
+        run_step(f"ort_{step}", {}, str(out), root / step)
+        out = root / step
     loaded = load_artifact(str(out))
-    return OrtRuntime(loaded, threads=2), loaded.tokenizer
+    rt = OrtRuntime(loaded, threads=2)
+    assert rt.padding_side == ("right" if attention == "fused" else "left")
+    assert rt.batch_invariant
+    return rt, loaded.tokenizer
 
 
 @pytest.mark.parametrize("task,limit", [("method_name", 16), ("docstring_summary", 16),
@@ -228,8 +239,29 @@ def test_reference_tasks_batch_8_equals_batch_1(reference_ort, task, limit):
     one = run_task(rt, tok, task, limit=limit, batch_size=1, resamples=0)
     eight = run_task(rt, tok, task, limit=limit, batch_size=8, resamples=0)
     assert one["protocol"]["batch_size"] == 1 and eight["protocol"]["batch_size"] == 8
-    assert eight["protocol"]["padding"].startswith("left, attention mask")
+    assert eight["protocol"]["padding"].startswith(f"{rt.padding_side}, ")
+    assert eight["protocol"]["batch_invariant"]
     assert [e["prediction"] for e in one["examples"]] == \
         [e["prediction"] for e in eight["examples"]]
     assert one["metrics"] == eight["metrics"]
     assert any(e["prediction"] for e in eight["examples"])  # not vacuously equal
+
+
+def test_dynamic_int8_batches_are_recorded_as_batch_dependent(family_exports, tmp_path):
+    # ORT dynamic int8 quantizes a whole batch's activations with one scale, so a row's
+    # logits depend on its batch: the runtime says so and the generation protocol records it
+    run_step("ort_dynamic_int8", {}, str(family_exports("gpt2")), tmp_path / "int8")
+    loaded = load_artifact(str(tmp_path / "int8"))
+    rt = OrtRuntime(loaded, threads=2)
+    assert not rt.batch_invariant and rt.onnx.batch_invariant is False
+    ids = np.array([[5, 6, 7, 8]])
+    alone = rt.forward(ids, keep_cache=False)[0][0]
+    loud = np.array([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with_other = rt.forward(loud, keep_cache=False)[0][0]
+    assert not np.array_equal(alone, with_other)  # the other row moved the scale
+    eight = run_task(rt, loaded.tokenizer, "method_name", limit=4, batch_size=4, resamples=0)
+    one = run_task(rt, loaded.tokenizer, "method_name", limit=4, batch_size=1, resamples=0)
+    assert eight["protocol"]["batch_invariant"] is False
+    assert one["protocol"]["batch_invariant"] is True
+    fp32 = OrtRuntime(load_artifact(str(family_exports("gpt2"))), threads=2)
+    assert fp32.batch_invariant

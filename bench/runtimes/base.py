@@ -30,6 +30,13 @@ class RuntimeBase(abc.ABC):
     vocab_size: int
     # True where ``greedy_generate_batch`` really batches (it needs an attention mask input)
     batched_generation = False
+    # where a batch's shorter prompts get their pads: "left" (the mask hides them), or
+    # "right" for graphs with fused attention, which read each row's length off the mask and
+    # attend to its first n positions (compress/fused_attention.py)
+    padding_side = "left"
+    # False where a row's outputs depend on the rest of its batch (see
+    # OnnxModel.batch_invariant); the generation protocol records it
+    batch_invariant = True
 
     @abc.abstractmethod
     def forward(self, input_ids: Any, past: Any = None, keep_cache: bool = True,
@@ -110,6 +117,8 @@ class RuntimeBase(abc.ABC):
         if max(lengths) + max_new_tokens > self.max_length:
             raise ValueError(f"prompt ({max(lengths)}) + {max_new_tokens} new tokens exceeds "
                              f"{self.max_length} positions")
+        if self.padding_side == "right":
+            return self._generate_right_padded(prompts, max_new_tokens, stop_ids)
         width = max(lengths)
         padded = min(lengths) < width
         ids = np.zeros((len(prompts), width), dtype=np.int64)
@@ -139,4 +148,42 @@ class RuntimeBase(abc.ABC):
                                         position_ids=next_pos if padded else None,
                                         last_only=True)
             next_pos = next_pos + 1
+        return new
+
+    def _generate_right_padded(self, prompts: list[list[int]], max_new_tokens: int,
+                               stop_ids: frozenset[int]) -> list[list[int]]:
+        """``greedy_generate_batch`` for graphs with fused attention: prompts RIGHT-padded.
+
+        Row b's n_b real tokens sit at positions 0..n_b-1; the graph takes each row's length
+        from the mask (ones, then zeros), attends to that row's positions only and returns the
+        logits of each row's last real token. Its t-th new token goes to position n_b + t, in
+        the row's own slot of the cache, so the mask at a step has n_b + t + 1 ones in a
+        (B, width + t + 1) array (the cache's length is the longest row's).
+        """
+        lengths = np.array([len(p) for p in prompts])
+        width = int(lengths.max())
+        padded = bool((lengths < width).any())
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = p
+
+        def mask(extra: int) -> np.ndarray | None:  # after ``extra`` new tokens
+            if not padded:
+                return None
+            return self._right_mask(list(lengths + extra), width + extra)
+
+        logits, past = self.forward(ids, attention_mask=mask(0), last_only=True)
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for step in range(max_new_tokens):
+            tokens = logits[:, -1].argmax(-1)
+            for i, t in enumerate(tokens.tolist()):
+                if not done[i]:
+                    new[i].append(t)
+                    done[i] = t in stop_ids or len(new[i]) == max_new_tokens
+            if all(done):
+                break
+            positions = (lengths + step)[:, None] if padded else None
+            logits, past = self.forward(tokens[:, None], past, attention_mask=mask(step + 1),
+                                        position_ids=positions, last_only=True)
         return new

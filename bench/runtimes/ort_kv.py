@@ -41,15 +41,23 @@ class KVPool:
 
     Args:
         masked: the graph takes attention_mask and position_ids (and logits_index) inputs.
+        shared: the graph has fused attention (``compress/fused_attention.py``), which writes
+            the new positions into its past buffer: one set, read and written by every step
+            (both entries of ``sets`` are that set, so the slot arithmetic stays the same).
+            Its buffers are bound whole, (batch, heads, capacity, head size), so a row's
+            positions are not a prefix of the flat buffer: ``grow`` copies row by row.
     """
 
     def __init__(self, batch: int, n_tensors: int, per_position: int, capacity: int,
-                 dtype, device: str, device_id: int, masked: bool = False) -> None:
+                 dtype, device: str, device_id: int, masked: bool = False,
+                 shared: bool = False, heads: int = 1) -> None:
         self.batch, self.per_position, self.capacity = batch, per_position, capacity
         self.dtype, self.device, self.device_id = dtype, device, device_id
-        self.masked = masked
+        self.masked, self.shared, self.heads = masked, shared, heads
         self.sets = [[self._new([batch * per_position * capacity], dtype)
-                      for _ in range(n_tensors)] for _ in range(2)]
+                      for _ in range(n_tensors)] for _ in range(1 if shared else 2)]
+        if shared:
+            self.sets.append(self.sets[0])
         # single-token decode steps: bound ids (and positions, index) buffers, bound host
         # logits, bindings by (set read, past length)
         self.ids = self._new([batch, 1], np.int64)
@@ -123,15 +131,23 @@ class KVPool:
         length, head size), so those are its first elements). Through host memory: growing
         is rare, and OrtValue has no device-to-device copy."""
         size = self.batch * self.per_position * capacity
-        kept = self.batch * self.per_position * length
-        for i, sets in enumerate(self.sets):
-            for j, buf in enumerate(sets):
-                new = self._new([size], self.dtype)
-                if i == slot and kept:
-                    host = np.zeros(size, dtype=self.dtype)
-                    host[:kept] = buf.numpy()[:kept]
-                    new.update_inplace(host)
-                sets[j] = new
+        if self.shared:  # (batch x heads, capacity, head size): each row keeps its prefix
+            rows, dim = self.batch * self.heads, self.per_position // self.heads
+            for j, buf in enumerate(self.sets[0]):  # sets[1] is the same list
+                host = np.zeros((rows, capacity, dim), dtype=self.dtype)
+                host[:, : self.capacity] = buf.numpy().reshape(rows, self.capacity, dim)
+                self.sets[0][j] = self._new([size], self.dtype)
+                self.sets[0][j].update_inplace(host.reshape(-1))
+        else:
+            kept = self.batch * self.per_position * length
+            for i, sets in enumerate(self.sets):
+                for j, buf in enumerate(sets):
+                    new = self._new([size], self.dtype)
+                    if i == slot and kept:
+                        host = np.zeros(size, dtype=self.dtype)
+                        host[:kept] = buf.numpy()[:kept]
+                        new.update_inplace(host)
+                    sets[j] = new
         self.capacity = capacity
         if self.masked:  # all ones again: a padded batch writes its mask every step
             self._new_mask()

@@ -18,6 +18,12 @@ needs only the next token (``last_only``) bind ``logits_index`` = [-1], so lm_he
 position. Older graphs (no mask input) run as before, one prompt at a time: every binding
 follows the inputs the graph declares.
 
+Graphs exported with fused attention (``compress/fused_attention.py``) take their past and
+present as one buffer: the pool has one set, bound whole as both, and the op writes each
+step's positions into it (no per-step copy of the cache, which the Concat of the unfused graph
+makes: it grows with batch x context). Their batches are right-padded
+(``RuntimeBase.padding_side``).
+
 The buffers hold ``capacity`` positions, not the model's whole position table: Qwen2's 32k
 or Llama 3's 128k positions would take gigabytes per buffer set. A pool starts at
 ``INITIAL_POSITIONS`` (or twice the prompt, or the table when that is smaller, as for GPT-2's
@@ -77,6 +83,10 @@ class OrtRuntime(RuntimeBase):
         self.kv_dtype = _NUMPY_TYPES[types[self.input_names[1]]]
         self.logits_dtype = _NUMPY_TYPES[types["logits"]]
         self.batched_generation = self.onnx.has_mask
+        # fused attention: one KV buffer set, read and written in place; right-padded rows
+        self.fused = self.onnx.fused_attention
+        self.padding_side = "right" if self.fused else "left"
+        self.batch_invariant = self.onnx.batch_invariant
         self._last_index = LOGITS_INDEX in types  # logits of chosen positions only
         self.fallback_nodes = None  # filled by the harness when it profiles placement
         self._ort_device = "cuda" if self.onnx.device.startswith("cuda") else "cpu"
@@ -103,7 +113,8 @@ class OrtRuntime(RuntimeBase):
             capacity = min(self.max_length, max(INITIAL_POSITIONS, 2 * total))
             self._pool = KVPool(batch, len(self.input_names) - 1, self.kv_heads * self.head_dim,
                                 capacity, self.kv_dtype, self._ort_device, self._ort_device_id,
-                                masked=self.batched_generation)
+                                masked=self.batched_generation, shared=self.fused,
+                                heads=self.kv_heads)
         return self._pool
 
     def bind(self, ids: np.ndarray, past: OrtPast | None, keep_cache: bool = True,
@@ -174,7 +185,23 @@ class OrtRuntime(RuntimeBase):
         (the other pool set, or ORT-allocated and dropped without ``new_past``)."""
         dev, dev_id = self._ort_device, self._ort_device_id
         batch = logits.shape[0]
+        # logits go straight into a host array (ORT copies them off the device in the run)
+        binding.bind_output("logits", "cpu", 0, logits.dtype, list(logits.shape),
+                            logits.ctypes.data)
+        if self.fused and new_past is not None:
+            # past and present are one buffer, bound whole: the op writes the new positions
+            # (each row's own, after its length from the mask) and reads the rest in place
+            whole = [batch, self.kv_heads, self._pool.capacity, self.head_dim]
+            names = zip(self.input_names[1:], self.output_names[1:], self._pool.sets[0],
+                        strict=True)
+            for past_name, present_name, buf in names:
+                binding.bind_input(past_name, dev, dev_id, self.kv_dtype, whole, buf.data_ptr())
+                binding.bind_output(present_name, dev, dev_id, self.kv_dtype, whole,
+                                    buf.data_ptr())
+            return
         shape = [batch, self.kv_heads, past.length if past else 0, self.head_dim]
+        if self.fused and past is not None:  # the whole buffer; the mask gives the lengths
+            shape[2] = self._pool.capacity
         if past is None:
             empty = self._ort_value(np.zeros(shape, self.kv_dtype))
             for name in self.input_names[1:]:
@@ -182,9 +209,6 @@ class OrtRuntime(RuntimeBase):
         else:
             for name, buf in zip(self.input_names[1:], self._pool.sets[past.slot], strict=True):
                 binding.bind_input(name, dev, dev_id, self.kv_dtype, shape, buf.data_ptr())
-        # logits go straight into a host array (ORT copies them off the device in the run)
-        binding.bind_output("logits", "cpu", 0, logits.dtype, list(logits.shape),
-                            logits.ctypes.data)
         if new_past is None:  # no cache wanted: ORT allocates the presents and drops them
             for name in self.output_names[1:]:
                 binding.bind_output(name, dev, dev_id)
