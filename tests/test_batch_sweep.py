@@ -228,4 +228,8 @@ def test_the_frontier_suite_sweeps_batches_and_times_int4():
     recipes = {v.name: [s for s, _ in v.recipe] for v in suite.variants}
     assert recipes["gpt2-ort-int4"] == ["export_onnx", "ort_weight_int4"]
     assert recipes["ort-int4-gptq"] == ["export_onnx", "ort_weight_int4"]
+    fused = {v.name: dict(v.recipe) for v in suite.variants if "fused" in v.name}
+    assert sorted(fused) == ["gpt2-fused-ort-int4", "gpt2-fused-ort-int8",
+                             "gpt2-fused-ort-static-int8"]
+    assert all(r["export_onnx"] == {"attention": "fused"} for r in fused.values())
     assert suite.acceptance["ort-int4-gptq"]["perplexity.perplexity"] == {"non_inferior": 0.05}
