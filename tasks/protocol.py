@@ -59,7 +59,9 @@ class CausalLM(Protocol):
           of the other positions is skipped where the backend can (generation needs no more).
 
         A runtime whose ``batched_generation`` is False (an ONNX graph exported before the
-        mask input) refuses a mask with zeros.
+        mask input) refuses a mask with zeros. One whose ``padding_side`` is ``"right"`` (an
+        ONNX graph with fused attention, which reads each row's length off the mask) takes
+        right-padded masks only: each row ones, then zeros.
         """
         ...
 
