@@ -45,6 +45,7 @@ lint: $(STAMP)
 # the outputs are committed). About 30 minutes on 2 cores.
 reference: $(STAMP)
 	$(PY) scripts/build_corpus.py
+	$(PY) scripts/build_mc_set.py
 	$(PY) scripts/train_reference.py
 	$(PY) scripts/write_model_card.py
 

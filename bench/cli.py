@@ -61,7 +61,7 @@ def cmd_eval(args) -> None:
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
     from slimbench.reports.schema import QualityScore
-    from slimbench.tasks.generation import run_task
+    from slimbench.tasks.generation import run_entry
 
     specs, resamples = _eval_inputs(args)
     loaded = load_artifact(args.model, _load_options(args))
@@ -72,14 +72,17 @@ def cmd_eval(args) -> None:
     rt = make_runtime(loaded, threads)
     scores, examples = {}, []
     for spec in specs:
-        res = run_task(rt, loaded.tokenizer, spec, args.limit, show_progress=True,
-                       batch_size=args.batch_size, resamples=resamples)
-        examples += [{"task": spec.name} | e for e in res.pop("examples")]
-        scores[spec.name] = score = QualityScore.from_task(res)
-        ci = score.ci95
-        ci_text = f"  95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        print(f"{spec.name:<18} {score.metric} = {score.value:.3f}{ci_text}  "
-              f"(n={score.n}, {score.seconds:.1f} s)")
+        for res in run_entry(rt, loaded.tokenizer, spec, args.limit, show_progress=True,
+                             batch_size=args.batch_size, resamples=resamples):
+            name = res["task"]  # an lm_eval entry gives one result per lm-eval task
+            if name in scores:
+                raise SlimbenchError(f"two tasks are named {name!r}; task names must differ")
+            examples += [{"task": name} | e for e in res.pop("examples")]
+            scores[name] = score = QualityScore.from_task(res)
+            ci = score.ci95
+            ci_text = f"  95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            print(f"{name:<18} {score.metric} = {score.value:.3f}{ci_text}  "
+                  f"(n={score.n}, {score.seconds:.1f} s)")
     fid = _fidelity(args, rt, loaded, resamples) if args.baseline else None
     if args.out:
         _write_eval(args.out, loaded, threads, scores, fid, examples)
@@ -88,13 +91,21 @@ def cmd_eval(args) -> None:
 def _eval_inputs(args) -> tuple[list, int]:
     """The task specs and bootstrap resamples of ``eval``, every argument checked before any
     model is loaded."""
+    import dataclasses
+
     from slimbench.bench.measure.environment import MAX_THREADS
     from slimbench.files import check_output_dir
     from slimbench.tasks.bootstrap import RESAMPLES
     from slimbench.tasks.specs import TASKS, resolve_task
 
     specs = [resolve_task(n) for n in (args.task or TASKS.names())]
-    names = [s.name for s in specs]
+    lmeval = [s for s in specs if s.kind == "lm_eval"]
+    if args.include_path is not None:
+        if not lmeval:
+            raise SlimbenchError("--include-path applies to lm-eval tasks (--task lm_eval:NAME)")
+        specs = [dataclasses.replace(s, include_path=str(args.include_path))
+                 if s.kind == "lm_eval" else s for s in specs]
+    names = [n for s in specs for n in (s.tasks if s.kind == "lm_eval" else [s.name])]
     if len(set(names)) != len(names):
         raise SlimbenchError(f"task names repeat: {', '.join(names)}")
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size),
@@ -204,7 +215,9 @@ def cmd_run(args) -> None:
     from slimbench.bench.orchestrate.suite import load_suite
 
     suite = load_suite(args.suite, args.overrides)  # everything validated before any work
-    results = run_suite(suite, args.out, resume=args.resume, cache=args.cache)
+    executor = _executor(args)
+    results = run_suite(suite, args.out, resume=args.resume,
+                        cache=args.artifact_store or args.cache, executor=executor)
     _report(args.out, suite.baseline_variant)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"{ok} of {len(results)} cells ok; results in {args.out}")
@@ -216,6 +229,23 @@ def cmd_run(args) -> None:
     if rejected:
         raise GateFailed(f"acceptance criteria failed: {'; '.join(rejected)}; see "
                          f"{args.out / 'acceptance.md'}")
+
+
+def _executor(args):
+    """``run``'s executor (None: local), its flags checked before any work."""
+    from slimbench.errors import UsageError
+
+    if args.executor == "local":
+        for flag, value in (("--address", args.address),
+                            ("--artifact-store", args.artifact_store)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --executor ray")
+        return None
+    if args.artifact_store is not None and args.cache is not None:
+        raise UsageError("--artifact-store is the Ray executor's --cache: give one of them")
+    from slimbench.bench.orchestrate.ray_executor import RayExecutor
+
+    return RayExecutor(args.address, args.artifact_store, args.verbose)
 
 
 def _acceptance(suite, run_dir: Path, verbose: int) -> list[str]:

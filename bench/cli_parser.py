@@ -61,7 +61,11 @@ def _model_args(sp: argparse.ArgumentParser) -> None:
 def _eval_args(ev: argparse.ArgumentParser) -> None:
     _model_args(ev)
     ev.add_argument("--task", action="append",
-                    help="task name or task YAML file (repeatable; default: all built-in)")
+                    help="task name, task YAML file, or lm_eval:NAME[,NAME...] for "
+                         "lm-evaluation-harness tasks (needs slimbench[lmeval]; repeatable; "
+                         "default: all built-in)")
+    ev.add_argument("--include-path", type=Path, metavar="DIR",
+                    help="a folder of lm-eval task YAML files (for --task lm_eval:NAME)")
     ev.add_argument("--limit", type=int, help="examples per task (default: the task's own)")
     ev.add_argument("--batch-size", type=int,
                     help="batch size for generation and perplexity (default: the task's own)")
@@ -96,6 +100,16 @@ def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="skip cells already finished ok")
     run.add_argument("--cache", type=Path,
                      help="artifact cache (default: .artifacts beside the run directory)")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="where the cells run: local (one after another on this machine, "
+                          "the default) or ray (Ray tasks on a cluster; needs the extra "
+                          "slimbench[ray])")
+    run.add_argument("--address", metavar="ADDR",
+                     help="with --executor ray: the cluster: auto, HOST:PORT or "
+                          "ray://HOST[:PORT] (default: start one on this machine)")
+    run.add_argument("--artifact-store", type=Path, metavar="DIR",
+                     help="with --executor ray: the artifact cache, on a filesystem every "
+                          "node mounts at the same path (default: as --cache)")
 
 
 def _gate_args(gate: argparse.ArgumentParser) -> None:

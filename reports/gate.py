@@ -335,18 +335,27 @@ SUITE_KEYS = ("tasks", "task_limit", "perplexity_limit", "latency", "threads")
 VARIANT_KEYS = ("model", "recipe", "quality")
 
 
-def suite_differences(base: dict, cand: dict, keys=SUITE_KEYS) -> list[str]:
+def suite_differences(base: dict, cand: dict, keys=SUITE_KEYS,
+                      added_tasks: bool = False) -> list[str]:
     """What the two suites (as in ``suite.json``) measure differently, one short text each,
     e.g. ``perplexity_limit: 3 -> 2``. Variants only one side has are not differences: a
-    baseline metric the candidate lacks already fails the gate."""
+    baseline metric the candidate lacks already fails the gate. With ``added_tasks``, tasks
+    only the candidate runs are not either (their metrics are new: not compared); the caller
+    allows that where the cell-wide figures an extra task can move (peak memory, the cell's
+    time) are not gated."""
     def text(value) -> str:
         return json.dumps(value, sort_keys=True)
 
     def same(a, b) -> bool:  # tuples (a Suite's to_dict) and lists (suite.json) alike
         return json.loads(text(a)) == json.loads(text(b))
 
+    def kept(a, b) -> bool:  # every task of a is still in b
+        theirs = [text(t) for t in json.loads(text(b or []))]
+        return all(text(t) in theirs for t in json.loads(text(a or [])))
+
     out = [f"{key}: {text(base.get(key))} -> {text(cand.get(key))}" for key in keys
-           if not same(base.get(key), cand.get(key))]
+           if not (kept if key == "tasks" and added_tasks else same)(base.get(key),
+                                                                     cand.get(key))]
     theirs = {v["name"]: v for v in cand.get("variants") or []}
     for v in base.get("variants") or []:
         other = theirs.get(v["name"])
@@ -356,13 +365,13 @@ def suite_differences(base: dict, cand: dict, keys=SUITE_KEYS) -> list[str]:
 
 
 def suite_problem(base: dict | None, cand: dict | None, base_name, cand_name,
-                  keys=SUITE_KEYS) -> str | None:
+                  keys=SUITE_KEYS, added_tasks: bool = False) -> str | None:
     """Why a baseline and a candidate cannot be compared (one line), or None if they can."""
     for suite, name in ((base, base_name), (cand, cand_name)):
         if suite is None:
             return (f"cannot verify that {base_name} and {cand_name} measure the same thing "
                     f"(no suite in {name})")
-    diffs = suite_differences(base, cand, keys)
+    diffs = suite_differences(base, cand, keys, added_tasks)
     if diffs:
         return f"{base_name} and {cand_name} measure different things: {'; '.join(diffs)}"
     return None

@@ -3,7 +3,8 @@
 Sections: the acceptance criteria and their verdict (``acceptance.json``, where the suite
 has criteria), summary table with deltas against each variant's baseline (green = better, red =
 worse, by each metric's direction) and, beside decode ms/token, the memory-bandwidth floor of a
-decode step and the share of it reached, Pareto charts (quality vs decode latency, quality vs
+decode step and the share of it reached, multiple-choice accuracy against chance (each such
+task with its interval), Pareto charts (quality vs decode latency, quality vs
 size; any backend and weight format alike), generate tokens/s vs batch (where the suite swept
 ``latency.generate_batches``), per-variant audit (did it compress: quantized counts, sparsity,
 structure, parity), warnings (high CV, fallback providers, failed or skipped cells) and the
@@ -52,6 +53,16 @@ figure{display:inline-block;margin:0 2em 1em 0}
 <td>{{ row.device }}</td>{% for c in row.cells %}<td class="{{ c.cls }}">{{ c.text }}</td>
 {% endfor %}</tr>{% endfor %}</tbody></table></div>
 {% if floor_note %}<p id="floor-note"><small>{{ floor_note }}</small></p>{% endif %}
+{% if choices %}<h2>Multiple choice</h2>
+<table id="choices"><thead><tr><th>variant</th><th>backend</th><th>device</th><th>task</th>
+<th>n</th><th>accuracy [95% CI]</th><th>chance</th><th>above chance</th>
+<th>normalized accuracy [95% CI]</th></tr></thead><tbody>{% for c in choices %}<tr>
+<td>{{ c.variant }}</td><td>{{ c.backend }}</td><td>{{ c.device }}</td><td>{{ c.task }}</td>
+<td>{{ c.n }}</td><td>{{ c.acc }}</td><td>{{ c.chance }}</td>
+<td class="{{ c.cls }}">{{ c.above }}</td><td>{{ c.acc_norm }}</td></tr>{% endfor %}
+</tbody></table><p><small>Each choice scored by its summed log-likelihood after the prompt
+(lm-eval's convention; normalized: per character). Above chance: the 95% interval's low end
+beats a uniform guess.</small></p>{% endif %}
 <h2>Trade-offs</h2>
 {% for fig in figures %}<figure>{{ fig.svg|safe }}<figcaption>{{ fig.caption }}</figcaption>
 </figure>{% endfor %}
@@ -169,7 +180,8 @@ def _floor(cell: CellResult) -> tuple[float, bool] | None:
 
 
 def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str],
-             floors: dict[tuple, tuple[float, bool]]) -> tuple[list[str], list[dict]]:
+             floors: dict[tuple, tuple[float, bool]],
+             fingerprints: dict | None = None) -> tuple[list[str], list[dict]]:
     """The summary table's column names and rows: each metric's value and, where it has one,
     its change against the variant's baseline, coloured by the metric's direction; after each
     decode ms/token column the bandwidth floor ("floor ms", once) and the share of it that
@@ -184,7 +196,7 @@ def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str],
         if m in decode:
             columns += ["floor ms"] * (m == decode[0]) + [f"% of floor@{m.partition('@')[2]}"]
     summary = []
-    for _, r in summary_frame(rows, baselines).iterrows():
+    for _, r in summary_frame(rows, baselines, fingerprints).iterrows():
         floor = floors.get((r["variant"], r["backend"], r["device"]))
         out = []
         for m in metrics:
@@ -277,6 +289,32 @@ def _audit_and_warnings(cells: list[CellResult]) -> tuple[list[dict], list[dict]
     return audit, warnings, env
 
 
+def _choice_rows(cells: list[CellResult]) -> list[dict]:
+    """One row per multiple-choice task of each ok cell (slimbench's ``kind:
+    multiple_choice``, and lm-eval's multiple-choice tasks through the bridge): accuracy with
+    its interval against chance, where the task knows it."""
+    def shown(score) -> str:
+        if score is None:
+            return "—"
+        ci = f" [{_fmt(score.ci95[0])}, {_fmt(score.ci95[1])}]" if score.ci95 else ""
+        return _fmt(score.value) + ci
+
+    out = []
+    for c in cells:
+        for task, q in (c.quality.items() if c.status == "ok" else ()):
+            if "multiple_choice" not in (q.task_spec.get("kind"), q.protocol.get("output_type")):
+                continue
+            acc = q.metrics.get("acc")
+            chance = acc.info.get("chance") if acc else None
+            above = None if chance is None or not (acc and acc.ci95) else acc.ci95[0] > chance
+            out.append({"variant": c.cell.variant, "backend": c.cell.backend,
+                        "device": c.cell.device, "task": task, "n": q.n, "acc": shown(acc),
+                        "chance": _fmt(chance), "acc_norm": shown(q.metrics.get("acc_norm")),
+                        "above": {True: "yes", False: "no", None: "—"}[above],
+                        "cls": {True: "better", False: "worse", None: ""}[above]})
+    return out
+
+
 def _acceptance(run_dir: Path, warnings: list[dict]) -> dict | None:
     """``acceptance.json`` of the run, each criterion with its status's colour; None where
     there is none (a warning where it cannot be read)."""
@@ -295,6 +333,23 @@ def _acceptance(run_dir: Path, warnings: list[dict]) -> dict | None:
         return None
 
 
+def _environments_note(cells: list[CellResult], fingerprints: dict) -> list[dict]:
+    """A warning when the ok cells come from more than one environment (a run spread over
+    unlike nodes): which cells ran where, and that their latency is not compared."""
+    groups: dict[str, list[str]] = {}
+    for c in cells:
+        if c.status == "ok":
+            fp = fingerprints.get(c.cell.id) or {}
+            node = ((c.environment or {}).get("executor") or {}).get("hostname")
+            what = f"{fp.get('cpu')}, {fp.get('threads')} threads, GPU {fp.get('gpu')}"
+            groups.setdefault(what + (f" (node {node})" if node else ""), []).append(c.cell.id)
+    if len({str(fingerprints.get(c.cell.id)) for c in cells if c.status == "ok"}) < 2:
+        return []
+    where = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
+    return [{"cls": "warn", "text": "cells measured in different environments, so latency "
+             f"and memory deltas are shown only within one: {where}"}]
+
+
 # figures the summary leaves out: shown elsewhere (ttft with tpot) or rarely compared
 HIDDEN = ("ttft_ms", "peak_rss_bytes", "rss_bytes", "nonzero_parameters")
 
@@ -303,6 +358,7 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     """Write ``report.html`` of a run directory from its cell results; returns its path."""
     import jinja2
 
+    from slimbench.fingerprint import fingerprint
     from slimbench.reports.output import baselines_for
 
     cells = load_cells(run_dir)
@@ -316,13 +372,15 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
     floors = {(c.cell.variant, c.cell.backend, c.cell.device): f for c in cells
               if c.status == "ok" and (f := _floor(c))}
-    columns, summary = _summary(rows, metrics, baselines, floors)
+    fingerprints = {c.cell.id: fingerprint(c.environment) for c in cells if c.status == "ok"}
+    warnings += _environments_note(cells, fingerprints)
+    columns, summary = _summary(rows, metrics, baselines, floors, fingerprints)
     html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
         name=name, cells=cells, ok=sum(c.status == "ok" for c in cells),
         baseline_names=sorted(set(baselines.values())), columns=columns, summary=summary,
         floor_note=FLOOR_NOTE if any(c.startswith("floor") for c in columns) else None,
         figures=_figures(to_frame(rows), metrics, cells), audit=audit, warnings=warnings,
-        environment=environment, acceptance=acceptance)
+        environment=environment, acceptance=acceptance, choices=_choice_rows(cells))
     path = Path(run_dir) / "report.html"
     atomic.write_text(path, html)
     return path

@@ -27,11 +27,19 @@ def baselines_for(cells: list[CellResult | dict], baseline_variant: str | None) 
     return {v: plain[m] for v, m in model.items() if m in plain}
 
 
-def summary_frame(rows: list[dict], baselines: dict[str, str]):
+def summary_frame(rows: list[dict], baselines: dict[str, str],
+                  fingerprints: dict[str, dict | None] | None = None):
     """Wide table: one row per (variant, backend, device), one column per metric, plus
     ``Δ <metric>`` columns relative to each variant's baseline (``baselines_for``) on the same
-    device."""
+    device.
+
+    ``fingerprints``: per cell id, its environment fingerprint (``slimbench/fingerprint.py``).
+    Where the variant's cell and its baseline's were measured in different environments (a
+    run spread over unlike nodes, ``--executor ray``), latency and memory get no Δ: as in the
+    gate, a figure from another machine is not a change."""
     import pandas as pd
+
+    from slimbench.fingerprint import differences
 
     frame = to_frame(rows)
     if frame.empty:
@@ -39,8 +47,18 @@ def summary_frame(rows: list[dict], baselines: dict[str, str]):
     wide = frame.pivot_table(index=["variant", "backend", "device"], columns="metric",
                              values="value", aggfunc="first")
     by_device = wide.droplevel("backend")
+    fingerprints = fingerprints or {}
+    env = {(r["variant"], r["device"]): fingerprints.get(r["cell"]) for r in rows}
+    kind = {r["metric"]: r["kind"] for r in rows}
+
+    def unlike(variant: str, device: str) -> bool:
+        a, b = env.get((variant, device)), env.get((baselines[variant], device))
+        return a is not None and b is not None and bool(differences(a, b))
+
     for metric in list(wide.columns):
-        ref = [by_device[metric].get((baselines[v], d)) if v in baselines else None
+        machine = kind[metric] in ("latency", "memory")
+        ref = [by_device[metric].get((baselines[v], d))
+               if v in baselines and not (machine and unlike(v, d)) else None
                for v, _, d in wide.index]
         ref = pd.Series(ref, index=wide.index, dtype=float)
         wide[f"Δ {metric}"] = (wide[metric] - ref) / ref.where(ref != 0)
@@ -57,13 +75,13 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
         if (run_dir / "suite.json").is_file() else None
     from slimbench.fingerprint import fingerprint
 
+    environments = {c.cell.id: fingerprint(c.environment) for c in cells if c.status == "ok"}
     results = ResultsFile(rows=[Row(**r) for r in rows], suite=suite,
-                          environments={c.cell.id: fingerprint(c.environment) for c in cells
-                                        if c.status == "ok"})
+                          environments=environments)
     atomic.write_json(run_dir / "results.json", results.to_dict())
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))
     atomic.write_text(run_dir / "summary.csv",
-                      summary_frame(rows, baselines).to_csv(index=False))
+                      summary_frame(rows, baselines, environments).to_csv(index=False))
     return {"cells": len(cells), "rows": len(rows),
             "failed": [c.cell.id for c in cells if c.status == "failed"],
             "skipped": [c.cell.id for c in cells if c.status == "skipped"]}

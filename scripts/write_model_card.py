@@ -29,7 +29,7 @@ from slimbench.compress.reference import REFERENCE_DIR
 from slimbench.tasks.corpus import CORPUS_DIR, load_corpus
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.generation import run_task, score
-from slimbench.tasks.scorers import subtokens
+from slimbench.tasks.scorers import CHOICE_METRICS, subtokens
 from slimbench.tasks.specs import TASKS
 
 
@@ -100,7 +100,13 @@ def main() -> None:
         if name == "perplexity":
             base = unigram_baseline(tok)
         heuristic = None
-        if name != "perplexity":
+        if spec.kind == "multiple_choice":  # the first choice, always: no model, no input
+            first = [{"loglikelihoods": [0.0] + [-1.0] * (len(e["loglikelihoods"]) - 1),
+                      "choice_chars": e["choice_chars"], "reference": e["reference"]}
+                     for e in res["examples"]]
+            base = {m.metric: CHOICE_METRICS[m.metric].aggregate(
+                CHOICE_METRICS[m.metric].stats(first)) for m in spec.metric_list}
+        elif name != "perplexity":
             rows = load_evalset(spec.evalset)
             refs = [r["target"] for r in rows]
             base = score(spec, constant_predictions(name, len(rows)), refs)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
 from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
+from slimbench.tasks.multiple_choice import run_choices
 from slimbench.tasks.perplexity import per_text_nll, perplexity_scores
 from slimbench.tasks.protocol import CausalLM
 from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
@@ -80,13 +81,19 @@ def _score_with_ci(spec: TaskSpec, predictions: list[str], references: list[str]
     return results, per_example
 
 
+# how a batched runtime pads prompts of different lengths (RuntimeBase.greedy_generate_batch)
+_PADDING = {"left": "left, attention mask, position ids from the mask",
+            "right": "right, each row's length from the attention mask (fused attention)"}
+
+
 def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
                          batch_size: int | None = None,
                          show_progress: bool = False) -> tuple[list[str], dict]:
     """Greedy predictions for ``rows`` in row order, and the generation protocol used.
 
     Prompts are sorted by length so that a batch pads little; with left padding, an attention
-    mask and position ids from the mask, a row's continuation does not depend on its batch.
+    mask and position ids from the mask (or right padding and each row's length, for fused
+    attention), a row's continuation does not depend on its batch.
     """
     g = spec.generation
     budget = lm.max_length - g.max_new_tokens
@@ -118,9 +125,10 @@ def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dic
     preds = [postprocess(g.postprocess, tokenizer.decode(n), g.stop) for n in new_tokens]
     protocol = dataclasses.asdict(g) | {
         "batch_size": size, "batch_size_requested": requested,
-        "padding": "left, attention mask, position ids from the mask" if batched and size > 1
+        "padding": _PADDING[getattr(lm, "padding_side", "left")] if batched and size > 1
         else "none: one example per call" + ("" if batched else
                                              f" ({type(lm).__name__} has no batched generation)"),
+        "batch_invariant": bool(getattr(lm, "batch_invariant", True)) or size == 1,
         "prompt_truncation": f"keep the last {budget} tokens",
     }
     return preds, protocol
@@ -160,6 +168,10 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
         examples = [{"id": r["id"], "nll_nats": float(s[0]), "tokens": int(s[1]),
                      "bytes": int(s[2])}
                     for r, s in zip(rows, stats, strict=True)]
+    elif spec.kind == "multiple_choice":
+        res = run_choices(lm, tokenizer, spec, rows, batch_size, resamples, seed, show_progress)
+        metric_results, scores = res["metrics"], res["scores"]
+        protocol, examples = res["protocol"], res["examples"]
     else:
         preds, protocol = generate_predictions(lm, tokenizer, spec, rows, batch_size,
                                                show_progress)
@@ -178,3 +190,23 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
         "scores": scores, "n": len(rows), "seconds": time.perf_counter() - t0,
         "protocol": protocol, "task_spec": spec.to_dict(), "examples": examples,
     }
+
+
+def run_entry(lm: CausalLM, tokenizer, spec, limit: int | None = None, **kwargs) -> list[dict]:
+    """The results of one task entry: one for a slimbench task (``run_task``), one per
+    lm-eval task for an ``LmEvalSpec`` (``lmeval_bridge.run_lmeval``); same keyword arguments
+    (``show_progress``, ``batch_size``, ``resamples``, ``seed``)."""
+    from slimbench.tasks.lmeval_spec import LmEvalSpec
+
+    spec = resolve_task(spec)
+    if not isinstance(spec, LmEvalSpec):
+        return [run_task(lm, tokenizer, spec, limit, **kwargs)]
+    if tokenizer is None:
+        raise UsageError(f"{spec.name} needs a tokenizer, and this model has none "
+                         "(random-weight shape models have no quality to measure)")
+    try:
+        from slimbench.tasks.lmeval_bridge import run_lmeval
+    except ImportError as e:
+        raise UsageError(f"{spec.name} needs lm-evaluation-harness: pip install "
+                         f"'slimbench[lmeval]' ({e})") from None
+    return run_lmeval(lm, tokenizer, spec, limit, **kwargs)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from slimbench.errors import UsageError
-from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
+from slimbench.tasks.scorers import CHOICE_METRICS, METRICS, PERPLEXITY_METRICS, with_defaults
 
 TESTS = ("significance", "non_inferiority")
 MODES = ("relative", "absolute")
@@ -44,12 +44,17 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
     records (``*.examples.jsonl``).
 
     Kind ``perplexity``: rows ``(nll_nats, tokens, bytes)`` per text and
-    ``PERPLEXITY_METRICS[metric]``; otherwise ``METRICS[metric].stats(predictions,
-    references, **options)`` and its aggregate, with the metric's default options filled in.
-    ``options`` may be a ``task_spec`` ``metric_list`` entry as saved (its ``metric`` and
-    ``higher_is_better`` keys are ignored).
+    ``PERPLEXITY_METRICS[metric]``; kind ``multiple_choice``: ``CHOICE_METRICS[metric]`` of the
+    records themselves (per-choice log-likelihoods); kind ``lm_eval``: each record's value of
+    the metric, aggregated by lm-eval's aggregation named in ``options``; otherwise
+    ``METRICS[metric].stats(predictions, references, **options)`` and its aggregate, with the
+    metric's default options filled in. ``options`` may be a ``task_spec`` ``metric_list``
+    entry as saved (its ``metric`` and ``higher_is_better`` keys are ignored).
     """
-    registry = PERPLEXITY_METRICS if kind == "perplexity" else METRICS
+    if kind == "lm_eval":
+        return _lmeval_rows(examples, metric, options or {})
+    registry = {"perplexity": PERPLEXITY_METRICS, "multiple_choice": CHOICE_METRICS}.get(
+        kind, METRICS)
     scorer = registry.get(metric)
     if scorer is None:
         raise UsageError(f"unknown metric {metric!r} for a {kind} task "
@@ -64,6 +69,8 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
         if kind == "perplexity":
             rows = np.array([[e["nll_nats"], e["tokens"], e["bytes"]] for e in examples],
                             dtype=np.float64).reshape(len(examples), 3)
+        elif kind == "multiple_choice":
+            rows = scorer.stats(examples)
         else:
             rows = scorer.stats([e["prediction"] for e in examples],
                                 [e["reference"] for e in examples], **opts)
@@ -71,6 +78,26 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
         raise UsageError(f"metric {metric}: a {kind} example record lacks "
                          f"{e.args[0]!r}") from None
     return np.asarray(rows), lambda r: float(scorer.aggregate(r, **opts))
+
+
+def _lmeval_rows(examples: list[dict], metric: str, options: dict
+                 ) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    """An lm-eval task's per-example values of ``metric`` (kept whole: they may be pairs) and
+    lm-eval's aggregation of them (``options["aggregation"]``, as its results recorded)."""
+    name = options.get("aggregation")
+    if not name:
+        raise UsageError(f"metric {metric}: its lm-eval aggregation is a task's own function, "
+                         "which a paired test cannot rebuild")
+    try:
+        from slimbench.tasks.lmeval_bridge import lmeval_aggregate, object_rows
+    except ImportError:
+        raise UsageError(f"metric {metric}: a paired test of an lm-eval task needs the lmeval "
+                         "extra (pip install 'slimbench[lmeval]')") from None
+    try:
+        rows = object_rows([e["values"][metric] for e in examples])
+    except (KeyError, TypeError):
+        raise UsageError(f"metric {metric}: an lm-eval example record lacks its value") from None
+    return rows, lmeval_aggregate(name)
 
 
 def _few(ids: list, k: int = 5) -> str:

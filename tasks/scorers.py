@@ -1,4 +1,5 @@
-"""Every quality metric, defined once: the ``METRICS`` and ``PERPLEXITY_METRICS`` registries.
+"""Every quality metric, defined once: the ``METRICS``, ``PERPLEXITY_METRICS`` and
+``CHOICE_METRICS`` registries.
 
 This module is the one place a metric is defined. A metric is a ``Scorer``: per-example
 sufficient statistics plus an aggregate over a set of rows. Splitting a metric this way gives
@@ -9,8 +10,9 @@ per-text NLL sums and token counts. BLEU and ROUGE come from sacrebleu and rouge
 re-implementations.
 
 To add a metric: write its ``stats`` and ``aggregate`` below and add one entry to ``METRICS``
-(generation tasks) or ``PERPLEXITY_METRICS`` (per-text NLL rows); a task YAML can then name it
-in ``metric_list`` with its ``higher_is_better``.
+(generation tasks), ``PERPLEXITY_METRICS`` (per-text NLL rows) or ``CHOICE_METRICS``
+(multiple-choice records: per-choice log-likelihoods); a task YAML can then name it in
+``metric_list`` with its ``higher_is_better``.
 """
 
 from __future__ import annotations
@@ -208,6 +210,37 @@ def _macro_value(rows: np.ndarray) -> float:
     return sum(per_label.values()) / len(per_label) if per_label else 0.0
 
 
+# --- multiple choice: rows from per-example records -------------------------------------------
+# A record is what a multiple-choice task saves per example (``tasks/multiple_choice.py``):
+# ``loglikelihoods`` (summed, one per choice), ``choice_chars`` (each choice's length in
+# characters) and ``reference`` (the correct choice's index). Scores are percentages, as every
+# other slimbench score; lm-eval reports the same accuracies as fractions.
+def choice_prediction(record: dict, normalized: bool = False) -> int:
+    """The chosen index: the highest summed log-likelihood, or per character with
+    ``normalized`` (lm-eval's ``acc_norm``); ties go to the first choice (``np.argmax``)."""
+    ll = np.asarray(record["loglikelihoods"], dtype=np.float64)
+    if normalized:
+        ll = ll / np.asarray(record["choice_chars"], dtype=np.float64)
+    return int(np.argmax(ll))
+
+
+def _choice_hits(normalized: bool) -> Callable[..., np.ndarray]:
+    def stats(records) -> np.ndarray:
+        return 100 * np.asarray([choice_prediction(r, normalized) == r["reference"]
+                                 for r in records], dtype=np.float64).reshape(len(records), 1)
+    return stats
+
+
+def _choice_labels(records) -> np.ndarray:
+    return np.asarray([(choice_prediction(r), r["reference"]) for r in records],
+                      dtype=np.int64).reshape(len(records), 2)
+
+
+def chance_accuracy(records) -> float:
+    """Expected accuracy of a uniform guess, in percent: the mean of 1 / choices."""
+    return 100 * float(np.mean([1 / len(r["loglikelihoods"]) for r in records]))
+
+
 # --- perplexity: rows are per text (NLL nats, scored tokens, utf-8 bytes) ----------------------
 def _perplexity(rows: np.ndarray) -> float:
     return math.exp(rows[:, 0].sum() / rows[:, 1].sum())
@@ -227,6 +260,13 @@ METRICS: dict[str, Scorer] = {
     "rouge1": _rouge("rouge1"),
     "rouge2": _rouge("rouge2"),
     "rougeL": _rouge("rougeL"),
+}
+
+# multiple-choice metrics take the per-example records as their stats' only argument
+CHOICE_METRICS: dict[str, Scorer] = {
+    "acc": Scorer(_choice_hits(False), _mean),
+    "acc_norm": Scorer(_choice_hits(True), _mean),
+    "macro_f1": Scorer(_choice_labels, _macro_value, per_example=False),  # over choice indices
 }
 
 # perplexity metrics take the per-text rows of ``perplexity.per_text_nll`` as their stats

@@ -69,6 +69,8 @@ def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict]:
     if not rows:
         raise UsageError(f"task {spec.name}: dataset {ds.describe()} has no rows")
     templates = [spec.text] if spec.kind == "perplexity" else [spec.prompt, spec.target]
+    if spec.kind == "multiple_choice":
+        templates += [spec.choices] if isinstance(spec.choices, str) else list(spec.choices)
     needed = {f for t in templates for f in template_fields(t)}
     missing = sorted(needed - set(rows[0]))
     if missing:

@@ -17,16 +17,19 @@ from typing import Any
 from slimbench.errors import UsageError
 from slimbench.names import check_name
 from slimbench.registry import Registry
+from slimbench.tasks.multiple_choice import ChoiceConfig
 from slimbench.tasks.perplexity import PerplexityConfig
-from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS
+from slimbench.tasks.scorers import CHOICE_METRICS, METRICS, PERPLEXITY_METRICS
 from slimbench.typecheck import misfit
 
 DEFS_DIR = Path(__file__).resolve().parent / "defs"
-KINDS = ("perplexity", "generate")
+KINDS = ("perplexity", "generate", "multiple_choice")
 POSTPROCESS = ("identifier", "first_line", "paragraph", "strip")
+# which metrics a task of each kind may name (generate: the rest)
+KIND_METRICS = {"perplexity": PERPLEXITY_METRICS, "multiple_choice": CHOICE_METRICS}
 
 _TOP = {"name", "version", "description", "kind", "dataset", "prompt", "target", "text",
-        "generation", "perplexity", "metric_list", "limit"}
+        "generation", "perplexity", "metric_list", "limit", "choices", "multiple_choice"}
 _GENERATION = {"greedy", "max_new_tokens", "stop", "postprocess", "batch_size"}
 _DATASET = {"evalset", "path", "hf", "config", "split"}
 
@@ -72,9 +75,11 @@ class MetricSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """One task: where its rows come from, how to prompt/generate, which metrics.
+    """One task: where its rows come from, how to prompt/generate/score, which metrics.
 
-    The first entry of ``metric_list`` is the headline metric (``metric``, ``value``).
+    The first entry of ``metric_list`` is the headline metric (``metric``, ``value``). A
+    multiple-choice task's ``choices`` is one template naming a row field that holds the list
+    of choices (``"{choices}"``), or a tuple of templates, one per choice.
     """
 
     name: str
@@ -88,6 +93,8 @@ class TaskSpec:
     text: str = "{text}"
     generation: GenerationConfig | None = None
     perplexity: PerplexityConfig = PerplexityConfig()
+    choices: str | tuple[str, ...] = "{choices}"
+    multiple_choice: ChoiceConfig | None = None
     limit: int | None = None
     source: str = ""  # the YAML file it came from
 
@@ -167,7 +174,7 @@ def _dataset(raw, where: str, base: Path | None) -> DatasetSpec:
 def _metrics(raw, kind: str, where: str) -> tuple[MetricSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise UsageError(f"{where}: metric_list must be a non-empty list")
-    allowed = PERPLEXITY_METRICS if kind == "perplexity" else METRICS
+    allowed = KIND_METRICS.get(kind, METRICS)
     out = []
     for i, m in enumerate(raw):
         m = _mapping(m, f"{where}: metric_list[{i}]")
@@ -223,6 +230,34 @@ def _perplexity(raw, where: str) -> PerplexityConfig:
         raise UsageError(f"{where}: {e}") from None
 
 
+def _choice_templates(raw, where: str) -> str | tuple[str, ...]:
+    """A multiple-choice task's ``choices``: ``"{field}"`` (a row field holding the list) or a
+    list of at least two templates."""
+    if isinstance(raw, str):
+        if len(_fields(raw, f"{where}: choices")) != 1 or not (
+                raw.startswith("{") and raw.endswith("}")):
+            raise UsageError(f"{where}: choices must name one row field that holds the list "
+                             f"of choices, like '{{choices}}', or be a list of templates; got "
+                             f"{raw!r}")
+        return raw
+    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(t, str) for t in raw):
+        raise UsageError(f"{where}: choices must be '{{field}}' or a list of at least two "
+                         f"templates, got {raw!r}")
+    for t in raw:
+        _fields(t, f"{where}: choices")
+    return tuple(raw)
+
+
+def _choice_config(raw, where: str) -> ChoiceConfig:
+    """A multiple-choice task's ``multiple_choice`` section (target_delimiter, batch_size)."""
+    c = _mapping(raw, f"{where}: multiple_choice")
+    _unknown(c, {f.name for f in dataclasses.fields(ChoiceConfig)}, f"{where}: multiple_choice")
+    try:
+        return ChoiceConfig(**c)
+    except UsageError as e:
+        raise UsageError(f"{where}: multiple_choice.{e}") from None
+
+
 def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpec:
     """Validate one parsed YAML document into a ``TaskSpec``.
 
@@ -254,16 +289,21 @@ def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpe
             if not isinstance(raw[key], str):
                 raise UsageError(f"{where}: {key} must be a template string like '{{{key}}}'")
             _fields(raw[key], f"{where}: {key}")
-    generation, perplexity = None, PerplexityConfig()
+    generation, perplexity, choice_config = None, PerplexityConfig(), None
+    choices: str | tuple[str, ...] = "{choices}"
     if kind == "generate":
         generation = _generation(raw.get("generation"), where)
+    elif kind == "multiple_choice":
+        choices = _choice_templates(raw.get("choices", choices), where)
+        choice_config = _choice_config(raw.get("multiple_choice", {}), where)
     else:
         perplexity = _perplexity(raw.get("perplexity", {}), where)
     return TaskSpec(name=name, version=str(raw.get("version", "0")),
                     description=str(raw.get("description", "")), kind=kind, dataset=dataset,
                     metric_list=metric_list, prompt=raw.get("prompt", "{prompt}"),
                     target=raw.get("target", "{target}"), text=raw.get("text", "{text}"),
-                    generation=generation, perplexity=perplexity, limit=limit, source=source)
+                    generation=generation, perplexity=perplexity, choices=choices,
+                    multiple_choice=choice_config, limit=limit, source=source)
 
 
 def load_task_file(path: str | Path) -> TaskSpec:
@@ -279,10 +319,15 @@ def is_task_file(name: str) -> bool:
     return name.endswith((".yaml", ".yml"))
 
 
-def resolve_task(name_or_path: str | TaskSpec) -> TaskSpec:
-    """A registered task by name, or a task YAML file by path."""
-    if isinstance(name_or_path, TaskSpec):
+def resolve_task(name_or_path):
+    """A registered task by name, a task YAML file by path, or lm-eval tasks
+    (``lm_eval:NAME,...`` or a suite's ``{lm_eval: {...}}`` entry: an ``LmEvalSpec``)."""
+    from slimbench.tasks.lmeval_spec import LmEvalSpec, is_lmeval, parse_lmeval
+
+    if isinstance(name_or_path, TaskSpec | LmEvalSpec):
         return name_or_path
+    if is_lmeval(name_or_path):
+        return parse_lmeval(name_or_path)
     if is_task_file(name_or_path):
         return load_task_file(name_or_path)
     return TASKS.get(name_or_path)

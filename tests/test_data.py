@@ -24,7 +24,8 @@ def test_corpus_manifest_matches_file():
 
 def test_evalset_manifests_match_files():
     man = evalsets.manifest()
-    assert sorted(man) == ["docstring_body", "docstring_summary", "lm_stdlib", "method_name"]
+    assert sorted(man) == ["docstring_body", "docstring_summary", "lm_stdlib", "method_name",
+                           "next_line"]
     total = 0
     for name, entry in man.items():
         blob = (evalsets.EVALSET_DIR / entry["file"]).read_bytes()

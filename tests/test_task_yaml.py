@@ -37,7 +37,8 @@ metric_list:
 
 
 def test_builtin_tasks_come_from_yaml():
-    assert TASKS.names() == ["docstring_body", "docstring_summary", "method_name", "perplexity"]
+    assert TASKS.names() == ["docstring_body", "docstring_summary", "method_name", "next_line",
+                             "perplexity"]
     assert sorted(p.stem for p in DEFS_DIR.glob("*.yaml")) == TASKS.names()
     mn = TASKS.get("method_name")
     assert (mn.metric, mn.higher_is_better, mn.evalset) == ("f1", True, "method_name")

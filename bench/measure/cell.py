@@ -141,7 +141,7 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> di
 
 
 def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
-               tasks: list[str], task_limit: int | None, quality: bool,
+               tasks: list[str | dict], task_limit: int | None, quality: bool,
                perplexity_limit: int | None = None) -> dict:
     """One suite cell: latency and (unless ``quality`` is off) every task, on one runtime, so
     the quality comes from the very artifact that was timed.
@@ -154,7 +154,7 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
     from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
-    from slimbench.tasks.generation import run_task
+    from slimbench.tasks.generation import run_entry
     from slimbench.tasks.specs import resolve_task
 
     cfg = LatencyConfig(**latency)
@@ -168,7 +168,9 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
         for task in tasks:
             spec = resolve_task(task)  # a task file is keyed by its name, never by its path
             limit = perplexity_limit if spec.kind == "perplexity" else task_limit
-            res = run_task(rt, loaded.tokenizer, spec, limit)
-            examples += [{"task": spec.name} | e for e in res.pop("examples")]
-            result.quality[spec.name] = QualityScore.from_task(res)
+            if spec.kind == "lm_eval" and spec.limit is not None:
+                limit = spec.limit  # the entry's own limit wins over the suite's
+            for res in run_entry(rt, loaded.tokenizer, spec, limit):  # lm_eval: one per task
+                examples += [{"task": res["task"]} | e for e in res.pop("examples")]
+                result.quality[res["task"]] = QualityScore.from_task(res)
     return {"result": result.to_dict(), "examples": examples}

@@ -16,6 +16,10 @@ versions) under ``--cache`` (default ``RUN/../.artifacts``), verified before use
 run, a resumed one or a concurrent one reuses them. ``--resume`` skips cells whose result is
 already ``ok``. Anything that goes wrong while building a variant's artifact or running its
 cell fails that variant's cells, with the reason in their files; the other cells run.
+
+Where the cells run is the executor's choice: ``LocalExecutor`` (one after another on this
+machine, the default) or ``ray_executor.RayExecutor`` (Ray tasks on a cluster). Both write
+the same files through the helpers below.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,7 +43,14 @@ def cell_id(variant: Variant, device: str) -> str:
     return f"{variant.name}--{device.replace(':', '')}"
 
 
-def _write_cell(run_dir: Path, result: CellResult, examples: list[dict]) -> None:
+def cell_head(variant: Variant, device: str, content_key: str | None) -> CellInfo:
+    """The cell's identity as the suite names it (what its file is called)."""
+    return CellInfo(id=cell_id(variant, device), variant=variant.name, model=variant.model,
+                    recipe=[s for s, _ in variant.recipe], device=device,
+                    content_key=content_key)
+
+
+def write_cell(run_dir: Path, result: CellResult, examples: list[dict]) -> None:
     """The cell's file, and first its per-example outputs beside it: the cell file names a
     file that exists when it appears."""
     name = f"{result.cell.id}.examples.jsonl"
@@ -51,7 +63,10 @@ def _write_cell(run_dir: Path, result: CellResult, examples: list[dict]) -> None
     atomic.write_json(run_dir / "cells" / f"{result.cell.id}.json", result.to_dict())
 
 
-def _build(cache, variant: Variant) -> str | Exception:
+_write_cell = write_cell  # the name tests/test_acceptance.py imports
+
+
+def build_artifact(cache, variant: Variant) -> str | Exception:
     """The variant's artifact path, or what went wrong building it: any exception fails
     this variant (and those sharing the failed step), never the run."""
     try:
@@ -64,7 +79,7 @@ def _build(cache, variant: Variant) -> str | Exception:
         return wrapped
 
 
-def _content_key(cache, variant: Variant) -> str | None:
+def content_key(cache, variant: Variant) -> str | None:
     """What the variant's cells measure, by content (None if that cannot be known: the
     build will then fail with the reason)."""
     try:
@@ -99,11 +114,62 @@ def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
                          "resume it with the same ones, or choose another run directory")
 
 
+@dataclasses.dataclass
+class SuiteJob:
+    """What an executor needs: the suite, where its files go, the artifact cache, and how to
+    talk (``say`` one-line messages, a progress bar or not). ``cell_target`` names the
+    function each isolated cell process runs (tests inject failures)."""
+
+    suite: Suite
+    run_dir: Path
+    cache: object  # compress.cache.ArtifactCache
+    resume: bool
+    say: Callable[[str], None]
+    show_progress: bool
+    cell_target: str
+
+
+class LocalExecutor:
+    """Every cell on this machine, one after another, each in its own process."""
+
+    def prepare(self, suite: Suite) -> None:
+        """Nothing to check: this machine runs whatever the suite asks (CUDA cells are
+        skipped where it has no GPU)."""
+
+    def close(self) -> None:
+        pass
+
+    def run(self, job: SuiteJob) -> list[dict]:
+        suite, run_dir, cache, say = job.suite, job.run_dir, job.cache, job.say
+        cells = [(v, d) for v in suite.variants for d in suite.devices]
+        bar = tqdm(cells, desc="cells", unit="cell", disable=quiet_progress(job.show_progress))
+        built: dict[str, str | Exception] = {}  # variant -> artifact path, or why it has none
+        keys: dict[str, str | None] = {}
+        results = []
+        for variant, device in bar:
+            if variant.name not in keys:
+                keys[variant.name] = content_key(cache, variant)
+            head = cell_head(variant, device, keys[variant.name])
+            bar.set_postfix_str(head.id)
+            result = finished_result(run_dir, head, say) if job.resume else None
+            if result is None:
+                result, examples = _run_cell(suite, cache, built, variant, head,
+                                             job.cell_target)
+                if result.status == "failed":
+                    say(f"cell {head.id}: failed: {result.reason}")
+                write_cell(run_dir, result, examples)
+            results.append(result.to_dict())
+        return results
+
+
 def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | None = None,
-              say=print, show_progress: bool = True, cell_target: str = CELL) -> list[dict]:
+              say=print, show_progress: bool = True, cell_target: str = CELL,
+              executor=None) -> list[dict]:
     """Run every (variant, device) cell, writing each cell's file as it finishes.
 
     ``cell_target`` names the function each isolated process runs (tests inject failures).
+    ``executor``: where the cells run (default ``LocalExecutor()``); it checks the suite
+    against what it can run before anything is written.
 
     Returns:
         The cell results in suite order, as written (``CellResult.to_dict()``).
@@ -114,33 +180,21 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     check_run_dir(suite, run_dir, resume)
     # the cache first: a bad --cache must not leave a half-made run directory behind
     cache = ArtifactCache(Path(cache) if cache else run_dir.parent / ".artifacts", say)
-    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "suite.json").is_file():
-        atomic.write_json(run_dir / "suite.json", suite.to_dict())
-    cells = [(v, d) for v in suite.variants for d in suite.devices]
-    bar = tqdm(cells, desc="cells", unit="cell", disable=quiet_progress(show_progress))
-    built: dict[str, str | Exception] = {}  # variant -> artifact path, or why it has none
-    keys: dict[str, str | None] = {}
-    results = []
-    for variant, device in bar:
-        if variant.name not in keys:
-            keys[variant.name] = _content_key(cache, variant)
-        head = CellInfo(id=cell_id(variant, device), variant=variant.name, model=variant.model,
-                        recipe=[s for s, _ in variant.recipe], device=device,
-                        content_key=keys[variant.name])
-        bar.set_postfix_str(head.id)
-        result = _finished(run_dir, head, say) if resume else None
-        if result is None:
-            result, examples = _run_cell(suite, cache, built, variant, head, cell_target)
-            if result.status == "failed":
-                say(f"cell {head.id}: failed: {result.reason}")
-            _write_cell(run_dir, result, examples)
-        results.append(result.to_dict())
+    executor = executor or LocalExecutor()
+    try:
+        executor.prepare(suite)  # a cluster that cannot run the suite leaves nothing behind
+        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "suite.json").is_file():
+            atomic.write_json(run_dir / "suite.json", suite.to_dict())
+        results = executor.run(SuiteJob(suite, run_dir, cache, resume, say, show_progress,
+                                        cell_target))
+    finally:
+        executor.close()
     _say_skipped(results, say)
     return results
 
 
-def _finished(run_dir: Path, head: CellInfo, say) -> CellResult | None:
+def finished_result(run_dir: Path, head: CellInfo, say) -> CellResult | None:
     """The cell's earlier result, if it finished ok measuring the same content (a resumed run
     never mixes two models); None to measure it (again)."""
     path = run_dir / "cells" / f"{head.id}.json"
@@ -170,17 +224,39 @@ def _run_cell(suite: Suite, cache, built: dict, variant: Variant, head: CellInfo
     if head.device.startswith("cuda") and not torch.cuda.is_available():
         return CellResult(head, "skipped", reason="no CUDA GPU on this machine"), []
     if variant.name not in built:
-        built[variant.name] = _build(cache, variant)
+        built[variant.name] = build_artifact(cache, variant)
     artifact = built[variant.name]
     if isinstance(artifact, Exception):
-        return CellResult(head, "failed", reason=f"building the artifact: {artifact}",
-                          traceback=getattr(artifact, "details", None)), []
+        return build_failure(head, artifact), []
     head.artifact = artifact
-    run = run_isolated(target, {
-        "artifact": artifact, "device": head.device, "threads": suite.threads or None,
-        "latency": suite.latency, "tasks": list(suite.tasks), "task_limit": suite.task_limit,
-        "perplexity_limit": suite.perplexity_limit, "quality": variant.quality},
-        timeout=suite.timeout, preload=() if head.device.startswith("cuda") else PRELOAD)
+    run = run_isolated(target, cell_kwargs(suite, variant, head), timeout=suite.timeout,
+                       preload=cell_preload(head.device))
+    return isolated_result(head, run)
+
+
+def build_failure(head: CellInfo, error: Exception) -> CellResult:
+    """The failed result of a cell whose artifact could not be built."""
+    return CellResult(head, "failed", reason=f"building the artifact: {error}",
+                      traceback=getattr(error, "details", None))
+
+
+def cell_kwargs(suite: Suite, variant: Variant, head: CellInfo) -> dict:
+    """The arguments of the cell function (``bench/measure/cell.py suite_cell``)."""
+    return {"artifact": head.artifact, "device": head.device,
+            "threads": suite.threads or None, "latency": suite.latency,
+            "tasks": list(suite.tasks), "task_limit": suite.task_limit,
+            "perplexity_limit": suite.perplexity_limit, "quality": variant.quality}
+
+
+def cell_preload(device: str) -> tuple[str, ...]:
+    """Modules the cell's fork server imports: none for CUDA (a CUDA context must never be
+    inherited through fork, so CUDA cells are spawned)."""
+    return () if device.startswith("cuda") else PRELOAD
+
+
+def isolated_result(head: CellInfo, run: dict) -> tuple[CellResult, list[dict]]:
+    """The cell's result from what its isolated process returned (``run_isolated``), and its
+    per-example outputs."""
     if run["status"] != "ok":
         return CellResult(head, "failed", reason=run["reason"], seconds=run["seconds"],
                           traceback=run.get("traceback")), []

@@ -54,7 +54,7 @@ class Suite:
     devices: tuple[str, ...]
     threads: int
     latency: dict
-    tasks: tuple[str, ...]
+    tasks: tuple[str | dict, ...]  # names, task files, {lm_eval: {...}} entries
     task_limit: int | None
     timeout: float
     baseline_variant: str
@@ -177,21 +177,28 @@ def _latency(data: dict, source: str) -> dict:
     return latency
 
 
-def _tasks(data: dict, source: str) -> tuple[str, ...]:
-    """Task specs as given, each resolvable and with a name no other task has."""
+def _tasks(data: dict, source: str) -> tuple[str | dict, ...]:
+    """Task specs as given (names, task files, ``{lm_eval: {...}}`` entries), each resolvable
+    and with a name no other task has."""
     from slimbench.tasks.specs import resolve_task
 
-    tasks = _names(data, "tasks", source, [])
-    task_names: dict[str, str] = {}
+    raw = data.get("tasks") or []
+    if not isinstance(raw, list) or not all(isinstance(t, str | dict) for t in raw):
+        raise UsageError(f"{source}: tasks must be a list of names (or task files, or "
+                         f"{{lm_eval: {{tasks: [...]}}}} entries), e.g. [perplexity], got "
+                         f"{raw!r}")
+    tasks = tuple(raw)
+    task_names: dict[str, str | dict] = {}
     for t in tasks:
         try:
-            name = resolve_task(t).name  # results are keyed by this, never by a file path
+            spec = resolve_task(t)  # results are keyed by its name, never by a file path
         except SlimbenchError as e:
             raise UsageError(f"{source}: {e}") from None
-        if name in task_names:
-            raise UsageError(f"{source}: tasks {task_names[name]!r} and {t!r} are both named "
-                             f"{name!r}; task names must differ")
-        task_names[name] = t
+        for name in spec.tasks if spec.kind == "lm_eval" else [spec.name]:
+            if name in task_names:
+                raise UsageError(f"{source}: tasks {task_names[name]!r} and {t!r} are both "
+                                 f"named {name!r}; task names must differ")
+            task_names[name] = t
     return tasks
 
 
@@ -271,11 +278,14 @@ def _criterion(suite: Suite, variant: Variant, metric: str, rule, where: str) ->
         if not dot or metric in SCENARIO_OF_METRIC:
             raise UsageError(f"{where}: {name} needs a quality metric task.metric, e.g. "
                              f"perplexity.perplexity ({known})")
-        specs = {s.name: s for s in map(resolve_task, suite.tasks)}
+        specs = {}
+        for s in map(resolve_task, suite.tasks):
+            # an lm-eval task's metrics are known once lm-eval has loaded it, in the cell
+            specs |= dict.fromkeys(s.tasks) if s.kind == "lm_eval" else {s.name: s}
         if task not in specs:
             raise UsageError(f"{where}: task {task!r} is not in the suite's tasks "
                              f"({', '.join(specs) or 'none'})")
-        metrics = [m.metric for m in specs[task].metric_list]
+        metrics = [m.metric for m in specs[task].metric_list] if specs[task] else [score]
         if score not in metrics:
             raise UsageError(f"{where}: task {task} has no metric {score!r} (its metrics: "
                              f"{', '.join(metrics)})")

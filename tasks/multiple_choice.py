@@ -1,0 +1,141 @@
+"""Multiple-choice tasks (``kind: multiple_choice``): each choice scored by its summed
+log-likelihood after the prompt, lm-evaluation-harness's convention.
+
+The prompt is the context and ``target_delimiter + choice`` the continuation of each choice
+(``tasks/loglikelihood.py`` tokenizes and scores them as lm-eval does). The prediction is the
+choice with the highest summed log-likelihood (``acc``), or the highest per character of the
+choice (``acc_norm``); ``macro_f1`` is over choice indices. Every example saves its per-choice
+log-likelihoods, so that every metric, its bootstrap interval and the gate's paired tests are
+recomputed from the same records (``scorers.CHOICE_METRICS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from slimbench.errors import UsageError
+from slimbench.tasks.bootstrap import bootstrap_ci
+from slimbench.tasks.loglikelihood import encode_pair, score_continuations
+from slimbench.tasks.protocol import CausalLM
+from slimbench.tasks.scorers import CHOICE_METRICS, chance_accuracy, choice_prediction
+
+if TYPE_CHECKING:
+    from slimbench.tasks.specs import TaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceConfig:
+    """How choices are scored.
+
+    Attributes:
+        target_delimiter: text between the prompt and each choice (lm-eval's, default " ").
+        batch_size: (context, choice) pairs per forward pass.
+    """
+
+    target_delimiter: str = " "
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_delimiter, str):
+            raise UsageError(f"target_delimiter must be text, got {self.target_delimiter!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or self.batch_size < 1:
+            raise UsageError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+
+def _choices(spec: TaskSpec, row: dict) -> list[str]:
+    """The row's choices: the list a single-field template names, or one template each."""
+    from slimbench.tasks.sources import render
+    from slimbench.tasks.specs import template_fields
+
+    if isinstance(spec.choices, str):
+        (field,) = template_fields(spec.choices)  # checked by the spec: exactly one field
+        value = row.get(field)
+        if not isinstance(value, list) or len(value) < 2 or not all(
+                isinstance(c, str) for c in value):
+            raise UsageError(f"task {spec.name}: row {row['id']!r} field {field!r} must be a "
+                             f"list of at least two texts, got {value!r}")
+        choices = list(value)
+    else:
+        choices = [render(t, row) for t in spec.choices]
+    if not all(choices):
+        raise UsageError(f"task {spec.name}: row {row['id']!r} has an empty choice")
+    return choices
+
+
+def _gold(spec: TaskSpec, row: dict, choices: list[str]) -> int:
+    """The correct choice's index. As lm-eval's ``doc_to_target``: a target that is one field
+    holding an integer is an index; otherwise the rendered text must be one of the choices."""
+    from slimbench.tasks.sources import render
+    from slimbench.tasks.specs import template_fields
+
+    fields = template_fields(spec.target)
+    if len(fields) == 1 and spec.target == "{" + fields[0] + "}":
+        value = row.get(fields[0])
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < len(choices):
+                raise UsageError(f"task {spec.name}: row {row['id']!r} target index {value} is "
+                                 f"not one of its {len(choices)} choices")
+            return value
+    text = render(spec.target, row)
+    if text not in choices:
+        raise UsageError(f"task {spec.name}: row {row['id']!r} target {text!r} is neither an "
+                         f"index nor one of its choices {choices!r}")
+    return choices.index(text)
+
+
+def run_choices(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
+                batch_size: int | None = None, resamples: int = 1000, seed: int = 0,
+                show_progress: bool = False) -> dict:
+    """Score every choice of every row; the task's metrics with bootstrap intervals.
+
+    Returns:
+        ``metrics`` (each with its interval, direction and the chance level of accuracies),
+        ``scores`` (plain values and ``chance``), ``protocol`` and ``examples`` (per row: id,
+        prediction and reference indices, per-choice log-likelihoods and lengths, and its
+        accuracies).
+    """
+    from slimbench.tasks.sources import render
+
+    cfg = spec.multiple_choice or ChoiceConfig()
+    size = batch_size or cfg.batch_size
+    records, pairs = [], []
+    for row in rows:
+        choices = _choices(spec, row)
+        context = render(spec.prompt, row)
+        records.append({"id": row["id"], "reference": _gold(spec, row, choices),
+                        "choice_chars": [len(c) for c in choices], "n": len(choices)})
+        pairs += [encode_pair(tokenizer, context, cfg.target_delimiter + c) for c in choices]
+    scored = score_continuations(lm, pairs, size, show_progress, desc=spec.name)
+    k = 0
+    for r in records:
+        lls, greedy = zip(*scored[k: k + r.pop("n")], strict=True)
+        k += len(lls)
+        r |= {"prediction": choice_prediction({"loglikelihoods": lls}),
+              "loglikelihoods": [float(x) for x in lls], "greedy": list(greedy)}
+    chance = chance_accuracy(records)
+    metrics, per_example = {}, [{} for _ in records]
+    for m in spec.metric_list:
+        scorer = CHOICE_METRICS[m.metric]
+        rows_ = scorer.stats(records)
+        metrics[m.metric] = bootstrap_ci(rows_, scorer.aggregate, resamples, seed) | {
+            "higher_is_better": m.higher_is_better}
+        if m.metric in ("acc", "acc_norm"):
+            metrics[m.metric]["chance"] = chance
+        if scorer.per_example:
+            for i, ex in enumerate(per_example):
+                ex[m.metric] = scorer.aggregate(rows_[i: i + 1])
+    examples = [r | {"scores": e} for r, e in zip(records, per_example, strict=True)]
+    protocol = dataclasses.asdict(cfg) | {
+        "batch_size": size, "pairs": len(pairs),
+        "scoring": "summed log-likelihood of target_delimiter + choice after the prompt "
+                   "(lm-eval convention); acc_norm divides by the choice's characters",
+        "truncation": f"left, to {lm.max_length} positions (prompt and choice together)",
+        # False: a row's scores depend on its batchmates (ORT dynamic int8's per-batch scales)
+        "batch_invariant": bool(getattr(lm, "batch_invariant", True)) or size == 1,
+        "padding": "right, attention mask" if lm.batched_generation else "right, no mask "
+                   "(causal: pads after a sequence change nothing before them)",
+    }
+    scores = {name: v["value"] for name, v in metrics.items()} | {"chance": chance}
+    return {"metrics": metrics, "scores": scores, "protocol": protocol, "examples": examples}
