@@ -15,11 +15,18 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import time
 
 from slimbench.bench.measure.environment import set_threads
 from slimbench.bench.measure.scenarios import _ids, timed_generation
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.loader import load_artifact
+
+# An idle ORT session's thread pool spin-waits for 15-50 ms after a run: in one process, the
+# next session started within 15 ms ran at 75 ms instead of 43 (prefill 128, gpt2, 2 threads;
+# 3 int8 sessions interleaved), at 50 ms it did not. (Across processes, as in the paired
+# harness, the effect measured ~3%: its trials are many runs long.)
+SPIN_GAP = 0.06
 
 
 def main() -> None:
@@ -43,6 +50,7 @@ def main() -> None:
         rng.shuffle(order)
         for a in order:
             for b in args.batches:
+                time.sleep(SPIN_GAP)  # let the previous run's thread pool stop spinning
                 run = timed_generation(runtimes[a], prompts[b].numpy(), args.new, repeats=1,
                                        warmup=0)
                 if r:

@@ -22,6 +22,12 @@ from slimbench.bench.measure.scenarios import _ids
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.loader import load_artifact
 
+# An idle ORT session's thread pool spin-waits for 15-50 ms after a run: in one process, the
+# next session started within 15 ms ran at 75 ms instead of 43 (prefill 128, gpt2, 2 threads;
+# 3 int8 sessions interleaved), at 50 ms it did not. (Across processes, as in the paired
+# harness, the effect measured ~3%: its trials are many runs long.)
+SPIN_GAP = 0.06
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,7 +61,10 @@ def main() -> None:
     for r in range(args.rounds + 2):  # two warm-up rounds
         order = list(jobs)
         rng.shuffle(order)
-        got = {k: jobs[k]() for k in order}
+        got = {}
+        for k in order:
+            time.sleep(SPIN_GAP)  # the previous job's thread pool stops spinning
+            got[k] = jobs[k]()
         if r >= 2:
             for k, v in got.items():
                 times[k].append(v)

@@ -11,7 +11,7 @@ import yaml
 
 from slimbench.bench.cli import main
 from slimbench.bench.orchestrate.acceptance import evaluate_acceptance
-from slimbench.bench.orchestrate.runner import _write_cell
+from slimbench.bench.orchestrate.runner import write_cell
 from slimbench.bench.orchestrate.suite import load_suite, parse_suite
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.reports.schema import CellInfo, CellResult, Memory, QualityScore, Score
@@ -214,7 +214,7 @@ def write_run(run_dir, base_status="ok", broken=True):
                 res = CellResult(head, "ok", memory=memory, quality=_scores(extra, wrong))
                 examples = ppl_examples(extra) + (f1_examples(wrong) if wrong is not None
                                                   else [])
-            _write_cell(run_dir, res, examples)
+            write_cell(run_dir, res, examples)
             results.append(res.to_dict())
     return results
 

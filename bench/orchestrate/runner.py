@@ -63,9 +63,6 @@ def write_cell(run_dir: Path, result: CellResult, examples: list[dict]) -> None:
     atomic.write_json(run_dir / "cells" / f"{result.cell.id}.json", result.to_dict())
 
 
-_write_cell = write_cell  # the name tests/test_acceptance.py imports
-
-
 def build_artifact(cache, variant: Variant) -> str | Exception:
     """The variant's artifact path, or what went wrong building it: any exception fails
     this variant (and those sharing the failed step), never the run."""
