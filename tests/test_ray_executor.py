@@ -341,13 +341,17 @@ def test_ctrl_c_cancels_outstanding_cells(cluster, store, tmp_path):
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    for cell in ("base--cpu", "int8--cpu"):  # both run (2 CPUs), mag waits for a CPU
+    for cell in ("base--cpu", "int8--cpu"):  # both may run (2 CPUs), mag waits for a CPU
         (marks / f"{cell}.sleep").write_text("120")
-    started = lambda: _pids(marks, "base--cpu") and _pids(marks, "int8--cpu")  # noqa: E731
+    # one running cell is enough: a CPU the previous test's retried task still holds may
+    # keep the second queued (as it did once in CI), and the three are outstanding either way
+    started = lambda: _pids(marks, "base--cpu") or _pids(marks, "int8--cpu")  # noqa: E731
 
     def interrupt() -> None:
-        _wait_for(started, 120, "two cells to start")
-        _thread.interrupt_main()  # what Ctrl-C does to the driver
+        try:
+            _wait_for(started, 120, "a cell to start")
+        finally:  # interrupt even then: the assertions below say what went wrong, no hang
+            _thread.interrupt_main()  # what Ctrl-C does to the driver
 
     said = []
     suite = load_suite(_suite(tmp_path, QUALITY, ("[cpu, cuda]", "[cpu]")))
