@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":
+    import signal
+
+    # Ctrl-C as in a terminal: a background job of a non-interactive shell (how CI may run the
+    # tests) starts with SIGINT ignored, Python keeps it ignored, and so would this driver
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from slimbench.bench.orchestrate.ray_executor import RayExecutor
     from slimbench.bench.orchestrate.runner import run_suite
     from slimbench.bench.orchestrate.suite import load_suite
