@@ -133,3 +133,39 @@ def family_exports(family_dirs, tmp_path_factory):
         return done[family]
 
     return get
+
+
+# three prompts of different lengths: a padded batch's rows (tests of batched generation)
+RAGGED_TEXTS = ("x = 1", "def read(self, n=-1):\n    return self.",
+                "import os\nclass A:\n    pass\n")
+
+
+@pytest.fixture(scope="session")
+def ragged_prompts():
+    """tokenizer -> the token ids of ``RAGGED_TEXTS`` (checked to differ in length)."""
+    def make(tokenizer) -> list[list[int]]:
+        prompts = [tokenizer(t)["input_ids"] for t in RAGGED_TEXTS]
+        assert len({len(p) for p in prompts}) == 3  # really different lengths
+        return prompts
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cached_greedy():
+    """(runtime, prompt, new tokens) -> (tokens, last-position logits of the prefill and of
+    every decode step), greedy through ``forward`` and its cache."""
+    import numpy as np
+
+    def run(rt, prompt: list[int], new_tokens: int):
+        logits, past = rt.forward(np.array([prompt]))
+        tokens, steps = [], []
+        for _ in range(new_tokens):
+            last = logits[0, -1]
+            last = last.float().numpy() if isinstance(last, torch.Tensor) else last
+            steps.append(last)
+            tokens.append(int(last.argmax()))
+            logits, past = rt.forward(np.array([[tokens[-1]]]), past)
+        return tokens, steps
+
+    return run

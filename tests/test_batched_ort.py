@@ -24,8 +24,6 @@ from slimbench.compress.onnx_model import OnnxModel, kv_names, positions_from_ma
 from slimbench.compress.steps import run_step
 from slimbench.tasks.generation import run_task
 
-TEXTS = ("x = 1", "def read(self, n=-1):\n    return self.", "import os\nclass A:\n    pass\n")
-
 
 @pytest.fixture(scope="module")
 def exported(family_dirs, family_exports):
@@ -39,12 +37,6 @@ def exported(family_dirs, family_exports):
         return done[family]
 
     return get
-
-
-def _prompts(tokenizer) -> list[list[int]]:
-    prompts = [tokenizer(t)["input_ids"] for t in TEXTS]
-    assert len({len(p) for p in prompts}) == 3  # really different lengths
-    return prompts
 
 
 def _left_padded(prompts):
@@ -66,10 +58,10 @@ def _np(logits) -> np.ndarray:
     return logits.float().numpy() if isinstance(logits, torch.Tensor) else logits
 
 
-def test_batched_greedy_equals_one_at_a_time_and_torch(family, exported):
+def test_batched_greedy_equals_one_at_a_time_and_torch(family, exported, ragged_prompts):
     loaded, ort_rt = exported(family)
     torch_rt = TorchRuntime(loaded)
-    prompts = _prompts(loaded.tokenizer)
+    prompts = ragged_prompts(loaded.tokenizer)
     assert ort_rt.batched_generation and ort_rt.onnx.has_mask
     alone = [ort_rt.greedy_generate(p, 12) for p in prompts]
     assert ort_rt.greedy_generate_batch(prompts, 12) == alone
@@ -83,10 +75,10 @@ def test_batched_greedy_equals_one_at_a_time_and_torch(family, exported):
     assert ort_rt.greedy_generate_batch(same, 12) == [alone[1]] * 3
 
 
-def test_left_padded_logits_equal_single_runs(family, exported):
+def test_left_padded_logits_equal_single_runs(family, exported, ragged_prompts):
     loaded, ort_rt = exported(family)
     torch_rt = TorchRuntime(loaded)
-    prompts = _prompts(loaded.tokenizer)
+    prompts = ragged_prompts(loaded.tokenizer)
     ids, mask = _left_padded(prompts)
     positions = positions_from_mask(mask, ids.shape[1])
     logits, past = ort_rt.forward(ids, attention_mask=mask, position_ids=positions)
@@ -126,7 +118,7 @@ def test_last_only_equals_last_column(family, exported):
 
 
 @pytest.mark.parametrize("family", ["llama"])
-def test_padded_decode_survives_buffer_growth(family, exported, monkeypatch):
+def test_padded_decode_survives_buffer_growth(family, exported, monkeypatch, ragged_prompts):
     # a pool sized for 8 positions doubles during the generation: the mask buffer is
     # reallocated with the KV buffers and rewritten by the next padded step
     from slimbench.bench.runtimes import ort_runtime
@@ -134,7 +126,7 @@ def test_padded_decode_survives_buffer_growth(family, exported, monkeypatch):
     monkeypatch.setattr(ort_runtime, "INITIAL_POSITIONS", 4)
     loaded, ort_rt = exported(family)
     rt = OrtRuntime(_artifact_of(ort_rt), threads=2)  # a fresh pool, built under the patch
-    prompts = [p[:4] for p in _prompts(loaded.tokenizer)]
+    prompts = [p[:4] for p in ragged_prompts(loaded.tokenizer)]
     prompts[0] = prompts[0][:2]
     alone = [rt.greedy_generate(p, 20) for p in prompts]
     assert rt.greedy_generate_batch(prompts, 20) == alone
@@ -181,7 +173,7 @@ def export_old_interface(model: nn.Module, path) -> None:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_old_interface_graph_still_runs_unbatched(family, exported, tmp_path):
+def test_old_interface_graph_still_runs_unbatched(family, exported, tmp_path, ragged_prompts):
     loaded, new_rt = exported(family)
     old_path = tmp_path / "model.onnx"
     export_old_interface(loaded.model, old_path)
@@ -190,7 +182,7 @@ def test_old_interface_graph_still_runs_unbatched(family, exported, tmp_path):
     old_rt = OrtRuntime(dataclasses.replace(_artifact_of(new_rt), model=old_model), threads=2)
     assert old_rt.batched_generation is False
     torch_rt = TorchRuntime(loaded)
-    prompts = _prompts(loaded.tokenizer)
+    prompts = ragged_prompts(loaded.tokenizer)
     want = [torch_rt.greedy_generate(p, 12) for p in prompts]
     assert [old_rt.greedy_generate(p, 12) for p in prompts] == want
     assert old_rt.greedy_generate_batch(prompts, 12) == want  # one prompt at a time

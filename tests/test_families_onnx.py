@@ -78,28 +78,14 @@ def test_ort_perplexity_equals_torch(family, family_dirs, exported):
     assert ort_res["value"] == pytest.approx(torch_res["value"], rel=1e-4)
 
 
-def _cached_greedy(rt, prompt: list[int], new_tokens: int):
-    """Greedy decode through ``forward`` and its cache: (tokens, last-position logits of
-    the prefill and of every decode step)."""
-    logits, past = rt.forward(np.array([prompt]))
-    tokens, steps = [], []
-    for _ in range(new_tokens):
-        last = logits[0, -1]
-        last = last.float().numpy() if isinstance(last, torch.Tensor) else last
-        steps.append(last)
-        tokens.append(int(last.argmax()))
-        logits, past = rt.forward(np.array([[tokens[-1]]]), past)
-    return tokens, steps
-
-
-def test_ort_cached_decode_equals_torch(family, family_dirs, exported):
+def test_ort_cached_decode_equals_torch(family, family_dirs, exported, cached_greedy):
     torch_loaded = load_artifact(str(family_dirs[family]))
     prompt = torch_loaded.tokenizer(PROMPT)["input_ids"]
     torch_rt = TorchRuntime(torch_loaded)
     ort_rt = OrtRuntime(load_artifact(str(exported(family))), threads=2)
     assert ort_rt.kv_heads == KV_HEADS[family] and ort_rt.max_length == 256
-    want_tokens, want_logits = _cached_greedy(torch_rt, prompt, 16)
-    got_tokens, got_logits = _cached_greedy(ort_rt, prompt, 16)
+    want_tokens, want_logits = cached_greedy(torch_rt, prompt, 16)
+    got_tokens, got_logits = cached_greedy(ort_rt, prompt, 16)
     assert got_tokens == want_tokens
     for got, want in zip(got_logits, want_logits, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -112,7 +98,8 @@ def test_ort_cached_decode_equals_torch(family, family_dirs, exported):
 
 
 @pytest.mark.parametrize("family", ["llama"])
-def test_kv_buffers_grow_past_their_first_capacity(family, family_dirs, exported, monkeypatch):
+def test_kv_buffers_grow_past_their_first_capacity(family, family_dirs, exported, monkeypatch,
+                                                   cached_greedy):
     # a pool sized for 10 positions must double three times during 40 new tokens, carrying
     # the cache over each time: tokens and logits stay those of the torch model
     from slimbench.bench.runtimes import ort_runtime
@@ -121,8 +108,8 @@ def test_kv_buffers_grow_past_their_first_capacity(family, family_dirs, exported
     torch_loaded = load_artifact(str(family_dirs[family]))
     prompt = torch_loaded.tokenizer(PROMPT)["input_ids"][:5]
     ort_rt = OrtRuntime(load_artifact(str(exported(family))), threads=2)
-    want_tokens, want_logits = _cached_greedy(TorchRuntime(torch_loaded), prompt, 40)
-    got_tokens, got_logits = _cached_greedy(ort_rt, prompt, 40)
+    want_tokens, want_logits = cached_greedy(TorchRuntime(torch_loaded), prompt, 40)
+    got_tokens, got_logits = cached_greedy(ort_rt, prompt, 40)
     assert ort_rt._pool.capacity == 80  # 10 -> 20 -> 40 -> 80
     assert got_tokens == want_tokens
     for got, want in zip(got_logits, want_logits, strict=True):

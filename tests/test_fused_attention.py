@@ -25,7 +25,7 @@ from slimbench.compress.steps import run_step
 from slimbench.errors import UsageError
 from slimbench.tasks.generation import run_task
 
-TEXTS = ("x = 1", "def read(self, n=-1):\n    return self.", "import os\nclass A:\n    pass\n")
+PROMPT = "def read(self, n=-1):\n    return self."
 # weight MatMuls per block (as in test_families_onnx.py): q,k,v,o (fused qkv once) + the MLP's
 BLOCK_MATMULS = {"gpt2": 4, "llama": 7, "qwen2": 7, "gpt_neox": 4, "opt": 6}
 
@@ -45,26 +45,6 @@ def fused_exports(family_dirs, tmp_path_factory):
         return done[family]
 
     return get
-
-
-def _prompts(tokenizer) -> list[list[int]]:
-    prompts = [tokenizer(t)["input_ids"] for t in TEXTS]
-    assert len({len(p) for p in prompts}) == 3  # really different lengths
-    return prompts
-
-
-def _cached_greedy(rt, prompt: list[int], new_tokens: int):
-    """(tokens, last-position logits of the prefill and every decode step) through
-    ``forward`` and its cache."""
-    logits, past = rt.forward(np.array([prompt]))
-    tokens, steps = [], []
-    for _ in range(new_tokens):
-        last = logits[0, -1]
-        last = last.float().numpy() if isinstance(last, torch.Tensor) else last
-        steps.append(last)
-        tokens.append(int(last.argmax()))
-        logits, past = rt.forward(np.array([[tokens[-1]]]), past)
-    return tokens, steps
 
 
 def test_fused_export_has_one_attention_node_per_layer_and_parity(family, fused_exports):
@@ -104,13 +84,13 @@ def test_eager_reference_of_the_op_equals_the_model(family, make_family_model):
 
 
 def test_fused_cached_decode_equals_torch_in_one_shared_buffer_set(family, family_dirs,
-                                                                   fused_exports):
+                                                                   fused_exports, cached_greedy):
     torch_loaded = load_artifact(str(family_dirs[family]))
-    prompt = torch_loaded.tokenizer(TEXTS[1])["input_ids"]
+    prompt = torch_loaded.tokenizer(PROMPT)["input_ids"]
     ort_rt = OrtRuntime(load_artifact(str(fused_exports(family))), threads=2)
     assert ort_rt.fused and ort_rt.padding_side == "right"
-    want_tokens, want_logits = _cached_greedy(TorchRuntime(torch_loaded), prompt, 16)
-    got_tokens, got_logits = _cached_greedy(ort_rt, prompt, 16)
+    want_tokens, want_logits = cached_greedy(TorchRuntime(torch_loaded), prompt, 16)
+    got_tokens, got_logits = cached_greedy(ort_rt, prompt, 16)
     assert got_tokens == want_tokens
     for got, want in zip(got_logits, want_logits, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -121,10 +101,10 @@ def test_fused_cached_decode_equals_torch_in_one_shared_buffer_set(family, famil
 
 
 def test_fused_batches_are_right_padded_and_equal_one_at_a_time(family, family_dirs,
-                                                                fused_exports):
+                                                                fused_exports, ragged_prompts):
     loaded = load_artifact(str(family_dirs[family]))
     ort_rt = OrtRuntime(load_artifact(str(fused_exports(family))), threads=2)
-    prompts = _prompts(loaded.tokenizer)
+    prompts = ragged_prompts(loaded.tokenizer)
     alone = [ort_rt.greedy_generate(p, 12) for p in prompts]
     assert alone == [TorchRuntime(loaded).greedy_generate(p, 12) for p in prompts]
     assert ort_rt.greedy_generate_batch(prompts, 12) == alone
@@ -135,14 +115,15 @@ def test_fused_batches_are_right_padded_and_equal_one_at_a_time(family, family_d
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_fused_buffers_grow_row_by_row(family, family_dirs, fused_exports, monkeypatch):
+def test_fused_buffers_grow_row_by_row(family, family_dirs, fused_exports, monkeypatch,
+                                       ragged_prompts):
     # a pool of 2 x the longest prompt doubles during 40 new tokens: every row keeps its own
     # prefix (the buffers are (batch, heads, capacity, head size), not a flat prefix)
     from slimbench.bench.runtimes import ort_runtime
 
     monkeypatch.setattr(ort_runtime, "INITIAL_POSITIONS", 8)
     loaded = load_artifact(str(family_dirs[family]))
-    prompts = [p[:6] for p in _prompts(loaded.tokenizer)][:2] + [[5, 6]]
+    prompts = [p[:6] for p in ragged_prompts(loaded.tokenizer)][:2] + [[5, 6]]
     ort_rt = OrtRuntime(load_artifact(str(fused_exports(family))), threads=2)
     want = [TorchRuntime(loaded).greedy_generate(p, 40) for p in prompts]
     assert ort_rt.greedy_generate_batch(prompts, 40) == want
@@ -178,7 +159,7 @@ def test_attention_option_is_checked():
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_quantizers_keep_the_fused_graph(family, family_dirs, fused_exports, family_exports,
-                                         tmp_path):
+                                         tmp_path, cached_greedy):
     # dynamic int8 and weight-only int4 on a fused graph: every block MatMul quantized, the
     # attention node kept, the graph still fused (metadata), and as close to its parent as
     # the same step on the unfused export is to its own (the same weights are quantized).
@@ -201,6 +182,6 @@ def test_quantizers_keep_the_fused_graph(family, family_dirs, fused_exports, fam
             ops["parity"]["max_abs_logit_diff"], rel=0.1)
         rt = OrtRuntime(load_artifact(str(tmp_path / step)), threads=2)
         assert rt.fused and rt.padding_side == "right"
-        prompt = load_artifact(str(family_dirs[family])).tokenizer(TEXTS[1])["input_ids"]
-        tokens, _ = _cached_greedy(rt, prompt, 8)
+        prompt = load_artifact(str(family_dirs[family])).tokenizer(PROMPT)["input_ids"]
+        tokens, _ = cached_greedy(rt, prompt, 8)
         assert rt.greedy_generate(prompt, 8) == tokens

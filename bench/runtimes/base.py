@@ -131,24 +131,15 @@ class RuntimeBase(abc.ABC):
         logits, past = self.forward(ids, attention_mask=mask[:, :width] if padded else None,
                                     position_ids=positions if padded else None,
                                     last_only=True)
-        new: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        next_pos = positions[:, -1:] + 1  # (B, 1)
-        for step in range(max_new_tokens):
-            tokens = logits[:, -1].argmax(-1)  # (B,), the backend's array type
-            for i, t in enumerate(tokens.tolist()):
-                if not done[i]:
-                    new[i].append(t)
-                    done[i] = t in stop_ids or len(new[i]) == max_new_tokens
-            if all(done):
-                break
-            total = width + step + 1
-            logits, past = self.forward(tokens[:, None], past,
-                                        attention_mask=mask[:, :total] if padded else None,
-                                        position_ids=next_pos if padded else None,
-                                        last_only=True)
-            next_pos = next_pos + 1
-        return new
+        last = positions[:, -1:]  # (B, 1)
+
+        def step_inputs(step: int):  # the mask grows by a column, each row's count goes on
+            if not padded:
+                return None, None
+            return mask[:, : width + step + 1], last + 1 + step
+
+        return self._greedy_steps(logits, past, len(prompts), max_new_tokens, stop_ids,
+                                  step_inputs)
 
     def _generate_right_padded(self, prompts: list[list[int]], max_new_tokens: int,
                                stop_ids: frozenset[int]) -> list[list[int]]:
@@ -173,17 +164,33 @@ class RuntimeBase(abc.ABC):
             return self._right_mask(list(lengths + extra), width + extra)
 
         logits, past = self.forward(ids, attention_mask=mask(0), last_only=True)
-        new: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
+
+        def step_inputs(step: int):
+            if not padded:
+                return None, None
+            return mask(step + 1), (lengths + step)[:, None]
+
+        return self._greedy_steps(logits, past, len(prompts), max_new_tokens, stop_ids,
+                                  step_inputs)
+
+    def _greedy_steps(self, logits, past, rows: int, max_new_tokens: int,
+                      stop_ids: frozenset[int], step_inputs) -> list[list[int]]:
+        """The decode loop of a batched greedy generation after its prefill (``logits``,
+        ``past``): each row takes its argmax until its stop token or ``max_new_tokens``; a row
+        that stopped is still fed (its outputs dropped) until all stop. ``step_inputs(step)``
+        gives that decode step's (attention_mask, position_ids), None for an unpadded batch.
+        """
+        new: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
         for step in range(max_new_tokens):
-            tokens = logits[:, -1].argmax(-1)
+            tokens = logits[:, -1].argmax(-1)  # (B,), the backend's array type
             for i, t in enumerate(tokens.tolist()):
                 if not done[i]:
                     new[i].append(t)
                     done[i] = t in stop_ids or len(new[i]) == max_new_tokens
             if all(done):
                 break
-            positions = (lengths + step)[:, None] if padded else None
-            logits, past = self.forward(tokens[:, None], past, attention_mask=mask(step + 1),
+            mask, positions = step_inputs(step)
+            logits, past = self.forward(tokens[:, None], past, attention_mask=mask,
                                         position_ids=positions, last_only=True)
         return new
