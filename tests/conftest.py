@@ -116,21 +116,21 @@ def family_dirs(tmp_path_factory, ref_tokenizer):
 
 @pytest.fixture(scope="session")
 def family_exports(family_dirs, tmp_path_factory):
-    """family -> its fp32 ONNX artifact, written once per session by ``slimbench compress
-    --step export_onnx`` run in-process (tests only read it: steps write their children
-    elsewhere)."""
+    """(family, attention="ops") -> its fp32 ONNX artifact, written once per session by
+    ``slimbench compress --step export_onnx [--set attention=fused]`` run in-process (tests
+    only read it: steps write their children elsewhere)."""
     from slimbench.bench.cli import main
 
     root = tmp_path_factory.mktemp("family-onnx")
     done = {}
 
-    def get(family: str):
-        if family not in done:
-            out = root / family
+    def get(family: str, attention: str = "ops"):
+        if (family, attention) not in done:
+            out = root / f"{family}-{attention}"
             assert main(["compress", str(family_dirs[family]), "--step", "export_onnx",
-                         "--out", str(out)]) == 0
-            done[family] = out
-        return done[family]
+                         "--set", f"attention={attention}", "--out", str(out)]) == 0
+            done[family, attention] = out
+        return done[family, attention]
 
     return get
 

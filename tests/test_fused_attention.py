@@ -13,7 +13,6 @@ import onnx
 import pytest
 import torch
 
-from slimbench.bench.cli import main
 from slimbench.bench.runtimes import make_runtime
 from slimbench.bench.runtimes.ort_runtime import OrtRuntime
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
@@ -31,20 +30,9 @@ BLOCK_MATMULS = {"gpt2": 4, "llama": 7, "qwen2": 7, "gpt_neox": 4, "opt": 6}
 
 
 @pytest.fixture(scope="module")
-def fused_exports(family_dirs, tmp_path_factory):
-    """family -> its fp32 fused-attention ONNX artifact, from the CLI, once per module."""
-    root = tmp_path_factory.mktemp("fused-onnx")
-    done = {}
-
-    def get(family: str):
-        if family not in done:
-            out = root / family
-            assert main(["compress", str(family_dirs[family]), "--step", "export_onnx",
-                         "--set", "attention=fused", "--out", str(out)]) == 0
-            done[family] = out
-        return done[family]
-
-    return get
+def fused_exports(family_exports):
+    """family -> its fp32 fused-attention ONNX artifact (shared by the session: conftest)."""
+    return lambda family: family_exports(family, "fused")
 
 
 def test_fused_export_has_one_attention_node_per_layer_and_parity(family, fused_exports):
