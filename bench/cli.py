@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from slimbench import atomic
 from slimbench.bench.cli_parser import LS_WHAT
 from slimbench.bench.cli_parser import parser as _parser
-from slimbench.errors import CellsFailed, GateFailed, SlimbenchError
+from slimbench.errors import CellsFailed, GateFailed, SlimbenchError, os_error_line
 from slimbench.log import setup_logging
 
 
@@ -58,6 +59,7 @@ def examples_path(out: Path) -> Path:
 
 def cmd_eval(args) -> None:
     from slimbench.bench.measure import environment
+    from slimbench.bench.measure.cell import require_tokenizer
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
     from slimbench.reports.schema import QualityScore
@@ -68,6 +70,7 @@ def cmd_eval(args) -> None:
     if loaded.info.random_weights:
         raise SlimbenchError(f"{args.model} has random weights: its quality means nothing, "
                              "so slimbench does not score it")
+    require_tokenizer(loaded)
     threads = environment.set_threads(args.threads)
     rt = make_runtime(loaded, threads)
     scores, examples = {}, []
@@ -117,6 +120,8 @@ def _eval_inputs(args) -> tuple[list, int]:
         raise SlimbenchError(f"--resamples must be in [0, 1000000], got {resamples}")
     if args.threads is not None and args.threads > MAX_THREADS:
         raise SlimbenchError(f"--threads must be at most {MAX_THREADS}, got {args.threads}")
+    if args.baseline is not None:  # read only after every task has run: checked before them
+        _check_baseline(args.baseline)
     if args.out:
         check_output_dir(args.out.parent, "--out")
         for path in (args.out, examples_path(args.out)):
@@ -126,6 +131,19 @@ def _eval_inputs(args) -> tuple[list, int]:
     return specs, resamples
 
 
+def _check_baseline(spec: str) -> None:
+    """``eval --baseline``: a model spec that can exist (a path that is there, the reference,
+    a hub id) and whose outputs mean something (a shape's random weights do not)."""
+    from slimbench.compress.loader import spec_source
+
+    try:
+        source = spec_source(spec)
+    except SlimbenchError as e:
+        raise SlimbenchError(f"--baseline: {e}") from None
+    if source == "shape":
+        raise SlimbenchError(f"baseline {spec} has random weights")
+
+
 def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: list) -> None:
     """``out`` (an ``EvalResult``) and, first, its per-example file: the results JSON names a
     file that exists when it appears."""
@@ -133,13 +151,19 @@ def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: li
     from slimbench.reports.schema import Artifact, EvalResult
 
     ex_path = examples_path(out)
-    atomic.write_text(ex_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in examples))
     for score in scores.values():
         score.examples_file = ex_path.name
     result = EvalResult(model=Artifact.from_info(loaded.info.to_dict()), tasks=scores,
                         environment=environment.capture(), examples_file=ex_path.name,
-                        threads=threads, fidelity=fid)
-    atomic.write_json(out, result.to_dict())
+                        threads=threads, fidelity=fid).to_dict()
+    try:
+        atomic.write_text(ex_path, "".join(json.dumps(e, sort_keys=True) + "\n"
+                                           for e in examples))
+        atomic.write_json(out, result)
+    except OSError as e:  # a full disk must not cost the minutes that computed the scores
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        raise SlimbenchError(f"{os_error_line(e)}; the results are printed above as "
+                             "JSON") from None
     print(f"wrote {out} and {ex_path}")
 
 
@@ -237,7 +261,8 @@ def _executor(args):
 
     if args.executor == "local":
         for flag, value in (("--address", args.address),
-                            ("--artifact-store", args.artifact_store)):
+                            ("--artifact-store", args.artifact_store),
+                            ("--connect-timeout", args.connect_timeout)):
             if value is not None:
                 raise UsageError(f"{flag} applies to --executor ray")
         return None
@@ -245,7 +270,8 @@ def _executor(args):
         raise UsageError("--artifact-store is the Ray executor's --cache: give one of them")
     from slimbench.bench.orchestrate.ray_executor import RayExecutor
 
-    return RayExecutor(args.address, args.artifact_store, args.verbose)
+    return RayExecutor(args.address, args.artifact_store, args.verbose,
+                       connect_timeout=args.connect_timeout)
 
 
 def _acceptance(suite, run_dir: Path, verbose: int) -> list[str]:
@@ -412,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     except SlimbenchError as e:
         print(f"slimbench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a read-only mount, a full disk: the user's to fix, in one line
+        logging.getLogger("slimbench").debug("the I/O error's traceback", exc_info=True)  # -vv
+        kept = ("; the cells finished so far are kept: --resume completes the run"
+                if args.command in ("run", "demo") else "")
+        print(f"slimbench: error: {os_error_line(e)}{kept}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("slimbench: interrupted", file=sys.stderr)
         return 130

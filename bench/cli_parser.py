@@ -107,6 +107,9 @@ def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--address", metavar="ADDR",
                      help="with --executor ray: the cluster: auto, HOST:PORT or "
                           "ray://HOST[:PORT] (default: start one on this machine)")
+    run.add_argument("--connect-timeout", type=float, metavar="S",
+                     help="with --executor ray and --address: give up (exit 2) when the "
+                          "cluster does not answer within S seconds (default 30)")
     run.add_argument("--artifact-store", type=Path, metavar="DIR",
                      help="with --executor ray: the artifact cache, on a filesystem every "
                           "node mounts at the same path (default: as --cache)")

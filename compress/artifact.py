@@ -7,13 +7,17 @@ manifest; they never trust a recipe's name.
 
 An artifact is written into a temporary sibling directory and renamed into place only when
 complete, so a failed step never leaves a half-written artifact and never replaces an old one.
+That staging directory holds a mark (``STAGING_MARK``) until just before the rename: clean-ups
+remove only marked folders, so nothing a user keeps beside an artifact or in a cache is ever
+taken for a leftover, whatever its name.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
+import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -22,24 +26,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimbench import __version__, atomic
+from slimbench.digest import sha256_file
 from slimbench.errors import UsageError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path, h=None) -> str:
-    """Hex sha256 of a file's bytes (fed into ``h`` when given, to hash several files)."""
-    h = h or hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+STAGING_MARK = ".slimbench-staging"  # see staging_dir
+KEY_CHARS = 20  # a cache key: 80 bits of sha256 (collisions are not a concern at cache sizes)
+# an artifact cache's folder, ``<key>-<step>`` (step names are SAFE_NAMEs, slimbench/names.py)
+CACHE_FOLDER = re.compile(rf"[0-9a-f]{{{KEY_CHARS}}}-[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
 
 
 def artifact_files(directory: Path) -> list[Path]:
-    """The files an artifact consists of: every regular file but the manifest."""
-    return [f for f in sorted(Path(directory).iterdir()) if f.is_file() and f.name != MANIFEST]
+    """The files an artifact consists of: every regular file but the manifest (and the
+    staging mark, which is still there while ``finish_manifest`` lists the files)."""
+    return [f for f in sorted(Path(directory).iterdir())
+            if f.is_file() and f.name not in (MANIFEST, STAGING_MARK)]
 
 
 def file_table(directory: Path) -> dict[str, dict]:
@@ -84,6 +86,35 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
+def artifact_trait(directory: Path) -> str | None:
+    """Why ``directory``, which has no manifest, is a slimbench artifact all the same (None:
+    it is not one).
+
+    An artifact without its manifest would load as something else: a torch int8 artifact
+    stores its float parent's weights and is quantized at load time as the manifest says, so
+    it would be measured as the float model, under no recipe. A user's own checkpoint has no
+    manifest either and must load as before, so only what slimbench alone makes counts: a
+    folder named like an artifact cache's (``<key>-<step>``, a 20-hex key), a step folder
+    that a ``compress --recipe`` output's ``recipe.json`` lists, and an ONNX model with a
+    config.json and no safetensors, as ``export_onnx`` writes (slimbench reads ONNX models only
+    as its own artifacts; without the manifest it would say "holds no weights").
+    """
+    directory = Path(directory).resolve()
+    if CACHE_FOLDER.fullmatch(directory.name):
+        return "it is named like an artifact cache folder, <key>-<step>"
+    try:
+        recipe = json.loads((directory.parent / "recipe.json").read_text(encoding="utf-8"))
+        listed = recipe.get("artifacts") if isinstance(recipe, dict) else None
+    except (OSError, ValueError):  # no recipe.json (the usual case), or not one of ours
+        listed = None
+    if isinstance(listed, list) and directory.name in listed:
+        return f"it is a step of the recipe output {directory.parent}"
+    if ((directory / "config.json").is_file() and any(directory.glob("*.onnx"))
+            and not any(directory.glob("*.safetensors"))):
+        return "it holds an ONNX model"
+    return None
+
+
 def finish_manifest(directory: Path, manifest: dict) -> dict:
     """Add the file table and totals to ``manifest`` and write it into ``directory``."""
     files = file_table(directory)
@@ -112,28 +143,68 @@ def staging_dir(out: Path):
     check_output_dir(out.parent, "output")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_staging(out)
-    owner = f"{socket.gethostname()}-{os.getpid()}"  # whose it is, for a later clean-up
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{owner}.",
-                                suffix=".partial"))
+    tmp = make_staging(out.parent, out.name)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an artifact is an ordinary folder
         yield tmp
+        ordinary_modes(tmp)
+        (tmp / STAGING_MARK).unlink()  # it marks a folder being written, not an artifact
         os.replace(tmp, out)  # atomic on one filesystem; fails if `out` appeared meanwhile
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def make_staging(parent: Path, out_name: str) -> Path:
+    """A new, marked staging folder ``.<out_name>.<host>-<pid>.<random>.partial`` in
+    ``parent``. The name says whose it is (for ``_remove_dead_staging``); the mark, written
+    before anything else, says that slimbench made it and for which ``out_name``: only such
+    a folder is ever removed as a leftover. (A process killed between the two leaves an
+    empty unmarked folder, which stays: a user's folder of that name would look the same.)"""
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_name}.{owner}.", suffix=".partial"))
+    try:
+        atomic.write_json(tmp / STAGING_MARK, {"out": out_name, "owner": owner})
+        os.chmod(tmp, 0o777 & ~atomic.umask())  # mkdtemp makes 0700; this is an ordinary folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def staging_owner(path: Path) -> str | None:
+    """The ``out_name`` whose staging folder ``path`` is, if ``make_staging`` made it (its
+    name pattern and its mark agree); None for anything else, however it is named."""
+    if path.is_symlink() or not path.is_dir() or not path.name.endswith(".partial"):
+        return None
+    try:
+        mark = json.loads((path / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    out = mark.get("out") if isinstance(mark, dict) else None
+    return out if isinstance(out, str) and path.name.startswith(f".{out}.") else None
+
+
+def ordinary_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the mode a plain ``open``/``mkdir`` gives under
+    the umask. Some writers make private files (safetensors saves through a 0600 temp file),
+    which the other users of a shared cache could then not read."""
+    umask = atomic.umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name, mode in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):  # chmod would follow it out of the artifact
+                os.chmod(path, mode & ~umask)
+
+
 def _remove_dead_staging(out: Path) -> None:
-    """Remove staging directories for ``out`` left by a killed process of this host (the
+    """Remove staging folders for ``out`` left by a killed process of this host (the
     name says whose: ``.<out>.<host>-<pid>.<random>.partial``). Another host's are left
-    alone: its process cannot be seen from here."""
+    alone: its process cannot be seen from here. Unmarked ones are not slimbench's."""
     mine = f".{out.name}.{socket.gethostname()}-"
     for p in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
         pid = p.name[len(mine):].split(".", 1)[0] if p.name.startswith(mine) else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)) and staging_owner(p) == out.name:
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -12,12 +12,16 @@ Cached artifacts are checked against their manifest before use: sizes every time
 sha256 once per cache object (one run), and again whenever the size check fails. A mismatch
 is rebuilt with one warning. Builds of one key are serialized across processes with a file
 lock; a ``.partial`` staging directory whose builder died is removed by the next process that
-takes that key's lock (or sweeps the cache at start).
+takes that key's lock (or sweeps the cache at start). The cache owns only what it made: its
+``<key>-<step>`` folders, their lock files and their marked staging folders
+(``compress/artifact.py``); anything else in the folder (a user's own ``.notes.partial``) is
+never touched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -28,7 +32,16 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from slimbench import __version__
-from slimbench.compress.artifact import MANIFEST, read_manifest, sha256_file, verify_files
+from slimbench.compress.artifact import (
+    CACHE_FOLDER,
+    KEY_CHARS,
+    MANIFEST,
+    make_staging,
+    read_manifest,
+    sha256_file,
+    staging_owner,
+    verify_files,
+)
 from slimbench.compress.steps import STEPS, make_config, run_step
 from slimbench.errors import ModelLoadError, SlimbenchError
 from slimbench.files import check_output_dir
@@ -37,7 +50,6 @@ from slimbench.versions import package_versions
 log = logging.getLogger(__name__)
 # libraries whose version can change the bytes an artifact step writes
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime-gpu", "onnxruntime", "torch-pruning")
-KEY_CHARS = 20  # 80 bits of sha256: collisions are not a concern at cache sizes
 
 
 def _versions() -> dict[str, str | None]:
@@ -188,22 +200,28 @@ class ArtifactCache:
         return False
 
     def _discard(self, folder: Path) -> None:
-        trash = folder.with_name(f".{folder.name}.corrupt.partial")
-        shutil.rmtree(trash, ignore_errors=True)
-        folder.rename(trash)
+        # moved into a marked staging folder first: a process killed while removing it
+        # leaves a leftover that the next sweep knows to be the cache's own
+        trash = make_staging(self.root, folder.name)
+        folder.rename(trash / folder.name)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_partials(self, folder: Path) -> None:
         # staging directories of this key are only made under its lock, which we hold: any
         # left over belong to a builder that died
-        for p in self.root.glob(f".{folder.name}.*.partial"):
-            log.info("removing %s, left by a build that did not finish", p)
-            shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.glob(f".{glob.escape(folder.name)}.*.partial"):
+            if staging_owner(p) == folder.name:
+                log.info("removing %s, left by a build that did not finish", p)
+                shutil.rmtree(p, ignore_errors=True)
 
     def sweep(self) -> None:
-        """Remove staging directories whose builder is gone (their key's lock is free)."""
+        """Remove staging directories whose builder is gone (their key's lock is free).
+        Only the cache's own are looked at: a folder must carry its mark and name a cache
+        folder, so no lock file is made, and nothing removed, for anyone else's."""
         for p in self.root.glob(".*.partial"):
-            name = p.name[1:].split(".", 1)[0]  # ".<key>-<step>.<random>.partial"
+            name = staging_owner(p)
+            if name is None or not CACHE_FOLDER.fullmatch(name):
+                continue
             lock = FileLock(str(self.root / f".{name}.lock"))
             try:
                 with lock.acquire(timeout=0):

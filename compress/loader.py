@@ -24,7 +24,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from slimbench.compress.artifact import read_manifest, sha256_file, verify_files
+from slimbench.compress.artifact import (
+    MANIFEST,
+    artifact_trait,
+    read_manifest,
+    sha256_file,
+    verify_files,
+)
 from slimbench.compress.hub import (
     cached_snapshot,
     first_line,
@@ -159,6 +165,11 @@ def spec_source(spec: str) -> str:
 
 def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
     manifest = read_manifest(path) if path.is_dir() else None
+    trait = artifact_trait(path) if manifest is None and path.is_dir() else None
+    if trait:  # without its manifest an artifact loads as something else (see artifact_trait)
+        raise ModelLoadError(f"{spec!r} is a slimbench artifact ({trait}) but has no "
+                             f"{MANIFEST}: what it holds cannot be identified or verified; "
+                             "rebuild it")
     if manifest is None:
         return _load_dir(path, spec, "local", opts)
     # an artifact is measured only as it was written: a flipped byte or a swapped file

@@ -9,6 +9,8 @@ and reports never show quality for it.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 
@@ -52,6 +54,8 @@ SHAPES: dict[str, dict] = {
                  "max_position_embeddings": 2048, "word_embed_proj_dim": 768,
                  "pad_token_id": 1, "tie_word_embeddings": True},
 }
+# a shape is built in float32 (the loader casts it afterwards): the peak is 4 bytes a weight
+BYTES_PER_PARAM = 4
 # overrides that must be positive integers (both naming schemes)
 _POSITIVE = {"n_layer", "n_embd", "n_head", "n_inner", "n_positions", "vocab_size",
              "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
@@ -162,9 +166,38 @@ def parse_value(raw: str) -> object:
     return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process could still take (Linux's MemAvailable: free memory plus
+    the page cache it can drop); the machine's total elsewhere; None where neither is known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(spec: ShapeSpec) -> None:
+    """Refuse a shape whose weights cannot fit in memory, before allocating any: building it
+    would end in an allocator traceback, or with the machine out of memory (the OOM killer
+    picks a process, not necessarily this one). Counted on the meta device: no allocation."""
+    params = meta_parameters(spec)
+    need = params * BYTES_PER_PARAM
+    have = available_memory()
+    if have is not None and need > have:
+        raise UsageError(f"{spec.label} has {params:,} parameters: about {need / 1e9:,.1f} GB "
+                         f"as float32, more than the {have / 1e9:,.1f} GB of memory available "
+                         "here; choose a smaller shape")
+
+
 def build_shape_model(spec: ShapeSpec, seed: int = 0):
     """A model of the given shape with seeded random weights, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    check_fits(spec)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(spec.config()).eval()

@@ -6,10 +6,11 @@ which names the path of the first value that does not fit) and the documentation
 (``json_schema``), so the three cannot drift apart. No dependency: pydantic would do the same
 at the cost of a package every install must carry.
 
-Annotations understood: ``str``, ``int``, ``float``, ``bool``, ``None``, ``Literal[...]``,
-``X | None``, ``list[X]``, ``tuple[X, ...]`` of fixed length (a JSON array), ``dict[str, X]``,
-a bare ``dict`` (a free-form JSON object), ``Any``, and dataclasses of these. A dataclass may
-define ``check(self)`` returning ``(field, expected, got)`` for a rule its types cannot say.
+Annotations understood: ``str``, ``int``, ``float`` (finite: NaN and the infinities are
+refused), ``bool``, ``None``, ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]`` of
+fixed length (a JSON array), ``dict[str, X]``, a bare ``dict`` (a free-form JSON object),
+``Any``, and dataclasses of these. A dataclass may define ``check(self)`` returning
+``(field, expected, got)`` for a rule its types cannot say.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import re
 import types
 import typing
@@ -26,7 +28,7 @@ from slimbench.errors import UsageError
 
 _MISSING = object()
 _SCALARS = {str: ("text", "string"), int: ("an integer", "integer"),
-            float: ("a number", "number"), bool: ("true or false", "boolean"),
+            float: ("a finite number", "number"), bool: ("true or false", "boolean"),
             type(None): ("null", "null")}
 
 
@@ -48,6 +50,7 @@ def _show(value: object) -> str:
 
 
 def _join(path: str, key: str) -> str:
+    key = key if key.isidentifier() else repr(key)  # a key may hold a newline: one line stays one
     return f"{path}.{key}" if path else key
 
 
@@ -138,6 +141,8 @@ def _decode_scalar(hint, value, path: str):
         fits = not isinstance(value, bool) and isinstance(
             value, int | float if hint is float else hint)
     if not fits:
+        raise SchemaError(path, describe(hint), value)
+    if hint is float and not math.isfinite(value):  # NaN passes every comparison as false
         raise SchemaError(path, describe(hint), value)
     return float(value) if hint is float else value
 

@@ -9,11 +9,10 @@ run's ``cells/`` folder lies beside it (a committed baseline keeps both).
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import cached_property
 from pathlib import Path
 
-from slimbench.errors import UsageError
+from slimbench.reports.consistency import check_cell, check_rows, metric_options, read_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +27,7 @@ class TaskEvidence:
     @cached_property
     def examples(self) -> list[dict]:
         """The task's per-example records (the file holds every task of the cell)."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UsageError(f"{self.path}: cannot read the per-example outputs ({e})") from None
-        return [r for r in records if isinstance(r, dict) and r.get("task") == self.task]
+        return [r for r in read_records(self.path) if r.get("task") == self.task]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +46,21 @@ def _task_evidence(cells_dir: Path, task: str, score) -> TaskEvidence | None:
     if not score.examples_file or not (cells_dir / score.examples_file).is_file():
         return None
     spec = score.task_spec or {}
-    options = {m["metric"]: {k: v for k, v in m.items() if k not in ("metric",
-                                                                     "higher_is_better")}
-               for m in spec.get("metric_list") or [] if isinstance(m, dict) and "metric" in m}
-    return TaskEvidence(task, spec.get("kind", "generate"), options,
+    return TaskEvidence(task, spec.get("kind", "generate"), metric_options(spec),
                         cells_dir / score.examples_file)
 
 
 def load_evidence(path: Path) -> dict[str, CellEvidence]:
-    """Per cell id, what ``path`` (a run directory or a results file) holds beside its rows."""
+    """Per cell id, what ``path`` (a run directory or a results file) holds beside its rows,
+    checked first (``consistency.py``): every cell's figures against its examples, and a
+    results file's rows against its cells.
+
+    Raises:
+        UsageError: the run is inconsistent (the file and the figure named).
+    """
     from slimbench.files import read_json
     from slimbench.fingerprint import fingerprint
-    from slimbench.reports.table import load_cells
+    from slimbench.reports.table import load_cells, load_results
 
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent
@@ -74,7 +71,12 @@ def load_evidence(path: Path) -> dict[str, CellEvidence]:
     out = {cell: CellEvidence(fp) for cell, fp in recorded.items()}
     if not (run_dir / "cells").is_dir():
         return out
-    for res in load_cells(run_dir):
+    cells = load_cells(run_dir)
+    for res in cells:
+        check_cell(res, run_dir / "cells")
+    if results.is_file():
+        check_rows(load_results(results)[0], cells, results)
+    for res in cells:
         if res.status != "ok":
             continue
         tasks = {task: ev for task, score in res.quality.items()

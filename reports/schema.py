@@ -106,6 +106,17 @@ class CellInfo(Typed):
     content_key: str | None = None
 
 
+def cell_id(variant: str, device: str) -> str:
+    """A cell's id, and its file's name in ``RUN/cells/``: ``<variant>--<device>``."""
+    return f"{variant}--{device.replace(':', '')}"
+
+
+def suite_cell_ids(suite: dict) -> set[str]:
+    """The ids of the cells a ``suite.json`` asks for (variants x devices)."""
+    return {cell_id(v["name"], d) for v in suite.get("variants") or []
+            for d in suite.get("devices") or []}
+
+
 @dataclasses.dataclass
 class CellResult(Typed):
     """One cell: an artifact on a backend and device; its latency, memory and quality.
@@ -123,6 +134,9 @@ class CellResult(Typed):
         memory: memory and size figures.
         quality: task name to its scores.
         warnings: what makes a figure of this cell doubtful.
+        examples_sha256: sha256 of the per-example file its quality scores name, so that an
+            edited or truncated one is detected; null where none was written (or in files
+            written before it was recorded).
         document: always "cell".
         schema_version: the results schema's version.
     """
@@ -139,6 +153,7 @@ class CellResult(Typed):
     memory: Memory | None = None
     quality: dict[str, QualityScore] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    examples_sha256: str | None = None
     document: Literal["cell"] = "cell"
     schema_version: int = SCHEMA_VERSION
 
@@ -263,6 +278,9 @@ def load_document(data: Any, source: str | Path, want: str | None = None) -> Doc
         raise UsageError(f"{source}: not a slimbench result (a JSON object), got "
                          f"{type(data).__name__}")
     kind = data.get("document", "results" if "slimbench_results" in data else None)
+    if not isinstance(kind, str | None):  # e.g. [1]: not a name, and unhashable
+        raise UsageError(f"{source}: document must be one of {', '.join(map(repr, DOCUMENTS))}, "
+                         f"got {kind!r}")
     version = data.get("schema_version", 1 if kind == "results" else None)
     if version != SCHEMA_VERSION:
         said = "no schema_version (written before the results schema existed, or not a " \
@@ -293,8 +311,8 @@ def generate() -> dict:
         description=f"slimbench results schema version {SCHEMA_VERSION}: a cell result, an "
                     "eval --out file or a run's results file. Generated from "
                     "slimbench/reports/schema.py by `python -m slimbench.reports.schema`. "
-                    "Figures may be NaN or Infinity (as Python's json writes them), which "
-                    "strict JSON has no number for.")
+                    "Every number is finite: NaN and Infinity (which Python's json would "
+                    "write) are refused.")
 
 
 def schema_text() -> str:

@@ -10,6 +10,7 @@ cell under ``cells/`` and its ``suite.json``; both load with ``load_results``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -23,8 +24,11 @@ from slimbench.reports.schema import (
     ResultsFile,
     Row,
     load_document,
+    suite_cell_ids,
     valid_suite,
 )
+
+log = logging.getLogger(__name__)
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(Row))
 
@@ -68,14 +72,32 @@ def rows_from_cell(result: CellResult | dict) -> list[dict]:
     return rows
 
 
+def cell_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(the cell files of a run directory, the strays): with a ``suite.json``, only the files of
+    the cells its suite asks for are cells; any other ``cells/*.json`` (copied in, left from
+    another suite) is a stray, never merged into the results."""
+    run_dir = Path(run_dir)
+    paths = sorted((run_dir / "cells").glob("*.json"))
+    saved = run_dir / "suite.json"
+    suite = _check_suite(read_json(saved, "suite file"), saved) if saved.is_file() else None
+    if not suite or not suite.get("devices"):  # a hand-made suite.json: no cells to go by
+        return paths, []
+    ids = suite_cell_ids(suite)
+    return [p for p in paths if p.stem in ids], [p for p in paths if p.stem not in ids]
+
+
 def load_cells(run_dir: Path) -> list[CellResult]:
-    """Every cell result of a run directory (``cells/*.json``), checked against the schema.
+    """Every cell result of a run directory (``cells/*.json``, strays left out with a
+    warning: ``cell_files``), checked against the schema.
 
     Raises:
         UsageError: a malformed cell file, named with the field that does not fit.
     """
-    return [load_document(read_json(path, "cell result"), path, "cell")
-            for path in sorted((Path(run_dir) / "cells").glob("*.json"))]
+    paths, strays = cell_files(run_dir)
+    if strays:
+        log.warning("%s: ignoring %d file(s) in cells/ that are not cells of its suite: %s",
+                    run_dir, len(strays), ", ".join(p.name for p in strays))
+    return [load_document(read_json(path, "cell result"), path, "cell") for path in paths]
 
 
 def load_rows(path: Path) -> list[dict]:

@@ -2,7 +2,10 @@
 
 The check is the typed loader itself (every field, with its path), the same one the reports and
 the gate read with, plus what a single file cannot say: that the per-example file a result names
-exists beside it, and that a run's cell file is named after its cell.
+exists beside it and backs its figures (``consistency.py``: its sha256, its records, each
+metric re-aggregated), that a run's cell file is named after its cell and its results file
+holds its cells' rows. Files in ``cells/`` that are not cells of the run's suite are named and
+ignored, as every reader ignores them.
 """
 
 from __future__ import annotations
@@ -11,23 +14,26 @@ from collections import Counter
 from pathlib import Path
 
 from slimbench.errors import UsageError
+from slimbench.reports.consistency import check_cell, check_rows, check_scores
 from slimbench.reports.schema import SCHEMA_VERSION, CellResult, Document, EvalResult, load_file
+from slimbench.reports.table import cell_files
 
 
-def _files(path: Path) -> list[tuple[Path, str | None]]:
-    """(file, the document it must be) for a file or a run directory."""
+def _files(path: Path) -> tuple[list[tuple[Path, str | None]], list[Path]]:
+    """(file, the document it must be) for a file or a run directory, and the stray files in
+    its cells/ (not cells of its suite)."""
     if path.is_dir():
-        files: list[tuple[Path, str | None]] = [
-            (f, "cell") for f in sorted((path / "cells").glob("*.json"))]
+        cells, strays = cell_files(path)
+        files: list[tuple[Path, str | None]] = [(f, "cell") for f in cells]
         if (path / "results.json").is_file():
             files.append((path / "results.json", "results"))
         if not files:
             raise UsageError(f"{path}: no cell results (cells/*.json) and no results.json: not "
                              "a slimbench run directory")
-        return files
+        return files, strays
     if not path.exists():
         raise UsageError(f"{path} does not exist")
-    return [(path, None)]
+    return [(path, None)], []
 
 
 def _check_links(doc: Document, source: Path, in_run: bool) -> None:
@@ -46,6 +52,11 @@ def _check_links(doc: Document, source: Path, in_run: bool) -> None:
         if name is not None and not (source.parent / name).is_file():
             raise UsageError(f"{source}: {field} must name a file beside it, got {name!r}, "
                              "which does not exist")
+    # the figures must be what the files beside them give (consistency.py)
+    if isinstance(doc, CellResult):
+        check_cell(doc, source.parent)
+    elif isinstance(doc, EvalResult):
+        check_scores(doc.tasks, None, source.parent, str(source))
 
 
 def validate(path: str | Path) -> str:
@@ -61,10 +72,18 @@ def validate(path: str | Path) -> str:
     """
     path = Path(path)
     counts: Counter[str] = Counter()
-    for source, want in _files(path):
-        doc = load_file(source, want)
+    files, strays = _files(path)
+    docs = {}
+    for source, want in files:
+        docs[source] = doc = load_file(source, want)
         _check_links(doc, source, in_run=path.is_dir())
         counts[doc.document] += 1
+    results = path / "results.json"
+    if path.is_dir() and results in docs and (path / "cells").is_dir():
+        cells = [d for d in docs.values() if isinstance(d, CellResult)]
+        check_rows([r.to_dict() for r in docs[results].rows], cells, results)
     names = {"cell": "cell result", "eval": "eval result", "results": "results file"}
     what = ", ".join(f"{n} {names[k]}{'s' if n > 1 else ''}" for k, n in counts.items())
-    return f"valid: {path}: {what} (results schema version {SCHEMA_VERSION})"
+    ignored = f"; ignored {len(strays)} file(s) in cells/ that are not cells of its suite: " \
+        f"{', '.join(p.name for p in strays)}" if strays else ""
+    return f"valid: {path}: {what} (results schema version {SCHEMA_VERSION}){ignored}"

@@ -12,8 +12,11 @@ from typing import Any
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         os.chmod(tmp, _mode_for(path))  # mkstemp creates 0600; keep the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -21,18 +24,31 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
         raise
     return path
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` about ``path``, not the temp file the user never asked for (same subclass:
+    OSError picks it from the errno)."""
+    return OSError(e.errno, e.strerror, str(path)) if e.errno is not None else e
+
+
+def umask() -> int:
+    """The process umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _mode_for(path: Path) -> int:
     if path.exists():
         return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~umask()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

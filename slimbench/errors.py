@@ -1,5 +1,7 @@
 """The one exception type users see: a clear message, a non-zero exit, no traceback."""
 
+import errno
+
 
 class SlimbenchError(Exception):
     """A problem with the user's input or environment that the user can fix.
@@ -35,3 +37,17 @@ class GateFailed(SlimbenchError):
     in the input."""
 
     exit_code = 1
+
+
+# errnos that only a write meets: the message can say so
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an I/O error (read-only mount, full disk, no permission): the path and
+    the errno, which is all the user needs to fix it; no traceback."""
+    if e.errno is None:
+        return str(e)
+    verb = "cannot write" if e.errno in _WRITE_ERRNOS else "cannot access"
+    where = f"{verb} {e.filename}" if e.filename is not None else "I/O error"
+    return f"{where}: [Errno {e.errno}] {e.strerror}"

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+
+
+class StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is emitted, not the one it was
+    made with: a caller that runs ``main()`` under a redirected stderr (pytest's capsys,
+    ``contextlib.redirect_stderr``) and closes that stream afterwards leaves no handler behind
+    writing to a closed file ("--- Logging error --- ValueError: I/O operation on closed file")."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        logging.Handler.__init__(self, level)  # StreamHandler's would assign self.stream
+
+    @property
+    def stream(self):
+        return sys.stderr
 
 
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True,
+                        handlers=[StderrHandler()])
     logging.getLogger("slimbench").setLevel(level)
     os.environ["SLIMBENCH_VERBOSITY"] = str(verbosity)  # spawned cell processes inherit it
     if verbosity <= 0:

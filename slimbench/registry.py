@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from slimbench.errors import UsageError
 
 T = TypeVar("T")
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown task 'perplexty'; did you mean 'perplexity'? (known: ...)``: for any set of
+    names, registered or not (a config's fields)."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (known: {', '.join(known)})"
 
 
 class Registry(Generic[T]):
@@ -44,9 +53,7 @@ class Registry(Generic[T]):
             raise UsageError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
+        return unknown_name(self.kind, name, self._items)
 
     def describe(self, name: str) -> str:
         return self._help.get(name, "")

@@ -147,7 +147,8 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
     spec = resolve_task(name)
     if tokenizer is None:
         raise UsageError(f"task {spec.name} needs a tokenizer, and this model has none "
-                         "(random-weight shape models have no quality to measure)")
+                         "(a random-weight shape, or a model folder without its tokenizer "
+                         "files)")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}")
     rows = load_examples(spec, limit)
@@ -203,7 +204,8 @@ def run_entry(lm: CausalLM, tokenizer, spec, limit: int | None = None, **kwargs)
         return [run_task(lm, tokenizer, spec, limit, **kwargs)]
     if tokenizer is None:
         raise UsageError(f"{spec.name} needs a tokenizer, and this model has none "
-                         "(random-weight shape models have no quality to measure)")
+                         "(a random-weight shape, or a model folder without its tokenizer "
+                         "files)")
     try:
         from slimbench.tasks.lmeval_bridge import run_lmeval
     except ImportError as e:

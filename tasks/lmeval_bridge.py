@@ -64,7 +64,8 @@ class RuntimeLM(TemplateLM):
         super().__init__()
         if tokenizer is None:
             raise UsageError("an lm-eval task needs a tokenizer, and this model has none "
-                             "(random-weight shape models have no quality to measure)")
+                             "(a random-weight shape, or a model folder without its tokenizer "
+                             "files)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.runtime, self.tokenizer, self.batch_size = runtime, tokenizer, batch_size

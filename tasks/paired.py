@@ -51,8 +51,15 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
     metric's default options filled in. ``options`` may be a ``task_spec`` ``metric_list``
     entry as saved (its ``metric`` and ``higher_is_better`` keys are ignored).
     """
+    # the kind, metric and options come from a saved task spec: a file a user may have edited
+    for what, value, want in (("task kind", kind, str), ("metric", metric, str),
+                              ("metric options", options, dict | None)):
+        if not isinstance(value, want):
+            raise UsageError(f"{what} must be {'text' if want is str else 'a mapping'}, "
+                             f"got {value!r}")
     if kind == "lm_eval":
-        return _lmeval_rows(examples, metric, options or {})
+        rows, aggregate = _lmeval_rows(examples, metric, options or {})
+        return rows, _guarded(metric, aggregate)
     registry = {"perplexity": PERPLEXITY_METRICS, "multiple_choice": CHOICE_METRICS}.get(
         kind, METRICS)
     scorer = registry.get(metric)
@@ -64,7 +71,14 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
     if unknown:
         raise UsageError(f"metric {metric}: unknown option(s) {', '.join(unknown)} "
                          f"(allowed: {', '.join(sorted(scorer.options)) or 'none'})")
+    wrong = [(k, v) for k, v in opts.items() if scorer.options[k] is not None
+             and type(v) is not type(scorer.options[k])]
+    if wrong:
+        k, v = wrong[0]
+        raise UsageError(f"metric {metric}: option {k} must be "
+                         f"{type(scorer.options[k]).__name__}, got {v!r}")
     opts = with_defaults(scorer, opts)
+    check_records(examples, kind)
     try:
         if kind == "perplexity":
             rows = np.array([[e["nll_nats"], e["tokens"], e["bytes"]] for e in examples],
@@ -77,7 +91,92 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
     except KeyError as e:
         raise UsageError(f"metric {metric}: a {kind} example record lacks "
                          f"{e.args[0]!r}") from None
-    return np.asarray(rows), lambda r: float(scorer.aggregate(r, **opts))
+    except (TypeError, ValueError, ArithmeticError) as e:  # a library refusing an option
+        raise UsageError(f"metric {metric}: cannot score the saved examples with options "
+                         f"{opts} ({type(e).__name__}: {e})") from None
+    return np.asarray(rows), _guarded(metric, lambda r: scorer.aggregate(r, **opts))
+
+
+def _guarded(metric: str, aggregate: Callable) -> Callable[[np.ndarray], float]:
+    """``aggregate`` as a float, its failures on saved data one UsageError: records that pass
+    ``check_records`` can still overflow (``exp`` of a huge mean NLL), and lm-eval's own
+    aggregations meet whatever values a file holds."""
+    def run(rows) -> float:
+        try:
+            return float(aggregate(rows))
+        except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as e:
+            raise UsageError(f"metric {metric}: cannot aggregate the saved examples "
+                             f"({type(e).__name__}: {e})") from None
+    return run
+
+
+# A token's NLL is -log p, at most ~104 nats for the smallest positive float32 probability and
+# ~745 for float64: a text's NLL above 1000 nats per scored token is not a measurement.
+MAX_NATS_PER_TOKEN = 1000.0
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+_REQUIRED = {"perplexity": ("nll_nats", "tokens", "bytes"),
+             "multiple_choice": ("loglikelihoods", "choice_chars", "reference"),
+             "lm_eval": ("values",)}
+
+
+def _record_problem(e: dict, kind: str) -> str | None:
+    """What is wrong with one saved example record of a ``kind`` task, or None."""
+    missing = [k for k in _REQUIRED.get(kind, ("prediction", "reference")) if k not in e]
+    if missing:
+        return f"lacks {missing[0]!r}"
+    if kind == "perplexity":
+        nll, tokens, n_bytes = e.get("nll_nats"), e.get("tokens"), e.get("bytes")
+        if not _count(tokens):
+            return f"tokens must be a whole number >= 0, got {tokens!r}"
+        if not _count(n_bytes):
+            return f"bytes must be a whole number >= 0, got {n_bytes!r}"
+        if not (_finite(nll) and 0 <= nll <= MAX_NATS_PER_TOKEN * tokens):
+            return (f"nll_nats must be a finite number in [0, {MAX_NATS_PER_TOKEN:g} x tokens "
+                    f"= {MAX_NATS_PER_TOKEN * tokens:g}], got {nll!r}")
+    elif kind == "multiple_choice":
+        ll, chars, ref = e.get("loglikelihoods"), e.get("choice_chars"), e.get("reference")
+        if not (isinstance(ll, list) and ll and all(_finite(x) for x in ll)):
+            return f"loglikelihoods must be a non-empty list of finite numbers, got {ll!r}"
+        if not (isinstance(chars, list) and len(chars) == len(ll)
+                and all(_count(c) and c > 0 for c in chars)):
+            return f"choice_chars must be {len(ll)} whole numbers > 0, got {chars!r}"
+        if not (_count(ref) and ref < len(ll)):
+            return f"reference must be a choice index in [0, {len(ll) - 1}], got {ref!r}"
+    elif kind != "lm_eval":
+        for key in ("prediction", "reference"):
+            if not isinstance(e.get(key), str):
+                return f"{key} must be text, got {e.get(key)!r}"
+    return None
+
+
+def check_records(examples: list[dict], kind: str) -> None:
+    """Refuse saved example records whose figures are not measurements: wrong types, NaN or
+    infinite values, negative counts, an NLL no model can produce, a reference outside the
+    choices. The paired tests and the re-aggregation of a recorded figure read these files,
+    which a user may have edited or truncated; without this a text such as "abc" or a NaN
+    becomes a traceback or, worse, an interval of NaN that passes.
+
+    Raises:
+        UsageError: the first bad record, by id, with the field, what it must be and what it is.
+    """
+    for i, e in enumerate(examples):
+        problem = f"is {type(e).__name__}, not a mapping" if not isinstance(e, dict) \
+            else _record_problem(e, kind)
+        if problem:
+            name = e.get("id", f"#{i}") if isinstance(e, dict) else f"#{i}"
+            raise UsageError(f"example {name!r} of a {kind} task: {problem}")
+    if kind == "perplexity" and examples and sum(e["tokens"] for e in examples) == 0:
+        raise UsageError("the perplexity examples score no tokens at all")
 
 
 def _lmeval_rows(examples: list[dict], metric: str, options: dict

@@ -1,6 +1,8 @@
 """Shared fixtures. Tests never touch the network: the HF hub is forced offline."""
 
 import atexit
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -169,3 +171,63 @@ def cached_greedy():
         return tokens, steps
 
     return run
+
+
+# --- a run directory written by the production writers (gate, validate, resume tests) -----------
+_TOKENS = [40 + 7 * i for i in range(30)]
+
+
+def _ppl_examples(nll_per_token: float = 3.0) -> list[dict]:
+    return [{"task": "perplexity", "id": f"t{i}", "nll_nats": t * (nll_per_token + 0.01 * i),
+             "tokens": t, "bytes": 4 * t} for i, t in enumerate(_TOKENS)]
+
+
+def _mc_examples() -> list[dict]:
+    return [{"task": "mc", "id": f"m{i}", "loglikelihoods": [-10.0 - i % 3, -11.0, -12.5],
+             "choice_chars": [5, 6, 7], "reference": i % 2} for i in range(12)]
+
+
+def _score(task: str, kind: str, metric: str, value: float, n: int, hib: bool) -> dict:
+    return {"task": task, "version": "1", "metric": metric, "value": value, "ci95": None,
+            "higher_is_better": hib, "n": n, "seconds": 1.0,
+            "task_spec": {"kind": kind, "metric_list": [{"metric": metric,
+                                                         "higher_is_better": hib}]},
+            "metrics": {metric: {"value": value, "ci95": None, "higher_is_better": hib}}}
+
+
+def _make_run(root, name="a", nll=3.0):
+    """A run directory written by the production writers (write_cell, write_tables): one ok
+    cell with a perplexity and a multiple-choice task, and the suite that asks for it."""
+    from slimbench.bench.orchestrate.runner import write_cell
+    from slimbench.reports.output import write_tables
+    from slimbench.reports.schema import load_document
+
+    run = root / name
+    (run / "cells").mkdir(parents=True)
+    ppl, mc = _ppl_examples(nll), _mc_examples()
+    ppl_value = math.exp(sum(e["nll_nats"] for e in ppl) / sum(_TOKENS))
+    acc = 100 * sum(e["reference"] == 0 for e in mc) / len(mc)  # choice 0 has the top ll
+    cell = {"schema_version": 1, "document": "cell", "status": "ok",
+            "cell": {"id": "v--cpu", "variant": "v", "model": "reference", "recipe": [],
+                     "device": "cpu", "backend": "torch", "content_key": "k1"},
+            "quality": {"perplexity": _score("perplexity", "perplexity", "perplexity",
+                                             ppl_value, len(ppl), False),
+                        "mc": _score("mc", "multiple_choice", "acc", acc, len(mc), True)}}
+    write_cell(run, load_document(cell, "test", "cell"), ppl + mc)
+    (run / "suite.json").write_text(json.dumps(
+        {"name": "t", "devices": ["cpu"], "tasks": ["perplexity", "mc"],
+         "variants": [{"name": "v", "model": "reference", "recipe": [], "quality": True}]}))
+    write_tables(run)
+    return run
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    """``make_run(root, name="a", nll=3.0)``: a run directory (see ``_make_run``)."""
+    return _make_run
+
+
+@pytest.fixture(scope="session")
+def fuzz_run(tmp_path_factory):
+    """One consistent run directory, the template the fuzz tests mutate copies of."""
+    return _make_run(tmp_path_factory.mktemp("fuzz"))

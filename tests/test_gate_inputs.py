@@ -55,9 +55,9 @@ def _gate(capsys, base, cand, *more):
 
 
 @pytest.mark.parametrize("field,bad,want", [
-    ("value", "abc", "value must be a number or null, got 'abc'"),
-    ("ci_low", [1], "ci_low must be a number or null"),
-    ("ci_high", True, "ci_high must be a number or null, got True"),
+    ("value", "abc", "value must be a finite number or null, got 'abc'"),
+    ("ci_low", [1], "ci_low must be a finite number or null"),
+    ("ci_high", True, "ci_high must be a finite number or null, got True"),
     ("higher_is_better", "no", "higher_is_better must be true or false, got 'no'"),
     ("metric", 3, "metric must be text, got 3"),
 ])
@@ -133,10 +133,12 @@ def test_a_non_finite_candidate_fails_its_check(tmp_path, capsys, value):
     path.write_text("default: {quality: null}\n")
     ppl = compare(_rows(), _rows(ppl=value), load_policy(path))[0]
     assert (ppl["status"], ppl["why"]) == ("fail", "not a finite number")
-    # through the CLI: JSON's NaN / Infinity, exit 1 (a failed check, not bad input)
+    # through the CLI: JSON's NaN / Infinity is no figure the schema allows: the file is
+    # refused (exit 2) naming the row, before anything is compared
     base = _write(tmp_path / "b.json", _rows())
-    rc, out, _ = _gate(capsys, base, _write(tmp_path / "c.json", _rows(ppl=value)))
-    assert rc == 1 and "not a finite number" in out
+    rc, out, err = _gate(capsys, base, _write(tmp_path / "c.json", _rows(ppl=value)))
+    assert rc == 2 and out == ""
+    assert "c.json: rows[0].value must be a finite number or null, got" in err, err
 
 
 def test_a_non_finite_candidate_interval_is_no_excuse(tmp_path):
@@ -153,7 +155,7 @@ def test_a_non_finite_baseline_is_bad_input(tmp_path, capsys):
         compare(_rows(), _rows(), load_policy(None), [_rows(ppl=math.inf)])
     rc, _, err = _gate(capsys, _write(tmp_path / "b.json", _rows(ppl=math.inf)),
                        _write(tmp_path / "c.json", _rows()))
-    assert rc == 2 and "not a finite number" in err
+    assert rc == 2 and "rows[0].value must be a finite number or null" in err
 
 
 def test_identical_suites_pass(tmp_path, capsys):

@@ -18,7 +18,7 @@ from filelock import FileLock
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from slimbench.bench.cli import main
-from slimbench.compress.artifact import read_manifest
+from slimbench.compress.artifact import STAGING_MARK, read_manifest
 from slimbench.compress.cache import ArtifactCache
 from slimbench.compress.loader import load_artifact
 from slimbench.errors import ModelLoadError
@@ -322,14 +322,20 @@ def test_sigkill_during_a_build_leaves_nothing_behind(model_dir, tmp_path):
         == ["sleepy"]
 
 
+def marked(folder: Path, out_name: str) -> Path:
+    """A staging folder as compress/artifact.py's make_staging leaves it: with its mark."""
+    folder.mkdir()
+    (folder / STAGING_MARK).write_text(json.dumps({"out": out_name, "owner": "test"}))
+    return folder
+
+
 def test_sweep_keeps_a_live_builders_staging_folder(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    live = cache / ".abc-sleepy.x1.partial"
-    dead = cache / ".def-sleepy.x2.partial"
-    live.mkdir()
-    dead.mkdir()
-    with FileLock(str(cache / ".abc-sleepy.lock")):  # a build of that key is under way
+    abc, def_ = "a" * 20 + "-sleepy", "d" * 20 + "-sleepy"
+    live = marked(cache / f".{abc}.x1.partial", abc)
+    dead = marked(cache / f".{def_}.x2.partial", def_)
+    with FileLock(str(cache / f".{abc}.lock")):  # a build of that key is under way
         ArtifactCache(cache, print)
     assert live.is_dir() and not dead.exists()
 
@@ -367,12 +373,13 @@ def test_staging_left_by_a_dead_process_is_removed(tmp_path):
     host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    left = tmp_path / f".out.{host}-{dead}.abc.partial"
-    live = tmp_path / f".out.{host}-{os.getpid()}.def.partial"
-    other = tmp_path / f".out.elsewhere-{dead}.ghi.partial"  # another host: not ours to judge
-    for d in (left, live, other):
-        d.mkdir()
+    left = marked(tmp_path / f".out.{host}-{dead}.abc.partial", "out")
+    live = marked(tmp_path / f".out.{host}-{os.getpid()}.def.partial", "out")
+    # another host's: not ours to judge; an unmarked one: not slimbench's at all
+    other = marked(tmp_path / f".out.elsewhere-{dead}.ghi.partial", "out")
+    foreign = tmp_path / f".out.{host}-{dead}.jkl.partial"
+    foreign.mkdir()
     with staging_dir(tmp_path / "out") as tmp:
         (tmp / "f").write_text("x")
     assert (tmp_path / "out" / "f").read_text() == "x"
-    assert not left.exists() and live.is_dir() and other.is_dir()
+    assert not left.exists() and live.is_dir() and other.is_dir() and foreign.is_dir()

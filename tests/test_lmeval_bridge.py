@@ -299,15 +299,16 @@ def test_suite_cell_scores_an_lm_eval_entry(task_dir, tiny_dir):
     from slimbench.reports.table import rows_from_cell
 
     entry = {"lm_eval": {"tasks": ["slim_mc"], "include_path": str(task_dir), "limit": 5}}
+    # the tiny model has 64 positions: the default lengths (128) would be refused
+    latency = {"prefill": [8], "decode_contexts": [8], "new_tokens": 2, "generate_prompt": 0,
+               "repeats": 1, "min_seconds": 0}
     suite = parse_suite({"variants": {"base": {"model": str(tiny_dir)}, "other": {
         "model": str(tiny_dir), "recipe": ["torch_dynamic_int8"]}},
-        "tasks": ["next_line", entry], "task_limit": 3,
+        "tasks": ["next_line", entry], "task_limit": 3, "latency": latency,
         "acceptance": {"other": {"slim_mc.acc": {"no_significant_loss": 0.05}}}})
     assert suite.tasks == ("next_line", entry)
-    out = suite_cell(str(tiny_dir), "cpu", 1, {"prefill": [8], "decode_contexts": [8],
-                                                "new_tokens": 2, "generate_prompt": 0,
-                                                "repeats": 1, "min_seconds": 0},
-                     list(suite.tasks), suite.task_limit, True)
+    out = suite_cell(str(tiny_dir), "cpu", 1, suite.latency, list(suite.tasks),
+                     suite.task_limit, True)
     rows = {r["metric"]: r for r in rows_from_cell(out["result"])}
     assert {"slim_mc.acc", "slim_mc.acc_norm", "next_line.acc", "next_line.acc_norm",
             "next_line.macro_f1"} <= set(rows)

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,12 +140,63 @@ def test_without_ray_one_clear_error(tmp_path, monkeypatch, capsys):
     (["--executor", "ray", "--cache", "c", "--artifact-store", "s"], "give one of them"),
     (["--executor", "ray", "--address", "http://head:6379"], "--address 'http://head:6379'"),
     (["--executor", "ray", "--address", "head:99999"], "HOST:PORT"),
+    (["--connect-timeout", "5"], "--connect-timeout applies to --executor ray"),
+    (["--executor", "ray", "--connect-timeout", "5"], "--connect-timeout applies with --address"),
+    (["--executor", "ray", "--address", "auto", "--connect-timeout", "0"],
+     "--connect-timeout must be in (0, 3600] seconds, got 0"),
 ])
 def test_run_flags_one_clear_error(tmp_path, capsys, argv, msg):
     suite = _suite(tmp_path, QUALITY)
     rc = main(["run", str(suite), "--out", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def _run_cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``slimbench run --executor ray`` in its own process: should the connection hang again,
+    the test fails on this timeout instead of hanging the test run."""
+    suite = _suite(tmp_path, QUALITY)
+    return subprocess.run([sys.executable, "-m", "slimbench.bench.cli", "run", str(suite),
+                           "--out", str(tmp_path / "run"), "--executor", "ray", *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_closed_port_one_line_at_once(tmp_path, scheme):
+    """Nothing listens: refused by the TCP probe, before Ray (which would retry for many
+    minutes) is asked; ray:// the same (ray[client] is installed by the extra)."""
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port that was free a moment ago: closed now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"{scheme}127.0.0.1:{port}"
+    proc = _run_cli(tmp_path, "--address", address, "--connect-timeout", "2")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"slimbench: error: cannot connect to the Ray cluster at {address}: nothing accepts "
+        f"connections on port {port} there (Connection refused); is Ray running on that "
+        "node, and is this the address `ray start --head` printed?"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_silent_address_given_up_after_connect_timeout(tmp_path, scheme):
+    """A port that accepts TCP but never answers as Ray (here: a socket nobody reads): Ray's
+    own wait is cut off at --connect-timeout."""
+    pytest.importorskip("ray")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes into the backlog; nothing answers
+        address = f"{scheme}127.0.0.1:{silent.getsockname()[1]}"
+        proc = _run_cli(tmp_path, "--address", address, "--connect-timeout", "2")
+    assert proc.returncode == 2
+    # the last line (Ray's C++ core may log its own retries to stderr before it)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"slimbench: error: cannot connect to the Ray cluster at {address}: no answer within "
+        "2 s (--connect-timeout S waits longer)")
+    assert "ray[client]" not in proc.stderr
     assert not (tmp_path / "run").exists()
 
 

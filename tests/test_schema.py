@@ -111,10 +111,10 @@ def _set(*keys, value):
 @pytest.mark.slow  # runs a suite / an eval on the embedded reference
 @pytest.mark.parametrize("keys,value,message", [
     (("latency", "scenarios", 1, "measurements", 0, "median"), "1.0",
-     "latency.scenarios[1].measurements[0].median must be a number, got '1.0'"),
+     "latency.scenarios[1].measurements[0].median must be a finite number, got '1.0'"),
     (("latency", "scenarios", 0, "measurements", 0, "ci95"), [1.0],
-     "latency.scenarios[0].measurements[0].ci95 must be a list of 2 (a number, a number) or "
-     "null, got [1.0]"),
+     "latency.scenarios[0].measurements[0].ci95 must be a list of 2 (a finite number, a finite "
+     "number) or null, got [1.0]"),
     (("quality", "perplexity", "n"), 2.5, "quality.perplexity.n must be an integer, got 2.5"),
     (("status",), "done", "status must be one of 'ok', 'failed', 'skipped', got 'done'"),
     (("memory", "peak_rss_bytes"), True, "memory.peak_rss_bytes must be an integer or null, "
@@ -139,7 +139,7 @@ def test_a_missing_field_and_a_bad_row_are_named(capsys, tmp_path, run_dir, eval
     assert rc == 2 and "tasks.perplexity.metric is missing (it must be text)" in err
     bad = _bad_copy(tmp_path, run_dir / "results.json", _set("rows", 3, "value", value="47"))
     rc, _, err = validate(capsys, bad)
-    assert rc == 2 and f"{bad}: rows[3].value must be a number or null, got '47'" in err
+    assert rc == 2 and f"{bad}: rows[3].value must be a finite number or null, got '47'" in err
     # in a run directory, the first bad file is named
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -203,7 +203,7 @@ def test_a_hand_built_cell_round_trips_and_a_wrong_type_is_named(capsys, tmp_pat
     path.write_text(json.dumps(data))
     rc, _, err = validate(capsys, path)
     assert rc == 2 and err == (f"slimbench: error: {path}: latency.scenarios[0].measurements[0]."
-                               "median must be a number, got '10.0'\n")
+                               "median must be a finite number, got '10.0'\n")
 
 
 def test_committed_json_schema_is_the_generated_one():

@@ -9,12 +9,44 @@ called directly it works the same (tests, notebooks).
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 
 from slimbench.errors import UsageError
 from slimbench.reports.schema import Artifact, CellInfo, CellResult, Latency, Memory, QualityScore
 from slimbench.tasks.protocol import CausalLM
 
 LISTS = ("prefill", "decode_contexts", "batches", "generate_batches")  # lists of positive ints
+
+
+def check_positions(spec: str, max_length: int, scenario: str, length: int,
+                    new_tokens: int) -> None:
+    """Refuse a scenario whose tokens the model has no positions for, before any work (run
+    anyway, the model's position lookup fails deep inside: ``IndexError: index out of range``).
+
+    Args:
+        scenario: prefill (``length`` prompt tokens), decode (a ``length``-token context and
+            ``new_tokens`` steps) or generate (a ``length``-token prompt and ``new_tokens``).
+    """
+    grows = scenario != "prefill"
+    tokens = length + (new_tokens if grows else 0)
+    if tokens > max_length:
+        raise UsageError(f"{spec}: {scenario} needs {tokens} positions (length {length}"
+                         + (f" + {new_tokens} new tokens" if grows else "")
+                         + f"), the model has {max_length}")
+
+
+def _written_as_text(items) -> str:
+    """A hint for a number that YAML read as text: YAML 1.1 takes ``1e9`` (no dot) for a
+    string, so the value is right but its spelling is not."""
+    for v in items:
+        try:
+            number = float(v) if isinstance(v, str) else None
+        except ValueError:
+            continue
+        if number is not None and math.isfinite(number):
+            return f" (write {int(number) if number.is_integer() else number!r})"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +84,8 @@ class LatencyConfig:
             if any(isinstance(v, bool) or not isinstance(v, numeric) for v in items):
                 what = ("a number" if f.name == "min_seconds" else
                         "integers" if isinstance(value, tuple | list) else "an integer")
-                raise UsageError(f"latency.{f.name} must be {what}, got {value!r}")
+                raise UsageError(f"latency.{f.name} must be {what}, got {value!r}"
+                                 + _written_as_text(items))
         if self.new_tokens < 2 or self.repeats < 1 or self.min_seconds < 0:
             raise UsageError("new_tokens must be >= 2, repeats >= 1 and min_seconds >= 0")
         for name in LISTS:
@@ -65,6 +98,33 @@ class LatencyConfig:
             # two scenarios with one tag would give two results rows of the same name
             raise UsageError(f"latency.generate_batches must not repeat a batch size, got "
                              f"{list(self.generate_batches)!r}")
+
+    def check_positions(self, spec: str, max_length: int) -> None:
+        """Every scenario of this config fits the model's ``max_length`` positions (the batch
+        sweeps take the lengths of prefill and generate)."""
+        lengths = ([("prefill", n) for n in self.prefill]
+                   + [("decode", c) for c in self.decode_contexts]
+                   + ([("generate", self.generate_prompt)] if self.generate_prompt else []))
+        for scenario, length in lengths:
+            check_positions(spec, max_length, scenario, length, self.new_tokens)
+
+
+def require_tokenizer(loaded) -> None:
+    """Quality tasks need the model's tokenizer: refuse one without, naming what is missing
+    where (the tasks themselves only see that there is none)."""
+    from slimbench.compress.loader import TOKENIZER_FILES
+
+    if loaded.tokenizer is not None:
+        return
+    info = loaded.info
+    if info.random_weights:
+        why = "a random-weight shape has none (and no quality to measure)"
+    elif info.path and Path(info.path).is_dir():
+        why = (f"the folder {info.path} holds none of {', '.join(TOKENIZER_FILES)}: copy the "
+               "tokenizer files of the model it came from beside its weights")
+    else:
+        why = "transformers could not load one for it (-v says why)"
+    raise UsageError(f"{info.spec}: quality tasks need a tokenizer, and {why}")
 
 
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
@@ -105,6 +165,7 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> di
     """
     from slimbench.bench.measure import environment, memory, scenarios
 
+    cfg.check_positions(loaded.info.spec, rt.max_length)  # before minutes of other scenarios
     results = [scenarios.prefill_latency(rt, n, min_seconds=cfg.min_seconds)
                for n in cfg.prefill]
     results += [scenarios.decode_latency(rt, c, cfg.new_tokens, cfg.repeats,
@@ -160,6 +221,8 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
     cfg = LatencyConfig(**latency)
     n_threads = environment.set_threads(threads)
     loaded = load_artifact(artifact, LoadOptions(device=device))
+    if quality and tasks:
+        require_tokenizer(loaded)  # before minutes of latency that the failure would discard
     rt = make_runtime(loaded, threads=n_threads)
     result = _cell_result(rt, loaded, device, n_threads)
     result = dataclasses.replace(result, **measure_latency(rt, loaded, cfg, device))

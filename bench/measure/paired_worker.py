@@ -48,6 +48,7 @@ class _Bench:
 
     def __init__(self, spec: str, options: dict, slowdown: float) -> None:
         from slimbench.bench.measure import environment
+        from slimbench.bench.measure.cell import check_positions
         from slimbench.bench.measure.scenarios import _ids
         from slimbench.bench.runtimes import make_runtime
         from slimbench.compress.loader import LoadOptions, load_artifact
@@ -62,12 +63,7 @@ class _Bench:
             allow_pickle=options["allow_pickle"],
             trust_remote_code=options["trust_remote_code"]))
         self.rt = rt = make_runtime(loaded, threads=threads)
-        tokens = self.length + (self.new_tokens if self.scenario != "prefill" else 0)
-        if tokens > rt.max_length:
-            raise UsageError(f"{spec}: {self.scenario} needs {tokens} positions (length "
-                             f"{self.length}" + (f" + {self.new_tokens} new tokens"
-                                                 if self.scenario != "prefill" else "")
-                             + f"), the model has {rt.max_length}")
+        check_positions(spec, rt.max_length, self.scenario, self.length, self.new_tokens)
         self.prompt = _ids(rt.vocab_size, self.length)  # (1, length), seeded: same work always
         info = loaded.info
         self.describe = {

@@ -12,7 +12,11 @@ import dataclasses
 import logging
 import os
 import re
+import signal
+import socket
 import sys
+import threading
+import time
 
 from slimbench.errors import UsageError
 
@@ -21,7 +25,13 @@ EXTRA = "pip install 'slimbench[ray]'"
 # its own), a quality-only cell a sliver (many pack, none beside a latency cell)
 SLOT = "slimbench_latency_slot"
 _HOST = r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]"  # a name, an IPv4 address, or [an IPv6 one]
-_ADDRESS = re.compile(rf"^(?:auto|ray://(?:{_HOST})(?::(?P<cport>\d+))?|(?:{_HOST}):(?P<port>\d+))$")
+_ADDRESS = re.compile(rf"^(?:auto|ray://(?P<chost>{_HOST})(?::(?P<cport>\d+))?"
+                      rf"|(?P<host>{_HOST}):(?P<port>\d+))$")
+CLIENT_PORT = 10001  # Ray Client's port where ray://HOST names none
+# how long a given --address may take to answer (--connect-timeout): Ray itself retries an
+# address that never answers for many minutes, which looks like a hang
+CONNECT_TIMEOUT_S = 30.0
+MAX_CONNECT_TIMEOUT_S = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,77 @@ def check_address(address: str | None) -> None:
                          "prints it) or ray://HOST[:PORT] (Ray Client)")
 
 
+def check_timeout(seconds: float, address: str | None) -> None:
+    """``--connect-timeout``: positive, bounded, and only where there is an address to wait
+    for (a cluster started here is not a network peer)."""
+    if address is None:
+        raise UsageError("--connect-timeout applies with --address (the cluster to wait for)")
+    if not 0 < seconds <= MAX_CONNECT_TIMEOUT_S:
+        raise UsageError(f"--connect-timeout must be in (0, {MAX_CONNECT_TIMEOUT_S:g}] "
+                         f"seconds, got {seconds:g}")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The TCP endpoint an address names (None for ``auto``: Ray looks it up itself)."""
+    m = _ADDRESS.match(address)
+    if m is None or m.group("host") is None and m.group("chost") is None:
+        return None
+    host = (m.group("host") or m.group("chost")).strip("[]")
+    return host, int(m.group("port") or m.group("cport") or CLIENT_PORT)
+
+
+def probe(address: str, timeout: float) -> None:
+    """Refuse an address whose port does not accept a TCP connection within ``timeout``
+    seconds: a refusal is known at once here, while Ray would retry it for minutes."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except socket.gaierror as e:
+        raise UsageError(f"cannot connect to the Ray cluster at {address}: unknown host "
+                         f"{target[0]!r} ({e.strerror})") from None
+    except TimeoutError:
+        raise UsageError(_no_answer(address, timeout)) from None
+    except OSError as e:
+        raise UsageError(f"cannot connect to the Ray cluster at {address}: nothing accepts "
+                         f"connections on port {target[1]} there ({e.strerror or e}); is Ray "
+                         "running on that node, and is this the address `ray start --head` "
+                         "printed?") from None
+
+
+def _no_answer(address: str, timeout: float) -> str:
+    return (f"cannot connect to the Ray cluster at {address}: no answer within {timeout:g} s "
+            "(--connect-timeout S waits longer)")
+
+
+def _init_within(ray, timeout: float, **kwargs) -> None:
+    """``ray.init(**kwargs)``, given up after ``timeout`` seconds. Ray's wait for a peer that
+    accepts TCP but never answers as a Ray cluster cannot be cut short from outside, so it
+    runs in a daemon thread that the process leaves behind when it exits with the error."""
+    outcome: dict = {}
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # what ray.init sets itself, in the main thread only: SIGTERM ends the driver through
+        # SystemExit, so the executor still cancels its outstanding tasks
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    def init() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=init, name="slimbench-ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in outcome:
+        raise outcome["error"]
+
+
 def prepare_local_cluster() -> None:
     """Before Ray is imported (its constants are read then): a cluster started here listens on
     loopback only (Ray's own switch for that, named after the platforms where it is the
@@ -59,10 +140,12 @@ def prepare_local_cluster() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def connect(ray, address: str | None, verbosity: int) -> bool:
+def connect(ray, address: str | None, verbosity: int,
+            timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Connect to the cluster at ``address``, or start one on this machine (with the latency
     slot on its one node). Quiet unless ``verbosity`` > 0: Ray's own log lines and the
-    workers' output then come through.
+    workers' output then come through. An address that does not answer within ``timeout``
+    seconds is one UsageError, never a hang (starting a cluster here has no such limit).
 
     Returns:
         True when this call connected (the caller disconnects); False when this process was
@@ -73,11 +156,18 @@ def connect(ray, address: str | None, verbosity: int) -> bool:
     quiet = verbosity <= 0
     options = dict(log_to_driver=not quiet, include_dashboard=False,
                    logging_level=logging.ERROR if quiet else logging.INFO)
+    deadline = time.monotonic() + timeout
     try:
         if address is None:
             ray.init(resources={SLOT: 1}, **options)
         else:
-            ray.init(address=address, **options)
+            probe(address, timeout)
+            _init_within(ray, max(deadline - time.monotonic(), 0.1), address=address,
+                         **options)
+    except TimeoutError:
+        raise UsageError(_no_answer(address, timeout)) from None
+    except UsageError:
+        raise
     except Exception as e:  # noqa: BLE001 - Ray raises several kinds; the user needs the text
         where = f"at {address}" if address else "on this machine"
         raise UsageError(f"cannot connect to the Ray cluster {where}: "

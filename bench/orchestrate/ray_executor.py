@@ -87,11 +87,17 @@ class RayExecutor:
         verbosity: ``-v`` count: Ray's own log lines and the workers' output with > 0.
         worker_hook: tests only: ``(module:function, kwargs)`` each task calls first, in its
             Ray worker, with ``cell=`` its cell id (to kill the worker there).
+        connect_timeout: seconds the cluster at ``address`` may take to answer
+            (``--connect-timeout``; None: ``ray_cluster.CONNECT_TIMEOUT_S``).
     """
 
     def __init__(self, address: str | None = None, artifact_store: Path | None = None,
-                 verbosity: int = 0, worker_hook: tuple[str, dict] | None = None) -> None:
+                 verbosity: int = 0, worker_hook: tuple[str, dict] | None = None,
+                 connect_timeout: float | None = None) -> None:
         ray_cluster.check_address(address)
+        if connect_timeout is not None:
+            ray_cluster.check_timeout(connect_timeout, address)
+        self.connect_timeout = connect_timeout or ray_cluster.CONNECT_TIMEOUT_S
         if address is None:
             ray_cluster.prepare_local_cluster()
         self.ray = ray_cluster.import_ray()
@@ -109,7 +115,8 @@ class RayExecutor:
         if indexed:  # Ray gives a task its GPU; an index names a GPU of one machine
             raise UsageError(f"devices {', '.join(indexed)}: with --executor ray, name the "
                              "device cuda; Ray assigns each CUDA cell a GPU of its own")
-        self._connected = ray_cluster.connect(self.ray, self.address, self.verbosity)
+        self._connected = ray_cluster.connect(self.ray, self.address, self.verbosity,
+                                             self.connect_timeout)
         self.cluster = cluster = ray_cluster.cluster(self.ray)
         log.info("ray: %s", cluster.describe())
         latency = latency_suite(suite)

@@ -25,6 +25,7 @@ the same files through the helpers below.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import traceback
 from collections.abc import Callable
@@ -36,11 +37,13 @@ from slimbench import atomic
 from slimbench.bench.orchestrate.suite import Suite, Variant
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.log import quiet_progress
+from slimbench.reports.consistency import check_cell
 from slimbench.reports.schema import CellInfo, CellResult, load_document, load_file
+from slimbench.reports.schema import cell_id as schema_cell_id
 
 
 def cell_id(variant: Variant, device: str) -> str:
-    return f"{variant.name}--{device.replace(':', '')}"
+    return schema_cell_id(variant.name, device)
 
 
 def cell_head(variant: Variant, device: str, content_key: str | None) -> CellInfo:
@@ -54,9 +57,12 @@ def write_cell(run_dir: Path, result: CellResult, examples: list[dict]) -> None:
     """The cell's file, and first its per-example outputs beside it: the cell file names a
     file that exists when it appears."""
     name = f"{result.cell.id}.examples.jsonl"
+    result.examples_sha256 = None
     if examples:
-        lines = [json.dumps(ex) for ex in examples]
-        atomic.write_text(run_dir / "cells" / name, "\n".join(lines) + "\n")
+        text = "\n".join(json.dumps(ex) for ex in examples) + "\n"
+        atomic.write_text(run_dir / "cells" / name, text)
+        # the gate, validate and --resume check the file against this
+        result.examples_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     tasks = {ex["task"] for ex in examples}
     for task, score in result.quality.items():
         score.examples_file = name if task in tasks else None
@@ -94,7 +100,7 @@ PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
 def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
     """Refuse a run directory that exists (unless resuming) or that a resumed run started
     with another suite or other overrides: cells of two configurations never mix."""
-    from slimbench.files import check_output_dir
+    from slimbench.files import check_output_dir, read_json
 
     check_output_dir(run_dir, "run directory")
     if run_dir.exists() and not resume:
@@ -106,7 +112,7 @@ def check_run_dir(suite: Suite, run_dir: Path, resume: bool) -> None:
         raise UsageError(f"{run_dir} is not a slimbench run directory (no suite.json); "
                          "--resume finishes a run that `slimbench run` started")
     wanted = json.loads(json.dumps(suite.to_dict()))  # tuples -> lists, as saved
-    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
+    if resume and saved.is_file() and read_json(saved, "the run's suite file") != wanted:
         raise UsageError(f"{run_dir} was started with a different suite (or overrides); "
                          "resume it with the same ones, or choose another run directory")
 
@@ -203,6 +209,11 @@ def finished_result(run_dir: Path, head: CellInfo, say) -> CellResult | None:
         say(f"cell {head.id}: its earlier result cannot be read ({e}); measuring it again")
         return None
     if previous.status != "ok":
+        return None
+    try:  # its per-example file must still back its figures (the gate will check it too)
+        check_cell(previous, run_dir / "cells")
+    except UsageError as e:
+        say(f"cell {head.id}: {e}; measuring it again")
         return None
     if head.content_key is not None and previous.cell.content_key == head.content_key:
         return previous

@@ -163,18 +163,38 @@ def _devices(data: dict, source: str) -> tuple[str, ...]:
 def _latency(data: dict, source: str) -> dict:
     """The ``latency:`` mapping, checked by building a LatencyConfig from it (kept as given)."""
     from slimbench.bench.measure.cell import LatencyConfig
+    from slimbench.registry import unknown_name
 
     latency = data.get("latency") or {}
     if not isinstance(latency, dict):
         raise UsageError(f"{source}: latency must be a mapping, e.g. {{prefill: [128]}}")
     latency = dict(latency)
+    known = [f.name for f in dataclasses.fields(LatencyConfig)]
+    for key in latency:
+        if key not in known:
+            raise UsageError(f"{source}: {unknown_name('latency option', str(key), known)}")
     try:
         LatencyConfig(**latency)
-    except TypeError as e:
-        raise UsageError(f"{source}: latency: {e}") from None
     except UsageError as e:
         raise UsageError(f"{source}: {e}") from None
     return latency
+
+
+def _check_positions(variants: tuple[Variant, ...], latency: dict, source: str) -> None:
+    """Each variant whose positions are known before any work takes the latency lengths (a
+    longer prompt fails in the cell, after its artifact was built); the others are checked
+    when their cell starts."""
+    from slimbench.bench.measure.cell import LatencyConfig
+    from slimbench.compress.arch import spec_max_positions
+
+    cfg = LatencyConfig(**latency)
+    for v in variants:
+        try:
+            positions = spec_max_positions(v.model)
+            if positions is not None:  # recipes keep the positions: the input model's count
+                cfg.check_positions(v.model, positions)
+        except SlimbenchError as e:
+            raise UsageError(f"{source}: variant {v.name}: {e}") from None
 
 
 def _tasks(data: dict, source: str) -> tuple[str | dict, ...]:
@@ -357,7 +377,9 @@ def parse_suite(data, source: str = "suite") -> Suite:
     suite = Suite(str(data.get("name", "suite")), variants, devices, threads, latency,
                   tasks, None if limit is None else int(limit), timeout, base,
                   None if ppl_limit is None else int(ppl_limit), paired=_paired(data, source))
-    return dataclasses.replace(suite, acceptance=_acceptance(data, suite, source))
+    suite = dataclasses.replace(suite, acceptance=_acceptance(data, suite, source))
+    _check_positions(variants, latency, source)  # last: it reads model configs
+    return suite
 
 
 def load_suite(path: Path, overrides: list[str] = ()) -> Suite:
