@@ -38,7 +38,3 @@ def normalize_conv1d(model: nn.Module) -> int:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, conv1d_to_linear(mod))
     return len(targets)
-
-
-def count_conv1d(model: nn.Module) -> int:
-    return sum(isinstance(m, Conv1D) for m in model.modules())

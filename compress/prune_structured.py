@@ -269,8 +269,6 @@ def rebuild(pruned: nn.Module) -> nn.Module:
     return fresh.eval()
 
 
-to_gpt2 = rebuild  # the GPT-2-only name this function had
-
 
 def _reload_check(out: Path, audit: dict) -> LoadedModel:
     """Load the saved child as a user would and check it has the pruned shapes."""

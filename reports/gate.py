@@ -314,22 +314,6 @@ def markdown(checks: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def excess_over_worst(baselines: list[list[dict]], candidate: list[dict]) -> dict[str, float]:
-    """Per latency metric name, the largest relative amount (over variants and devices) by
-    which the candidate is worse than the worst baseline run; negative when better. Over A/A
-    runs (one build) this is the smallest allowance that would have passed them all."""
-    cand = {row_key(r): r for r in candidate}
-    out: dict[str, float] = {}
-    for runs in _runs_per_metric(baselines[0], baselines[1:]):
-        b, c = runs[0], cand.get(row_key(runs[0]))
-        if b["kind"] != "latency" or c is None or not is_finite(c["value"]):
-            continue
-        w = worst_run(runs)["value"]
-        worse = (w - c["value"]) if b["higher_is_better"] else (c["value"] - w)
-        out[b["metric"]] = max(out.get(b["metric"], -float("inf")), worse / abs(w))
-    return out
-
-
 # what a suite measures; name, timeout, devices and baseline_variant do not change a figure
 SUITE_KEYS = ("tasks", "task_limit", "perplexity_limit", "latency", "threads")
 VARIANT_KEYS = ("model", "recipe", "quality")

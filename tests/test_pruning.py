@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.loader import count_parameters, load_artifact
-from slimbench.compress.prune_structured import StructuredPruneConfig, prune_structured, to_gpt2
+from slimbench.compress.prune_structured import StructuredPruneConfig, prune_structured, rebuild
 from slimbench.compress.prune_unstructured import UnstructuredPruneConfig, prune_unstructured
 from slimbench.compress.steps import run_step
 from slimbench.errors import UsageError
@@ -102,7 +102,7 @@ def test_structured_pruning_rebuilds_the_same_function(tiny_model):
     audit = prune_structured(work, StructuredPruneConfig(ratio=0.5))
     assert audit["heads"] == [4, 2] and audit["mlp_width"] == [128, 64]
     assert audit["hidden_size"] == [32, 16]
-    rebuilt = to_gpt2(work)
+    rebuilt = rebuild(work)
     ids = torch.randint(0, 4096, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(input_ids=ids).logits, work(input_ids=ids).logits)

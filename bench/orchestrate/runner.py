@@ -92,7 +92,7 @@ def content_key(cache, variant: Variant) -> str | None:
 
 
 CELL = "slimbench.bench.measure.cell:suite_cell"
-# what every CPU cell imports anyway: the fork server imports it once (bench/isolation.py)
+# what every CPU cell imports anyway: the fork server imports it once (bench/measure/isolation.py)
 PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
            "slimbench.bench.measure.cell", "slimbench.bench.runtimes", "slimbench.tasks.generation")
 
