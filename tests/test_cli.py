@@ -31,6 +31,24 @@ def test_ls_lists_what_exists(capsys):
     assert rc == 0 and out.startswith("tasks:") and "shape:gpt2" not in out
 
 
+def test_logging_follows_stderr_after_main_ran_under_a_closed_redirect(capfd):
+    # an embedder (or pytest's capsys) runs main() with stderr redirected, then closes that
+    # stream: slimbench's log handler must write to the stderr of the moment, not the closed one
+    import contextlib
+    import io
+    import logging
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        assert main(["ls"]) == 0
+    buf.close()
+    capfd.readouterr()
+    logging.getLogger("slimbench.test").warning("after the redirect")
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "I/O operation on closed file" not in err
+    assert "WARNING slimbench.test: after the redirect" in err
+
+
 def test_inspect_reference(capsys):
     rc, out, _ = run(capsys, "inspect", "reference")
     info = json.loads(out)

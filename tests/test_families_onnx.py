@@ -75,6 +75,7 @@ def test_ort_perplexity_equals_torch(family, family_dirs, exported):
     torch_res, ort_res = scores
     assert ort_res["n"] == torch_res["n"] == 2
     assert ort_res["scores"]["tokens"] == torch_res["scores"]["tokens"] > 100
+    # fp32 both sides: a token's NLL moves <= 2 max|dlogit| (~4e-7 here): >100x margin
     assert ort_res["value"] == pytest.approx(torch_res["value"], rel=1e-4)
 
 

@@ -126,6 +126,7 @@ def test_fused_perplexity_equals_torch(family, family_dirs, fused_exports):
                                limit=2, resamples=0))
     torch_res, ort_res = scores
     assert ort_res["scores"]["tokens"] == torch_res["scores"]["tokens"] > 100
+    # fp32 both sides: a token's NLL moves <= 2 max|dlogit| (~4e-7 here): >100x margin
     assert ort_res["value"] == pytest.approx(torch_res["value"], rel=1e-4)
 
 
@@ -164,6 +165,8 @@ def test_quantizers_keep_the_fused_graph(family, family_dirs, fused_exports, fam
         assert q["blocks"] == 2 and q["expected_per_block"] == BLOCK_MATMULS[family]
         assert q["per_block_int8" if op != "MatMulNBits" else "per_block_int4"] == \
             {"0": BLOCK_MATMULS[family], "1": BLOCK_MATMULS[family]}
+        # both graphs on this CPU's int8/int4 kernels; they differ only where fp32 attention
+        # noise flips an activation's rounding: top-1 over 256 positions, 5 may flip
         assert m["parity"]["top1_agreement"] == pytest.approx(ops["parity"]["top1_agreement"],
                                                              abs=0.02)
         assert m["parity"]["max_abs_logit_diff"] == pytest.approx(

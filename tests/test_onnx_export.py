@@ -47,6 +47,7 @@ def test_ort_runtime_matches_torch(exported, reference):
     p_ort = perplexity(rt, ort_model.tokenizer, texts)
     p_torch = perplexity(torch_rt, reference.tokenizer, texts)
     assert p_ort["tokens"] == p_torch["tokens"]
+    # fp32 both sides: each token's NLL moves <= 2 max|dlogit| (1.3e-5 on the reference)
     assert p_ort["perplexity"] == pytest.approx(p_torch["perplexity"], rel=1e-4)
     for text in ("def read(self, n=-1):\n    ", "import os\nimport sys\n\n\ndef main"):
         prompt = reference.tokenizer(text)["input_ids"]
@@ -208,7 +209,8 @@ def test_ort_fidelity_and_batched_generation(exported, reference):
     cfg = FidelityConfig(PerplexityConfig(128, 64, batch_size=4), prompts=2, prompt_tokens=16,
                          new_tokens=8)
     r = fidelity(ort_rt, torch_rt, reference.tokenizer, texts, cfg, resamples=20)
-    assert r["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-8)  # fp32 export: same model
+    # fp32 export: KL ~ Var(dlogit)/2 <= 5e-9 even at the 1e-4 parity bound
+    assert r["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-8)
     assert r["top1_agreement"]["value"] == 1.0 and r["greedy_exact_match"]["value"] == 1.0
     # the graph has an attention-mask input: generation pads a batch, as torch does
     assert ort_rt.batched_generation

@@ -68,6 +68,7 @@ def test_batch_size_does_not_change_result(tiny_dir):
     one = perplexity(rt, loaded.tokenizer, TEXTS, PerplexityConfig(16, 8, batch_size=1))
     eight = perplexity(rt, loaded.tokenizer, TEXTS, PerplexityConfig(16, 8, batch_size=8))
     assert one["tokens"] == eight["tokens"]
+    # other GEMM shapes, not bit-identical: ln ppl moved ~2e-8 (AVX-512 and AVX2 alike)
     assert one["perplexity"] == pytest.approx(eight["perplexity"], rel=1e-6)
 
 
