@@ -169,13 +169,23 @@ def test_demo_runs_reports_and_gates(capsys, tmp_path, monkeypatch):
 
 
 def test_committed_demo_baseline_matches_the_demo_suite():
-    from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY, DEMO_SUITE
+    from slimbench.bench.orchestrate.demo import (
+        DEMO_BASELINE,
+        DEMO_FULL_SUITE,
+        DEMO_POLICY,
+        DEMO_SUITE,
+    )
     from slimbench.bench.orchestrate.suite import load_suite
-    from slimbench.reports.gate import load_policy
+    from slimbench.reports.gate import load_policy, suite_differences
     from slimbench.reports.table import load_results
 
-    suite = load_suite(DEMO_SUITE)
+    suite = load_suite(DEMO_FULL_SUITE)
     rows, recorded = load_results(DEMO_BASELINE)
+    # the quick demo is the full one's subset, with the same settings: the baseline gates both
+    quick = load_suite(DEMO_SUITE)
+    assert {v.name for v in quick.variants} < {v.name for v in suite.variants}
+    assert suite_differences(json.loads(json.dumps(suite.to_dict())),
+                             json.loads(json.dumps(quick.to_dict()))) == []
     # tasks added to the demo since the baseline was made (next_line) bring new metrics,
     # which the demo's gate does not compare until the baseline is made again
     assert set(recorded["tasks"]) <= set(suite.tasks)
