@@ -159,33 +159,6 @@ def max_positions(cfg) -> int:
     return int(cfg.max_position_embeddings)
 
 
-def spec_max_positions(spec: str) -> int | None:
-    """The positions of a model spec where its config is at hand without loading weights or
-    going online: the embedded reference, a shape, a local folder's ``config.json``. None for
-    others (a hub id, an ONNX file, a config this cannot read): their runtime knows.
-
-    Raises:
-        UsageError: a malformed shape spec.
-    """
-    from pathlib import Path
-
-    from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
-
-    if spec.startswith("shape:"):
-        from slimbench.compress.shapes import ShapeSpec
-
-        return max_positions(ShapeSpec.parse(spec).config())
-    folder = REFERENCE_DIR if spec == REFERENCE_NAME else Path(spec).expanduser()
-    if not (folder / "config.json").is_file():
-        return None
-    from transformers import AutoConfig
-
-    try:  # remote code stays off here: a config that needs it is left to its cell
-        return max_positions(AutoConfig.from_pretrained(folder))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-
-
 def mlp_width(cfg) -> int:
     """The MLP's inner width (GPT-2's ``n_inner=None`` means 4 x hidden)."""
     value = getattr(cfg, arch_of(cfg).inner_key, None)

@@ -2,14 +2,16 @@
 
 A chain of steps is checked against these kinds before any model is loaded, so an ONNX graph
 fed to a torch step (or a torch int8 artifact fed to ``export_onnx``) is refused in one line
-instead of failing deep inside torch or the exporter after minutes of work.
+instead of failing deep inside torch or the exporter after minutes of work. The check of a
+chain (``steps.check_chain``) sits with the steps, which declare what they accept.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from slimbench.errors import UsageError
+from slimbench.compress.artifact import read_manifest
+from slimbench.compress.reference import REFERENCE_NAME
 
 KINDS = {
     "torch": "a float32 torch model",
@@ -21,9 +23,6 @@ KINDS = {
 
 def spec_kind(spec: str) -> str:
     """The kind of model ``spec`` loads to, read from its manifest when it is an artifact."""
-    from slimbench.compress.artifact import read_manifest
-    from slimbench.compress.reference import REFERENCE_NAME
-
     path = Path(spec).expanduser()
     if spec == REFERENCE_NAME or spec.startswith("shape:") or not path.is_dir():
         return "torch"  # the embedded reference, a shape, a plain HF dir or a hub id
@@ -37,24 +36,3 @@ def spec_kind(spec: str) -> str:
     if manifest.get("load_dtype", "float32") != "float32":
         return "torch-cast"
     return "torch"
-
-
-def check_chain(spec: str, steps: list[str]) -> str:
-    """Refuse a chain in which a step gets a kind of model it cannot take.
-
-    Returns:
-        The kind of the chain's last artifact.
-
-    Raises:
-        UsageError: naming the step, what it accepts and what it would get.
-    """
-    from slimbench.compress.steps import STEPS
-
-    kind, source = spec_kind(spec), repr(spec)
-    for i, name in enumerate(steps, 1):
-        step = STEPS.get(name)
-        if kind not in step.accepts:
-            needs = " or ".join(KINDS[k] for k in step.accepts)
-            raise UsageError(f"step {name} needs {needs}; {source} is {KINDS[kind]}")
-        kind, source = step.produces or kind, f"the output of step {i} ({name})"
-    return kind

@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from slimbench.compress.arch import max_positions
 from slimbench.compress.artifact import (
     MANIFEST,
     artifact_trait,
@@ -40,6 +41,7 @@ from slimbench.compress.hub import (
 )
 from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
 from slimbench.compress.shapes import ShapeSpec, build_shape_model
+from slimbench.compress.step_registry import STEPS, make_config
 from slimbench.errors import ModelLoadError, UsageError
 
 log = logging.getLogger(__name__)
@@ -188,12 +190,9 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
     transform = manifest.get("load_transform")
     if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
         raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
-    if transform:
-        from slimbench.compress.steps import STEPS, make_config
-
+    if transform:  # the step re-applies itself and checks the result against the manifest
         step = STEPS.get(transform)
-        loaded = step.transform(loaded, make_config(step, manifest["config"]))
-        _check_same_audit(loaded, manifest, spec)
+        loaded = step.transform(loaded, make_config(step, manifest["config"]), manifest)
     return loaded
 
 
@@ -217,18 +216,23 @@ def _load_onnx(path: Path, spec: str, manifest: dict, opts: LoadOptions) -> Load
     return LoadedModel(model, _tokenizer(path, opts), info)
 
 
-def _check_same_audit(loaded: LoadedModel, manifest: dict, spec: str) -> None:
-    """The transform re-applied at load must give what the manifest recorded."""
-    from slimbench.compress.quant_torch import audit_quantization
+def spec_max_positions(spec: str) -> int | None:
+    """The positions of a model spec where its config is at hand without loading weights or
+    going online: the embedded reference, a shape, a local folder's ``config.json``. None for
+    others (a hub id, an ONNX file, a config this cannot read): their runtime knows.
 
-    now = audit_quantization(loaded.model)
-    then = manifest.get("quantization", {})
-    keys = ("block_linears", "block_linears_int8", "lm_head")
-    if any(now[k] != then.get(k) for k in keys):
-        raise ModelLoadError(
-            f"{spec!r}: re-applying {manifest['load_transform']} gave "
-            f"{ {k: now[k] for k in keys} }, but the manifest recorded "
-            f"{ {k: then.get(k) for k in keys} }")
+    Raises:
+        UsageError: a malformed shape spec.
+    """
+    if spec.startswith("shape:"):
+        return max_positions(ShapeSpec.parse(spec).config())
+    folder = REFERENCE_DIR if spec == REFERENCE_NAME else Path(spec).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    try:  # remote code stays off here: a config that needs it is left to its cell
+        return max_positions(AutoConfig.from_pretrained(folder))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -27,7 +27,7 @@ from slimbench.compress.loader import LoadedModel, count_parameters
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
-from slimbench.errors import CompressionError, UsageError
+from slimbench.errors import CompressionError, ModelLoadError, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +126,22 @@ def require_full_coverage(audit: dict) -> None:
             f"{expected} block linear layers: {audit['per_block_int8']}")
 
 
-def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config) -> LoadedModel:
-    """The load transform: ``load_artifact`` quantizes the stored float weights again."""
+def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config,
+                      manifest: dict) -> LoadedModel:
+    """The load transform: ``load_artifact`` quantizes the stored float weights again.
+
+    Raises:
+        ModelLoadError: re-quantizing gave another coverage than the manifest recorded.
+    """
     loaded.model = quantize_dynamic_int8(loaded.model, config)
+    now = audit_quantization(loaded.model)
+    then = manifest.get("quantization", {})
+    keys = ("block_linears", "block_linears_int8", "lm_head")
+    if any(now[k] != then.get(k) for k in keys):
+        raise ModelLoadError(
+            f"{loaded.info.spec!r}: re-applying {manifest['load_transform']} gave "
+            f"{ {k: now[k] for k in keys} }, but the manifest recorded "
+            f"{ {k: then.get(k) for k in keys} }")
     return loaded
 
 

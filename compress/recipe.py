@@ -65,8 +65,7 @@ def resolve(recipe: Recipe, model: str) -> list[tuple[str, dict]]:
     A ``distill`` step without a teacher distills from the recipe's input model, unless it
     builds a shallower student from its parent (then the parent teaches).
     """
-    from slimbench.compress.kinds import check_chain
-    from slimbench.compress.steps import STEPS, make_config
+    from slimbench.compress.steps import STEPS, check_chain, make_config
 
     out = []
     for i, (name, params) in enumerate(recipe.steps, 1):

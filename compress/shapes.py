@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from slimbench.compress.arch import hidden_size, n_heads, n_kv_heads, n_layers
 from slimbench.errors import UsageError
 
 # model_type + the published config fields that set the shape (the rest are the family's
@@ -139,8 +140,6 @@ def describe(name: str) -> str:
     """One line for ``slimbench ls``: family, depth, width, heads (KV heads), parameters."""
     spec = ShapeSpec(name)
     cfg = spec.config()
-    from slimbench.compress.arch import hidden_size, n_heads, n_kv_heads, n_layers
-
     kv = n_kv_heads(cfg)
     heads = f"{n_heads(cfg)} heads" + (f" ({kv} KV)" if kv != n_heads(cfg) else "")
     return (f"random weights, {cfg.model_type}, {n_layers(cfg)} layers, d={hidden_size(cfg)}, "

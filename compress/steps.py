@@ -1,15 +1,8 @@
-"""Recipe steps: the registry, the ``@register_step`` decorator, and running one step.
+"""Recipe steps: running one step, and checking a chain of steps before any work.
 
-A step lives in one module, beside its config dataclass and its code::
-
-    @register_step("my_step", MyStepConfig, help="one line for `slimbench ls`")
-    def _apply_my_step(parent: LoadedModel, config: MyStepConfig, out: Path) -> dict:
-        ...  # write the child into `out`; return its manifest fields
-
-The built-in steps are found by importing every module of this package on the first lookup
-(``_load_builtin_steps``), so adding a step never means editing a list elsewhere. A step
-registered from outside the package (a plugin, a test) uses the same decorator; it is known
-from the moment its module is imported.
+The registry itself (``Step``, ``STEPS``, ``@register_step``, ``make_config``) lives in
+``step_registry.py``, below the loader, and is re-exported here: step modules and callers
+import it from this module. See there for how a step is written and found.
 
 Steps whose result cannot be stored as safetensors (torch dynamic int8 packs weights into
 opaque objects) store the parent's weights plus a ``load_transform`` that ``load_artifact``
@@ -20,153 +13,35 @@ it really is.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import logging
-import pkgutil
-from collections.abc import Callable
 from pathlib import Path
 
 from slimbench.compress.artifact import MANIFEST, finish_manifest, sha256_file, staging_dir
-from slimbench.compress.kinds import KINDS, check_chain
+from slimbench.compress.kinds import KINDS, spec_kind
 from slimbench.compress.loader import LoadedModel, load_artifact
+from slimbench.compress.step_registry import STEPS, Step, make_config, register_step
 from slimbench.errors import UsageError
-from slimbench.names import check_name
-from slimbench.registry import Registry
-from slimbench.typecheck import misfit
 
-log = logging.getLogger(__name__)
+__all__ = ["STEPS", "Step", "check_chain", "make_config", "parent_recipe", "register_step",
+           "run_step"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """A recipe step.
-
-    ``accepts``/``produces`` are model kinds (``compress/kinds.py``): a chain is checked
-    before any work. ``version`` is part of every cache key of the step's artifacts: bump it
-    when a change to the step's code changes what it writes.
-    """
-
-    name: str
-    config_cls: type
-    apply: Callable  # (parent LoadedModel, config, staging dir) -> manifest fields
-    accepts: tuple[str, ...] = ("torch",)
-    produces: str | None = None  # None: the same kind as the input
-    transform: Callable | None = None  # re-applied at load time (load_transform steps)
-    version: int = 1
-
-
-class StepRegistry(Registry[Step]):
-    """The recipe-step registry; every read first makes sure the built-in steps are loaded.
-
-    Registration (``add``) does not load them: the built-in modules register themselves while
-    they are being imported, and loading from inside ``add`` would recurse.
-    """
-
-    def get(self, name: str) -> Step:
-        _load_builtin_steps()
-        return super().get(name)
-
-    def describe(self, name: str) -> str:
-        _load_builtin_steps()
-        return super().describe(name)
-
-    def names(self) -> list[str]:
-        _load_builtin_steps()
-        return super().names()
-
-    def __contains__(self, name: object) -> bool:
-        _load_builtin_steps()
-        return super().__contains__(name)
-
-
-STEPS = StepRegistry("recipe step")
-_builtins = {"loaded": False, "loading": False}
-
-
-def _load_builtin_steps() -> None:
-    """Import every module of ``slimbench.compress`` once, so their steps register.
-
-    Importing all of them (not only "step modules") is what spares a central list; the other
-    modules are imported by the steps anyway.
-    """
-    if _builtins["loaded"] or _builtins["loading"]:
-        return  # loading: a module being imported looked a step up; it sees what is there
-    import slimbench.compress as package
-
-    _builtins["loading"] = True
-    try:
-        for module in pkgutil.iter_modules(package.__path__):
-            if not module.ispkg:
-                importlib.import_module(f"{package.__name__}.{module.name}")
-        _builtins["loaded"] = True  # only after success: a failed import is retried
-    finally:
-        _builtins["loading"] = False
-
-
-def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("torch",),
-                  produces: str | None = None, transform: Callable | None = None,
-                  version: int = 1, help: str = "") -> Callable[[Callable], Callable]:
-    """Register the decorated function as recipe step ``name``.
-
-    Args:
-        name: the step's name in recipes, ``--step`` and artifact folder names.
-        config_cls: a dataclass of the step's parameters, validated in ``__post_init__``.
-        accepts: the model kinds (``compress/kinds.py``) the step takes.
-        produces: the kind it writes (None: the kind it was given).
-        transform: ``(LoadedModel, config) -> LoadedModel`` re-applied by ``load_artifact``
-            for steps whose result is stored as the parent's weights plus a recipe.
-        version: part of the step's cache keys: bump it when its output changes.
-        help: one line for ``slimbench ls`` (default: the function's docstring's first line).
+def check_chain(spec: str, steps: list[str]) -> str:
+    """Refuse a chain in which a step gets a kind of model it cannot take.
 
     Returns:
-        A decorator for ``apply(parent: LoadedModel, config, out: Path) -> dict`` that writes
-        the child into ``out`` and returns its manifest fields; the function is unchanged.
+        The kind of the chain's last artifact.
 
     Raises:
-        UsageError: a name that cannot be a folder name, a config that is not a dataclass,
-            an unknown kind.
-        ValueError: a name registered twice.
+        UsageError: naming the step, what it accepts and what it would get.
     """
-    check_name(name, "recipe step", "register_step")  # it names artifact folders
-    if not dataclasses.is_dataclass(config_cls):
-        raise UsageError(f"register_step {name}: config_cls must be a dataclass")
-    unknown = sorted(k for k in (*accepts, produces) if k is not None and k not in KINDS)
-    if unknown:
-        raise UsageError(f"register_step {name}: unknown model kind(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(KINDS)})")
-
-    def deco(apply: Callable) -> Callable:
-        doc = (apply.__doc__ or "").strip().splitlines()
-        step = Step(name, config_cls, apply, tuple(accepts), produces, transform, version)
-        STEPS.add(name, step, help or (doc[0] if doc else ""))
-        return apply
-
-    return deco
-
-
-def make_config(step: Step, params: dict):
-    """The step's config from user parameters, with one clear message for a bad one."""
-    import typing
-
-    fields = {f.name for f in dataclasses.fields(step.config_cls)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise UsageError(f"step {step.name}: unknown parameter(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(fields)) or '(none)'}")
-    # checked before the config is built: its __post_init__ compares values and would fail
-    # on a wrong type with a message about Python ('<' not supported between ...)
-    try:
-        hints = typing.get_type_hints(step.config_cls)
-    except Exception:  # an annotation that cannot be resolved: leave it to the dataclass
-        hints = {}
-    for name, value in params.items():
-        wanted = misfit(value, hints[name]) if name in hints else None
-        if wanted:
-            raise UsageError(f"step {step.name}: {name} must be {wanted}, got {value!r}")
-    try:
-        return step.config_cls(**params)
-    except (TypeError, UsageError) as e:  # every message names the step once
-        raise UsageError(f"step {step.name}: {e}") from None
+    kind, source = spec_kind(spec), repr(spec)
+    for i, name in enumerate(steps, 1):
+        step = STEPS.get(name)
+        if kind not in step.accepts:
+            needs = " or ".join(KINDS[k] for k in step.accepts)
+            raise UsageError(f"step {name} needs {needs}; {source} is {KINDS[kind]}")
+        kind, source = step.produces or kind, f"the output of step {i} ({name})"
+    return kind
 
 
 def run_step(name: str, params: dict, parent_spec: str, out: Path,

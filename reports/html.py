@@ -19,7 +19,13 @@ from pathlib import Path
 from slimbench import atomic
 from slimbench.errors import UsageError
 from slimbench.reports.schema import CellResult
-from slimbench.reports.table import load_cells, rows_from_cell, to_frame
+from slimbench.reports.table import (
+    baselines_for,
+    load_cells,
+    rows_from_cell,
+    summary_frame,
+    to_frame,
+)
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>slimbench report: {{ name }}</title>
@@ -186,8 +192,6 @@ def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str],
     its change against the variant's baseline, coloured by the metric's direction; after each
     decode ms/token column the bandwidth floor ("floor ms", once) and the share of it that
     decode reached ("% of floor@<context>")."""
-    from slimbench.reports.output import summary_frame
-
     direction = {r["metric"]: r["higher_is_better"] for r in rows}
     decode = [m for m in metrics if m.startswith("decode_ms_per_token@")]
     columns = []
@@ -359,7 +363,6 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     import jinja2
 
     from slimbench.fingerprint import fingerprint
-    from slimbench.reports.output import baselines_for
 
     cells = load_cells(run_dir)
     rows = [r for c in cells for r in rows_from_cell(c)]

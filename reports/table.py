@@ -5,6 +5,9 @@ everywhere. A results file (``results.json``) holds the rows of a run and the su
 them (``suite``: what ``suite.json`` holds, so the gate can tell whether two runs measured the
 same thing; null in files written before it was added); a run directory holds one JSON per
 cell under ``cells/`` and its ``suite.json``; both load with ``load_results``.
+
+The wide summary (``summary_frame``: a column per metric, deltas against each variant's baseline,
+``baselines_for``) is built here too, for ``output.py``'s summary.csv and ``html.py``'s table.
 """
 
 from __future__ import annotations
@@ -153,3 +156,57 @@ def to_frame(rows: list[dict]):
     import pandas as pd
 
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def baselines_for(cells: list[CellResult | dict], baseline_variant: str | None) -> dict[str, str]:
+    """Each variant's baseline: the suite's baseline variant for variants of the same input
+    model; for another model (gpt2 shapes next to the reference), that model's variant without
+    a recipe, if the suite has one. A delta against another model's baseline would mean
+    nothing, so such variants get none."""
+    heads = [as_cell(c).cell for c in cells]
+    model = {h.variant: h.model for h in heads}
+    plain = {}
+    for h in heads:  # the first recipe-less variant of each model
+        if not h.recipe:
+            plain.setdefault(h.model, h.variant)
+    if baseline_variant in model:
+        plain[model[baseline_variant]] = baseline_variant
+    return {v: plain[m] for v, m in model.items() if m in plain}
+
+
+def summary_frame(rows: list[dict], baselines: dict[str, str],
+                  fingerprints: dict[str, dict | None] | None = None):
+    """Wide table: one row per (variant, backend, device), one column per metric, plus
+    ``Δ <metric>`` columns relative to each variant's baseline (``baselines_for``) on the same
+    device.
+
+    ``fingerprints``: per cell id, its environment fingerprint (``slimbench/fingerprint.py``).
+    Where the variant's cell and its baseline's were measured in different environments (a
+    run spread over unlike nodes, ``--executor ray``), latency and memory get no Δ: as in the
+    gate, a figure from another machine is not a change."""
+    import pandas as pd
+
+    from slimbench.fingerprint import differences
+
+    frame = to_frame(rows)
+    if frame.empty:
+        return frame
+    wide = frame.pivot_table(index=["variant", "backend", "device"], columns="metric",
+                             values="value", aggfunc="first")
+    by_device = wide.droplevel("backend")
+    fingerprints = fingerprints or {}
+    env = {(r["variant"], r["device"]): fingerprints.get(r["cell"]) for r in rows}
+    kind = {r["metric"]: r["kind"] for r in rows}
+
+    def unlike(variant: str, device: str) -> bool:
+        a, b = env.get((variant, device)), env.get((baselines[variant], device))
+        return a is not None and b is not None and bool(differences(a, b))
+
+    for metric in list(wide.columns):
+        machine = kind[metric] in ("latency", "memory")
+        ref = [by_device[metric].get((baselines[v], d))
+               if v in baselines and not (machine and unlike(v, d)) else None
+               for v, _, d in wide.index]
+        ref = pd.Series(ref, index=wide.index, dtype=float)
+        wide[f"Δ {metric}"] = (wide[metric] - ref) / ref.where(ref != 0)
+    return wide.reset_index()

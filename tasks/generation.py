@@ -17,6 +17,7 @@ from slimbench.tasks.protocol import CausalLM
 from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
 from slimbench.tasks.sources import load_examples, render
 from slimbench.tasks.specs import TaskSpec, resolve_task
+from slimbench.tasks.stopping import stop_token_ids
 
 _IDENT = re.compile(r"\s*([A-Za-z_]\w*)")
 
@@ -41,14 +42,6 @@ def postprocess(kind: str, text: str, stop: tuple[str, ...]) -> str:
             continue
         lines.append(line.strip())
     return " ".join(" ".join(lines).split())
-
-
-def stop_token_ids(tokenizer, stop: tuple[str, ...]) -> frozenset[int]:
-    """Token ids whose text contains a whole stop string: generation can end right there."""
-    if not stop:
-        return frozenset()
-    vocab = range(len(tokenizer))
-    return frozenset(i for i in vocab if any(s in tokenizer.decode([i]) for s in stop))
 
 
 def score(spec: TaskSpec, predictions: list[str], references: list[str]) -> dict:

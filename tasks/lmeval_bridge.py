@@ -42,6 +42,7 @@ from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from slimbench.tasks.lmeval_spec import LmEvalSpec
 from slimbench.tasks.loglikelihood import encode, prefix_token_id, score_continuations
 from slimbench.tasks.protocol import CausalLM
+from slimbench.tasks.stopping import stop_token_ids
 
 # lm-eval's simple_evaluate seeds (DEFAULT_RANDOM_SEED, DEFAULT_OTHER_SEED): the same docs,
 # few-shot examples and orders as its own CLI
@@ -136,8 +137,6 @@ class RuntimeLM(TemplateLM):
     def _stop_token_ids(self, until: list[str]) -> frozenset[int]:
         """Tokens whose text holds a whole stop string: generation may end there (what is
         left after the stop string is cut by ``postprocess_generated_text``)."""
-        from slimbench.tasks.generation import stop_token_ids
-
         key = tuple(until)
         if key not in self._stop_ids:
             self._stop_ids[key] = stop_token_ids(self.tokenizer, key)

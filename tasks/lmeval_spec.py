@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from slimbench.errors import UsageError
-from slimbench.tasks.specs import _int, _mapping, _unknown
+from slimbench.tasks.fields import integer, mapping, unknown_fields
 
 LMEVAL = "lm_eval"
 _LMEVAL_KEYS = {"tasks", "include_path", "limit"}
@@ -51,8 +51,8 @@ def parse_lmeval(raw, where: str = "task") -> LmEvalSpec:
         if not isinstance(raw, dict) or set(raw) != {LMEVAL}:
             raise UsageError(f"{where}: a task entry that is not a name must be {{lm_eval: "
                              f"{{tasks: [...], include_path: DIR, limit: N}}}}, got {raw!r}")
-        body = _mapping(raw[LMEVAL], f"{where}: lm_eval")
-        _unknown(body, _LMEVAL_KEYS, f"{where}: lm_eval")
+        body = mapping(raw[LMEVAL], f"{where}: lm_eval")
+        unknown_fields(body, _LMEVAL_KEYS, f"{where}: lm_eval")
     names = body.get("tasks")
     if isinstance(names, str):
         names = names.split(",")
@@ -69,5 +69,5 @@ def parse_lmeval(raw, where: str = "task") -> LmEvalSpec:
                          f"{include!r}")
     limit = body.get("limit")
     if limit is not None:
-        limit = _int(limit, f"{where}: lm_eval limit")
+        limit = integer(limit, f"{where}: lm_eval limit")
     return LmEvalSpec(tuple(names), include, limit)

@@ -12,43 +12,18 @@ recomputed from the same records (``scorers.CHOICE_METRICS``).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from slimbench.errors import UsageError
 from slimbench.tasks.bootstrap import bootstrap_ci
+from slimbench.tasks.fields import render, template_fields
 from slimbench.tasks.loglikelihood import encode_pair, score_continuations
 from slimbench.tasks.protocol import CausalLM
 from slimbench.tasks.scorers import CHOICE_METRICS, chance_accuracy, choice_prediction
-
-if TYPE_CHECKING:
-    from slimbench.tasks.specs import TaskSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class ChoiceConfig:
-    """How choices are scored.
-
-    Attributes:
-        target_delimiter: text between the prompt and each choice (lm-eval's, default " ").
-        batch_size: (context, choice) pairs per forward pass.
-    """
-
-    target_delimiter: str = " "
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.target_delimiter, str):
-            raise UsageError(f"target_delimiter must be text, got {self.target_delimiter!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
-                or self.batch_size < 1:
-            raise UsageError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+from slimbench.tasks.specs import ChoiceConfig, TaskSpec
 
 
 def _choices(spec: TaskSpec, row: dict) -> list[str]:
     """The row's choices: the list a single-field template names, or one template each."""
-    from slimbench.tasks.sources import render
-    from slimbench.tasks.specs import template_fields
-
     if isinstance(spec.choices, str):
         (field,) = template_fields(spec.choices)  # checked by the spec: exactly one field
         value = row.get(field)
@@ -67,9 +42,6 @@ def _choices(spec: TaskSpec, row: dict) -> list[str]:
 def _gold(spec: TaskSpec, row: dict, choices: list[str]) -> int:
     """The correct choice's index. As lm-eval's ``doc_to_target``: a target that is one field
     holding an integer is an index; otherwise the rendered text must be one of the choices."""
-    from slimbench.tasks.sources import render
-    from slimbench.tasks.specs import template_fields
-
     fields = template_fields(spec.target)
     if len(fields) == 1 and spec.target == "{" + fields[0] + "}":
         value = row.get(fields[0])
@@ -96,8 +68,6 @@ def run_choices(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
         prediction and reference indices, per-choice log-likelihoods and lengths, and its
         accuracies).
     """
-    from slimbench.tasks.sources import render
-
     cfg = spec.multiple_choice or ChoiceConfig()
     size = batch_size or cfg.batch_size
     records, pairs = [], []

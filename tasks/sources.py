@@ -12,7 +12,8 @@ from pathlib import Path
 
 from slimbench.errors import UsageError
 from slimbench.tasks.evalsets import load_evalset
-from slimbench.tasks.specs import DatasetSpec, TaskSpec, template_fields
+from slimbench.tasks.fields import render, template_fields  # noqa: F401  (render: re-exported)
+from slimbench.tasks.specs import DatasetSpec, TaskSpec
 
 
 def _jsonl(path: str) -> list[dict]:
@@ -77,11 +78,3 @@ def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict]:
         raise UsageError(f"task {spec.name}: dataset {ds.describe()} rows have no field(s) "
                          f"{', '.join(missing)} (they have: {', '.join(sorted(rows[0]))})")
     return [row if "id" in row else row | {"id": i} for i, row in enumerate(rows)]
-
-
-def render(template: str, row: dict) -> str:
-    """Fill a ``{field}`` template from a row (values are not re-parsed as templates)."""
-    try:
-        return template.format_map(row)
-    except KeyError as e:
-        raise UsageError(f"row {row.get('id')!r} has no field {e.args[0]!r}") from None

@@ -9,7 +9,6 @@ naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
-import string
 import typing
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,13 @@ from typing import Any
 from slimbench.errors import UsageError
 from slimbench.names import check_name
 from slimbench.registry import Registry
-from slimbench.tasks.multiple_choice import ChoiceConfig
+from slimbench.tasks.fields import (
+    integer,
+    mapping,
+    template_names,
+    unknown_fields,
+)
+from slimbench.tasks.lmeval_spec import LmEvalSpec, is_lmeval, parse_lmeval
 from slimbench.tasks.perplexity import PerplexityConfig
 from slimbench.tasks.scorers import CHOICE_METRICS, METRICS, PERPLEXITY_METRICS
 from slimbench.typecheck import misfit
@@ -62,6 +67,26 @@ class GenerationConfig:
     postprocess: str = "first_line"
     batch_size: int = 8
     greedy: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceConfig:
+    """How choices are scored.
+
+    Attributes:
+        target_delimiter: text between the prompt and each choice (lm-eval's, default " ").
+        batch_size: (context, choice) pairs per forward pass.
+    """
+
+    target_delimiter: str = " "
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_delimiter, str):
+            raise UsageError(f"target_delimiter must be text, got {self.target_delimiter!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or self.batch_size < 1:
+            raise UsageError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,48 +143,13 @@ class TaskSpec:
         return d
 
 
-def _fields(template: str, where: str) -> list[str]:
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise UsageError(f"{where}: bad template {template!r}: {e}") from None
-    if any(not n.isidentifier() for n in names):
-        raise UsageError(f"{where}: template {template!r} may only name row fields, "
-                         "like {prompt}")
-    return names
-
-
-def template_fields(template: str) -> list[str]:
-    """Row field names a ``str.format`` template reads (``"{a} {b}"`` -> ``['a', 'b']``)."""
-    return _fields(template, "template")
-
-
-def _unknown(given: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(given) - allowed)
-    if extra:
-        raise UsageError(f"{where}: unknown field(s) {', '.join(extra)} "
-                         f"(allowed: {', '.join(sorted(allowed))})")
-
-
-def _mapping(value, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise UsageError(f"{where} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _int(value, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _dataset(raw, where: str, base: Path | None) -> DatasetSpec:
     if raw is None:
         raise UsageError(f"{where}: missing dataset (evalset, path or hf)")
     if isinstance(raw, str):  # shorthand: an embedded set name
         raw = {"evalset": raw}
-    raw = _mapping(raw, f"{where}: dataset")
-    _unknown(raw, _DATASET, f"{where}: dataset")
+    raw = mapping(raw, f"{where}: dataset")
+    unknown_fields(raw, _DATASET, f"{where}: dataset")
     sources = [k for k in ("evalset", "path", "hf") if raw.get(k)]
     if len(sources) != 1:
         raise UsageError(f"{where}: dataset needs exactly one of evalset, path, hf "
@@ -177,13 +167,13 @@ def _metrics(raw, kind: str, where: str) -> tuple[MetricSpec, ...]:
     allowed = KIND_METRICS.get(kind, METRICS)
     out = []
     for i, m in enumerate(raw):
-        m = _mapping(m, f"{where}: metric_list[{i}]")
+        m = mapping(m, f"{where}: metric_list[{i}]")
         name = m.get("metric")
         if name not in allowed:
             raise UsageError(f"{where}: unknown metric {name!r} for a {kind} task "
                              f"(known: {', '.join(sorted(allowed))})")
         option_names = set(allowed[name].options)
-        _unknown(m, {"metric", "higher_is_better"} | option_names, f"{where}: metric {name}")
+        unknown_fields(m, {"metric", "higher_is_better"} | option_names, f"{where}: metric {name}")
         hib = m.get("higher_is_better")
         if not isinstance(hib, bool):
             raise UsageError(f"{where}: metric {name} needs higher_is_better: true or false")
@@ -194,8 +184,8 @@ def _metrics(raw, kind: str, where: str) -> tuple[MetricSpec, ...]:
 
 def _generation(raw, where: str) -> GenerationConfig:
     """A generate task's ``generation`` section (greedy only: it is deterministic)."""
-    g = _mapping(raw, f"{where}: generation")
-    _unknown(g, _GENERATION, f"{where}: generation")
+    g = mapping(raw, f"{where}: generation")
+    unknown_fields(g, _GENERATION, f"{where}: generation")
     if "max_new_tokens" not in g:
         raise UsageError(f"{where}: generation needs max_new_tokens")
     mnt = g["max_new_tokens"]
@@ -212,13 +202,14 @@ def _generation(raw, where: str) -> GenerationConfig:
     if post not in POSTPROCESS:
         raise UsageError(f"{where}: postprocess must be one of {POSTPROCESS}, got {post!r}")
     return GenerationConfig(mnt, tuple(stop), post,
-                            _int(g.get("batch_size", 8), f"{where}: batch_size"))
+                            integer(g.get("batch_size", 8), f"{where}: batch_size"))
 
 
 def _perplexity(raw, where: str) -> PerplexityConfig:
     """A perplexity task's ``perplexity`` section (windows, stride, BOS, batch)."""
-    p = _mapping(raw, f"{where}: perplexity")
-    _unknown(p, {f.name for f in dataclasses.fields(PerplexityConfig)}, f"{where}: perplexity")
+    p = mapping(raw, f"{where}: perplexity")
+    unknown_fields(p, {f.name for f in dataclasses.fields(PerplexityConfig)},
+                   f"{where}: perplexity")
     hints = typing.get_type_hints(PerplexityConfig)
     for key, value in p.items():  # before __post_init__ compares values of the wrong type
         wanted = misfit(value, hints[key])
@@ -234,7 +225,7 @@ def _choice_templates(raw, where: str) -> str | tuple[str, ...]:
     """A multiple-choice task's ``choices``: ``"{field}"`` (a row field holding the list) or a
     list of at least two templates."""
     if isinstance(raw, str):
-        if len(_fields(raw, f"{where}: choices")) != 1 or not (
+        if len(template_names(raw, f"{where}: choices")) != 1 or not (
                 raw.startswith("{") and raw.endswith("}")):
             raise UsageError(f"{where}: choices must name one row field that holds the list "
                              f"of choices, like '{{choices}}', or be a list of templates; got "
@@ -244,14 +235,15 @@ def _choice_templates(raw, where: str) -> str | tuple[str, ...]:
         raise UsageError(f"{where}: choices must be '{{field}}' or a list of at least two "
                          f"templates, got {raw!r}")
     for t in raw:
-        _fields(t, f"{where}: choices")
+        template_names(t, f"{where}: choices")
     return tuple(raw)
 
 
 def _choice_config(raw, where: str) -> ChoiceConfig:
     """A multiple-choice task's ``multiple_choice`` section (target_delimiter, batch_size)."""
-    c = _mapping(raw, f"{where}: multiple_choice")
-    _unknown(c, {f.name for f in dataclasses.fields(ChoiceConfig)}, f"{where}: multiple_choice")
+    c = mapping(raw, f"{where}: multiple_choice")
+    unknown_fields(c, {f.name for f in dataclasses.fields(ChoiceConfig)},
+                   f"{where}: multiple_choice")
     try:
         return ChoiceConfig(**c)
     except UsageError as e:
@@ -269,8 +261,8 @@ def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpe
     Raises:
         UsageError: the first problem found, naming the file and field.
     """
-    raw = _mapping(raw, f"task file {source}")
-    _unknown(raw, _TOP, f"task file {source}")
+    raw = mapping(raw, f"task file {source}")
+    unknown_fields(raw, _TOP, f"task file {source}")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f"task file {source}: needs a name")
@@ -283,12 +275,12 @@ def parse_task(raw, source: str = "<task>", base: Path | None = None) -> TaskSpe
     metric_list = _metrics(raw.get("metric_list"), kind, where)
     limit = raw.get("limit")
     if limit is not None:
-        limit = _int(limit, f"{where}: limit")
+        limit = integer(limit, f"{where}: limit")
     for key in ("prompt", "target", "text"):
         if key in raw:
             if not isinstance(raw[key], str):
                 raise UsageError(f"{where}: {key} must be a template string like '{{{key}}}'")
-            _fields(raw[key], f"{where}: {key}")
+            template_names(raw[key], f"{where}: {key}")
     generation, perplexity, choice_config = None, PerplexityConfig(), None
     choices: str | tuple[str, ...] = "{choices}"
     if kind == "generate":
@@ -322,8 +314,6 @@ def is_task_file(name: str) -> bool:
 def resolve_task(name_or_path):
     """A registered task by name, a task YAML file by path, or lm-eval tasks
     (``lm_eval:NAME,...`` or a suite's ``{lm_eval: {...}}`` entry: an ``LmEvalSpec``)."""
-    from slimbench.tasks.lmeval_spec import LmEvalSpec, is_lmeval, parse_lmeval
-
     if isinstance(name_or_path, TaskSpec | LmEvalSpec):
         return name_or_path
     if is_lmeval(name_or_path):

@@ -119,8 +119,8 @@ def _names(data: dict, key: str, source: str, default: list) -> tuple[str, ...]:
 
 def _variant(name, spec, source: str) -> Variant:
     """One ``variants:`` entry: its name checked, its recipe resolved and its chain checked."""
-    from slimbench.compress.kinds import check_chain
     from slimbench.compress.recipe import parse_recipe, resolve
+    from slimbench.compress.steps import check_chain
 
     check_name(name, "variant", source)
     if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "recipe",
@@ -185,7 +185,7 @@ def _check_positions(variants: tuple[Variant, ...], latency: dict, source: str) 
     longer prompt fails in the cell, after its artifact was built); the others are checked
     when their cell starts."""
     from slimbench.bench.measure.cell import LatencyConfig
-    from slimbench.compress.arch import spec_max_positions
+    from slimbench.compress.loader import spec_max_positions
 
     cfg = LatencyConfig(**latency)
     for v in variants:
@@ -253,7 +253,7 @@ def _paired(data: dict, source: str) -> dict:
 
 
 def suite_baselines(suite: Suite) -> dict[str, str]:
-    """Each variant's baseline as the reports have it (``reports/output.py baselines_for``)."""
+    """Each variant's baseline as the reports have it (``reports/table.py baselines_for``)."""
     from slimbench.reports.output import baselines_for
     from slimbench.reports.schema import CellInfo, CellResult
 
