@@ -21,27 +21,49 @@ def _load_options(args):
                        trust_remote_code=args.trust_remote_code)
 
 
-def cmd_ls(args) -> None:
+def _ls_models() -> list[tuple[str, str]]:
     from slimbench.compress.reference import reference_card
     from slimbench.compress.shapes import SHAPES, describe
-    from slimbench.compress.steps import STEPS
-    from slimbench.tasks.specs import TASKS
 
     card = reference_card()
-    sections = {
-        "models": [("reference", f"embedded GPT-2 ({card['parameters'] / 1e6:.1f} M params, "
-                                 f"validation perplexity {card['validation_perplexity']:.1f}) "
-                                 "trained on CPython stdlib")]
-        + [(f"shape:{n}", describe(n)) for n in SHAPES],
-        "steps": [(n, STEPS.describe(n)) for n in STEPS.names()],
-        "tasks": [(n, TASKS.describe(n)) for n in TASKS.names()],
-        "backends": [("torch", "PyTorch eager on cpu or cuda (float32, float16, bfloat16)"),
-                     ("onnxruntime", "ONNX Runtime for ONNX artifacts (CPU EP; CUDA EP on cuda)")],
-    }
+    return [("reference", f"embedded GPT-2 ({card['parameters'] / 1e6:.1f} M params, "
+                          f"validation perplexity {card['validation_perplexity']:.1f}) "
+                          "trained on CPython stdlib")] + [
+        (f"shape:{n}", describe(n)) for n in SHAPES]
+
+
+def _ls_metrics() -> list[tuple[str, str]]:
+    from slimbench.tasks.scorers import CHOICE_METRICS, METRICS, PERPLEXITY_METRICS
+
+    return [(n, f"[{kind}] {reg.describe(n)}") for kind, reg in (
+        ("generate", METRICS), ("perplexity", PERPLEXITY_METRICS),
+        ("multiple_choice", CHOICE_METRICS)) for n in reg.names()]
+
+
+def _registry(module: str, name: str):
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+# what `slimbench ls` lists: each kind read from its registry (plugins' entries included)
+LS_SECTIONS = {
+    "models": _ls_models,
+    "steps": lambda: _registry("slimbench.compress.steps", "STEPS"),
+    "tasks": lambda: _registry("slimbench.tasks.specs", "TASKS"),
+    "backends": lambda: _registry("slimbench.bench.runtimes", "RUNTIMES"),
+    "metrics": _ls_metrics,
+    "families": lambda: _registry("slimbench.compress.arch", "ARCHS"),
+}
+
+
+def cmd_ls(args) -> None:
     for what in [args.what] if args.what else LS_WHAT:
+        source = LS_SECTIONS[what]()
+        rows = source if isinstance(source, list) else [(n, source.describe(n))
+                                                        for n in source.names()]
         print(f"{what}:")
-        rows = sections[what] or [("(none yet)", "")]
-        for name, desc in rows:
+        for name, desc in rows or [("(none yet)", "")]:
             print(f"  {name:<20} {desc}".rstrip())
 
 

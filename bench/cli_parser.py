@@ -8,7 +8,7 @@ from pathlib import Path
 from slimbench import __version__
 from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY
 
-LS_WHAT = ("models", "steps", "tasks", "backends")
+LS_WHAT = ("models", "steps", "tasks", "backends", "metrics", "families")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more log output (-v info, -vv debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    ls = sub.add_parser("ls", help="list the models, recipe steps, tasks and backends that exist")
+    ls = sub.add_parser("ls", help="list the models, recipe steps, tasks, backends, metrics and "
+                                   "families that exist")
     ls.add_argument("what", nargs="?", choices=LS_WHAT, help="list only this kind")
     _model_args(sub.add_parser("inspect", help="load a model and print what was loaded (JSON)"))
     _eval_args(sub.add_parser("eval", help="score a model on tasks"))

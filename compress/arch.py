@@ -14,6 +14,8 @@ gpt_neox   gpt_neox                    fused qkv, per head [q,k,v]       h_to_4h
 opt        opt                         q/k/v/out                         fc1 -> fc2
 =========  ==========================  ================================  =====================
 
+A family is one ``Arch`` entry in ``ARCHS`` (here, or from a plugin: ``slimbench/registry.py``),
+which also carries the family's ONNX Runtime optimizer model type and its tiny test configs.
 Paths are dotted module names: ``blocks`` from the model, the others from one block. Shapes
 come from the config through Hugging Face's standard names (``num_hidden_layers``,
 ``hidden_size``, ...), which GPT-2's config maps onto its own (``n_layer``, ``n_embd``, ...).
@@ -27,6 +29,7 @@ import re
 from torch import nn
 
 from slimbench.errors import UsageError
+from slimbench.registry import Registry, unknown_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,11 @@ class Arch:
             configs store ``head_dim`` and keep the residual width.
         head_attrs: attributes of the attention module fixed at construction from the head
             count (set again after pruning heads).
+        ort_model_type: ONNX Runtime's transformer optimizer model type for the family's
+            graphs (``ort_optimize``); None: the step refuses the family.
+        tiny: {model type: config fields} of a tiny random checkpoint per model type, on top
+            of ``TINY_COMMON`` (``tiny_config``): the family tests and
+            ``scripts/family_matrix.py`` run on each.
     """
 
     family: str
@@ -67,6 +75,8 @@ class Arch:
     positions: str
     head_dim_from_width: bool
     head_attrs: tuple[str, ...] = ()
+    ort_model_type: str | None = None
+    tiny: dict[str, dict] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def block_pattern(self) -> re.Pattern:
@@ -88,27 +98,67 @@ class Arch:
         return (*self.qkv, self.out_proj, *self.mlp_in, self.mlp_out)
 
 
-ARCHS: dict[str, Arch] = {a.family: a for a in (
+ARCHS: Registry[Arch] = Registry("architecture family")
+# ONNX Runtime's optimizer (1.31) knows gpt2 and gpt_neox by name; its qwen3 type is the one
+# meant for decoders with RoPE, GQA and RMSNorm; OPT has none: bert is its generic fusion set
+for _arch in (
     Arch("gpt2", ("gpt2",), blocks="transformer.h", attention="attn", qkv=("attn.c_attn",),
          qkv_layout="stacked", out_proj="attn.c_proj", mlp_in=("mlp.c_fc",),
          mlp_out="mlp.c_proj", inner_key="n_inner", positions="learned",
-         head_dim_from_width=True, head_attrs=("num_heads", "embed_dim", "split_size")),
+         head_dim_from_width=True, head_attrs=("num_heads", "embed_dim", "split_size"),
+         ort_model_type="gpt2",
+         tiny={"gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)}),
     Arch("llama", ("llama", "mistral", "qwen2"), blocks="model.layers", attention="self_attn",
          qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          qkv_layout="separate", out_proj="self_attn.o_proj",
          mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj",
-         inner_key="intermediate_size", positions="rotary", head_dim_from_width=False),
+         inner_key="intermediate_size", positions="rotary", head_dim_from_width=False,
+         ort_model_type="qwen3",
+         tiny={"llama": dict(num_key_value_heads=2, intermediate_size=128,
+                             tie_word_embeddings=False),
+               "qwen2": dict(num_key_value_heads=2, intermediate_size=128,
+                             tie_word_embeddings=True)}),
     Arch("gpt_neox", ("gpt_neox",), blocks="gpt_neox.layers", attention="attention",
          qkv=("attention.query_key_value",), qkv_layout="interleaved",
          out_proj="attention.dense", mlp_in=("mlp.dense_h_to_4h",), mlp_out="mlp.dense_4h_to_h",
-         inner_key="intermediate_size", positions="rotary", head_dim_from_width=True),
+         inner_key="intermediate_size", positions="rotary", head_dim_from_width=True,
+         ort_model_type="gpt_neox",
+         tiny={"gpt_neox": dict(intermediate_size=256, rotary_pct=0.25,
+                                use_parallel_residual=True, tie_word_embeddings=False)}),
     Arch("opt", ("opt",), blocks="model.decoder.layers", attention="self_attn",
          qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          qkv_layout="separate", out_proj="self_attn.out_proj", mlp_in=("fc1",), mlp_out="fc2",
          inner_key="ffn_dim", positions="learned", head_dim_from_width=True,
-         head_attrs=("num_heads", "embed_dim")),
-)}
-_BY_MODEL_TYPE = {t: a for a in ARCHS.values() for t in a.model_types}
+         head_attrs=("num_heads", "embed_dim"), ort_model_type="bert",
+         tiny={"opt": dict(ffn_dim=256, word_embed_proj_dim=64, pad_token_id=1)}),
+):
+    ARCHS.add(_arch.family, _arch,
+              f"{', '.join(_arch.model_types)}: {_arch.qkv_layout} q/k/v, {_arch.positions} "
+              "positions")
+
+# what every tiny checkpoint shares: 2 layers, width 64, 4 heads, the reference's vocabulary
+TINY_COMMON = dict(vocab_size=4096, num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                   max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+
+
+def tiny_model_types() -> tuple[str, ...]:
+    """Every model type with a tiny config, family by family (the family tests' matrix)."""
+    return tuple(t for a in ARCHS.values() for t in a.tiny)
+
+
+def tiny_config(model_type: str, **overrides):
+    """The Hugging Face config of a tiny random checkpoint of ``model_type`` (tests, the
+    family matrix): ``TINY_COMMON``, the family's ``tiny`` fields, then ``overrides``.
+
+    Raises:
+        UsageError: a model type no family has a tiny config for.
+    """
+    from transformers import AutoConfig
+
+    fields = next((a.tiny[model_type] for a in ARCHS.values() if model_type in a.tiny), None)
+    if fields is None:
+        raise UsageError(unknown_name("tiny model type", model_type, tiny_model_types()))
+    return AutoConfig.for_model(model_type, **(TINY_COMMON | fields | overrides))
 
 
 def known_families() -> str:
@@ -124,7 +174,7 @@ def arch_of(model_or_config, step: str | None = None) -> Arch:
     """
     cfg = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(cfg, "model_type", None)
-    arch = _BY_MODEL_TYPE.get(model_type)
+    arch = next((a for a in ARCHS.values() if model_type in a.model_types), None)
     if arch is None:
         who = f"{step}: " if step else ""
         raise UsageError(f"{who}model type {model_type!r} is not an architecture slimbench "

@@ -1,5 +1,6 @@
 """ONNX Runtime's transformer graph optimizer, per family, recording what it fused.
 
+Each family's ``Arch.ort_model_type`` (``compress/arch.py``) names the optimizer's model type:
 ORT 1.31's optimizer knows ``gpt2`` and ``gpt_neox`` by name; for Llama-style graphs its
 ``qwen3`` type is the one meant for decoders with RoPE, GQA and RMSNorm; OPT has none, so it
 gets ``bert``, the optimizer's default and generic fusion set. On this project's exports
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimbench.compress.arch import arch_of, hidden_size, n_heads
+from slimbench.compress.arch import ARCHS, arch_of, hidden_size, n_heads
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.onnx_model import OnnxModel
@@ -27,8 +28,21 @@ from slimbench.compress.step_io import copy_side_files, onnx_child_fields
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 
-# family -> the optimizer's model_type (see the module docstring)
-MODEL_TYPES = {"gpt2": "gpt2", "llama": "qwen3", "gpt_neox": "gpt_neox", "opt": "bert"}
+
+def optimizer_model_type(cfg) -> str:
+    """The optimizer's model type for ``cfg``'s family: its ``Arch.ort_model_type``.
+
+    Raises:
+        UsageError: a model type no family covers, or a family that declares no optimizer
+            model type.
+    """
+    arch = arch_of(cfg, "ort_optimize")
+    if not arch.ort_model_type:
+        raise UsageError(f"ort_optimize: family {arch.family!r} declares no ONNX Runtime "
+                         "optimizer model type (Arch.ort_model_type in its ARCHS entry); "
+                         "families that do: " + ", ".join(
+                             a.family for a in ARCHS.values() if a.ort_model_type))
+    return arch.ort_model_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +64,7 @@ def ort_optimize(src: Path, dst: Path, config: OrtOptimizeConfig, model_type: st
     """Fuse ``src`` into ``dst``; returns {fusion op: count} for the fusions that applied.
 
     Args:
-        model_type: the optimizer's model type (``MODEL_TYPES``).
+        model_type: the optimizer's model type (``optimizer_model_type``).
         num_heads: query heads (ORT reads KV heads of grouped-query attention off the graph).
         width: the model's hidden size.
     """
@@ -88,7 +102,7 @@ def decode_drift(parent: OnnxModel, child: OnnxModel, prompt: np.ndarray) -> flo
                     "ONNX artifact")
 def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, out: Path) -> dict:
     src, cfg = parent.model.path, parent.model.config
-    model_type = MODEL_TYPES[arch_of(cfg, "ort_optimize").family]
+    model_type = optimizer_model_type(cfg)
     copy_side_files(src.parent, out)
     dst = out / ONNX_FILE
     fusions = ort_optimize(src, dst, config, model_type, n_heads(cfg), hidden_size(cfg))

@@ -1,11 +1,11 @@
 """The family x step table: every recipe step run from the CLI on a tiny random checkpoint of
 each architecture family, with what its manifest proves (coverage, sparsity, shapes, parity).
 
-Each family's checkpoint is seeded random weights (2 layers, width 64, 4 heads; Llama-style
-with 2 KV heads) saved by ``save_pretrained`` with the embedded reference's tokenizer, the way a
-user's local directory looks. A step that fails is reported with the first line of its error.
-The last column is the perplexity task on the fp32 ONNX export (ONNX Runtime) against the
-torch checkpoint it came from, as a relative difference.
+Each family's checkpoint is seeded random weights (``tiny_config`` of ``compress/arch.py``: 2
+layers, width 64, 4 heads; Llama-style with 2 KV heads) saved by ``save_pretrained`` with the
+embedded reference's tokenizer, the way a user's local directory looks. A step that fails is
+reported with the first line of its error. The last column is the perplexity task on the fp32
+ONNX export (ONNX Runtime) against the torch checkpoint it came from, as a relative difference.
 
     python scripts/family_matrix.py [--out table.md] [--families llama,opt]
 """
@@ -22,14 +22,6 @@ from pathlib import Path
 
 import torch
 
-FAMILY_CONFIGS = {
-    "gpt2": {},
-    "llama": {"num_key_value_heads": 2, "intermediate_size": 128, "tie_word_embeddings": False},
-    "qwen2": {"num_key_value_heads": 2, "intermediate_size": 128, "tie_word_embeddings": True},
-    "gpt_neox": {"intermediate_size": 256, "rotary_pct": 0.25, "use_parallel_residual": True,
-                 "tie_word_embeddings": False},
-    "opt": {"ffn_dim": 256, "word_embed_proj_dim": 64, "pad_token_id": 1},
-}
 # (column, steps applied in order from the checkpoint: (step, [KEY=VALUE, ...]))
 STEPS = [
     ("torch int8", [("torch_dynamic_int8", [])]),
@@ -49,14 +41,13 @@ STEPS = [
 
 
 def make_checkpoint(family: str, root: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from slimbench.compress.arch import tiny_config
     from slimbench.compress.reference import REFERENCE_DIR
 
-    common = dict(vocab_size=4096, num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                  max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
-    config = AutoConfig.for_model(family, **(common | FAMILY_CONFIGS[family]))
+    config = tiny_config(family)
     out = root / family
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(REFERENCE_DIR).save_pretrained(out)
@@ -142,13 +133,17 @@ def perplexity(spec: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
-    parser.add_argument("--families", default=",".join(FAMILY_CONFIGS))
+    parser.add_argument("--families", help="comma-separated model types (default: every one "
+                                           "with a tiny config in compress/arch.py)")
     args = parser.parse_args()
+    from slimbench.compress.arch import tiny_model_types
+
+    families = args.families.split(",") if args.families else tiny_model_types()
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="slimbench-families-") as tmp:
         root = Path(tmp)
-        for family in args.families.split(","):
+        for family in families:
             src = make_checkpoint(family, root / "src")
             cells, export = [], None
             for column, steps in STEPS:

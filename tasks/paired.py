@@ -62,7 +62,7 @@ def metric_rows(examples: list[dict], kind: str, metric: str, options: dict | No
         return rows, _guarded(metric, aggregate)
     registry = {"perplexity": PERPLEXITY_METRICS, "multiple_choice": CHOICE_METRICS}.get(
         kind, METRICS)
-    scorer = registry.get(metric)
+    scorer = registry.get(metric, None)
     if scorer is None:
         raise UsageError(f"unknown metric {metric!r} for a {kind} task "
                          f"(known: {', '.join(sorted(registry))})")

@@ -9,10 +9,11 @@ re-aggregates sacrebleu's n-gram counts, subtoken F1 its tp/fp/fn counts, perple
 per-text NLL sums and token counts. BLEU and ROUGE come from sacrebleu and rouge-score, not
 re-implementations.
 
-To add a metric: write its ``stats`` and ``aggregate`` below and add one entry to ``METRICS``
+To add a metric: write its ``stats`` and ``aggregate`` and ``add`` it to ``METRICS``
 (generation tasks), ``PERPLEXITY_METRICS`` (per-text NLL rows) or ``CHOICE_METRICS``
-(multiple-choice records: per-choice log-likelihoods); a task YAML can then name it in
-``metric_list`` with its ``higher_is_better``.
+(multiple-choice records: per-choice log-likelihoods), here or from a plugin
+(``slimbench/registry.py``); a task YAML can then name it in ``metric_list`` with its
+``higher_is_better``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
+
+from slimbench.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,27 +253,32 @@ def _bits_per_byte(rows: np.ndarray) -> float:
     return float(rows[:, 0].sum() / math.log(2) / rows[:, 2].sum())
 
 
-METRICS: dict[str, Scorer] = {
-    "f1": Scorer(_subtoken_stats, _subtoken_f1),
-    "squad_f1": Scorer(_squad_stats, _mean),
-    "exact_match": Scorer(_exact_match_stats, _mean),
-    "macro_f1": Scorer(_macro_stats, _macro_value, per_example=False),
-    "bleu": Scorer(_bleu_stats, _bleu_value, {"tokenize": "13a", "lowercase": False},
-                   _bleu_info),
-    "rouge1": _rouge("rouge1"),
-    "rouge2": _rouge("rouge2"),
-    "rougeL": _rouge("rougeL"),
-}
+# generation metrics: stats take (predictions, references, **options)
+METRICS: Registry[Scorer] = Registry("metric")
+METRICS.add("f1", Scorer(_subtoken_stats, _subtoken_f1),
+            "subtoken F1 of identifiers (code2seq), micro-averaged")
+METRICS.add("squad_f1", Scorer(_squad_stats, _mean), "SQuAD word-overlap F1, mean over examples")
+METRICS.add("exact_match", Scorer(_exact_match_stats, _mean),
+            "exact match after SQuAD normalisation")
+METRICS.add("macro_f1", Scorer(_macro_stats, _macro_value, per_example=False),
+            "classification F1 averaged over labels")
+METRICS.add("bleu", Scorer(_bleu_stats, _bleu_value, {"tokenize": "13a", "lowercase": False},
+                           _bleu_info), "corpus BLEU (sacrebleu)")
+for _key in ("rouge1", "rouge2", "rougeL"):
+    METRICS.add(_key, _rouge(_key), f"{_key} F-measure (rouge-score), mean over examples")
 
 # multiple-choice metrics take the per-example records as their stats' only argument
-CHOICE_METRICS: dict[str, Scorer] = {
-    "acc": Scorer(_choice_hits(False), _mean),
-    "acc_norm": Scorer(_choice_hits(True), _mean),
-    "macro_f1": Scorer(_choice_labels, _macro_value, per_example=False),  # over choice indices
-}
+CHOICE_METRICS: Registry[Scorer] = Registry("multiple-choice metric")
+CHOICE_METRICS.add("acc", Scorer(_choice_hits(False), _mean),
+                   "accuracy: the choice of highest summed log-likelihood")
+CHOICE_METRICS.add("acc_norm", Scorer(_choice_hits(True), _mean),
+                   "accuracy on log-likelihood per character (lm-eval's acc_norm)")
+CHOICE_METRICS.add("macro_f1", Scorer(_choice_labels, _macro_value, per_example=False),
+                   "F1 over choice indices, averaged over labels")
 
 # perplexity metrics take the per-text rows of ``perplexity.per_text_nll`` as their stats
-PERPLEXITY_METRICS: dict[str, Scorer] = {
-    "perplexity": Scorer(lambda rows: rows, _perplexity),
-    "bits_per_byte": Scorer(lambda rows: rows, _bits_per_byte),
-}
+PERPLEXITY_METRICS: Registry[Scorer] = Registry("perplexity metric")
+PERPLEXITY_METRICS.add("perplexity", Scorer(lambda rows: rows, _perplexity),
+                       "exp(NLL per token) over the corpus")
+PERPLEXITY_METRICS.add("bits_per_byte", Scorer(lambda rows: rows, _bits_per_byte),
+                       "NLL in bits per utf-8 byte (tokenizer-independent)")

@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from slimbench.compress.arch import tiny_config as arch_tiny_config  # noqa: E402
+from slimbench.compress.arch import tiny_model_types  # noqa: E402
 from slimbench.compress.reference import REFERENCE_DIR  # noqa: E402
 
 
@@ -60,25 +62,14 @@ def tiny_dir(tmp_path, tiny_model, ref_tokenizer):
     return d
 
 
-# One tiny random checkpoint per architecture family (compress/arch.py), with the reference
-# tokenizer: 2 layers, width 64, 4 heads (Llama-style: 2 KV heads, grouped-query attention).
-FAMILIES = ("gpt2", "llama", "qwen2", "gpt_neox", "opt")
+# One tiny random checkpoint per model type with a tiny config in its family's ``Arch`` entry
+# (compress/arch.py: ``tiny``), with the reference tokenizer: 2 layers, width 64, 4 heads
+# (Llama-style: 2 KV heads, grouped-query attention). A family added there is tested here.
+FAMILIES = tiny_model_types()
 
 
 def family_config(family: str, **kw):
-    from transformers import AutoConfig
-
-    common = dict(vocab_size=4096, num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
-                  max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
-    extra = {
-        "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-        "llama": dict(num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False),
-        "qwen2": dict(num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True),
-        "gpt_neox": dict(intermediate_size=256, rotary_pct=0.25, use_parallel_residual=True,
-                         tie_word_embeddings=False),
-        "opt": dict(ffn_dim=256, word_embed_proj_dim=64, pad_token_id=1),
-    }[family]
-    return AutoConfig.for_model(family, **(common | extra | kw))
+    return arch_tiny_config(family, **kw)
 
 
 def family_model(family: str, seed: int = 0, **kw):

@@ -27,6 +27,10 @@ def test_ls_lists_what_exists(capsys):
                  "ort_optimize", "torch_cast", "ort_fp16", "onnxruntime"):
         assert f"  {name} " in out
     assert "\nsteps:\n" in out  # recipe steps, named as what they are
+    # every registry is listed: metrics of each task kind, architecture families
+    for line in ("  bleu                 [generate] ", "  acc                  [multiple_choice] ",
+                 "  bits_per_byte        [perplexity] ", "  llama                llama, mistral"):
+        assert line in out
     rc, out, _ = run(capsys, "ls", "tasks")
     assert rc == 0 and out.startswith("tasks:") and "shape:gpt2" not in out
 

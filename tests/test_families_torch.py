@@ -79,7 +79,7 @@ def test_steps_that_need_the_layout_refuse_an_unknown_family(step, sets, bloom_d
     assert _compress(bloom_dir, tmp_path / "out", step, *sets) == 2
     err = capsys.readouterr().err
     assert f"{step}: model type 'bloom' is not an architecture slimbench knows" in err
-    assert "gpt_neox (gpt_neox), opt (opt)" in err
+    assert "gpt_neox (gpt_neox), llama (llama, mistral, qwen2), opt (opt)" in err
     assert not (tmp_path / "out").exists()
 
 

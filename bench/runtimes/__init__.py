@@ -1,46 +1,74 @@
 """Runtimes: a loaded artifact on a backend, behind the one ``CausalLM`` protocol.
 
-``make_runtime`` picks the runtime by the loaded model's format, from ``RUNTIMES``:
+``RUNTIMES`` is the backend registry (``slimbench ls backends``); ``make_runtime`` picks the
+runtime for a loaded model by ``backend_of``:
 
-    ``onnx``   an exported ``.onnx`` graph (``OnnxModel``)  -> ``OrtRuntime`` (ONNX Runtime)
-    ``torch``  a Hugging Face torch model                   -> ``TorchRuntime`` (torch eager)
+    ``onnxruntime``  an exported ``.onnx`` graph (``OnnxModel``)  -> ``OrtRuntime``
+    ``torch``        a Hugging Face torch model                   -> ``TorchRuntime`` (eager)
 
-Adding a runtime is one module and one line: subclass ``RuntimeBase`` (base.py), which
-declares every member of ``slimbench.tasks.protocol.CausalLM`` that a backend must write
-(``forward`` with its KV cache, ``sync``, ``placement``, the two log-prob methods; greedy
-generation comes from the base), with ``__init__(loaded, threads=None)``; then add its format
-and class to ``RUNTIMES`` (and, for a new format, a case to ``model_format``).
-``tests/test_runtime_protocol.py`` holds every registered runtime to the whole protocol.
+Entries are registered by module path, so listing them imports neither torch's nor ONNX
+Runtime's runtime. Adding a runtime is one module and one registration: subclass
+``RuntimeBase`` (base.py), which declares every member of ``slimbench.tasks.protocol.CausalLM``
+that a backend must write (``forward`` with its KV cache, ``sync``, ``placement``, the two
+log-prob methods; greedy generation comes from the base), with ``__init__(loaded,
+threads=None)``; then ``RUNTIMES.add_lazy(backend, "module:Class", help)`` here or from a
+plugin (``slimbench/registry.py``), and for a new artifact format a case to ``backend_of``.
+``tests/test_runtime_protocol.py`` holds every built-in runtime to the whole protocol.
 """
 
 from __future__ import annotations
 
-from slimbench.bench.runtimes.base import RuntimeBase
-from slimbench.bench.runtimes.ort_runtime import OrtRuntime
-from slimbench.bench.runtimes.torch_runtime import TorchRuntime
-from slimbench.compress.loader import LoadedModel
-from slimbench.compress.onnx_model import OnnxModel
-from slimbench.tasks.protocol import CausalLM
+from typing import TYPE_CHECKING
 
-# model format -> the runtime class that runs it (built as cls(loaded, threads))
-RUNTIMES: dict[str, type[RuntimeBase]] = {"onnx": OrtRuntime, "torch": TorchRuntime}
+from slimbench.registry import Registry
+
+if TYPE_CHECKING:
+    from slimbench.bench.runtimes.base import RuntimeBase
+    from slimbench.compress.loader import LoadedModel
+    from slimbench.tasks.protocol import CausalLM
+
+# backend name -> the runtime class that runs it (built as cls(loaded, threads))
+RUNTIMES: Registry[type[RuntimeBase]] = Registry("backend")
+RUNTIMES.add_lazy("torch", "slimbench.bench.runtimes.torch_runtime:TorchRuntime",
+                  "PyTorch eager on cpu or cuda (float32, float16, bfloat16)")
+RUNTIMES.add_lazy("onnxruntime", "slimbench.bench.runtimes.ort_runtime:OrtRuntime",
+                  "ONNX Runtime for ONNX artifacts (CPU EP; CUDA EP on cuda)")
 
 
-def model_format(loaded: LoadedModel) -> str:
-    """The key of ``RUNTIMES`` for what ``load_artifact`` returned."""
-    return "onnx" if isinstance(loaded.model, OnnxModel) else "torch"
+def backend_of(loaded: LoadedModel) -> str:
+    """The ``RUNTIMES`` name that runs what ``load_artifact`` returned."""
+    from slimbench.compress.onnx_model import OnnxModel
+
+    return "onnxruntime" if isinstance(loaded.model, OnnxModel) else "torch"
 
 
-def make_runtime(loaded: LoadedModel, threads: int | None = None) -> CausalLM:
+def make_runtime(loaded: LoadedModel, threads: int | None = None,
+                 backend: str | None = None) -> CausalLM:
     """The runtime for ``loaded``.
 
     Args:
         loaded: what ``load_artifact`` returned.
         threads: intra-op threads for a runtime that owns them (ORT's session); torch's are
             process-wide, set by ``environment.set_threads``.
+        backend: a ``RUNTIMES`` name (a plugin's runtime); default: ``backend_of(loaded)``.
+
+    Raises:
+        UsageError: an unknown backend.
     """
-    return RUNTIMES[model_format(loaded)](loaded, threads)
+    return RUNTIMES.get(backend or backend_of(loaded))(loaded, threads)
 
 
-__all__ = ["RUNTIMES", "CausalLM", "OrtRuntime", "RuntimeBase", "TorchRuntime", "make_runtime",
-           "model_format"]
+def __getattr__(name: str):
+    """``OrtRuntime``, ``TorchRuntime``, ``RuntimeBase`` on first use (PEP 562): importing this
+    package for its registry imports no backend."""
+    if name in ("OrtRuntime", "TorchRuntime"):
+        return RUNTIMES.get({"OrtRuntime": "onnxruntime", "TorchRuntime": "torch"}[name])
+    if name == "RuntimeBase":
+        from slimbench.bench.runtimes.base import RuntimeBase
+
+        return RuntimeBase
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["RUNTIMES", "OrtRuntime", "RuntimeBase", "TorchRuntime", "backend_of",
+           "make_runtime"]
