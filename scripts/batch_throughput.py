@@ -18,7 +18,7 @@ import statistics
 import time
 
 from slimbench.bench.measure.environment import set_threads
-from slimbench.bench.measure.scenarios import _ids, timed_generation
+from slimbench.bench.measure.scenarios import prompt_tokens, timed_generation
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.loader import load_artifact
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = set_threads(args.threads)
     runtimes = {a: make_runtime(load_artifact(a), threads) for a in args.artifacts}
-    prompts = {b: _ids(next(iter(runtimes.values())).vocab_size, args.prompt, b)
+    prompts = {b: prompt_tokens(next(iter(runtimes.values())).vocab_size, args.prompt, b)
                for b in args.batches}
     runs: dict[tuple[str, int], list[dict]] = {(a, b): [] for a in runtimes
                                                for b in args.batches}

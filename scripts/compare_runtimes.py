@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from slimbench.bench.measure.environment import set_threads
-from slimbench.bench.measure.scenarios import _ids, decode_latency, prefill_latency
+from slimbench.bench.measure.scenarios import (
+    decode_latency,
+    decode_start,
+    decode_steps,
+    prefill_latency,
+    prompt_tokens,
+)
 from slimbench.bench.runtimes import OrtRuntime, make_runtime
 from slimbench.compress.loader import load_artifact
 from slimbench.log import setup_logging
@@ -49,19 +55,17 @@ class _TimedSession:
 def ort_floor(rt: OrtRuntime, context: int, new_tokens: int, repeats: int) -> dict:
     """Per decode step: ORT's own run time, and what the loop around it adds, measured on the
     same steps (so machine drift between two measurements cannot fake or hide overhead)."""
-    prompt = _ids(rt.vocab_size, context).numpy()
+    prompt = prompt_tokens(rt.vocab_size, context).numpy()
     rt.reset_cache()  # first repeat is cold: it builds the decode bindings for these lengths
     session, timed = rt.session, _TimedSession(rt.session)
     rt.session = timed
     runs, overheads = [], []
     try:
         for i in range(repeats + 1):
-            logits, past = rt.forward(prompt)
+            state = decode_start(rt, prompt)
             timed.spent = 0.0
-            t0 = time.perf_counter()
-            for _ in range(new_tokens):  # the loop of RuntimeBase.greedy_generate
-                logits, past = rt.forward(logits[:, -1:].argmax(-1), past)
-            total = time.perf_counter() - t0
+            # the decode scenario's steps (its unit of work after the prefill)
+            total = sum(decode_steps(rt, state, new_tokens)["steps"])
             overhead = (total - timed.spent) / new_tokens * 1e3
             if i:
                 runs.append(timed.spent / new_tokens * 1e3)
@@ -86,7 +90,7 @@ def ort_floor(rt: OrtRuntime, context: int, new_tokens: int, repeats: int) -> di
 
 def hf_generate_ms(spec: str, context: int, new_tokens: int, repeats: int) -> float:
     model = load_artifact(spec).model
-    ids = _ids(model.config.vocab_size, context)
+    ids = prompt_tokens(model.config.vocab_size, context)
     kw = {"do_sample": False, "pad_token_id": 0}
     times = []
     with torch.inference_mode():

@@ -1,9 +1,10 @@
 """Time to first token of slimbench artifacts against Hugging Face ``generate``, interleaved.
 
 Each round times, in random order, HF ``model.generate(prompt, max_new_tokens=1)`` of a torch
-spec and, for each artifact, slimbench's first step (prefill with last-position logits, then
-argmax), all in this process with the same threads; the per-round ratio artifact / HF cancels
-a shared host's drift. Prints medians and the median per-round ratio with its range.
+spec and, for each artifact, slimbench's first step (the generate scenario's unit for one
+token: prefill with last-position logits, then argmax), all in this process with the same
+threads; the per-round ratio artifact / HF cancels a shared host's drift. Prints medians and
+the median per-round ratio with its range.
 
     python scripts/ttft_vs_hf.py --hf shape:gpt2 runs/gpt2-int4 runs/gpt2-int8 --prompt 128
 """
@@ -18,7 +19,7 @@ import time
 import torch
 
 from slimbench.bench.measure.environment import set_threads
-from slimbench.bench.measure.scenarios import _ids
+from slimbench.bench.measure.scenarios import generate_unit, prompt_tokens
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.loader import load_artifact
 
@@ -40,7 +41,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     hf = load_artifact(args.hf).model
     runtimes = {a: make_runtime(load_artifact(a), threads) for a in args.artifacts}
-    ids = _ids(hf.config.vocab_size, args.prompt)
+    ids = prompt_tokens(hf.config.vocab_size, args.prompt)
 
     def hf_first() -> float:
         t0 = time.perf_counter()
@@ -48,12 +49,8 @@ def main() -> None:
             hf.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0)
         return time.perf_counter() - t0
 
-    def ours(rt) -> float:
-        t0 = time.perf_counter()
-        logits, _ = rt.forward(ids, last_only=True)
-        int(logits[0, -1].argmax())
-        rt.sync()
-        return time.perf_counter() - t0
+    def ours(rt) -> float:  # the generate scenario's unit, one token: its time to first token
+        return generate_unit(rt, ids, 1)["ttft"]
 
     jobs = {"hf": hf_first} | {a: (lambda rt=rt: ours(rt)) for a, rt in runtimes.items()}
     times: dict[str, list[float]] = {k: [] for k in jobs}

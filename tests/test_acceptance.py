@@ -55,7 +55,8 @@ def suite_with(acceptance, **changes):
      "acc.yaml: acceptance.good.parameters: give one criterion of"),
     ({"good": {"parameters": {"speedup_at_least": 2}}}, {},
      "acc.yaml: acceptance.good.parameters: speedup_at_least needs a latency metric "
-     "(latency: prefill_ms, decode_ms_per_token, generate_ms, ttft_ms, tpot_ms;"),
+     "(latency: decode_ms_per_token, ttft_ms, tpot_ms, tokens_per_s, generate_ms, "
+     "prefill_ms;"),
     ({"good": {"perplexity.perplexity": {"slowdown_at_most": 0.1}}}, {},
      "acc.yaml: acceptance.good.perplexity.perplexity: slowdown_at_most needs a latency"),
     ({"good": {"decode_ms_per_token": {"non_inferior": 0.02}}}, {},

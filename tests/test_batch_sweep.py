@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from slimbench.bench.measure.cell import LatencyConfig, measure_latency
-from slimbench.bench.measure.scenarios import _ids, generate_sweep, timed_generation
+from slimbench.bench.measure.scenarios import generate_sweep, prompt_tokens, timed_generation
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.steps import run_step
@@ -62,7 +62,7 @@ def test_sweep_has_one_scenario_per_batch(loaded, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tokens_per_s_identity_holds_per_round(loaded, backend):
     rt = loaded[backend][1]
-    run = timed_generation(rt, _ids(rt.vocab_size, PROMPT, 4), NEW, repeats=3, warmup=1)
+    run = timed_generation(rt, prompt_tokens(rt.vocab_size, PROMPT, 4), NEW, repeats=3, warmup=1)
     assert len(run["ttft"]) == len(run["tpot"]) == len(run["rate"]) == 3
     for ttft, tpot, rate in zip(run["ttft"], run["tpot"], run["rate"], strict=True):
         assert ttft > 0 and tpot > 0
@@ -73,9 +73,9 @@ def test_tokens_per_s_identity_holds_per_round(loaded, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_greedy_tokens_equal_batch_one(loaded, backend):
     rt = loaded[backend][1]
-    prompts = _ids(rt.vocab_size, PROMPT, 16)
+    prompts = prompt_tokens(rt.vocab_size, PROMPT, 16)
     # seeded prompts are nested: row 0 of every batch is the batch-1 prompt
-    assert (prompts[:1] == _ids(rt.vocab_size, PROMPT, 1)).all()
+    assert (prompts[:1] == prompt_tokens(rt.vocab_size, PROMPT, 1)).all()
     batched = timed_generation(rt, prompts, NEW, repeats=1, warmup=0)["tokens"]
     for i in range(16):
         alone = timed_generation(rt, prompts[i:i + 1], NEW, repeats=1, warmup=0)["tokens"]

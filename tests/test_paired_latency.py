@@ -20,7 +20,9 @@ from slimbench.bench.measure.paired import (
     ratio_summary,
     should_stop,
     summarize,
+    time_ratio,
 )
+from slimbench.bench.measure.scenarios import SCENARIOS
 from slimbench.errors import UsageError
 
 
@@ -236,7 +238,7 @@ def _bench(monkeypatch, scenario, slowdown=0.0, new_tokens=4):
     b = paired_worker._Bench.__new__(paired_worker._Bench)
     b.scenario, b.length, b.new_tokens, b.slowdown = scenario, 9, new_tokens, slowdown
     b.rt, b.prompt, b._states = _FakeRuntime(clock), torch.zeros(1, 9, dtype=torch.long), {}
-    b.unit = {"prefill": b._prefill, "decode": b._decode, "generate": b._generate}[scenario]
+    b.defn = SCENARIOS.get(scenario)
     return b
 
 
@@ -284,9 +286,11 @@ def test_decode_steps_and_fillers_on_onnx_runtime(monkeypatch, tmp_path, tiny_di
 def test_injected_slowdown_scales_every_metric(monkeypatch, scenario):
     plain = _bench(monkeypatch, scenario).trial({"units": 3})
     slow = _bench(monkeypatch, scenario, slowdown=0.1).trial({"units": 3})
-    assert set(plain) == set(paired.METRICS[scenario])
-    for name in plain:
-        assert slow[name] / plain[name] == pytest.approx(1.1, abs=0.002), name
+    metrics = SCENARIOS.get(scenario).metrics
+    assert set(plain) == {m.name for m in metrics}
+    for m in metrics:  # a rate (tokens/s) drops by as much as a time grows
+        want = 1 / 1.1 if m.higher_is_better else 1.1
+        assert slow[m.name] / plain[m.name] == pytest.approx(want, abs=0.002), m.name
 
 def _trials(pairs, first=None):
     """Synthetic decode trials: ``pairs`` of (baseline, candidate) ms."""
@@ -324,13 +328,20 @@ def test_summarize_warns_when_the_interval_is_wider_than_the_min_effect():
 
 
 def test_summarize_generate_has_every_metric():
-    trials = [{"baseline": {"generate_ms": 100.0, "ttft_ms": 10.0, "tpot_ms": 3.0},
-               "candidate": {"generate_ms": 90.0, "ttft_ms": 9.0, "tpot_ms": 2.7},
+    trials = [{"baseline": {"generate_ms": 100.0, "ttft_ms": 10.0, "tpot_ms": 3.0,
+                            "tokens_per_s": 320.0},
+               "candidate": {"generate_ms": 90.0, "ttft_ms": 9.0, "tpot_ms": 2.7,
+                             "tokens_per_s": 320 / 0.9},
                "baseline_first": True}] * 10
     res = summarize("a", "b", PairedConfig(scenario="generate"), trials, 1.0, {})
-    assert set(res.ratios) == {"generate_ms", "ttft_ms", "tpot_ms"}
+    assert set(res.ratios) == {"generate_ms", "ttft_ms", "tpot_ms", "tokens_per_s"}
     assert res.metric == "generate_ms" and res.ratio == pytest.approx(0.9)
     assert res.verdict == "faster"
+    # a rate's ratio is the inverse of a time's: read as a time ratio it is the same 0.9
+    rate = res.ratios["tokens_per_s"]
+    assert rate["higher_is_better"] and rate["unit"] == "tok/s"
+    assert time_ratio(rate)[0] == pytest.approx(0.9)
+    assert time_ratio(res.ratios["generate_ms"])[0] == pytest.approx(0.9)
 
 
 # ---- configuration and command line ---------------------------------------------------------

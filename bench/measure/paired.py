@@ -31,17 +31,18 @@ from slimbench.bench.measure.paired_stats import (  # noqa: F401 - part of this 
     pair_orders,
     ratio_summary,
     should_stop,
+    time_ratio,
     trial_plan,
 )
+from slimbench.bench.measure.scenarios import SCENARIOS as LATENCY
 from slimbench.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("prefill", "decode", "generate")
-PRIMARY = {"prefill": "prefill_ms", "decode": "decode_ms_per_token", "generate": "generate_ms"}
-SCENARIO_OF_METRIC = {"prefill_ms": "prefill", "decode_ms_per_token": "decode",
-                      "generate_ms": "generate", "ttft_ms": "generate", "tpot_ms": "generate"}
-METRICS = {s: tuple(m for m, sc in SCENARIO_OF_METRIC.items() if sc == s) for s in SCENARIOS}
+# what each scenario is and measures is defined once, in scenarios.SCENARIOS
+SCENARIOS = tuple(LATENCY)
+PRIMARY = {s: LATENCY.get(s).primary for s in SCENARIOS}
+SCENARIO_OF_METRIC = {m.name: s for s in SCENARIOS for m in LATENCY.get(s).metrics}
 BURN_IN_PAIRS = 1  # measured and dropped: the first switch between the workers is atypical
 # Pause before each trial. An idle OpenMP team (torch) or ORT thread pool spin-waits for a
 # while after its last parallel region; started at once, the next trial would share the
@@ -91,9 +92,7 @@ class PairedConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise UsageError(f"unknown scenario {self.scenario!r}; choose one of "
-                             f"{', '.join(SCENARIOS)}")
+        LATENCY.get(self.scenario)  # unknown: "did you mean ...?"
         for name in ("length", "new_tokens", "seed") + (("threads",) if self.threads else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -210,10 +209,12 @@ def summarize(baseline: str, candidate: str, config: PairedConfig, trials: list[
     {...}, "baseline_first": bool}`` each); no processes needed, so it is testable."""
     from slimbench.fingerprint import differences
 
-    metric = PRIMARY[config.scenario]
-    ratios = {m: ratio_summary([t["baseline"][m] for t in trials],
-                               [t["candidate"][m] for t in trials])
-              for m in METRICS[config.scenario]}
+    defn = LATENCY.get(config.scenario)
+    metric = defn.primary
+    ratios = {m.name: ratio_summary([t["baseline"][m.name] for t in trials],
+                                    [t["candidate"][m.name] for t in trials])
+              | {"unit": m.unit, "higher_is_better": m.higher_is_better}
+              for m in defn.metrics}
     main = ratios[metric]
     verdict, why = classify(main["ratio"], tuple(main["ci95"]), config.min_effect)
     warnings = []
@@ -320,7 +321,7 @@ def _pairs(workers: dict, plan: dict, config: PairedConfig,
     from slimbench.log import quiet_progress
 
     orders = pair_orders(random.Random(config.seed))
-    primary = PRIMARY[config.scenario]
+    primary = LATENCY.get(config.scenario).primary
     # a trial may take far longer than planned on a loaded host; only a hung worker takes this
     timeout = 300 + 100 * config.trial_seconds
     trials, ratios, last = [], [], None
@@ -385,7 +386,8 @@ def format_result(result: PairedResult) -> str:
     lines.append(f"{result.scenario}: {what}; {result.pairs} pairs in {result.seconds:.1f} s "
                  f"({trial})")
     for name, r in result.ratios.items():
-        lines.append(f"  {name:<20} median {r['baseline']:.3f} ms -> {r['candidate']:.3f} ms, "
+        u = r.get("unit", "ms")
+        lines.append(f"  {name:<20} median {r['baseline']:.3f} {u} -> {r['candidate']:.3f} {u}, "
                      f"ratio {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
     lo, hi = result.speedup_ci95
     lines.append(f"speedup {result.speedup:.3f}x [{lo:.3f}, {hi:.3f}]")

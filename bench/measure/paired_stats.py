@@ -51,6 +51,13 @@ def ratio_summary(base: list[float], cand: list[float]) -> dict:
             "candidate": statistics.median(cand)}
 
 
+def time_ratio(r: dict) -> tuple[float, tuple[float, float]]:
+    """A metric's ``ratio_summary`` (with its ``higher_is_better``) as candidate time /
+    baseline time and its interval: a rate's ratio (tokens/s) is inverted."""
+    ratio, (lo, hi) = r["ratio"], r["ci95"]
+    return (1 / ratio, (1 / hi, 1 / lo)) if r.get("higher_is_better") else (ratio, (lo, hi))
+
+
 def half_width(ratio: float, ci95) -> float:
     """The interval's larger distance from the estimate, relative to it."""
     return max(ratio - ci95[0], ci95[1] - ratio) / ratio

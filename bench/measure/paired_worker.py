@@ -38,23 +38,25 @@ def _spin(seconds: float) -> None:
 
 
 class _Bench:
-    """The worker's model and its unit of work for one scenario.
+    """The worker's model and the scenario whose units of work it times
+    (``scenarios.SCENARIOS``: the very units a cell times, with the same metrics).
 
     ``slowdown`` (test-only) makes every timed step cost ``1 + slowdown`` times its own
-    measured time: after each timed forward (each decode step; each prefill forward; in
-    generate, the prefill and then the rest of the generation) it busy-waits ``slowdown``
-    times that step's measured time inside the timed region.
+    measured time: the worker's clock (``_timed``) busy-waits ``slowdown`` times each interval
+    the scenario's unit measures (each decode step; each prefill forward; in generate, the
+    prefill and then the rest of the generation) inside the timed region.
     """
 
     def __init__(self, spec: str, options: dict, slowdown: float) -> None:
         from slimbench.bench.measure import environment
         from slimbench.bench.measure.cell import check_positions
-        from slimbench.bench.measure.scenarios import _ids
+        from slimbench.bench.measure.scenarios import SCENARIOS, prompt_tokens
         from slimbench.bench.runtimes import make_runtime
         from slimbench.compress.loader import LoadOptions, load_artifact
         from slimbench.fingerprint import fingerprint
 
         self.scenario = options["scenario"]
+        self.defn = SCENARIOS.get(self.scenario)
         self.length, self.new_tokens = options["length"], options["new_tokens"]
         self.slowdown = slowdown
         threads = environment.set_threads(options["threads"])
@@ -64,7 +66,7 @@ class _Bench:
             trust_remote_code=options["trust_remote_code"]))
         self.rt = rt = make_runtime(loaded, threads=threads)
         check_positions(spec, rt.max_length, self.scenario, self.length, self.new_tokens)
-        self.prompt = _ids(rt.vocab_size, self.length)  # (1, length), seeded: same work always
+        self.prompt = prompt_tokens(rt.vocab_size, self.length)  # (1, length): same work always
         info = loaded.info
         self.describe = {
             "spec": spec, "backend": rt.backend, "device": rt.device, "threads": threads,
@@ -73,12 +75,11 @@ class _Bench:
             "weights_sha256": info.weights_sha256, "pid": os.getpid(),
             # captured after threads are set and the model is loaded: what the trials run in
             "fingerprint": fingerprint(environment.capture())}
-        self._states = {}  # decode: slot -> (logits, cache, steps done) of a unit under way
-        self.unit = {"prefill": self._prefill, "decode": self._decode,
-                     "generate": self._generate}[self.scenario]
+        self._states = {}  # decode in steps: slot -> the DecodeState of a unit under way
 
     def _timed(self, t0: float) -> float:
-        """Seconds since ``t0`` after a synchronize, stretched by the injected slowdown."""
+        """The scenarios' clock: seconds since ``t0`` after a synchronize, stretched by the
+        injected slowdown."""
         self.rt.sync()
         dt = time.perf_counter() - t0
         if self.slowdown:
@@ -86,50 +87,23 @@ class _Bench:
             dt = time.perf_counter() - t0
         return dt
 
-    def _prefill(self) -> dict:
-        t0 = time.perf_counter()
-        self.rt.forward(self.prompt, last_only=True)
-        return {"prefill_ms": self._timed(t0) * 1e3}
-
-    def _decode(self) -> dict:
-        self._states.pop("unit", None)  # a whole unit: its own prefill and all its steps
-        return self.decode_steps(self.new_tokens, "unit")
+    def unit(self) -> dict:
+        """One unit of the scenario's work: each of its metrics, the mean over the unit."""
+        return self.defn.values(self.defn.unit(self.rt, self.prompt, self.new_tokens,
+                                               self._timed))
 
     def decode_steps(self, steps: int, slot: str = "main") -> dict:
-        """``steps`` timed decode steps that continue the current unit in ``slot``; a new
-        unit (with its untimed prefill) once the last one has had its ``new_tokens`` steps.
-        (A runtime may only continue the cache of its latest call: ORT's raises otherwise;
-        so slots take turns, never interleave.)"""
-        rt = self.rt
-        state = self._states.get(slot)
-        if state is None or state[2] >= self.new_tokens:
-            # untimed prefill: the context's KV cache
-            logits, past = rt.forward(self.prompt, last_only=True)
-            rt.sync()
-            state = (logits, past, 0)
-        logits, past, done = state
-        steps = min(steps, self.new_tokens - done)
-        total = 0.0
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            logits, past = rt.forward(logits[:, -1:].argmax(-1), past)
-            total += self._timed(t0)
-        self._states[slot] = (logits, past, done + steps)
-        return {"decode_ms_per_token": total / steps * 1e3}
+        """``steps`` timed decode steps (``scenarios.decode_steps``) that continue the unit
+        under way in ``slot``; a new unit (with its untimed prefill) once the last one has had
+        its ``new_tokens`` steps. (A runtime may only continue the cache of its latest call:
+        ORT's raises otherwise; so slots take turns, never interleave.)"""
+        from slimbench.bench.measure import scenarios
 
-    def _generate(self) -> dict:
-        rt = self.rt
-        t0 = time.perf_counter()
-        logits, past = rt.forward(self.prompt, last_only=True)
-        token = logits[:, -1:].argmax(-1)
-        ttft = self._timed(t0)
-        t1 = time.perf_counter()
-        for _ in range(self.new_tokens - 1):
-            logits, past = rt.forward(token, past)
-            token = logits[:, -1:].argmax(-1)
-        rest = self._timed(t1)
-        return {"generate_ms": (ttft + rest) * 1e3, "ttft_ms": ttft * 1e3,
-                "tpot_ms": rest / (self.new_tokens - 1) * 1e3}
+        state = self._states.get(slot)
+        if state is None or state.done >= self.new_tokens:
+            state = self._states[slot] = scenarios.decode_start(self.rt, self.prompt)
+        steps = min(steps, self.new_tokens - state.done)
+        return self.defn.values(scenarios.decode_steps(self.rt, state, steps, self._timed))
 
     def _filler_steps(self, steps: int) -> dict:
         """A filler trial for decode in steps: as many one-token forwards without a cache
@@ -144,7 +118,7 @@ class _Bench:
     def warmup(self, _=None) -> dict:
         """Untimed units until warm; then what a unit costs: ``unit_ms`` (wall, with
         decode's untimed prefill, which a trial also spends) and, for decode, ``step_ms``
-        (one timed step), each the fastest warm-up unit's.
+        (one timed step: its primary metric), each the fastest warm-up unit's.
 
         Why the fastest: trials are sized from these, and two sides whose trials differ in
         length meet a busy host differently (the longer one runs further past its wake-up
@@ -158,14 +132,14 @@ class _Bench:
             t0 = time.perf_counter()
             values = self.unit()
             walls.append(time.perf_counter() - t0)
-            steps.append(values.get("decode_ms_per_token"))
+            steps.append(values[self.defn.primary])
         out = {"unit_ms": min(walls[1:]) * 1e3, "warmup_units": len(walls)}  # the 1st is cold
         if self.scenario == "decode":
             out["step_ms"] = min(steps[1:])
         return out
 
     def trial(self, plan: dict) -> dict:
-        """One trial (ms): ``{"units": K}``: the mean of each metric over K units;
+        """One trial: ``{"units": K}``: the mean of each metric (in its unit) over K units;
         ``{"steps": c}`` (decode): c steps that continue the current unit; with
         ``"filler": True``, a trial whose figures are not used."""
         if "steps" in plan and plan.get("filler"):

@@ -6,9 +6,11 @@ on any machine it is made on; nothing is compared with figures from another day 
 - quality (``task.metric``): ``non_inferior: a`` / ``no_significant_loss: a`` are the paired
   bootstrap tests of ``tasks/paired.py`` (non-inferiority / significance, allowance
   ``a x |baseline|``) on the per-example outputs both cells saved.
-- latency (``decode_ms_per_token``, ``prefill_ms``, ``generate_ms``, ``ttft_ms``,
-  ``tpot_ms``): one interleaved A/B (``bench/measure/paired.py``) per (variant, device,
-  scenario) between the two cells' artifacts, shared by every criterion of that scenario.
+- latency (any metric of ``bench/measure/scenarios.py``: ``decode_ms_per_token``,
+  ``prefill_ms``, ``generate_ms``, ``ttft_ms``, ``tpot_ms``, ``tokens_per_s``): one
+  interleaved A/B (``bench/measure/paired.py``) per (variant, device, scenario) between the
+  two cells' artifacts, shared by every criterion of that scenario; a rate's ratio is read as
+  the inverse time ratio.
   ``speedup_at_least: s`` passes when the low end of the speedup's 95% interval (baseline time /
   candidate time) is >= s; ``slowdown_at_most: e`` when the high end of the interval of
   candidate / baseline is <= 1 + e.
@@ -215,7 +217,7 @@ class _Judge:
 
     # ---- latency: one interleaved A/B per (variant, device, scenario) ---------------------
     def latency(self, cand, ref, metric: str, name: str, threshold: float) -> dict:
-        from slimbench.bench.measure.paired import SCENARIO_OF_METRIC
+        from slimbench.bench.measure.paired import SCENARIO_OF_METRIC, time_ratio
 
         scenario = SCENARIO_OF_METRIC[metric]
         key = (cand.cell.variant, cand.cell.device, scenario)
@@ -228,12 +230,13 @@ class _Judge:
         r = comparison["result"]["ratios"].get(metric)
         if r is None:
             return out | {"status": "fail", "why": f"the {scenario} A/B measured no {metric}"}
-        ratio, (lo, hi) = r["ratio"], r["ci95"]
+        ratio, (lo, hi) = time_ratio(r)  # candidate time / baseline time (a rate inverted)
         # the A/B's own min effect plays no part here: the criterion's threshold decides
         warnings = [w for w in comparison["result"].get("warnings") or []
                     if "wider than the min effect" not in w]
         pairs = comparison["result"]["pairs"]
-        what = (f"{metric} {r['baseline']:.4g} -> {r['candidate']:.4g} ms (medians), "
+        what = (f"{metric} {r['baseline']:.4g} -> {r['candidate']:.4g} {r.get('unit', 'ms')} "
+                f"(medians), "
                 f"{pairs} interleaved pairs")
         if name == "speedup_at_least":
             low, high = 1 / hi, 1 / lo

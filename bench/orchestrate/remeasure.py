@@ -18,9 +18,6 @@ from pathlib import Path
 
 from slimbench.errors import SlimbenchError
 
-# generate's tokens/s is the inverse of its whole-generation time
-INVERSE = {"tokens_per_s": "generate_ms"}
-
 
 def artifact_at_hand(artifact: str | None, content_key: str | None, recipe: list,
                      run_dir: Path) -> str | None:
@@ -42,16 +39,15 @@ def artifact_at_hand(artifact: str | None, content_key: str | None, recipe: list
 
 
 def _scenario(metric: str, latency: dict) -> tuple[str, str, int, int] | None:
-    """(paired metric, scenario, length, new_tokens) of a latency row name such as
-    ``decode_ms_per_token@128``; None for what a pair cannot re-measure (batch sweeps)."""
+    """(metric, scenario, length, new_tokens) of a latency row name such as
+    ``decode_ms_per_token@128``: a cell and a pair measure the same scenarios by the same
+    names; None for what a pair cannot re-measure (batch sweeps)."""
     from slimbench.bench.measure.paired import SCENARIO_OF_METRIC
 
     name, _, tag = metric.partition("@")
-    paired_metric = INVERSE.get(name, name)
-    if paired_metric not in SCENARIO_OF_METRIC or not tag.isdigit():
+    if name not in SCENARIO_OF_METRIC or not tag.isdigit():
         return None
-    return (paired_metric, SCENARIO_OF_METRIC[paired_metric], int(tag),
-            int(latency.get("new_tokens", 32)))
+    return name, SCENARIO_OF_METRIC[name], int(tag), int(latency.get("new_tokens", 32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +66,7 @@ def remeasure(checks: list[dict], evidence, plan: Remeasure, policy, say=print) 
     """``checks`` with every latency check whose two artifacts are at hand decided on a
     paired re-measurement (one comparison per variant, device and scenario); the others are
     returned as they were, their note saying why they were not re-measured."""
-    from slimbench.bench.measure.paired import PairedConfig, classify, paired_compare
+    from slimbench.bench.measure.paired import PairedConfig, paired_compare
 
     results: dict[tuple, object] = {}
     out = []
@@ -100,7 +96,7 @@ def remeasure(checks: list[dict], evidence, plan: Remeasure, policy, say=print) 
         if isinstance(result, str):
             out.append(check | {"why": f"{check['why']} [not re-measured: {result}]".strip()})
             continue
-        out.append(_decide(check, result, paired_metric, policy, classify))
+        out.append(_decide(check, result, paired_metric, policy))
     return out
 
 
@@ -120,9 +116,10 @@ def _sides(check: dict, evidence, plan: Remeasure) -> tuple[str, str] | str:
     return found[0], found[1]
 
 
-def _decide(check: dict, result, paired_metric: str, policy, classify) -> dict:
-    r = result.ratios[paired_metric]
-    ratio, (lo, hi) = r["ratio"], r["ci95"]  # candidate time / baseline time
+def _decide(check: dict, result, paired_metric: str, policy) -> dict:
+    from slimbench.bench.measure.paired import classify, time_ratio
+
+    ratio, (lo, hi) = time_ratio(result.ratios[paired_metric])  # candidate / baseline time
     mode, allowed = policy.allowance("latency", check["metric"])
     paired = {"ratio": ratio, "ci95": [lo, hi], "pairs": result.pairs,
               "seconds": result.seconds, "scenario": result.scenario}
