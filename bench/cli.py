@@ -377,13 +377,13 @@ def _remeasure(args, checks: list[dict], evidence, suite: dict | None, policy) -
 
 
 def cmd_demo(args) -> None:
-    from slimbench.bench.orchestrate.demo import default_run_dir, run_demo
+    from slimbench.bench.orchestrate.demo import DEMO_FULL_SUITE, default_run_dir, run_demo
 
     if args.resume and args.out is None:
         raise SlimbenchError("--resume needs --out: the run directory to finish")
     run_dir = args.out or default_run_dir()
     if not run_demo(run_dir, args.overrides, baseline=args.baseline, policy=args.policy,
-                    resume=args.resume):
+                    resume=args.resume, suite_path=DEMO_FULL_SUITE if args.full else None):
         raise GateFailed(f"an acceptance criterion failed or the demo run differs from "
                          f"{args.baseline.name}; see {run_dir / 'acceptance.md'} and "
                          f"{run_dir / 'gate.md'}")

@@ -143,6 +143,9 @@ def _demo_args(demo: argparse.ArgumentParser) -> None:
                       help="suite overrides, e.g. threads=1 task_limit=50 devices=[cpu]")
     demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<timestamp>)")
     demo.add_argument("--resume", action="store_true", help="finish an interrupted demo run")
+    demo.add_argument("--full", action="store_true",
+                      help="every variant (bench/suites/demo-full.yaml): ORT fp32 and static "
+                           "int8, a half-depth student and gpt2 torch int8 too")
     demo.add_argument("--baseline", type=Path, default=DEMO_BASELINE,
                       help="results to gate against (default: the committed demo baseline)")
     demo.add_argument("--policy", type=Path, default=DEMO_POLICY,
