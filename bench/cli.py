@@ -267,7 +267,7 @@ def cmd_run(args) -> None:
     _report(args.out, suite.baseline_variant)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"{ok} of {len(results)} cells ok; results in {args.out}")
-    rejected = _acceptance(suite, args.out, args.verbose) if suite.acceptance else []
+    rejected = _judge_acceptance(suite, args.out, args.verbose) if suite.acceptance else []
     failed = [r["cell"]["id"] for r in results if r["status"] == "failed"]
     if failed:  # exit 3: finished with a report, but not every measurement exists
         raise CellsFailed(f"{len(failed)} of {len(results)} cells failed ({', '.join(failed)}); "
@@ -296,7 +296,7 @@ def _executor(args):
                        connect_timeout=args.connect_timeout)
 
 
-def _acceptance(suite, run_dir: Path, verbose: int) -> list[str]:
+def _judge_acceptance(suite, run_dir: Path, verbose: int) -> list[str]:
     """Judge the suite's acceptance criteria on the run (printing each failure and the
     verdict), add them to its report; the failed ones, named."""
     from slimbench.bench.orchestrate.acceptance import evaluate_acceptance

@@ -319,7 +319,7 @@ def _choice_rows(cells: list[CellResult]) -> list[dict]:
     return out
 
 
-def _acceptance(run_dir: Path, warnings: list[dict]) -> dict | None:
+def _acceptance_section(run_dir: Path, warnings: list[dict]) -> dict | None:
     """``acceptance.json`` of the run, each criterion with its status's colour; None where
     there is none (a warning where it cannot be read)."""
     from slimbench.files import read_json
@@ -370,7 +370,7 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
                if m.split("@")[0] not in HIDDEN]
     baselines = baselines_for(cells, baseline)
     audit, warnings, env = _audit_and_warnings(cells)
-    acceptance = _acceptance(run_dir, warnings)
+    acceptance = _acceptance_section(run_dir, warnings)
     environment = [(k, v) for k, v in env.items() if k != "packages"]
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
     floors = {(c.cell.variant, c.cell.backend, c.cell.device): f for c in cells

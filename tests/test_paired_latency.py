@@ -19,7 +19,7 @@ from slimbench.bench.measure.paired import (
     paired_compare,
     ratio_summary,
     should_stop,
-    summarize,
+    summarize_trials,
     time_ratio,
 )
 from slimbench.bench.measure.scenarios import SCENARIOS
@@ -302,7 +302,7 @@ def _trials(pairs, first=None):
 def test_summarize_result_structure():
     pairs = [(10.0 + i % 3, 13.0 + i % 3) for i in range(12)]
     fp = {"cpu": "X", "isa": ["avx2"], "threads": 2, "gpu": None, "packages": {"torch": "2"}}
-    res = summarize("a", "b", PairedConfig(), _trials(pairs), 12.5,
+    res = summarize_trials("a", "b", PairedConfig(), _trials(pairs), 12.5,
                     {"baseline": fp, "candidate": dict(fp, threads=4)})
     assert res.metric == "decode_ms_per_token" and res.unit == "ms" and res.pairs == 12
     assert res.verdict == "slower" and res.ratio > 1.2
@@ -321,7 +321,7 @@ def test_summarize_result_structure():
 
 def test_summarize_warns_when_the_interval_is_wider_than_the_min_effect():
     pairs = [(10.0, 10.0 * (0.7 + 0.6 * (i % 2))) for i in range(12)]
-    res = summarize("a", "a", PairedConfig(), _trials(pairs), 60.0, {})
+    res = summarize_trials("a", "a", PairedConfig(), _trials(pairs), 60.0, {})
     assert res.verdict == "no change"
     assert any("--max-seconds" in w for w in res.warnings)
     assert any("environments differ" in w for w in res.warnings)  # none recorded
@@ -333,7 +333,7 @@ def test_summarize_generate_has_every_metric():
                "candidate": {"generate_ms": 90.0, "ttft_ms": 9.0, "tpot_ms": 2.7,
                              "tokens_per_s": 320 / 0.9},
                "baseline_first": True}] * 10
-    res = summarize("a", "b", PairedConfig(scenario="generate"), trials, 1.0, {})
+    res = summarize_trials("a", "b", PairedConfig(scenario="generate"), trials, 1.0, {})
     assert set(res.ratios) == {"generate_ms", "ttft_ms", "tpot_ms", "tokens_per_s"}
     assert res.metric == "generate_ms" and res.ratio == pytest.approx(0.9)
     assert res.verdict == "faster"
@@ -399,7 +399,7 @@ def _fake(monkeypatch, pairs):
 
     def fake(baseline, candidate, config, slowdown=0.0, show_progress=False, **kw):
         seen.update(config=config, slowdown=slowdown)
-        res = summarize(baseline, candidate, config, _trials(pairs), 11.0, {})
+        res = summarize_trials(baseline, candidate, config, _trials(pairs), 11.0, {})
         res.models = {r: {"backend": "torch", "device": "cpu", "parameters": 2_600_000,
                           "threads": 2, "dtype": "float32"} for r in ("baseline", "candidate")}
         res.calibration = {r: {"units_per_trial": 3} for r in ("baseline", "candidate")}

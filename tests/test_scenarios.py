@@ -62,7 +62,7 @@ def test_cell_and_paired_worker_time_the_same_units(counted, tiny_dir):
         trials = [{"baseline": values, "candidate": values, "baseline_first": i % 2 == 0}
                   for i in range(10)]
         config = paired.PairedConfig(scenario=name, new_tokens=NEW)
-        res = paired.summarize("a", "a", config, trials, 1.0, {})
+        res = paired.summarize_trials("a", "a", config, trials, 1.0, {})
         assert "units_seen" in res.ratios and res.ratios["units_seen"]["ratio"] == 1.0
 
 

@@ -203,7 +203,7 @@ class PairedResult:
             "speedup_ci95": list(self.speedup_ci95)}
 
 
-def summarize(baseline: str, candidate: str, config: PairedConfig, trials: list[dict],
+def summarize_trials(baseline: str, candidate: str, config: PairedConfig, trials: list[dict],
               seconds: float, fingerprints: dict) -> PairedResult:
     """The result of the measured ``trials`` (``{"baseline": {metric: ms}, "candidate":
     {...}, "baseline_first": bool}`` each); no processes needed, so it is testable."""
@@ -301,7 +301,7 @@ def paired_compare(baseline: str, candidate: str, config: PairedConfig = PairedC
         for w in workers.values():
             w.close()
     fingerprints = {role: m.pop("fingerprint") for role, m in models.items()}
-    result = summarize(baseline, candidate, config, trials, seconds, fingerprints)
+    result = summarize_trials(baseline, candidate, config, trials, seconds, fingerprints)
     result.models, result.setup_seconds = models, setup_seconds
     result.calibration = {role: c | {"units_per_trial" if "units" in plan[role] else
                                      "steps_per_trial": next(iter(plan[role].values()))}

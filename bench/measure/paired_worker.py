@@ -21,7 +21,7 @@ import time
 from slimbench.errors import ModelLoadError, SlimbenchError, UsageError
 
 # what every CPU worker imports anyway: the fork server imports it once
-PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
+WORKER_PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
            "slimbench.bench.runtimes", "slimbench.bench.measure.environment",
            "slimbench.bench.measure.paired_worker")
 WARMUP_UNITS = 3  # at least this many untimed units per side ...
@@ -193,7 +193,7 @@ class Worker:
         from slimbench.bench.measure.isolation import _context
 
         self.role, self.spec = role, spec
-        ctx = _context(() if options["device"].startswith("cuda") else PRELOAD)
+        ctx = _context(() if options["device"].startswith("cuda") else WORKER_PRELOAD)
         self.conn, child_conn = ctx.Pipe(duplex=True)
         life_r, self._life_w = ctx.Pipe(duplex=False)  # we hold the writer: the lifeline
         self.proc = ctx.Process(target=serve, args=(spec, options, slowdown, child_conn, life_r),

@@ -56,7 +56,7 @@ def bootstrap_median_ci(samples: list[float], resamples: int = 2000,
     return lo, hi
 
 
-def summarize(samples: list[float], scale: float = 1e3) -> dict:
+def sample_stats(samples: list[float], scale: float = 1e3) -> dict:
     """Median, mean, p90, p99, stdev, CV and the median's 95% bootstrap interval of
     ``samples`` (times ``scale``: ms by default), with a warning when CV is high."""
     s = sorted(x * scale for x in samples)
@@ -75,8 +75,8 @@ def summarize(samples: list[float], scale: float = 1e3) -> dict:
 
 def measurement(name: str, unit: str, samples: list[float], scale: float = 1e3,
                 higher_is_better: bool = False) -> Measurement:
-    """``summarize(samples, scale)`` as the results schema's ``Measurement`` called ``name``."""
-    s = summarize(samples, scale)
+    """``sample_stats(samples, scale)`` as the results schema's ``Measurement`` called ``name``."""
+    s = sample_stats(samples, scale)
     warnings = [s["warning"]] if "warning" in s else []
     return Measurement(name=name, unit=unit, higher_is_better=higher_is_better,
                        median=s["median"], ci95=tuple(s["median_ci95"]), n=s["n"], cv=s["cv"],

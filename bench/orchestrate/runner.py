@@ -93,7 +93,7 @@ def content_key(cache, variant: Variant) -> str | None:
 
 CELL = "slimbench.bench.measure.cell:suite_cell"
 # what every CPU cell imports anyway: the fork server imports it once (bench/measure/isolation.py)
-PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
+CELL_PRELOAD = ("torch", "transformers", "onnxruntime", "slimbench.compress.loader",
            "slimbench.bench.measure.cell", "slimbench.bench.runtimes", "slimbench.tasks.generation")
 
 
@@ -259,7 +259,7 @@ def cell_kwargs(suite: Suite, variant: Variant, head: CellInfo) -> dict:
 def cell_preload(device: str) -> tuple[str, ...]:
     """Modules the cell's fork server imports: none for CUDA (a CUDA context must never be
     inherited through fork, so CUDA cells are spawned)."""
-    return () if device.startswith("cuda") else PRELOAD
+    return () if device.startswith("cuda") else CELL_PRELOAD
 
 
 def isolated_result(head: CellInfo, run: dict) -> tuple[CellResult, list[dict]]:

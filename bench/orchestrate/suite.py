@@ -222,7 +222,6 @@ def _tasks(data: dict, source: str) -> tuple[str | dict, ...]:
     return tasks
 
 
-MAX_THREADS = 4096  # as bench/measure/environment.py: beyond any machine
 
 # acceptance criteria (bench/orchestrate/acceptance.py judges them): name -> what it needs
 QUALITY_CRITERIA = {"non_inferior": "non_inferiority", "no_significant_loss": "significance"}
@@ -316,7 +315,7 @@ def _criterion(suite: Suite, variant: Variant, metric: str, rule, where: str) ->
     return {name: float(value)}
 
 
-def _acceptance(data: dict, suite: Suite, source: str) -> dict:
+def _parse_acceptance(data: dict, suite: Suite, source: str) -> dict:
     """``acceptance:`` as variant -> metric -> {criterion: number}, every entry checked."""
     raw = data.get("acceptance")
     if raw is None:
@@ -357,6 +356,8 @@ def parse_suite(data, source: str = "suite") -> Suite:
                          f"{', '.join(sorted(KEYS))}")
     variants = _variants(data, source)
     devices = _devices(data, source)
+    from slimbench.bench.measure.environment import MAX_THREADS  # (it imports torch)
+
     latency = _latency(data, source)
     tasks = _tasks(data, source)
     threads = _number(data, "threads", int, source) or 0
@@ -377,7 +378,7 @@ def parse_suite(data, source: str = "suite") -> Suite:
     suite = Suite(str(data.get("name", "suite")), variants, devices, threads, latency,
                   tasks, None if limit is None else int(limit), timeout, base,
                   None if ppl_limit is None else int(ppl_limit), paired=_paired(data, source))
-    suite = dataclasses.replace(suite, acceptance=_acceptance(data, suite, source))
+    suite = dataclasses.replace(suite, acceptance=_parse_acceptance(data, suite, source))
     _check_positions(variants, latency, source)  # last: it reads model configs
     return suite
 
