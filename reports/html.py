@@ -354,8 +354,9 @@ def _environments_note(cells: list[CellResult], fingerprints: dict) -> list[dict
              f"and memory deltas are shown only within one: {where}"}]
 
 
-# figures the summary leaves out: shown elsewhere (ttft with tpot) or rarely compared
-HIDDEN = ("ttft_ms", "peak_rss_bytes", "rss_bytes", "nonzero_parameters")
+# figures the summary leaves out: shown elsewhere (ttft with tpot; a whole generation's time as
+# tokens/s) or rarely compared
+HIDDEN = ("ttft_ms", "generate_ms", "peak_rss_bytes", "rss_bytes", "nonzero_parameters")
 
 
 def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
