@@ -84,7 +84,7 @@ def cmd_eval(args) -> None:
     from slimbench.bench.measure.cell import require_tokenizer
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.reports.schema import QualityScore
+    from slimbench.schema import QualityScore
     from slimbench.tasks.generation import run_entry
 
     specs, resamples = _eval_inputs(args)
@@ -170,7 +170,7 @@ def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: li
     """``out`` (an ``EvalResult``) and, first, its per-example file: the results JSON names a
     file that exists when it appears."""
     from slimbench.bench.measure import environment
-    from slimbench.reports.schema import Artifact, EvalResult
+    from slimbench.schema import Artifact, EvalResult
 
     ex_path = examples_path(out)
     for score in scores.values():
@@ -192,7 +192,7 @@ def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: li
 def _fidelity(args, rt, loaded, resamples: int):
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.reports.schema import Fidelity
+    from slimbench.schema import Fidelity
     from slimbench.tasks.fidelity import FidelityConfig, fidelity
     from slimbench.tasks.sources import load_examples, render
     from slimbench.tasks.specs import TASKS

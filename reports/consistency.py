@@ -25,7 +25,7 @@ from pathlib import Path
 
 from slimbench.digest import sha256_file
 from slimbench.errors import UsageError
-from slimbench.reports.schema import CellResult, QualityScore
+from slimbench.schema import CellResult, QualityScore
 
 # A figure re-aggregated from its examples differs from the recorded one by summation order at
 # most (a few ulps of a sum over thousands of tokens): far below 1e-6. An edited figure, a

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from slimbench import atomic
 from slimbench.errors import UsageError
-from slimbench.reports.schema import CellResult
+from slimbench.schema import CellResult
 from slimbench.reports.table import (
     baselines_for,
     load_cells,

@@ -11,7 +11,7 @@ from pathlib import Path
 from slimbench import atomic
 from slimbench.files import read_json
 from slimbench.reports.html import render_html
-from slimbench.reports.schema import ResultsFile, Row
+from slimbench.schema import ResultsFile, Row
 from slimbench.reports.table import (
     baselines_for,
     load_cells,

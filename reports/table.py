@@ -19,7 +19,7 @@ from pathlib import Path
 
 from slimbench.errors import UsageError
 from slimbench.files import read_json
-from slimbench.reports.schema import (
+from slimbench.schema import (
     RESULTS_FORMAT,
     SUITE_SHAPE,
     CellResult,

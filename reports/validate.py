@@ -15,7 +15,7 @@ from pathlib import Path
 
 from slimbench.errors import UsageError
 from slimbench.reports.consistency import check_cell, check_rows, check_scores
-from slimbench.reports.schema import SCHEMA_VERSION, CellResult, Document, EvalResult, load_file
+from slimbench.schema import SCHEMA_VERSION, CellResult, Document, EvalResult, load_file
 from slimbench.reports.table import cell_files
 
 

@@ -120,7 +120,7 @@ def run_steps(src: Path, steps: list, work: Path) -> tuple[str, Path | None]:
 def perplexity(spec: str) -> float:
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.reports.schema import QualityScore
+    from slimbench.schema import QualityScore
     from slimbench.tasks.generation import run_task
     from slimbench.tasks.specs import resolve_task
 

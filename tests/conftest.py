@@ -191,7 +191,7 @@ def _make_run(root, name="a", nll=3.0):
     cell with a perplexity and a multiple-choice task, and the suite that asks for it."""
     from slimbench.bench.orchestrate.runner import write_cell
     from slimbench.reports.output import write_tables
-    from slimbench.reports.schema import load_document
+    from slimbench.schema import load_document
 
     run = root / name
     (run / "cells").mkdir(parents=True)

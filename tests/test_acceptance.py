@@ -14,7 +14,7 @@ from slimbench.bench.orchestrate.acceptance import evaluate_acceptance
 from slimbench.bench.orchestrate.runner import write_cell
 from slimbench.bench.orchestrate.suite import load_suite, parse_suite
 from slimbench.errors import SlimbenchError, UsageError
-from slimbench.reports.schema import CellInfo, CellResult, Memory, QualityScore, Score
+from slimbench.schema import CellInfo, CellResult, Memory, QualityScore, Score
 
 INT8 = ["torch_dynamic_int8"]
 BASE_SUITE = {

@@ -85,7 +85,7 @@ def test_batched_greedy_tokens_equal_batch_one(loaded, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cell_runs_the_sweep_after_the_generate_scenario(loaded, backend):
     """Batch 1 is the generate scenario itself, measured once; the rows name each batch."""
-    from slimbench.reports.schema import CellInfo, CellResult
+    from slimbench.schema import CellInfo, CellResult
     from slimbench.reports.table import rows_from_cell
 
     art, rt = loaded[backend]

@@ -12,7 +12,7 @@ from slimbench.reports.table import RESULTS_FORMAT, load_rows, rows_from_cell
 
 
 def _stat(name, median, lo, hi, unit="ms", hib=False):
-    """A measurement as the schema writes it (reports/schema.py), with hand-set figures."""
+    """A measurement as the schema writes it (slimbench/schema/documents.py), with hand-set figures."""
     return {"name": name, "unit": unit, "higher_is_better": hib, "median": median,
             "ci95": [lo, hi], "n": 10, "cv": 0.01}
 

@@ -109,7 +109,7 @@ def test_latency_cell_in_its_own_process():
     r = run_isolated("slimbench.bench.measure.cell:latency_cell",
                      {"model": "reference", "threads": 1, "config": cfg}, timeout=300)
     assert r["status"] == "ok", r.get("reason")
-    from slimbench.reports.schema import CellResult
+    from slimbench.schema import CellResult
 
     cell = CellResult.from_dict(r["result"])  # the results schema, checked
     scenarios = cell.latency.scenarios

@@ -36,9 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     # "only the CausalLM protocol in tasks/protocol.py" (which lives in tasks itself)
     "tasks": set(),
     "bench/runtimes": {"compress", "slimbench.tasks.protocol"},
-    # "reports (schema)": the result dataclasses, their codec and the memory fields' record
-    "bench/measure": {"bench/runtimes", "compress", "tasks", "slimbench.reports.schema",
-                      "slimbench.reports.codec", "slimbench.reports.measurements"},
+    "bench/measure": {"bench/runtimes", "compress", "tasks"},
     "bench/orchestrate": {"bench/measure", "compress", "tasks", "reports"},
     # the top: `slimbench` commands drive every layer below (compress, eval, paired, ls), and
     # lmeval_model.py puts a runtime behind lm-eval's model registry

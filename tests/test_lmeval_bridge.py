@@ -199,7 +199,7 @@ def test_native_multiple_choice_equals_the_same_task_through_lm_eval(task_dir, r
 
 
 def test_eval_cli_writes_lm_eval_tasks_as_slimbench_rows(task_dir, tmp_path, capsys):
-    from slimbench.reports.schema import load_file
+    from slimbench.schema import load_file
     from slimbench.tasks.paired import metric_rows, paired_test
 
     out = tmp_path / "eval.json"

@@ -14,7 +14,7 @@ from slimbench.bench.orchestrate.runner import finished_result
 from slimbench.errors import UsageError
 from slimbench.reports.consistency import read_records
 from slimbench.reports.output import write_tables
-from slimbench.reports.schema import CellInfo
+from slimbench.schema import CellInfo
 from slimbench.reports.table import load_rows
 from slimbench.tasks.paired import check_records
 

@@ -12,7 +12,7 @@ import pytest
 from slimbench.bench.cli import main
 from slimbench.bench.orchestrate.runner import run_suite
 from slimbench.bench.orchestrate.suite import load_suite
-from slimbench.reports.schema import SCHEMA_VERSION, CellResult, load_file, schema_text
+from slimbench.schema import SCHEMA_VERSION, CellResult, load_file, schema_text
 
 ROOT = Path(__file__).parent.parent
 SUITE = """
@@ -188,7 +188,7 @@ def test_typed_round_trip(run_dir):
 
 
 def test_a_hand_built_cell_round_trips_and_a_wrong_type_is_named(capsys, tmp_path):
-    from slimbench.reports.schema import CellInfo, Latency, Measurement, Memory, Scenario
+    from slimbench.schema import CellInfo, Latency, Measurement, Memory, Scenario
 
     decode = Measurement("decode_ms_per_token", "ms", False, 10.0, (9.9, 10.1), n=8, cv=0.01)
     cell = CellResult(CellInfo("a--cpu", "a", "reference", [], "cpu", backend="torch"), "ok",
@@ -207,9 +207,9 @@ def test_a_hand_built_cell_round_trips_and_a_wrong_type_is_named(capsys, tmp_pat
 
 
 def test_committed_json_schema_is_the_generated_one():
-    committed = (ROOT / "reports" / "results.schema.json").read_text()
-    assert committed == schema_text(), "regenerate: python -m slimbench.reports.schema > " \
-                                       "reports/results.schema.json"
+    committed = (ROOT / "slimbench" / "schema" / "results.schema.json").read_text()
+    assert committed == schema_text(), "regenerate: python -m slimbench.schema > " \
+                                       "slimbench/schema/results.schema.json"
     schema = json.loads(committed)
     cell = schema["$defs"]["CellResult"]
     assert cell["properties"]["schema_version"]["type"] == "integer"

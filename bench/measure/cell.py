@@ -1,5 +1,5 @@
 """One latency cell: an artifact on a backend and device, its scenarios, memory and environment,
-as the results schema's ``CellResult`` (``reports/schema.py``).
+as the results schema's ``CellResult`` (``slimbench/schema/documents.py``).
 
 ``latency_cell`` returns plain values so that
 ``run_isolated("slimbench.bench.measure.cell:latency_cell", ...)`` can run it in its own process;
@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from slimbench.errors import UsageError
-from slimbench.reports.schema import Artifact, CellInfo, CellResult, Latency, Memory, QualityScore
+from slimbench.schema import Artifact, CellInfo, CellResult, Latency, Memory, QualityScore
 from slimbench.tasks.protocol import CausalLM
 
 LISTS = ("prefill", "decode_contexts", "batches", "generate_batches")  # lists of positive ints

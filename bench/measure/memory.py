@@ -1,5 +1,5 @@
 """One memory taxonomy for every cell. Each field is defined once, in the results schema
-(``reports/measurements.py``, ``Memory``; ``FIELDS`` here), and the README's table is checked
+(``slimbench/schema/measurements.py``, ``Memory``; ``FIELDS`` here), and the README's table is checked
 against it by a test.
 
 Peak RSS is the kernel's high-water mark for the process (VmHWM), which is why every cell runs
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import resource
 
-from slimbench.reports.codec import field_docs
-from slimbench.reports.measurements import Memory
+from slimbench.schema.codec import field_docs
+from slimbench.schema.measurements import Memory
 
 # name -> description of every memory field: the results schema's ``Memory`` type is where each
 # is defined (one place for the measurement, the results file and the table)

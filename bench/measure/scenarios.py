@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from slimbench.bench.measure.timing import measurement
 from slimbench.registry import Registry
-from slimbench.reports.schema import Measurement, Scenario
+from slimbench.schema import Measurement, Scenario
 
 if TYPE_CHECKING:  # numpy and torch stay out of the command line's start
     from slimbench.tasks.protocol import CausalLM

@@ -6,7 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from slimbench.reports.schema import Measurement
+from slimbench.schema import Measurement
 
 
 def time_callable(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10,

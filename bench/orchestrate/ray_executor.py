@@ -50,7 +50,7 @@ from slimbench.bench.orchestrate.runner import (
 from slimbench.bench.orchestrate.suite import Suite, Variant
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
-from slimbench.reports.schema import CellInfo, CellResult
+from slimbench.schema import CellInfo, CellResult
 
 log = logging.getLogger(__name__)
 SLOT = ray_cluster.SLOT

@@ -4,7 +4,7 @@ one JSON per cell as it finishes, then the results table and report.
 Run directory layout::
 
     RUN/suite.json              the resolved suite (what was asked)
-    RUN/cells/<cell>.json       one CellResult per cell (reports/schema.py; status ok |
+    RUN/cells/<cell>.json       one CellResult per cell (slimbench/schema/documents.py; status ok |
                                 failed | skipped, reason)
     RUN/cells/<cell>.examples.jsonl   per-example task outputs of the cell
     RUN/results.json / results.csv / summary.csv / report.html
@@ -38,8 +38,8 @@ from slimbench.bench.orchestrate.suite import Suite, Variant
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.log import quiet_progress
 from slimbench.reports.consistency import check_cell
-from slimbench.reports.schema import CellInfo, CellResult, load_document, load_file
-from slimbench.reports.schema import cell_id as schema_cell_id
+from slimbench.schema import CellInfo, CellResult, load_document, load_file
+from slimbench.schema import cell_id as schema_cell_id
 
 
 def cell_id(variant: Variant, device: str) -> str:

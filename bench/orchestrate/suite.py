@@ -254,7 +254,7 @@ def _paired(data: dict, source: str) -> dict:
 def suite_baselines(suite: Suite) -> dict[str, str]:
     """Each variant's baseline as the reports have it (``reports/table.py baselines_for``)."""
     from slimbench.reports.output import baselines_for
-    from slimbench.reports.schema import CellInfo, CellResult
+    from slimbench.schema import CellInfo, CellResult
 
     heads = [CellResult(CellInfo(v.name, v.name, v.model, [s for s, _ in v.recipe], "cpu"),
                         "skipped") for v in suite.variants]
@@ -265,7 +265,7 @@ def _criterion(suite: Suite, variant: Variant, metric: str, rule, where: str) ->
     """One ``metric: {criterion: number}`` entry, checked against what the suite measures."""
     from slimbench.bench.measure.cell import LatencyConfig
     from slimbench.bench.measure.paired import SCENARIO_OF_METRIC
-    from slimbench.reports.schema import Memory
+    from slimbench.schema import Memory
     from slimbench.tasks.specs import resolve_task
 
     if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in CRITERIA:

@@ -1,4 +1,4 @@
-"""The parts of a result document (``reports/schema.py``): timed measurements, latency
+"""The parts of a result document (``slimbench/schema/documents.py``): timed measurements, latency
 scenarios, memory figures, quality scores and fidelity."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from slimbench.reports.codec import Typed
+from slimbench.schema.codec import Typed
 
 Interval = tuple[float, float]
 

@@ -9,8 +9,8 @@ Producers build these types and write ``to_dict()``; consumers read with ``load_
 which checks every field and names the first one that does not fit. Files of another
 version are refused in one line: their fields may mean something else.
 
-``python -m slimbench.reports.schema`` prints the JSON Schema of the three, generated from these
-types (committed as ``reports/results.schema.json``, for other tools; slimbench validates with
+``python -m slimbench.schema`` prints the JSON Schema of the three, generated from these
+types (committed as ``slimbench/schema/results.schema.json``, for other tools; slimbench validates with
 the types themselves).
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from slimbench.errors import UsageError
-from slimbench.reports.codec import SchemaError, Typed, json_schema
-from slimbench.reports.measurements import (  # noqa: F401 - the schema's parts, named here too
+from slimbench.schema.codec import SchemaError, Typed, json_schema
+from slimbench.schema.measurements import (  # noqa: F401 - the schema's parts, named here too
     Fidelity,
     Interval,
     Latency,
@@ -305,19 +305,15 @@ def load_file(path: str | Path, want: str | None = None) -> Document:
 
 
 def generate() -> dict:
-    """The JSON Schema of the three documents (what ``reports/results.schema.json`` holds)."""
+    """The JSON Schema of the three documents (what ``slimbench/schema/results.schema.json`` holds)."""
     return json_schema(
         [CellResult, EvalResult, ResultsFile], title="slimbench results",
         description=f"slimbench results schema version {SCHEMA_VERSION}: a cell result, an "
                     "eval --out file or a run's results file. Generated from "
-                    "slimbench/reports/schema.py by `python -m slimbench.reports.schema`. "
+                    "slimbench/schema/documents.py by `python -m slimbench.schema`. "
                     "Every number is finite: NaN and Infinity (which Python's json would "
                     "write) are refused.")
 
 
 def schema_text() -> str:
     return json.dumps(generate(), indent=2) + "\n"
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised by the committed-schema test
-    print(schema_text(), end="")
