@@ -6,12 +6,16 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slimbench import atomic
 from slimbench.bench.cli_parser import LS_WHAT
 from slimbench.bench.cli_parser import parser as _parser
 from slimbench.errors import CellsFailed, GateFailed, SlimbenchError, os_error_line
 from slimbench.log import setup_logging
+
+if TYPE_CHECKING:
+    from slimbench.schema import Check
 
 
 def _load_options(args):
@@ -26,8 +30,8 @@ def _ls_models() -> list[tuple[str, str]]:
     from slimbench.compress.shapes import SHAPES, describe
 
     card = reference_card()
-    return [("reference", f"embedded GPT-2 ({card['parameters'] / 1e6:.1f} M params, "
-                          f"validation perplexity {card['validation_perplexity']:.1f}) "
+    return [("reference", f"embedded GPT-2 ({card.parameters / 1e6:.1f} M params, "
+                          f"validation perplexity {card.validation_perplexity:.1f}) "
                           "trained on CPython stdlib")] + [
         (f"shape:{n}", describe(n)) for n in SHAPES]
 
@@ -84,7 +88,6 @@ def cmd_eval(args) -> None:
     from slimbench.bench.measure.cell import require_tokenizer
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.schema import QualityScore
     from slimbench.tasks.generation import run_entry
 
     specs, resamples = _eval_inputs(args)
@@ -99,11 +102,11 @@ def cmd_eval(args) -> None:
     for spec in specs:
         for res in run_entry(rt, loaded.tokenizer, spec, args.limit, show_progress=True,
                              batch_size=args.batch_size, resamples=resamples):
-            name = res["task"]  # an lm_eval entry gives one result per lm-eval task
+            name = res.score.task  # an lm_eval entry gives one result per lm-eval task
             if name in scores:
                 raise SlimbenchError(f"two tasks are named {name!r}; task names must differ")
-            examples += [{"task": name} | e for e in res.pop("examples")]
-            scores[name] = score = QualityScore.from_task(res)
+            examples += res.records()
+            scores[name] = score = res.score
             ci = score.ci95
             ci_text = f"  95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             print(f"{name:<18} {score.metric} = {score.value:.3f}{ci_text}  "
@@ -170,13 +173,13 @@ def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: li
     """``out`` (an ``EvalResult``) and, first, its per-example file: the results JSON names a
     file that exists when it appears."""
     from slimbench.bench.measure import environment
-    from slimbench.schema import Artifact, EvalResult
+    from slimbench.schema import EvalResult
 
     ex_path = examples_path(out)
     for score in scores.values():
         score.examples_file = ex_path.name
-    result = EvalResult(model=Artifact.from_info(loaded.info.to_dict()), tasks=scores,
-                        environment=environment.capture(), examples_file=ex_path.name,
+    result = EvalResult(model=loaded.info, tasks=scores,
+                        environment=environment.capture().to_dict(), examples_file=ex_path.name,
                         threads=threads, fidelity=fid).to_dict()
     try:
         atomic.write_text(ex_path, "".join(json.dumps(e, sort_keys=True) + "\n"
@@ -192,7 +195,6 @@ def _write_eval(out: Path, loaded, threads: int, scores: dict, fid, examples: li
 def _fidelity(args, rt, loaded, resamples: int):
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.schema import Fidelity
     from slimbench.tasks.fidelity import FidelityConfig, fidelity
     from slimbench.tasks.sources import load_examples, render
     from slimbench.tasks.specs import TASKS
@@ -203,9 +205,8 @@ def _fidelity(args, rt, loaded, resamples: int):
     spec = TASKS.get("perplexity")
     texts = [render(spec.text, r) for r in load_examples(spec, args.limit)]
     cfg = FidelityConfig(spec.perplexity)
-    res = Fidelity.from_fidelity(fidelity(
-        rt, make_runtime(base_loaded, args.threads), loaded.tokenizer, texts, cfg,
-        resamples=resamples, show_progress=True) | {"baseline": args.baseline})
+    res = fidelity(rt, make_runtime(base_loaded, args.threads), loaded.tokenizer, texts, cfg,
+                   resamples=resamples, show_progress=True, baseline_spec=args.baseline)
     m = res.metrics
     print(f"{'fidelity':<18} top-1 agreement {m['top1_agreement'].value:.4f}, "
           f"KL {m['kl_nats'].value:.3g} nats, greedy exact match "
@@ -230,8 +231,9 @@ def cmd_compress(args) -> None:
         params[key.strip()] = parse_value(raw.strip())
     make_config(STEPS.get(args.step), params)  # bad names and values fail before any work
     manifest = run_step(args.step, params, args.model, args.out)
-    summary = {k: manifest.get(k) for k in ("step", "recipe", "bytes_on_disk", "quantization",
-                                             "parity")}
+    written = manifest.to_dict()
+    summary = {k: written.get(k) for k in ("step", "recipe", "bytes_on_disk", "quantization",
+                                            "parity")}
     print(json.dumps(summary, indent=2))
     print(f"wrote artifact {args.out}")
 
@@ -251,8 +253,8 @@ def _compress_recipe(args) -> None:
         raise SlimbenchError(f"{args.recipe}: {e}") from None
     manifests = run_recipe(recipe, model, args.out)
     for m in manifests:
-        print(f"{'/'.join(m['recipe']):<60} {m['parameters']:>12,} params "
-              f"{m['bytes_on_disk']:>12,} bytes")
+        params = "?" if m.parameters is None else f"{m.parameters:,}"
+        print(f"{'/'.join(m.recipe):<60} {params:>12} params {m.bytes_on_disk:>12,} bytes")
     print(f"wrote {len(manifests)} artifacts under {args.out}")
 
 
@@ -265,10 +267,10 @@ def cmd_run(args) -> None:
     results = run_suite(suite, args.out, resume=args.resume,
                         cache=args.artifact_store or args.cache, executor=executor)
     _report(args.out, suite.baseline_variant)
-    ok = sum(r["status"] == "ok" for r in results)
+    ok = sum(r.status == "ok" for r in results)
     print(f"{ok} of {len(results)} cells ok; results in {args.out}")
     rejected = _judge_acceptance(suite, args.out, args.verbose) if suite.acceptance else []
-    failed = [r["cell"]["id"] for r in results if r["status"] == "failed"]
+    failed = [r.cell.id for r in results if r.status == "failed"]
     if failed:  # exit 3: finished with a report, but not every measurement exists
         raise CellsFailed(f"{len(failed)} of {len(results)} cells failed ({', '.join(failed)}); "
                           "the reasons are in their cell files and the report")
@@ -305,19 +307,19 @@ def _judge_acceptance(suite, run_dir: Path, verbose: int) -> list[str]:
     checks = evaluate_acceptance(suite, run_dir, say=print, show_progress=verbose > 0)
     render_html(run_dir, Path(run_dir).name, suite.baseline_variant)  # with its section
     print(f"wrote {run_dir / 'acceptance.md'}, {run_dir / 'acceptance.json'}")
-    return [f"{c['variant']} {c['device']} {c['metric']} {c['criterion']} {c['threshold']:g}"
-            for c in checks if c["status"] == "fail"]
+    return [f"{c.variant} {c.device} {c.metric} {c.criterion} {c.threshold:g}"
+            for c in checks if c.status == "fail"]
 
 
 def _report(run_dir: Path, baseline_variant: str | None) -> None:
     from slimbench.reports.output import write_report
 
     summary = write_report(run_dir, baseline_variant)
-    print(f"wrote {run_dir / 'results.csv'} ({summary['rows']} rows from {summary['cells']} "
-          f"cells), {run_dir / 'summary.csv'}, {summary['html']}")
-    for what in ("failed", "skipped"):
-        if summary[what]:
-            print(f"  {what}: {', '.join(summary[what])}")
+    print(f"wrote {run_dir / 'results.csv'} ({summary.rows} rows from {summary.cells} "
+          f"cells), {run_dir / 'summary.csv'}, {summary.html}")
+    for what, ids in (("failed", summary.failed), ("skipped", summary.skipped)):
+        if ids:
+            print(f"  {what}: {', '.join(ids)}")
 
 
 def cmd_report(args) -> None:
@@ -337,18 +339,19 @@ def cmd_gate(args) -> None:
 
     policy = load_policy(args.policy)
     loaded = [load_results(path) for path in args.baseline]
-    candidate, cand_suite = load_results(args.candidate)
+    cand = load_results(args.candidate)
+    candidate, cand_suite = cand.rows, cand.suite
     # a figure from another task limit, recipe or thread count is not a regression or a gain
-    for path, (_, suite) in zip(args.baseline, loaded, strict=True):
-        problem = suite_problem(suite, cand_suite, path, args.candidate)
+    for path, results in zip(args.baseline, loaded, strict=True):
+        problem = suite_problem(results.suite, cand_suite, path, args.candidate)
         if problem and not args.allow_different_suites:
             raise UsageError(f"{problem}; --allow-different-suites compares them anyway")
         if problem:
             print(f"slimbench: warning: {problem}", file=sys.stderr)
-    (baseline, _), *repeats = loaded
+    baseline, *repeats = [results.rows for results in loaded]
     # per-example outputs (paired quality tests) and environments (latency comparability)
     evidence = (load_evidence(args.baseline[0]), load_evidence(args.candidate))
-    checks = compare(baseline, candidate, policy, [rows for rows, _ in repeats], evidence)
+    checks = compare(baseline, candidate, policy, repeats, evidence)
     if args.remeasure:
         checks = _remeasure(args, checks, evidence, cand_suite, policy)
     text = markdown(checks)
@@ -358,11 +361,12 @@ def cmd_gate(args) -> None:
         path = args.candidate / f"gate-{stamp}.md"
         atomic.write_text(path, text)
         print(f"wrote {path}", file=sys.stderr)  # stdout stays Markdown (CI step summaries)
-    if any(c["status"] == "fail" for c in checks):
+    if any(c.status == "fail" for c in checks):
         raise GateFailed("the candidate regressed or lacks baseline metrics")
 
 
-def _remeasure(args, checks: list[dict], evidence, suite: dict | None, policy) -> list[dict]:
+def _remeasure(args, checks: list[Check], evidence, suite: dict | None,
+               policy) -> list[Check]:
     from slimbench.bench.orchestrate.remeasure import Remeasure, remeasure
     from slimbench.errors import UsageError
 

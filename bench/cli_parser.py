@@ -36,9 +36,9 @@ def parser() -> argparse.ArgumentParser:
                                            "a regression or a missing metric"))
     _demo_args(sub.add_parser("demo", help="run the demo suite (reference + gpt2 shapes, every "
                                            "compression), report, and gate it"))
-    val = sub.add_parser("validate", help="check result files against the results schema "
-                                          "(slimbench/schema/results.schema.json); exit 2 on the first "
-                                          "violation")
+    val = sub.add_parser("validate", help="check result files against the results "
+                                          "schema (slimbench/schema/results.schema.json); exit 2 "
+                                          "on the first violation")
     val.add_argument("path", type=Path, help="a cell JSON, a results.json, an `eval --out` file, "
                                              "or a run directory (its cells and results.json)")
     _compare_args(sub.add_parser(

@@ -24,13 +24,14 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from slimbench import __version__, atomic
+from slimbench.compress.manifest import FORMAT_VERSION, FileEntry, Manifest
 from slimbench.digest import sha256_file
 from slimbench.errors import UsageError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 STAGING_MARK = ".slimbench-staging"  # see staging_dir
 KEY_CHARS = 20  # a cache key: 80 bits of sha256 (collisions are not a concern at cache sizes)
 # an artifact cache's folder, ``<key>-<step>`` (step names are SAFE_NAMEs, slimbench/names.py)
@@ -44,46 +45,44 @@ def artifact_files(directory: Path) -> list[Path]:
             if f.is_file() and f.name not in (MANIFEST, STAGING_MARK)]
 
 
-def file_table(directory: Path) -> dict[str, dict]:
-    """``{name: {"bytes", "sha256"}}`` for every file in ``directory`` except the manifest."""
-    return {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+def file_table(directory: Path) -> dict[str, FileEntry]:
+    """Size and sha256 of every file in ``directory`` except the manifest, by name."""
+    return {f.name: FileEntry(f.stat().st_size, sha256_file(f))
             for f in artifact_files(directory)}
 
 
-def verify_files(directory: Path, manifest: dict, full: bool = True) -> list[str]:
+def verify_files(directory: Path, manifest: Manifest, full: bool = True) -> list[str]:
     """What differs between ``directory``'s files and the table its manifest recorded.
 
     The cheap check (``full=False``) compares names and sizes; the full one also each
     file's sha256. An empty list means the files are the ones that were written.
     """
-    recorded = manifest.get("files") or {}
+    recorded = manifest.files
     present = {f.name: f for f in artifact_files(directory)}
     problems = [f"{n} is missing" for n in sorted(set(recorded) - set(present))]
     problems += [f"{n} was added" for n in sorted(set(present) - set(recorded))]
     for name in sorted(set(recorded) & set(present)):
         size = present[name].stat().st_size
-        if size != recorded[name]["bytes"]:
+        if size != recorded[name].bytes:
             problems.append(f"{name} has {size} bytes, the manifest recorded "
-                            f"{recorded[name]['bytes']}")
-        elif full and sha256_file(present[name]) != recorded[name]["sha256"]:
+                            f"{recorded[name].bytes}")
+        elif full and sha256_file(present[name]) != recorded[name].sha256:
             problems.append(f"{name}'s sha256 differs from the manifest's")
     return problems
 
 
-def read_manifest(directory: Path) -> dict | None:
+def read_manifest(directory: Path) -> Manifest | None:
+    """The manifest of the artifact in ``directory``; None when there is no manifest.
+
+    Raises:
+        UsageError: a manifest.json that is not a slimbench artifact manifest of this format.
+    """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
     from slimbench.files import read_json
 
-    manifest = read_json(path, "artifact manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise UsageError(f"{path} is not a slimbench artifact manifest (not a mapping with a "
-                         "'files' table)")
-    if manifest.get("slimbench_artifact") != FORMAT_VERSION:
-        raise UsageError(f"{path} is not a slimbench artifact manifest (version "
-                         f"{manifest.get('slimbench_artifact')!r}, expected {FORMAT_VERSION})")
-    return manifest
+    return Manifest.from_dict(read_json(path, "artifact manifest"), str(path))
 
 
 def artifact_trait(directory: Path) -> str | None:
@@ -115,15 +114,18 @@ def artifact_trait(directory: Path) -> str | None:
     return None
 
 
-def finish_manifest(directory: Path, manifest: dict) -> dict:
-    """Add the file table and totals to ``manifest`` and write it into ``directory``."""
+def finish_manifest(directory: Path, fields: dict[str, Any]) -> Manifest:
+    """Add the file table and totals to the manifest ``fields`` (JSON: what ``run_step``
+    records and the step's ``StepReport.to_dict()``) and write it into ``directory``."""
     files = file_table(directory)
-    manifest = {
+    data = {
         "slimbench_artifact": FORMAT_VERSION, "slimbench_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(), **manifest,
-        "files": files, "bytes_on_disk": sum(f["bytes"] for f in files.values()),
+        "created": datetime.now(timezone.utc).isoformat(), **fields,
+        "files": {n: f.to_dict() for n, f in files.items()},
+        "bytes_on_disk": sum(f.bytes for f in files.values()),
     }
-    atomic.write_json(directory / MANIFEST, manifest)
+    manifest = Manifest.from_dict(data, str(directory / MANIFEST))  # checked before written
+    atomic.write_json(directory / MANIFEST, manifest.to_dict())
     return manifest
 
 

@@ -28,6 +28,7 @@ import logging
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -67,7 +68,34 @@ def directory_digest(path: Path) -> str:
     return _digest([(f.name, sha256_file(f)) for f in files])
 
 
-def source_identity(spec: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SourceIdentity:
+    """What a model spec *is*, by content: what its cache keys hash.
+
+    Attributes:
+        source: reference, shape, directory (a local folder) or hub.
+        digest: ``directory_digest`` of its files (a hub id's snapshot); None for a shape.
+        name: the shape's label or the hub id; None for the others.
+        seed: (shape) the seed of its random weights.
+        versions: (shape) the library versions its random weights depend on.
+    """
+
+    source: str
+    digest: str | None = None
+    name: str | None = None
+    seed: int = 0
+    versions: dict[str, str | None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping cache keys have always hashed (its keys name the source)."""
+        if self.source == "shape":
+            return {"shape": self.name, "seed": self.seed, "versions": self.versions}
+        if self.source == "hub":
+            return {"hub": self.name, "snapshot": self.digest}
+        return {self.source: self.digest}  # reference, directory
+
+
+def source_identity(spec: str) -> SourceIdentity:
     """What a model spec *is*, by content, for cache keys.
 
     Raises:
@@ -79,18 +107,19 @@ def source_identity(spec: str) -> dict:
 
     source = spec_source(spec)
     if source == "reference":
-        return {"reference": directory_digest(REFERENCE_DIR)}
+        return SourceIdentity("reference", directory_digest(REFERENCE_DIR))
     if source == "shape":
         # random weights from a seed: the same shape, seed and libraries give the same model
-        return {"shape": ShapeSpec.parse(spec).label, "seed": 0, "versions": _versions()}
+        return SourceIdentity("shape", name=ShapeSpec.parse(spec).label, seed=0,
+                              versions=_versions())
     if source == "path":
         path = Path(spec).expanduser()
         if not path.is_dir():
             raise ModelLoadError(f"{spec!r} is a file; expected a Hugging Face model directory")
-        return {"directory": directory_digest(path)}
+        return SourceIdentity("directory", directory_digest(path))
     from slimbench.compress.hub import fetch_snapshot
 
-    return {"hub": spec, "snapshot": directory_digest(fetch_snapshot(spec))}
+    return SourceIdentity("hub", directory_digest(fetch_snapshot(spec)), name=spec)
 
 
 class ArtifactCache:
@@ -113,7 +142,7 @@ class ArtifactCache:
 
     def identity(self, spec: str) -> str:
         if spec not in self._identity:
-            self._identity[spec] = _digest(source_identity(spec))
+            self._identity[spec] = _digest(source_identity(spec).to_dict())
         return self._identity[spec]
 
     def step_key(self, parent_key: str, name: str, params: dict) -> str:

@@ -17,7 +17,7 @@ def calibration_batches(tokenizer, vocab_size: int, samples: int, seq_len: int) 
 
     out = []
     for row in load_corpus("train"):
-        ids = tokenizer(row["text"][:20_000])["input_ids"]
+        ids = tokenizer(row.text[:20_000])["input_ids"]
         for start in range(0, len(ids) - seq_len, seq_len * 8):
             out.append(np.array([ids[start: start + seq_len]], dtype=np.int64))
             if len(out) == samples:

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from slimbench.compress.loader import DTYPES, LoadedModel, count_parameters
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.step_io import copy_side_files, onnx_child_fields, save_model
@@ -54,19 +55,20 @@ def ort_fp16(src: Path, dst: Path, config: OrtFp16Config) -> None:
 
 @register_step("torch_cast", TorchCastConfig, produces="torch-cast",
                help="store torch weights as bfloat16 (CPU) or float16 (CUDA)")
-def _apply_torch_cast(parent: LoadedModel, config: TorchCastConfig, out: Path) -> dict:
+def _apply_torch_cast(parent: LoadedModel, config: TorchCastConfig, out: Path) -> StepReport:
     params, nonzero = count_parameters(parent.model)
     half = copy.deepcopy(parent.model).to(DTYPES[config.dtype])
     save_model(half, parent.tokenizer, out)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
-    return {"format": "hf", "load_dtype": config.dtype, "parameters": params,
-            "nonzero_parameters": nonzero, "dtypes": {"weights": config.dtype},
-            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(half), prompts)}
+    return StepReport(
+        format="hf", load_dtype=config.dtype, parameters=params, nonzero_parameters=nonzero,
+        dtypes={"weights": config.dtype},
+        parity=parity(torch_logits_fn(parent.model), torch_logits_fn(half), prompts))
 
 
 @register_step("ort_fp16", OrtFp16Config, accepts=("onnx",),
                help="convert an ONNX artifact to float16 (float32 inputs/outputs kept)")
-def _apply_ort_fp16(parent: LoadedModel, config: OrtFp16Config, out: Path) -> dict:
+def _apply_ort_fp16(parent: LoadedModel, config: OrtFp16Config, out: Path) -> StepReport:
     src = parent.model.path
     copy_side_files(src.parent, out)
     ort_fp16(src, out / ONNX_FILE, config)

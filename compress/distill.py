@@ -32,12 +32,14 @@ from tqdm import tqdm
 from slimbench import atomic
 from slimbench.compress.arch import arch_of, hidden_size, n_layers
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_model import OnnxModel
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 from slimbench.log import quiet_progress
+from slimbench.schema.codec import Typed
 
 log = logging.getLogger(__name__)
 CHECKPOINT_STATE = "trainer.json"
@@ -140,33 +142,54 @@ def token_stream(tokenizer, split: str, tokens: int) -> torch.Tensor:
 
     out: list[int] = []
     for row in load_corpus(split):
-        out += tokenizer(row["text"])["input_ids"]
+        out += tokenizer(row.text)["input_ids"]
         if len(out) >= tokens:
             break
     return torch.tensor(out, dtype=torch.long)
 
 
-def distill_loss(student_out, teacher_out, ids: torch.Tensor, config: DistillConfig) -> dict:
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+    """One batch's loss and its terms (scalar tensors, differentiable).
+
+    Attributes:
+        ce: cross-entropy against the next tokens.
+        loss: the weighted sum that is minimized.
+        kl: KL(teacher || student) of the distributions softened by the temperature (before
+            its T^2 weight); None when alpha is 0.
+        cos: 1 - cos(student, teacher) of the last hidden states; None when hidden_weight is 0.
+    """
+
+    ce: torch.Tensor
+    loss: torch.Tensor
+    kl: torch.Tensor | None = None
+    cos: torch.Tensor | None = None
+
+    def values(self) -> dict[str, float]:
+        """The terms that were computed, by name (ce, kl, cos, loss), as numbers."""
+        terms = {"ce": self.ce, "kl": self.kl, "cos": self.cos, "loss": self.loss}
+        return {k: v.item() for k, v in terms.items() if v is not None}
+
+
+def distill_loss(student_out, teacher_out, ids: torch.Tensor,
+                 config: DistillConfig) -> LossTerms:
     """The loss terms for one batch (next-token prediction: positions 0..T-2 predict 1..T-1)."""
     s = student_out.logits[:, :-1].float().flatten(0, 1)  # (N, V)
     target = ids[:, 1:].flatten()
     ce = F.cross_entropy(s, target)
-    terms = {"ce": ce}
+    kl = cos = None
     loss = (1 - config.alpha) * ce
     if config.alpha > 0:
         t = teacher_out.logits[:, :-1].float().flatten(0, 1)
         temp = config.temperature
         kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1),
                       log_target=True, reduction="batchmean")
-        terms["kl"] = kl
         loss = loss + config.alpha * temp * temp * kl
     if config.hidden_weight > 0:
         hs, ht = student_out.hidden_states[-1], teacher_out.hidden_states[-1]
         cos = 1 - F.cosine_similarity(hs.float(), ht.float(), dim=-1).mean()
-        terms["cos"] = cos
         loss = loss + config.hidden_weight * cos
-    terms["loss"] = loss
-    return terms
+    return LossTerms(ce=ce, loss=loss, kl=kl, cos=cos)
 
 
 @torch.no_grad()
@@ -220,7 +243,7 @@ def _optimizer(student: nn.Module, config: DistillConfig):
 
 
 def _train_step(student, teacher, ids: torch.Tensor, config: DistillConfig, optimizer,
-                schedule, step: int) -> dict:
+                schedule, step: int) -> LossTerms:
     """One optimizer step on batch ``ids``; returns the loss terms (stops on a NaN loss)."""
     hidden = config.hidden_weight > 0
     out = student(input_ids=ids, use_cache=False, output_hidden_states=hidden)
@@ -229,20 +252,59 @@ def _train_step(student, teacher, ids: torch.Tensor, config: DistillConfig, opti
         with torch.no_grad():
             t_out = teacher(input_ids=ids, use_cache=False, output_hidden_states=hidden)
     terms = distill_loss(out, t_out, ids, config)
-    if not torch.isfinite(terms["loss"]):
+    if not torch.isfinite(terms.loss):
         raise CompressionError(f"distillation diverged at step {step + 1}: loss "
-                               f"{terms['loss'].item()}; lower lr (now {config.lr}) or "
+                               f"{terms.loss.item()}; lower lr (now {config.lr}) or "
                                "grad_clip")
     optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
+    terms.loss.backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
     optimizer.step()
     schedule.step()
     return terms
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingRecord(Typed):
+    """How a student was trained (the manifest's ``training``).
+
+    Attributes:
+        steps: optimizer steps.
+        resumed_from: the step a checkpoint resumed at (0: a fresh start).
+        tokens_seen: training tokens, steps x batch x sequence.
+        train_seconds: wall time of this run's steps.
+        final_val_perplexity: validation perplexity after the last step.
+        history: every 10th step and every evaluation: step, the loss terms (ce, kl, cos,
+            loss) and val_perplexity where it was measured.
+        validation: what the validation perplexity is measured on.
+    """
+
+    steps: int
+    resumed_from: int
+    tokens_seen: int
+    train_seconds: float
+    final_val_perplexity: float | None
+    history: list[dict[str, float]]
+    validation: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherRef(Typed):
+    """The teacher of a distillation (the manifest's ``teacher``).
+
+    Attributes:
+        spec: its model spec, or ``(parent)`` when the parent taught a shallower student.
+        weights_sha256: sha256 of its weight files.
+        parameters: its parameter count.
+    """
+
+    spec: str
+    weights_sha256: str | None
+    parameters: int
+
+
 def distill(student: nn.Module, teacher: nn.Module | None, tokenizer,
-            config: DistillConfig, show_progress: bool = False) -> dict:
+            config: DistillConfig, show_progress: bool = False) -> TrainingRecord:
     """Train ``student`` in place; returns the training record for the manifest."""
     teacher = _used_teacher(student, teacher, config)
     if tokenizer is None:
@@ -273,7 +335,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, tokenizer,
         ids = torch.stack([train[s: s + config.seq_len] for s in starts.tolist()]).to(device)
         terms = _train_step(student, teacher, ids, config, optimizer, schedule, step)
         done = step + 1
-        record = {"step": done, **{k: round(v.item(), 5) for k, v in terms.items()}}
+        record = {"step": done, **{k: round(v, 5) for k, v in terms.values().items()}}
         if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
             record["val_perplexity"] = round(validation_perplexity(student, val_windows), 4)
             bar.set_postfix(val_ppl=record["val_perplexity"])
@@ -282,11 +344,12 @@ def distill(student: nn.Module, teacher: nn.Module | None, tokenizer,
         if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             _save_checkpoint(ckpt, config, done, history, student, optimizer, schedule, sampler)
     student.eval()
-    return {"steps": config.steps, "resumed_from": start, "tokens_seen": need,
-            "train_seconds": time.perf_counter() - t0,
-            "final_val_perplexity": history[-1].get("val_perplexity") if history else None,
-            "history": history, "validation": f"{n_val} x {config.seq_len} tokens of the corpus "
-                                              "validation split (monitoring only)"}
+    return TrainingRecord(
+        steps=config.steps, resumed_from=start, tokens_seen=need,
+        train_seconds=time.perf_counter() - t0,
+        final_val_perplexity=history[-1].get("val_perplexity") if history else None,
+        history=history, validation=f"{n_val} x {config.seq_len} tokens of the corpus "
+                                    "validation split (monitoring only)")
 
 
 def _save_checkpoint(ckpt: Path, config, step, history, student, optimizer, schedule,
@@ -322,7 +385,7 @@ def _resume(ckpt: Path, config, student, optimizer, schedule, sampler):
 
 
 def _teacher_for(parent: LoadedModel, config: DistillConfig):
-    """(teacher model, its ModelInfo), or (None, None) when the loss needs no teacher."""
+    """(teacher model, what it is), or (None, None) when the loss needs no teacher."""
     if config.alpha == 0 and config.hidden_weight == 0:
         return None, None
     if config.teacher is None and config.student_layers is None:
@@ -339,7 +402,7 @@ def _teacher_for(parent: LoadedModel, config: DistillConfig):
 @register_step("distill", DistillConfig, version=2,
                help="teacher -> student distillation (KL + CE) on the corpus; or a shallower "
                     "student")
-def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> dict:
+def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> StepReport:
     student = copy.deepcopy(parent.model)
     if config.student_layers is not None:
         student = shallow_student(student, config.student_layers)
@@ -348,13 +411,14 @@ def _apply_distill(parent: LoadedModel, config: DistillConfig, out: Path) -> dic
     student.to("cpu")
     save_model(student, parent.tokenizer, out)
     params, nonzero = count_parameters(student)
-    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
-            "dtypes": {"weights": "float32"},
-            "teacher": None if teacher_info is None else {
-                "spec": config.teacher or "(parent)", "weights_sha256":
-                    teacher_info.weights_sha256, "parameters": teacher_info.parameters},
-            "student_layers": n_layers(student.config), "training": record,
-            # how close the student stays to the model it was made from (not a preservation
-            # claim: a distilled student is a different function, this is its fidelity)
-            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(student.eval()),
-                             reference_prompts(parent.tokenizer, student.config.vocab_size))}
+    return StepReport(
+        format="hf", parameters=params, nonzero_parameters=nonzero,
+        dtypes={"weights": "float32"},
+        teacher=None if teacher_info is None else TeacherRef(
+            spec=config.teacher or "(parent)", weights_sha256=teacher_info.weights_sha256,
+            parameters=teacher_info.parameters),
+        student_layers=n_layers(student.config), training=record,
+        # how close the student stays to the model it was made from (not a preservation
+        # claim: a distilled student is a different function, this is its fidelity)
+        parity=parity(torch_logits_fn(parent.model), torch_logits_fn(student.eval()),
+                      reference_prompts(parent.tokenizer, student.config.vocab_size)))

@@ -29,10 +29,10 @@ def spec_kind(spec: str) -> str:
     manifest = read_manifest(path)
     if manifest is None:
         return "torch"
-    if manifest.get("format") == "onnx":
+    if manifest.format == "onnx":
         return "onnx"
-    if manifest.get("load_transform"):
+    if manifest.load_transform:
         return "torch-int8"
-    if manifest.get("load_dtype", "float32") != "float32":
+    if (manifest.load_dtype or "float32") != "float32":
         return "torch-cast"
     return "torch"

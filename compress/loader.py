@@ -27,6 +27,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from slimbench.compress.arch import max_positions
 from slimbench.compress.artifact import (
     MANIFEST,
+    Manifest,
     artifact_trait,
     read_manifest,
     sha256_file,
@@ -43,6 +44,7 @@ from slimbench.compress.reference import REFERENCE_DIR, REFERENCE_NAME
 from slimbench.compress.shapes import ShapeSpec, build_shape_model
 from slimbench.compress.step_registry import STEPS, make_config
 from slimbench.errors import ModelLoadError, UsageError
+from slimbench.schema import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +82,21 @@ class LoadOptions:
 
 
 @dataclasses.dataclass
-class ModelInfo:
-    """What was loaded; saved verbatim into results so reports know what they describe."""
-
-    spec: str
-    kind: str  # reference | local | hub | shape
-    path: str | None
-    random_weights: bool
-    model_type: str
-    parameters: int
-    nonzero_parameters: int
-    bytes_on_disk: int | None  # bytes of the weight files (None for in-memory shape models)
-    dtype: str
-    device: str
-    weights_sha256: str | None
-    recipe: list[str] = dataclasses.field(default_factory=list)  # steps that made an artifact
-    manifest: dict | None = None  # the artifact's manifest, when there is one
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
 class LoadedModel:
+    """A loaded model and what it is.
+
+    Attributes:
+        model: a torch causal LM, or an ``OnnxModel`` for an ONNX artifact.
+        tokenizer: a transformers tokenizer; None for shape models.
+        info: what was loaded, as results record it (``slimbench.schema.Artifact``; its
+            ``manifest`` is the artifact's manifest JSON).
+        manifest: the artifact's typed manifest; None for a plain checkpoint.
+    """
+
     model: PreTrainedModel
-    tokenizer: object | None  # a transformers tokenizer; None for shape models
-    info: ModelInfo
+    tokenizer: object | None
+    info: Artifact
+    manifest: Manifest | None = None
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -137,7 +128,7 @@ def load_artifact(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         loaded = _load_local(Path(spec).expanduser(), spec, opts)
     else:
         loaded = _load_hub(spec, opts)
-    dtype = opts.dtype or (loaded.info.manifest or {}).get("load_dtype") or "float32"
+    dtype = opts.dtype or (loaded.manifest and loaded.manifest.load_dtype) or "float32"
     if isinstance(loaded.model, torch.nn.Module):
         loaded.model.to(device=opts.device, dtype=DTYPES[dtype])
     loaded.info.dtype, loaded.info.device = dtype, opts.device
@@ -181,39 +172,44 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
         raise ModelLoadError(f"artifact {spec!r} does not match its manifest "
                              f"({'; '.join(problems[:3])}): it was changed after it was "
                              "written; rebuild it")
-    if manifest.get("format") == "onnx":
+    if manifest.format == "onnx":
         return _load_onnx(path, spec, manifest, opts)
     loaded = _load_dir(path, spec, "artifact", opts)
     info = loaded.info
-    info.recipe, info.manifest = list(manifest["recipe"]), manifest
-    info.random_weights = bool(manifest.get("random_weights", False))
-    transform = manifest.get("load_transform")
+    info.recipe, info.manifest = list(manifest.recipe), manifest.to_dict()
+    info.random_weights = bool(manifest.random_weights)
+    loaded.manifest = manifest
+    transform = manifest.load_transform
     if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
         raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
     if transform:  # the step re-applies itself and checks the result against the manifest
         step = STEPS.get(transform)
-        loaded = step.transform(loaded, make_config(step, manifest["config"]), manifest)
+        loaded = step.transform(loaded, make_config(step, manifest.config or {}), manifest)
     return loaded
 
 
-def _load_onnx(path: Path, spec: str, manifest: dict, opts: LoadOptions) -> LoadedModel:
+def _load_onnx(path: Path, spec: str, manifest: Manifest, opts: LoadOptions) -> LoadedModel:
     from slimbench.compress.onnx_model import OnnxModel
 
     if opts.dtype not in (None, "float32"):
         raise UsageError(f"{spec!r} is an ONNX artifact; its dtype is fixed at export "
                          f"(got --dtype {opts.dtype})")
     config = AutoConfig.from_pretrained(path)
-    onnx_files = [path / n for n in manifest["files"] if n.startswith(manifest["onnx_file"])]
-    model = OnnxModel(path / manifest["onnx_file"], config, opts.device)
-    digest = sha256_file(path / manifest["onnx_file"])  # the bytes measured, not the record
-    info = ModelInfo(
+    onnx_file = manifest.onnx_file
+    if onnx_file is None:
+        raise ModelLoadError(f"{spec!r}: its ONNX manifest names no onnx_file; rebuild it")
+    onnx_files = [path / n for n in manifest.files if n.startswith(onnx_file)]
+    model = OnnxModel(path / onnx_file, config, opts.device)
+    digest = sha256_file(path / onnx_file)  # the bytes measured, not the record
+    info = Artifact(
         spec=spec, kind="artifact", path=str(path.resolve()),
-        random_weights=bool(manifest.get("random_weights")), model_type=config.model_type,
-        parameters=manifest["parameters"], nonzero_parameters=manifest["nonzero_parameters"],
+        random_weights=bool(manifest.random_weights), model_type=config.model_type,
+        parameters=manifest.report["parameters"],
+        nonzero_parameters=manifest.report["nonzero_parameters"],
         bytes_on_disk=sum(f.stat().st_size for f in onnx_files), dtype="float32",
-        device=opts.device, weights_sha256=digest, recipe=list(manifest["recipe"]),
-        manifest=manifest)
-    return LoadedModel(model, _tokenizer(path, opts), info)
+        device=opts.device, weights_sha256=digest, recipe=list(manifest.recipe),
+        manifest=manifest.to_dict())
+    return LoadedModel(model, _tokenizer(path, opts), info, manifest)
 
 
 def spec_max_positions(spec: str) -> int | None:
@@ -385,7 +381,7 @@ def _load_hub(hub_id: str, opts: LoadOptions) -> LoadedModel:
 
 
 def _info(model, spec: str, kind: str, path: str | None, opts: LoadOptions, random: bool,
-          files: list[Path] | None = None) -> ModelInfo:
+          files: list[Path] | None = None) -> Artifact:
     total, nonzero = count_parameters(model)
     files = files or []
     digest = None
@@ -393,7 +389,7 @@ def _info(model, spec: str, kind: str, path: str | None, opts: LoadOptions, rand
         h = hashlib.sha256()
         for f in files:
             digest = sha256_file(f, h)
-    return ModelInfo(
+    return Artifact(
         spec=spec, kind=kind, path=path, random_weights=random,
         model_type=model.config.model_type, parameters=total, nonzero_parameters=nonzero,
         bytes_on_disk=sum(f.stat().st_size for f in files) if files else None,

@@ -52,6 +52,7 @@ from slimbench.compress.arch import arch_of, kv_shape, n_layers
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.fused_attention import DOMAIN
 from slimbench.compress.loader import LoadedModel, count_parameters
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_model import (
     ATTENTION_PROP,
     LOGITS_INDEX,
@@ -284,7 +285,7 @@ def padded_drift(model: nn.Module, child: OnnxModel, session, prompts: np.ndarra
 @register_step("export_onnx", ExportOnnxConfig, produces="onnx", version=2,
                help="ONNX export: one merged graph with explicit KV cache, attention mask and "
                     "position inputs, dynamic batch/sequence")
-def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, out: Path) -> dict:
+def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, out: Path) -> StepReport:
     arch_of(parent.model, "export_onnx")
     if parent.info.device != "cpu" or parent.info.dtype != "float32":
         raise UsageError("export_onnx exports float32 models loaded on cpu")
@@ -298,16 +299,16 @@ def _apply_export_onnx(parent: LoadedModel, config: ExportOnnxConfig, out: Path)
     child = OnnxModel(path, parent.model.config)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
     session = child.session()
-    checked = parity(torch_logits_fn(parent.model), onnx_logits_fn(child, session), prompts)
-    checked["padded_max_abs_logit_diff"] = padded_drift(parent.model, child, session,
-                                                             prompts)
-    ok = (max(checked["max_abs_logit_diff"], checked["padded_max_abs_logit_diff"])
-          <= FP32_PARITY
-          and checked["greedy_identical"] == checked["greedy_prompts"])
+    checked = dataclasses.replace(
+        parity(torch_logits_fn(parent.model), onnx_logits_fn(child, session), prompts),
+        padded_max_abs_logit_diff=padded_drift(parent.model, child, session, prompts),
+        target_max_abs_logit_diff=FP32_PARITY)
+    ok = (max(checked.max_abs_logit_diff, checked.padded_max_abs_logit_diff) <= FP32_PARITY
+          and checked.greedy_identical == checked.greedy_prompts)
     if not ok:
-        raise CompressionError(f"ONNX export does not reproduce the torch model: {checked}")
-    return {"format": "onnx", "onnx_file": path.name, "opset": config.opset,
-            "attention": config.attention,
-            "parameters": params, "nonzero_parameters": nonzero, "dtypes": {"weights": "float32"},
-            "graph": onnx_op_counts(path),
-            "parity": checked | {"target_max_abs_logit_diff": FP32_PARITY}}
+        raise CompressionError(f"ONNX export does not reproduce the torch model: "
+                               f"{checked.to_dict()}")
+    return StepReport(format="onnx", onnx_file=path.name, opset=config.opset,
+                      attention=config.attention, parameters=params,
+                      nonzero_parameters=nonzero, dtypes={"weights": "float32"},
+                      graph=onnx_op_counts(path), parity=checked)

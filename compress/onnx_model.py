@@ -112,7 +112,7 @@ class OnnxModel:
         if self._props is None:
             self._props = dict(session.get_modelmeta().custom_metadata_map)
 
-    def graph_inputs(self) -> dict:
+    def graph_inputs(self) -> dict[str, type | None]:
         """{input name: numpy dtype} the graph declares, in order. Read from a session when
         one was made, else from the graph file (without its external weights)."""
         if self._inputs is None:
@@ -249,7 +249,7 @@ def onnx_logits_fn(model: OnnxModel, session=None):
     return fn
 
 
-def onnx_op_counts(path: Path) -> dict:
+def onnx_op_counts(path: Path) -> dict[str, int]:
     """Node count per op type (the quantization audit reads these)."""
     import collections
 

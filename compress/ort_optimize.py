@@ -21,12 +21,14 @@ import numpy as np
 
 from slimbench.compress.arch import ARCHS, arch_of, hidden_size, n_heads
 from slimbench.compress.loader import LoadedModel
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.onnx_model import OnnxModel
 from slimbench.compress.parity import FP32_PARITY
 from slimbench.compress.step_io import copy_side_files, onnx_child_fields
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
+from slimbench.schema.codec import Typed
 
 
 def optimizer_model_type(cfg) -> str:
@@ -59,9 +61,24 @@ class OrtOptimizeConfig:
             raise UsageError(f"opt_level must be 0, 1, 2 or 99, got {self.opt_level}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Fusions(Typed):
+    """What the optimizer fused (the manifest's ``fusions``).
+
+    Attributes:
+        model_type: the optimizer's model type it ran with.
+        applied: fused op to how many of it the graph now holds (applied fusions only).
+        not_applied: the fusions it tried that matched nothing.
+    """
+
+    model_type: str
+    applied: dict[str, int]
+    not_applied: list[str]
+
+
 def ort_optimize(src: Path, dst: Path, config: OrtOptimizeConfig, model_type: str,
-                 num_heads: int, width: int) -> dict:
-    """Fuse ``src`` into ``dst``; returns {fusion op: count} for the fusions that applied.
+                 num_heads: int, width: int) -> Fusions:
+    """Fuse ``src`` into ``dst``; returns the fusions that applied and those that did not.
 
     Args:
         model_type: the optimizer's model type (``optimizer_model_type``).
@@ -80,8 +97,9 @@ def ort_optimize(src: Path, dst: Path, config: OrtOptimizeConfig, model_type: st
                            opt_level=config.opt_level)
     stats = model.get_fused_operator_statistics()
     model.save_model_to_file(str(dst))
-    return {"model_type": model_type, "applied": {k: v for k, v in sorted(stats.items()) if v},
-            "not_applied": sorted(k for k, v in stats.items() if not v)}
+    return Fusions(model_type=model_type,
+                   applied={k: int(v) for k, v in sorted(stats.items()) if v},
+                   not_applied=sorted(k for k, v in stats.items() if not v))
 
 
 def decode_drift(parent: OnnxModel, child: OnnxModel, prompt: np.ndarray) -> float:
@@ -100,18 +118,17 @@ def decode_drift(parent: OnnxModel, child: OnnxModel, prompt: np.ndarray) -> flo
 @register_step("ort_optimize", OrtOptimizeConfig, accepts=("onnx",), version=2,
                help="ONNX Runtime transformer optimizer (norm/GELU fusions per family) on an "
                     "ONNX artifact")
-def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig, out: Path) -> dict:
+def _apply_ort_optimize(parent: LoadedModel, config: OrtOptimizeConfig,
+                        out: Path) -> StepReport:
     src, cfg = parent.model.path, parent.model.config
     model_type = optimizer_model_type(cfg)
     copy_side_files(src.parent, out)
     dst = out / ONNX_FILE
     fusions = ort_optimize(src, dst, config, model_type, n_heads(cfg), hidden_size(cfg))
-    fields = onnx_child_fields(parent, dst, "float32", "float32")
+    report = onnx_child_fields(parent, dst, "float32", "float32")
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(1, 17))
-    fields["parity"]["decode_max_abs_logit_diff"] = decode_drift(
-        parent.model, OnnxModel(dst, cfg), prompt)
-    worst = max(fields["parity"]["max_abs_logit_diff"],
-                fields["parity"]["decode_max_abs_logit_diff"])
-    if worst > FP32_PARITY:
-        raise CompressionError(f"optimized graph drifted from its parent: {fields['parity']}")
-    return fields | {"fusions": fusions}
+    checked = dataclasses.replace(report.parity, decode_max_abs_logit_diff=decode_drift(
+        parent.model, OnnxModel(dst, cfg), prompt))
+    if max(checked.max_abs_logit_diff, checked.decode_max_abs_logit_diff) > FP32_PARITY:
+        raise CompressionError(f"optimized graph drifted from its parent: {checked.to_dict()}")
+    return dataclasses.replace(report, parity=checked, fusions=fusions)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from slimbench.compress.manifest import Parity
+
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 FP32_PARITY = 1e-4  # max |Δlogits| a float32 export or graph rewrite may show against its parent
 
@@ -44,7 +46,7 @@ def greedy(logits_fn: LogitsFn, prompt: np.ndarray, new_tokens: int) -> list[int
 
 
 def parity(parent: LogitsFn, child: LogitsFn, prompts: np.ndarray, new_tokens: int = 16,
-           greedy_prompts: int = 2, greedy_prefix: int = 16) -> dict:
+           greedy_prompts: int = 2, greedy_prefix: int = 16) -> Parity:
     """Max and mean |Δlogits|, top-1 agreement and greedy-continuation match of child vs parent."""
     a = parent(prompts).astype(np.float64)
     b = child(prompts).astype(np.float64)
@@ -53,10 +55,10 @@ def parity(parent: LogitsFn, child: LogitsFn, prompts: np.ndarray, new_tokens: i
     matches = []
     for p in prompts[:greedy_prompts, :greedy_prefix]:
         matches.append(greedy(parent, p, new_tokens) == greedy(child, p, new_tokens))
-    return {"max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
-            "top1_agreement": agree, "greedy_identical": int(sum(matches)),
-            "greedy_prompts": len(matches), "greedy_new_tokens": new_tokens,
-            "prompts": [int(x) for x in prompts.shape]}
+    return Parity(max_abs_logit_diff=float(diff.max()), mean_abs_logit_diff=float(diff.mean()),
+                  top1_agreement=agree, greedy_identical=int(sum(matches)),
+                  greedy_prompts=len(matches), greedy_new_tokens=new_tokens,
+                  prompts=[int(x) for x in prompts.shape])
 
 
 def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:

@@ -31,6 +31,7 @@ from slimbench.compress import arch as archs
 from slimbench.compress.calibration import parent_calibration
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.loader import LoadedModel, count_parameters, load_artifact
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.prune_heads import (
     HeadShape,
@@ -41,6 +42,7 @@ from slimbench.compress.prune_heads import (
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
+from slimbench.schema.codec import Typed
 
 TARGETS = ("mlp", "attention", "both")
 IMPORTANCE = ("magnitude", "taylor")
@@ -172,8 +174,49 @@ def _set_config(model: nn.Module, arch: archs.Arch, shape: HeadShape, width: int
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
 
 
+@dataclasses.dataclass(frozen=True)
+class StructureAudit(Typed):
+    """The shapes before and after structured pruning (the manifest's ``structure``); pairs are
+    [before, after].
+
+    Attributes:
+        family: the model family (``arch.py``).
+        targets: mlp, attention or both.
+        importance: magnitude or taylor.
+        requested_ratio: the share asked to be removed.
+        heads: query heads per layer.
+        kv_heads: key/value heads per layer.
+        head_dim: the head size (unchanged).
+        mlp_width: MLP channels per layer.
+        hidden_size: residual width.
+        realized_head_ratio: share of query heads removed.
+        realized_mlp_ratio: share of MLP channels removed.
+        realized_width_ratio: share of residual width removed.
+        parameters: parameter count.
+        parameter_ratio: parameters after over before.
+        heads_dropped_per_layer: KV groups (with their query heads) removed, per layer;
+            without grouped-query attention a group is one head.
+    """
+
+    family: str
+    targets: str
+    importance: str
+    requested_ratio: float
+    heads: list[int]
+    kv_heads: list[int]
+    head_dim: int
+    mlp_width: list[int]
+    hidden_size: list[int]
+    realized_head_ratio: float
+    realized_mlp_ratio: float
+    realized_width_ratio: float
+    parameters: list[int]
+    parameter_ratio: float
+    heads_dropped_per_layer: list[list[int]]
+
+
 def prune_structured(model: nn.Module, config: StructuredPruneConfig,
-                     calibration: list | None = None) -> dict:
+                     calibration: list | None = None) -> StructureAudit:
     """Prune ``model`` (float32, CPU) in place and update its config; returns the audit.
 
     GPT-2's blocks are left as ``nn.Linear``; ``rebuild`` turns any pruned model back into a
@@ -226,19 +269,15 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig,
     model.zero_grad(set_to_none=True)
     _set_config(model, arch, new_shape, new_width, new_inner)
     after = sum(p.numel() for p in model.parameters())
-    return {"family": arch.family, "targets": config.targets,
-            "importance": config.importance, "requested_ratio": config.ratio,
-            "heads": [shape.heads, new_shape.heads],
-            "kv_heads": [shape.kv_heads, new_shape.kv_heads],
-            "head_dim": shape.head_dim,
-            "mlp_width": [inner, new_inner], "hidden_size": [width, new_width],
-            "realized_head_ratio": 1 - new_shape.heads / shape.heads,
-            "realized_mlp_ratio": 1 - new_inner / inner,
-            "realized_width_ratio": 1 - new_width / width,
-            "parameters": [before, after], "parameter_ratio": after / before,
-            # KV groups (with their query heads) removed per layer; without grouped-query
-            # attention a group is one head
-            "heads_dropped_per_layer": drops}
+    return StructureAudit(
+        family=arch.family, targets=config.targets, importance=config.importance,
+        requested_ratio=config.ratio, heads=[shape.heads, new_shape.heads],
+        kv_heads=[shape.kv_heads, new_shape.kv_heads], head_dim=shape.head_dim,
+        mlp_width=[inner, new_inner], hidden_size=[width, new_width],
+        realized_head_ratio=1 - new_shape.heads / shape.heads,
+        realized_mlp_ratio=1 - new_inner / inner, realized_width_ratio=1 - new_width / width,
+        parameters=[before, after], parameter_ratio=after / before,
+        heads_dropped_per_layer=drops)
 
 
 def rebuild(pruned: nn.Module) -> nn.Module:
@@ -270,14 +309,14 @@ def rebuild(pruned: nn.Module) -> nn.Module:
 
 
 
-def _reload_check(out: Path, audit: dict) -> LoadedModel:
+def _reload_check(out: Path, audit: StructureAudit) -> LoadedModel:
     """Load the saved child as a user would and check it has the pruned shapes."""
     reloaded = load_artifact(str(out))
     cfg = reloaded.model.config
     got = {"parameters": count_parameters(reloaded.model)[0], "heads": archs.n_heads(cfg),
            "kv_heads": archs.n_kv_heads(cfg), "mlp_width": archs.mlp_width(cfg),
            "hidden_size": archs.hidden_size(cfg)}
-    want = {k: audit[k][1] for k in got}  # audit fields are [before, after]
+    want = {k: getattr(audit, k)[1] for k in got}  # audit fields are [before, after]
     if got != want:
         raise CompressionError(f"pruned checkpoint does not reload with the pruned shapes: "
                                f"{got} != {want}")
@@ -289,7 +328,7 @@ def _reload_check(out: Path, audit: dict) -> LoadedModel:
                help="remove heads, MLP channels and width with torch-pruning: a smaller model "
                     "of the same family")
 def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
-                            out: Path) -> dict:
+                            out: Path) -> StepReport:
     archs.arch_of(parent.model, STEP)  # an unknown family fails before any copy or tracing
     work = copy.deepcopy(parent.model)
     batches = (parent_calibration(parent, config.calib_samples, config.calib_seq_len)
@@ -298,11 +337,13 @@ def _apply_prune_structured(parent: LoadedModel, config: StructuredPruneConfig,
     model = rebuild(work)
     prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
     rebuilt = parity(torch_logits_fn(work), torch_logits_fn(model), prompts)
-    if rebuilt["max_abs_logit_diff"] > 1e-5:
-        raise CompressionError(f"pruned model changed when rebuilt from its config: {rebuilt}")
+    if rebuilt.max_abs_logit_diff > 1e-5:
+        raise CompressionError("pruned model changed when rebuilt from its config: "
+                               f"{rebuilt.to_dict()}")
     save_model(model, parent.tokenizer, out)
     reloaded = _reload_check(out, audit)  # what a user gets back from disk, checked now
     params, nonzero = count_parameters(reloaded.model)
-    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
-            "dtypes": {"weights": "float32"}, "structure": audit,
-            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}
+    return StepReport(
+        format="hf", parameters=params, nonzero_parameters=nonzero,
+        dtypes={"weights": "float32"}, structure=audit,
+        parity=parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts))

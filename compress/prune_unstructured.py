@@ -23,10 +23,12 @@ from transformers.pytorch_utils import Conv1D
 
 from slimbench.compress.calibration import parent_calibration
 from slimbench.compress.loader import LoadedModel, count_parameters
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
+from slimbench.schema.codec import Typed
 
 METHODS = ("magnitude", "wanda")
 SCOPES = ("layer", "global")
@@ -122,7 +124,8 @@ def prunable_layers(model: nn.Module, config: UnstructuredPruneConfig) -> dict[s
 
 
 @torch.no_grad()
-def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: list) -> dict:
+def input_norms(model: nn.Module, layers: dict[str, nn.Module],
+                batches: list) -> dict[str, torch.Tensor]:
     """||X_j||_2 per input feature of each layer over all calibration tokens (Wanda)."""
     sums: dict[str, torch.Tensor] = {}
     hooks = []
@@ -172,9 +175,41 @@ def _n_m_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.reshape(rows, cols)
 
 
+@dataclasses.dataclass(frozen=True)
+class SparsityAudit(Typed):
+    """The zeros really present in the pruned layers (the manifest's ``sparsity``).
+
+    Attributes:
+        method: magnitude or wanda.
+        scope: layer or global.
+        n_m: the N:M pattern, or null.
+        requested: the sparsity asked for.
+        realized: zeros over weights of the pruned layers, counted.
+        pruned_weights: weights in the pruned layers.
+        zeros: of those, exactly zero.
+        per_layer: realized sparsity per layer name (6 decimals).
+        dense_bytes_of_pruned_layers: the pruned layers stored dense.
+        csr_bytes_of_pruned_layers: the same stored as CSR (values, int32 column indices and
+            row pointers): what sparse storage would weigh.
+        note: that dense kernels gain nothing from these zeros.
+    """
+
+    method: str
+    scope: str
+    n_m: str | None
+    requested: float
+    realized: float
+    pruned_weights: int
+    zeros: int
+    per_layer: dict[str, float]
+    dense_bytes_of_pruned_layers: int
+    csr_bytes_of_pruned_layers: int
+    note: str
+
+
 @torch.no_grad()
 def prune_unstructured(model: nn.Module, config: UnstructuredPruneConfig,
-                       calibration: list | None = None) -> dict:
+                       calibration: list | None = None) -> SparsityAudit:
     """Zero weights of ``model`` in place; returns the sparsity audit."""
     layers = prunable_layers(model, config)
     norms = input_norms(model, layers, calibration or []) if config.method == "wanda" else {}
@@ -204,7 +239,8 @@ def prune_unstructured(model: nn.Module, config: UnstructuredPruneConfig,
     return sparsity_audit(layers, config)
 
 
-def sparsity_audit(layers: dict[str, nn.Module], config: UnstructuredPruneConfig) -> dict:
+def sparsity_audit(layers: dict[str, nn.Module],
+                   config: UnstructuredPruneConfig) -> SparsityAudit:
     """Zeros really present per layer and overall, and what CSR storage of them would weigh."""
     per_layer, zeros, total, csr_bytes, dense_bytes = {}, 0, 0, 0, 0
     for name, mod in layers.items():
@@ -215,29 +251,30 @@ def sparsity_audit(layers: dict[str, nn.Module], config: UnstructuredPruneConfig
         # CSR: the nonzero values, an int32 column index each, an int32 pointer per row + 1
         csr_bytes += (w.numel() - z) * (w.element_size() + 4) + 4 * (w.shape[0] + 1)
         dense_bytes += w.numel() * w.element_size()
-    return {"method": config.method, "scope": config.scope, "n_m": config.n_m,
-            "requested": config.target_sparsity, "realized": zeros / total,
-            "pruned_weights": total, "zeros": zeros, "per_layer": per_layer,
-            "dense_bytes_of_pruned_layers": dense_bytes,
-            "csr_bytes_of_pruned_layers": csr_bytes, "note": NO_SPEEDUP}
+    return SparsityAudit(
+        method=config.method, scope=config.scope, n_m=config.n_m,
+        requested=config.target_sparsity, realized=zeros / total, pruned_weights=total,
+        zeros=zeros, per_layer=per_layer, dense_bytes_of_pruned_layers=dense_bytes,
+        csr_bytes_of_pruned_layers=csr_bytes, note=NO_SPEEDUP)
 
 
 @register_step("prune_unstructured", UnstructuredPruneConfig,
                help="magnitude / Wanda / N:M unstructured pruning (zeros stored; no dense "
                     "speedup)")
 def _apply_prune_unstructured(parent: LoadedModel, config: UnstructuredPruneConfig,
-                              out: Path) -> dict:
+                              out: Path) -> StepReport:
     model = copy.deepcopy(parent.model)
     batches = (parent_calibration(parent, config.calib_samples, config.calib_seq_len)
                if config.method == "wanda" else None)
     audit = prune_unstructured(model, config, batches)
     # exact counts per layer: k = round(s * n) zeros, so the overall share is within rounding
-    if abs(audit["realized"] - audit["requested"]) > 1e-3:
-        raise CompressionError(f"realized sparsity {audit['realized']:.4f} does not match the "
-                               f"requested {audit['requested']:.4f}")
+    if abs(audit.realized - audit.requested) > 1e-3:
+        raise CompressionError(f"realized sparsity {audit.realized:.4f} does not match the "
+                               f"requested {audit.requested:.4f}")
     save_model(model, parent.tokenizer, out)
     params, nonzero = count_parameters(model)
     prompts = reference_prompts(parent.tokenizer, model.config.vocab_size)
-    return {"format": "hf", "parameters": params, "nonzero_parameters": nonzero,
-            "dtypes": {"weights": "float32 (dense, zeros stored)"}, "sparsity": audit,
-            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts)}
+    return StepReport(
+        format="hf", parameters=params, nonzero_parameters=nonzero,
+        dtypes={"weights": "float32 (dense, zeros stored)"}, sparsity=audit,
+        parity=parity(torch_logits_fn(parent.model), torch_logits_fn(model), prompts))

@@ -17,10 +17,12 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 from slimbench.compress.arch import arch_of, max_positions, n_layers
 from slimbench.compress.calibration import calibration_batches
 from slimbench.compress.loader import LoadedModel
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_export import EXTERNAL_DATA_BYTES, ONNX_FILE
 from slimbench.compress.quant_ort import (
     LM_HEAD,
@@ -31,6 +33,7 @@ from slimbench.compress.quant_ort import (
 from slimbench.compress.step_io import copy_side_files, onnx_child_fields
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
+from slimbench.schema.codec import Typed
 
 ALGORITHMS = ("rtn", "hqq", "gptq")
 # measured: paired decode A/B, gpt2-124M shape, 2 threads, AMD EPYC Zen 4 (AVX-512 VNNI)
@@ -93,8 +96,76 @@ class OrtWeightInt4Config:
                              f"{self.calib_samples}, {self.calib_seq_len}")
 
 
+@dataclasses.dataclass(frozen=True)
+class GptqCalibration(Typed):
+    """The data GPTQ's Hessians came from.
+
+    Attributes:
+        samples: calibration sequences used.
+        seq_len: tokens per sequence (capped at the model's positions).
+        source: where the sequences came from.
+    """
+
+    samples: int
+    seq_len: int
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Int4Audit(Typed):
+    """MatMulNBits of the child against the parent's weight MatMuls and the architecture (the
+    manifest's ``quantization`` of ``ort_weight_int4``).
+
+    Attributes:
+        bits: the bit widths the MatMulNBits nodes carry.
+        block_size: their block sizes.
+        accuracy_level: their accuracy levels (0: unset).
+        symmetric: no node has a zero-point input.
+        blocks: blocks with weight MatMuls in the parent graph.
+        layers: the model's layers (every one must be a block above).
+        expected_per_block: projections per block by the family's description.
+        block_matmuls: the parent's block weight MatMuls.
+        block_matmuls_int4: the child's MatMulNBits inside blocks.
+        per_block_int4: MatMulNBits per block index.
+        lm_head: the output projection in the child: int4, float or absent.
+        float_weight_matmuls_left: float weight MatMuls left anywhere in the child.
+        embeddings_int4: GatherBlockQuantized nodes (int4 embedding tables).
+        bytes: the child graph's bytes, external data included.
+        bytes_vs_parent_all_files: those over the parent's (the step's ``bytes_vs_parent``
+            reads the .onnx files only).
+        algorithm: rtn, hqq or gptq.
+        include_lm_head: whether the output projection was asked to be int4.
+        calibration: (gptq) the calibration data.
+        note: a warning the user must see (HQQ's slow CPU path).
+    """
+
+    bits: list[int]
+    block_size: list[int]
+    accuracy_level: list[int]
+    symmetric: bool
+    blocks: int
+    layers: int
+    expected_per_block: int
+    block_matmuls: int
+    block_matmuls_int4: int
+    per_block_int4: dict[str, int]
+    lm_head: str
+    float_weight_matmuls_left: int
+    embeddings_int4: int
+    bytes: int
+    bytes_vs_parent_all_files: float
+    algorithm: str | None = None
+    include_lm_head: bool | None = None
+    calibration: GptqCalibration | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``quantization``: unset fields left out."""
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
 def ort_weight_int4(src: Path, dst: Path, config: OrtWeightInt4Config, onnx_model,
-                    tokenizer) -> dict:
+                    tokenizer) -> Int4Audit:
     """Quantize ``src`` into ``dst``; returns the audit (see ``audit_int4``)."""
     import numpy as np
     import onnx
@@ -131,9 +202,9 @@ def ort_weight_int4(src: Path, dst: Path, config: OrtWeightInt4Config, onnx_mode
     big = sum(len(i.raw_data) for i in proto.graph.initializer) > EXTERNAL_DATA_BYTES
     onnx.save_model(proto, str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=ONNX_FILE + ".data")
-    audit = audit_int4(src, dst, onnx_model.config) | {
-        "algorithm": config.algorithm, "include_lm_head": config.include_lm_head}
-    return audit | ({"calibration": calibration} if calibration else {})
+    return dataclasses.replace(audit_int4(src, dst, onnx_model.config),
+                               algorithm=config.algorithm,
+                               include_lm_head=config.include_lm_head, calibration=calibration)
 
 
 def _nbits():
@@ -261,12 +332,12 @@ def _gptq_reader(config: OrtWeightInt4Config, onnx_model, tokenizer):
             self.at += 1
             return feeds[self.at - 1] if self.at <= len(feeds) else None
 
-    return Reader(), {"samples": len(batches), "seq_len": seq_len,
-                      "source": "corpus train split" if tokenizer is not None
-                      else "seeded random ids"}
+    return Reader(), GptqCalibration(
+        samples=len(batches), seq_len=seq_len,
+        source="corpus train split" if tokenizer is not None else "seeded random ids")
 
 
-def audit_int4(parent: Path, child: Path, model_config) -> dict:
+def audit_int4(parent: Path, child: Path, model_config) -> Int4Audit:
     """MatMulNBits per block against the parent's weight MatMuls and the architecture's
     projections, the lm_head and embeddings, and the attributes the nodes really carry."""
     import onnx
@@ -281,51 +352,51 @@ def audit_int4(parent: Path, child: Path, model_config) -> dict:
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nbits]
     blocks = sorted((k for k in before if k.isdigit()), key=int)
     parent_bytes, child_bytes = _onnx_bytes(parent), _onnx_bytes(child)
-    return {
-        "bits": sorted({a["bits"] for a in attrs}),
-        "block_size": sorted({a["block_size"] for a in attrs}),
-        "accuracy_level": sorted({a.get("accuracy_level", 0) for a in attrs}),
+    return Int4Audit(
+        bits=sorted({int(a["bits"]) for a in attrs}),
+        block_size=sorted({int(a["block_size"]) for a in attrs}),
+        accuracy_level=sorted({int(a.get("accuracy_level", 0)) for a in attrs}),
         # a zero-point input (4th) on any node: asymmetric
-        "symmetric": not any(len(n.input) > 3 and n.input[3] for n in nbits),
-        "blocks": len(blocks), "layers": n_layers(model_config),
-        "expected_per_block": len(arch.linears()),
-        "block_matmuls": sum(before[k] for k in blocks),
-        "block_matmuls_int4": sum(after.get(k, 0) for k in blocks),
-        "per_block_int4": {k: after.get(k, 0) for k in blocks},
-        "lm_head": "int4" if after.get("lm_head") else ("float" if before.get("lm_head")
-                                                        else "absent"),
-        "float_weight_matmuls_left": sum(weight_matmuls(child, arch).values()),
-        "embeddings_int4": sum(n.op_type == "GatherBlockQuantized" for n in nodes),
+        symmetric=not any(len(n.input) > 3 and n.input[3] for n in nbits),
+        blocks=len(blocks), layers=n_layers(model_config),
+        expected_per_block=len(arch.linears()),
+        block_matmuls=sum(before[k] for k in blocks),
+        block_matmuls_int4=sum(after.get(k, 0) for k in blocks),
+        per_block_int4={k: after.get(k, 0) for k in blocks},
+        lm_head="int4" if after.get("lm_head") else ("float" if before.get("lm_head")
+                                                     else "absent"),
+        float_weight_matmuls_left=sum(weight_matmuls(child, arch).values()),
+        embeddings_int4=sum(n.op_type == "GatherBlockQuantized" for n in nodes),
         # with external data: step_io's bytes_vs_parent reads the .onnx files only
-        "bytes": child_bytes, "bytes_vs_parent_all_files": child_bytes / parent_bytes,
-    }
+        bytes=child_bytes, bytes_vs_parent_all_files=child_bytes / parent_bytes)
 
 
 def _onnx_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file())
 
 
-def require_int4_coverage(audit: dict, include_lm_head: bool) -> None:
+def require_int4_coverage(audit: Int4Audit, include_lm_head: bool) -> None:
     """Raise unless every layer's every projection is a MatMulNBits, and the lm_head is
     what ``include_lm_head`` asked for."""
-    per_block = audit["expected_per_block"]
-    short = {b: n for b, n in audit["per_block_int4"].items() if n < per_block}
-    if (short or audit["blocks"] < audit["layers"]
-            or audit["block_matmuls_int4"] < audit["block_matmuls"]):
+    per_block = audit.expected_per_block
+    short = {b: n for b, n in audit.per_block_int4.items() if n < per_block}
+    if (short or audit.blocks < audit.layers
+            or audit.block_matmuls_int4 < audit.block_matmuls):
         raise CompressionError(
-            f"int4 quantized {audit['block_matmuls_int4']} of {audit['block_matmuls']} block "
-            f"weight MatMuls in {audit['blocks']} of {audit['layers']} blocks; each block has "
-            f"{per_block} projections: {audit['per_block_int4']}")
+            f"int4 quantized {audit.block_matmuls_int4} of {audit.block_matmuls} block "
+            f"weight MatMuls in {audit.blocks} of {audit.layers} blocks; each block has "
+            f"{per_block} projections: {audit.per_block_int4}")
     want = "int4" if include_lm_head else "float"
-    if audit["lm_head"] not in (want, "absent"):
-        raise CompressionError(f"int4: lm_head is {audit['lm_head']}, include_lm_head="
+    if audit.lm_head not in (want, "absent"):
+        raise CompressionError(f"int4: lm_head is {audit.lm_head}, include_lm_head="
                                f"{include_lm_head} asked for {want}")
 
 
 @register_step("ort_weight_int4", OrtWeightInt4Config, accepts=("onnx",),
                help="ONNX Runtime weight-only INT4 (MatMulNBits: RTN, HQQ or GPTQ) of every "
                     "weight MatMul (+ embeddings) of an ONNX artifact")
-def _apply_ort_weight_int4(parent: LoadedModel, config: OrtWeightInt4Config, out: Path) -> dict:
+def _apply_ort_weight_int4(parent: LoadedModel, config: OrtWeightInt4Config,
+                           out: Path) -> StepReport:
     arch_of(parent.model.config, "ort_weight_int4")  # an unknown family fails before work
     src = parent.model.path
     copy_side_files(src.parent, out)
@@ -334,10 +405,11 @@ def _apply_ort_weight_int4(parent: LoadedModel, config: OrtWeightInt4Config, out
     require_int4_coverage(audit, config.include_lm_head)
     if config.algorithm == "hqq":
         # a compression that makes the model slower must say so where the user looks
-        audit["note"] = HQQ_CPU_NOTE
+        audit = dataclasses.replace(audit, note=HQQ_CPU_NOTE)
         logging.getLogger(__name__).warning("ort_weight_int4: %s", HQQ_CPU_NOTE)
     weights = f"int4 (MatMulNBits, block {config.block_size})" + (
         " (embeddings too)" if config.quantize_embeddings else "")
-    activations = ((parent.info.manifest or {}).get("dtypes") or {}).get("activations")
+    dtypes = parent.manifest.report.get("dtypes") if parent.manifest else None
+    activations = (dtypes or {}).get("activations")
     return onnx_child_fields(parent, dst, weights, activations or "float32",
                              quantization=audit)

@@ -8,14 +8,17 @@ import logging
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from slimbench.compress.arch import Arch, arch_of, max_positions, n_layers
 from slimbench.compress.calibration import calibration_batches
 from slimbench.compress.loader import LoadedModel
+from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.step_io import copy_side_files, onnx_child_fields
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
+from slimbench.schema.codec import Typed
 
 log = logging.getLogger(__name__)
 # the output projection's node path in every family's export (/model/lm_head/MatMul), kept
@@ -76,8 +79,64 @@ class OrtStaticInt8Config:
             raise UsageError(f"percentile must be in (50, 100], got {self.percentile}")
 
 
+@dataclasses.dataclass(frozen=True)
+class StaticCalibration(Typed):
+    """The data static INT8 took its activation ranges from.
+
+    Attributes:
+        method: minmax, entropy or percentile.
+        samples: calibration sequences used.
+        seq_len: tokens per sequence (capped at the model's positions).
+        num_bins: histogram bins (null for minmax).
+        percentile: the covered share of the histogram (null unless percentile).
+        source: where the sequences came from.
+    """
+
+    method: str
+    samples: int
+    seq_len: int
+    num_bins: int | None
+    percentile: float | None
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxInt8Audit(Typed):
+    """Weight MatMuls of the parent graph against quantized MatMuls of the child (the manifest's
+    ``quantization`` of the ORT INT8 steps).
+
+    Attributes:
+        blocks: blocks with weight MatMuls in the parent graph.
+        layers: the model's layers (every one must be a block above).
+        expected_per_block: projections per block by the family's description.
+        block_matmuls: the parent's block weight MatMuls.
+        block_matmuls_int8: the child's quantized block MatMuls.
+        per_block_int8: quantized MatMuls per block index.
+        lm_head: the output projection in the child: int8, float or absent.
+        float_weight_matmuls_left: float weight MatMuls left anywhere in the child.
+        calibration: (static INT8) the calibration data.
+    """
+
+    blocks: int
+    layers: int
+    expected_per_block: int
+    block_matmuls: int
+    block_matmuls_int8: int
+    per_block_int8: dict[str, int]
+    lm_head: str
+    float_weight_matmuls_left: int
+    calibration: StaticCalibration | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``quantization`` (``calibration`` only for static INT8)."""
+        out = super().to_dict()
+        if self.calibration is None:
+            del out["calibration"]
+        return out
+
+
 def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_model,
-                    tokenizer) -> dict:
+                    tokenizer) -> OnnxInt8Audit:
     """QDQ static INT8 of the weight MatMuls with activation ranges from calibration data."""
     import onnx
     from onnxruntime.quantization import (
@@ -113,11 +172,12 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
                         calibrate_method=method, calibration_cache_path=str(cache),
                         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True,
                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
-    return audit_onnx_quantization(src, dst, cfg) | {"calibration": {
-        "method": config.method, "samples": len(batches), "seq_len": seq_len,
-        "num_bins": config.num_bins if config.method != "minmax" else None,
-        "percentile": config.percentile if config.method == "percentile" else None,
-        "source": "corpus train split" if tokenizer is not None else "seeded random ids"}}
+    calibration = StaticCalibration(
+        method=config.method, samples=len(batches), seq_len=seq_len,
+        num_bins=config.num_bins if config.method != "minmax" else None,
+        percentile=config.percentile if config.method == "percentile" else None,
+        source="corpus train split" if tokenizer is not None else "seeded random ids")
+    return dataclasses.replace(audit_onnx_quantization(src, dst, cfg), calibration=calibration)
 
 
 def _calibrate(src: Path, reader, method, config: OrtStaticInt8Config, tmp: Path) -> Path:
@@ -186,7 +246,8 @@ def where_in_graph(node_name: str, arch: Arch) -> str:
     return "lm_head" if LM_HEAD.search(node_name) else "other"
 
 
-def ort_dynamic_int8(src: Path, dst: Path, config: OrtDynamicInt8Config, model_config) -> dict:
+def ort_dynamic_int8(src: Path, dst: Path, config: OrtDynamicInt8Config,
+                     model_config) -> OnnxInt8Audit:
     """Quantize ``src`` into ``dst``; returns the audit (float vs int8 weight MatMuls) against
     the architecture of ``model_config`` (the HF config)."""
     ops = ["MatMul"] + (["Gather"] if config.quantize_embeddings else [])
@@ -221,7 +282,7 @@ def _quantize(src: Path, dst: Path, ops: list[str], config: OrtDynamicInt8Config
                                     "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def audit_onnx_quantization(parent: Path, child: Path, model_config) -> dict:
+def audit_onnx_quantization(parent: Path, child: Path, model_config) -> OnnxInt8Audit:
     """Compare weight MatMuls of the parent graph with quantized MatMuls of the child, and
     with the projections the architecture has (``expected_block_matmuls``): a projection
     exported as another op would otherwise drop out of both counts unnoticed (OPT's MLP did,
@@ -230,30 +291,29 @@ def audit_onnx_quantization(parent: Path, child: Path, model_config) -> dict:
     before, after = weight_matmuls(parent, arch), quantized_matmuls(child, arch)
     left = weight_matmuls(child, arch)
     blocks = sorted((k for k in before if k.isdigit()), key=int)
-    return {
-        "blocks": len(blocks),
-        "layers": n_layers(model_config),
-        "expected_per_block": len(arch.linears()),
-        "block_matmuls": sum(before[k] for k in blocks),
-        "block_matmuls_int8": sum(after.get(k, 0) for k in blocks),
-        "per_block_int8": {k: after.get(k, 0) for k in blocks},
-        "lm_head": "int8" if after.get("lm_head") else ("float" if before.get("lm_head")
-                                                        else "absent"),
-        "float_weight_matmuls_left": sum(left.values()),
-    }
+    return OnnxInt8Audit(
+        blocks=len(blocks),
+        layers=n_layers(model_config),
+        expected_per_block=len(arch.linears()),
+        block_matmuls=sum(before[k] for k in blocks),
+        block_matmuls_int8=sum(after.get(k, 0) for k in blocks),
+        per_block_int8={k: after.get(k, 0) for k in blocks},
+        lm_head="int8" if after.get("lm_head") else ("float" if before.get("lm_head")
+                                                     else "absent"),
+        float_weight_matmuls_left=sum(left.values()))
 
 
-def require_onnx_coverage(audit: dict) -> None:
+def require_onnx_coverage(audit: OnnxInt8Audit) -> None:
     """Raise unless every block weight MatMul of the graph was quantized, in every layer, and
     each block's are at least the architecture's projections."""
-    per_block = audit["expected_per_block"]
-    short = {b: n for b, n in audit["per_block_int8"].items() if n < per_block}
-    if (short or audit["blocks"] < audit["layers"]
-            or audit["block_matmuls_int8"] < audit["block_matmuls"]):
+    per_block = audit.expected_per_block
+    short = {b: n for b, n in audit.per_block_int8.items() if n < per_block}
+    if (short or audit.blocks < audit.layers
+            or audit.block_matmuls_int8 < audit.block_matmuls):
         raise CompressionError(
-            f"ORT int8 quantized {audit['block_matmuls_int8']} of {audit['block_matmuls']} "
-            f"block weight MatMuls in {audit['blocks']} of {audit['layers']} blocks; each "
-            f"block has {per_block} projections: {audit['per_block_int8']}")
+            f"ORT int8 quantized {audit.block_matmuls_int8} of {audit.block_matmuls} "
+            f"block weight MatMuls in {audit.blocks} of {audit.layers} blocks; each "
+            f"block has {per_block} projections: {audit.per_block_int8}")
 
 
 # version 2: the audit holds each block to its family's projections (arch.py)
@@ -261,11 +321,11 @@ def require_onnx_coverage(audit: dict) -> None:
                help="ONNX Runtime dynamic INT8 of every weight MatMul (+ embeddings) of an "
                     "ONNX artifact")
 def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
-                            out: Path) -> dict:
+                            out: Path) -> StepReport:
     weights = "int8" + (" (embeddings too)" if config.quantize_embeddings else "")
     arch_of(parent.model.config, "ort_dynamic_int8")  # an unknown family fails before work
 
-    def quantize(src: Path, dst: Path) -> dict:
+    def quantize(src: Path, dst: Path) -> OnnxInt8Audit:
         return ort_dynamic_int8(src, dst, config, parent.model.config)
 
     return _quantized_child(parent, out, quantize, weights, "dynamic uint8")
@@ -275,19 +335,19 @@ def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
                help="ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the "
                     "train corpus")
 def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,
-                           out: Path) -> dict:
+                           out: Path) -> StepReport:
     arch_of(parent.model.config, "ort_static_int8")  # an unknown family fails before work
 
-    def quantize(src: Path, dst: Path) -> dict:
+    def quantize(src: Path, dst: Path) -> OnnxInt8Audit:
         return ort_static_int8(src, dst, config, parent.model, parent.tokenizer)
 
     return _quantized_child(parent, out, quantize, "int8 (QDQ)", "static int8 (calibrated)")
 
 
 def _quantized_child(parent: LoadedModel, out: Path, quantize, weights: str,
-                     activations: str) -> dict:
+                     activations: str) -> StepReport:
     """Quantize the parent's graph into ``out`` with ``quantize(src, dst) -> audit``, refuse
-    partial coverage, and return the child's manifest fields."""
+    partial coverage, and return the child's report."""
     src = parent.model.path
     copy_side_files(src.parent, out)
     dst = out / ONNX_FILE

@@ -24,10 +24,12 @@ from torch.ao.nn.quantized import dynamic as nnqd
 from slimbench.compress.arch import arch_of
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.loader import LoadedModel, count_parameters
+from slimbench.compress.manifest import Manifest, StepReport
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, ModelLoadError, UsageError
+from slimbench.schema.codec import Typed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +71,32 @@ def output_projection_name(model: nn.Module) -> str | None:
     return next((name for name, mod in model.named_modules() if mod is head), None)
 
 
-def audit_quantization(model: nn.Module) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TorchInt8Audit(Typed):
+    """What dynamic int8 really quantized, counted from the modules present (the manifest's
+    ``quantization``).
+
+    Attributes:
+        blocks: transformer blocks holding linear layers.
+        block_linears: linear layers inside the blocks, int8 and float.
+        block_linears_int8: those that are int8.
+        expected_block_linears: what the family's description says the blocks hold (q, k, v,
+            o and MLP projections per block, times blocks).
+        per_block_int8: int8 linear layers per block index.
+        lm_head: the output projection: int8, float or absent.
+        int8_weight_bytes: bytes of the int8 weights (one per weight; scales are per tensor).
+    """
+
+    blocks: int
+    block_linears: int
+    block_linears_int8: int
+    expected_block_linears: int
+    per_block_int8: dict[str, int]
+    lm_head: str
+    int8_weight_bytes: int
+
+
+def audit_quantization(model: nn.Module) -> TorchInt8Audit:
     """Count quantized vs float linear layers per transformer block, from the modules present.
 
     Blocks are found through the family's description (``arch.py``), so a family whose block
@@ -97,12 +124,13 @@ def audit_quantization(model: nn.Module) -> dict:
             slot["int8" if quantized else "float"] += 1
     q = sum(b["int8"] for b in per_block.values())
     total = q + sum(b["float"] for b in per_block.values())
-    return {"blocks": len(per_block), "block_linears": total, "block_linears_int8": q,
-            # what the family's description says each block holds (q, k, v, o, MLP)
-            "expected_block_linears": len(arch.linears()) * len(arch.block_list(model)),
-            "per_block_int8": {k: v["int8"] for k, v in sorted(per_block.items(), key=lambda kv:
-                                                                int(kv[0]))},
-            "lm_head": lm_head, "int8_weight_bytes": _int8_weight_bytes(model)}
+    return TorchInt8Audit(
+        blocks=len(per_block), block_linears=total, block_linears_int8=q,
+        # what the family's description says each block holds (q, k, v, o, MLP)
+        expected_block_linears=len(arch.linears()) * len(arch.block_list(model)),
+        per_block_int8={k: v["int8"] for k, v in sorted(per_block.items(),
+                                                         key=lambda kv: int(kv[0]))},
+        lm_head=lm_head, int8_weight_bytes=_int8_weight_bytes(model))
 
 
 def _int8_weight_bytes(model: nn.Module) -> int:
@@ -113,33 +141,33 @@ def _int8_weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def require_full_coverage(audit: dict) -> None:
+def require_full_coverage(audit: TorchInt8Audit) -> None:
     """Raise unless every linear layer of every block is quantized."""
-    if audit["block_linears_int8"] == 0:
+    if audit.block_linears_int8 == 0:
         raise CompressionError(
             "dynamic int8 quantized nothing inside the transformer blocks "
-            f"({audit['block_linears']} float linear layers left; lm_head: {audit['lm_head']})")
-    expected = max(audit["block_linears"], audit.get("expected_block_linears", 0))
-    if audit["block_linears_int8"] < expected:
+            f"({audit.block_linears} float linear layers left; lm_head: {audit.lm_head})")
+    expected = max(audit.block_linears, audit.expected_block_linears)
+    if audit.block_linears_int8 < expected:
         raise CompressionError(
-            f"dynamic int8 covered only {audit['block_linears_int8']} of "
-            f"{expected} block linear layers: {audit['per_block_int8']}")
+            f"dynamic int8 covered only {audit.block_linears_int8} of "
+            f"{expected} block linear layers: {audit.per_block_int8}")
 
 
 def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config,
-                      manifest: dict) -> LoadedModel:
+                      manifest: Manifest) -> LoadedModel:
     """The load transform: ``load_artifact`` quantizes the stored float weights again.
 
     Raises:
         ModelLoadError: re-quantizing gave another coverage than the manifest recorded.
     """
     loaded.model = quantize_dynamic_int8(loaded.model, config)
-    now = audit_quantization(loaded.model)
-    then = manifest.get("quantization", {})
+    now = audit_quantization(loaded.model).to_dict()
+    then = manifest.report.get("quantization") or {}  # JSON: manifests of every version
     keys = ("block_linears", "block_linears_int8", "lm_head")
     if any(now[k] != then.get(k) for k in keys):
         raise ModelLoadError(
-            f"{loaded.info.spec!r}: re-applying {manifest['load_transform']} gave "
+            f"{loaded.info.spec!r}: re-applying {manifest.load_transform} gave "
             f"{ {k: now[k] for k in keys} }, but the manifest recorded "
             f"{ {k: then.get(k) for k in keys} }")
     return loaded
@@ -150,7 +178,7 @@ def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config,
                transform=_quantize_on_load,
                help="PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")
 def _apply_torch_dynamic_int8(parent: LoadedModel, config: TorchDynamicInt8Config,
-                              out: Path) -> dict:
+                              out: Path) -> StepReport:
     arch_of(parent.model, "torch_dynamic_int8")  # an unknown family: refused before any work
     # packed int8 weights have no safetensors form: store the float weights, quantize on load
     save_model(parent.model, parent.tokenizer, out)
@@ -159,8 +187,9 @@ def _apply_torch_dynamic_int8(parent: LoadedModel, config: TorchDynamicInt8Confi
     audit = audit_quantization(quantized)
     require_full_coverage(audit)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
-    return {"format": "hf", "load_transform": "torch_dynamic_int8", "parameters": params,
-            "nonzero_parameters": nonzero,
-            "dtypes": {"block_weights": "int8", "activations": "float32 (quantized per call)"},
-            "quantization": audit,
-            "parity": parity(torch_logits_fn(parent.model), torch_logits_fn(quantized), prompts)}
+    return StepReport(
+        format="hf", load_transform="torch_dynamic_int8", parameters=params,
+        nonzero_parameters=nonzero,
+        dtypes={"block_weights": "int8", "activations": "float32 (quantized per call)"},
+        quantization=audit,
+        parity=parity(torch_logits_fn(parent.model), torch_logits_fn(quantized), prompts))

@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from slimbench import atomic
+from slimbench.compress.manifest import Manifest
 from slimbench.errors import SlimbenchError, UsageError
 
 
@@ -82,7 +83,7 @@ def resolve(recipe: Recipe, model: str) -> list[tuple[str, dict]]:
     return out
 
 
-def run_recipe(recipe: Recipe, model: str, out: Path, say=print) -> list[dict]:
+def run_recipe(recipe: Recipe, model: str, out: Path, say=print) -> list[Manifest]:
     """Apply the steps in order; returns their manifests.
 
     All or nothing: the steps write into a staging directory that becomes ``out`` only when

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,7 +104,8 @@ class ShapeSpec:
         if kv and heads % kv:
             raise UsageError(f"{heads} query heads are not divisible into {kv} KV heads")
 
-    def config_dict(self) -> dict:
+    def config_dict(self) -> dict[str, Any]:
+        """The shape's Hugging Face config fields (``model_type`` included), overrides applied."""
         return {**SHAPES[self.name], **dict(self.overrides)}
 
     def config(self):

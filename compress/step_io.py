@@ -7,6 +7,7 @@ from pathlib import Path
 
 from slimbench.compress.artifact import MANIFEST
 from slimbench.compress.loader import LoadedModel
+from slimbench.compress.manifest import Record, StepReport
 from slimbench.compress.onnx_export import ONNX_FILE
 from slimbench.compress.onnx_model import OnnxModel, onnx_logits_fn, onnx_op_counts
 from slimbench.compress.parity import parity, reference_prompts
@@ -27,8 +28,8 @@ def copy_side_files(src: Path, dst: Path) -> None:
 
 
 def onnx_child_fields(parent: LoadedModel, dst: Path, weights: str, activations: str,
-                      quantization: dict | None = None) -> dict:
-    """Manifest fields of an ONNX child ``dst`` made from the ONNX ``parent``.
+                      quantization: Record | None = None) -> StepReport:
+    """The report of an ONNX child ``dst`` made from the ONNX ``parent``.
 
     Args:
         weights: the child's weight dtype, in words (``"int8 (QDQ)"``).
@@ -41,12 +42,11 @@ def onnx_child_fields(parent: LoadedModel, dst: Path, weights: str, activations:
     src = parent.model.path
     child = OnnxModel(dst, parent.model.config)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
-    pm = parent.info.manifest or {}
-    quant = {} if quantization is None else {"quantization": quantization}
-    return {"format": "onnx", "onnx_file": ONNX_FILE, "opset": pm.get("opset"),
-            "parameters": parent.info.parameters,
-            "nonzero_parameters": parent.info.nonzero_parameters,
-            "dtypes": {"weights": weights, "activations": activations},
-            "graph": onnx_op_counts(dst), **quant,
-            "bytes_vs_parent": dst.stat().st_size / src.stat().st_size,
-            "parity": parity(onnx_logits_fn(parent.model), onnx_logits_fn(child), prompts)}
+    opset = parent.manifest.report.get("opset") if parent.manifest else None
+    return StepReport(
+        format="onnx", onnx_file=ONNX_FILE, opset=opset, parameters=parent.info.parameters,
+        nonzero_parameters=parent.info.nonzero_parameters,
+        dtypes={"weights": weights, "activations": activations},
+        graph=onnx_op_counts(dst), quantization=quantization,
+        bytes_vs_parent=dst.stat().st_size / src.stat().st_size,
+        parity=parity(onnx_logits_fn(parent.model), onnx_logits_fn(child), prompts))

@@ -3,8 +3,8 @@
 A step lives in one module, beside its config dataclass and its code::
 
     @register_step("my_step", MyStepConfig, help="one line for `slimbench ls`")
-    def _apply_my_step(parent: LoadedModel, config: MyStepConfig, out: Path) -> dict:
-        ...  # write the child into `out`; return its manifest fields
+    def _apply_my_step(parent: LoadedModel, config: MyStepConfig, out: Path) -> StepReport:
+        ...  # write the child into `out`; return what it is (``compress/manifest.py``)
 
 The built-in steps are found by importing every module of this package on the first lookup
 (``_load_builtin_steps``), so adding a step never means editing a list elsewhere. A step
@@ -41,7 +41,7 @@ class Step:
 
     name: str
     config_cls: type
-    apply: Callable  # (parent LoadedModel, config, staging dir) -> manifest fields
+    apply: Callable  # (parent LoadedModel, config, staging dir) -> StepReport
     accepts: tuple[str, ...] = ("torch",)
     produces: str | None = None  # None: the same kind as the input
     transform: Callable | None = None  # (loaded, config, manifest): re-applied at load time
@@ -106,7 +106,7 @@ def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("t
         config_cls: a dataclass of the step's parameters, validated in ``__post_init__``.
         accepts: the model kinds (``compress/kinds.py``) the step takes.
         produces: the kind it writes (None: the kind it was given).
-        transform: ``(LoadedModel, config, manifest) -> LoadedModel`` re-applied by
+        transform: ``(LoadedModel, config, Manifest) -> LoadedModel`` re-applied by
             ``load_artifact`` for steps whose result is stored as the parent's weights plus a
             recipe; it checks what it rebuilt against what the manifest recorded (raising
             ``ModelLoadError``).
@@ -114,8 +114,9 @@ def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("t
         help: one line for ``slimbench ls`` (default: the function's docstring's first line).
 
     Returns:
-        A decorator for ``apply(parent: LoadedModel, config, out: Path) -> dict`` that writes
-        the child into ``out`` and returns its manifest fields; the function is unchanged.
+        A decorator for ``apply(parent: LoadedModel, config, out: Path) -> StepReport`` that
+        writes the child into ``out`` and reports it (a plugin may return a plain mapping of
+        manifest fields instead); the function is unchanged.
 
     Raises:
         UsageError: a name that cannot be a folder name, a config that is not a dataclass,

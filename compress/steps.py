@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from slimbench.compress.artifact import MANIFEST, finish_manifest, sha256_file, staging_dir
 from slimbench.compress.kinds import KINDS, spec_kind
 from slimbench.compress.loader import LoadedModel, load_artifact
+from slimbench.compress.manifest import Manifest, ParentRef, StepReport
 from slimbench.compress.step_registry import STEPS, Step, make_config, register_step
 from slimbench.errors import UsageError
 
-__all__ = ["STEPS", "Step", "check_chain", "make_config", "parent_recipe", "register_step",
-           "run_step"]
+__all__ = ["STEPS", "Manifest", "Step", "StepReport", "check_chain", "make_config",
+           "parent_recipe", "register_step", "run_step"]
 
 
 def check_chain(spec: str, steps: list[str]) -> str:
@@ -45,7 +47,7 @@ def check_chain(spec: str, steps: list[str]) -> str:
 
 
 def run_step(name: str, params: dict, parent_spec: str, out: Path,
-             parent_label: str | None = None) -> dict:
+             parent_label: str | None = None) -> Manifest:
     """Load ``parent_spec``, apply step ``name`` and write the artifact to ``out``.
 
     Args:
@@ -53,24 +55,38 @@ def run_step(name: str, params: dict, parent_spec: str, out: Path,
             path that will move (a recipe's earlier step).
 
     Returns:
-        The artifact's manifest.
+        The artifact's manifest, as written.
+
+    Raises:
+        TypeError: the step returned neither a ``StepReport`` nor a mapping.
     """
     step = STEPS.get(name)
     config = make_config(step, params)  # validated before any model is loaded
     check_chain(parent_spec, [name])  # an incompatible input is refused before it loads
     parent = load_artifact(parent_spec)
     with staging_dir(out) as tmp:
-        fields = step.apply(parent, config, tmp)
+        fields = _report_fields(name, step.apply(parent, config, tmp))
+        ref = ParentRef(spec=parent_label or parent_spec,
+                        weights_sha256=parent.info.weights_sha256,
+                        manifest_sha256=(_manifest_sha256(parent_spec) if parent.manifest
+                                         else None),
+                        parameters=parent.info.parameters)
         manifest = finish_manifest(tmp, {
             "step": name, "config": dataclasses.asdict(config),
-            "recipe": [*parent_recipe(parent), name],
-            "parent": {"spec": parent_label or parent_spec,
-                       "weights_sha256": parent.info.weights_sha256,
-                       "manifest_sha256": (_manifest_sha256(parent_spec) if parent.info.manifest
-                                           else None),
-                       "parameters": parent.info.parameters},
+            "recipe": [*parent_recipe(parent), name], "parent": ref.to_dict(),
             "random_weights": parent.info.random_weights, **fields})
     return manifest
+
+
+def _report_fields(name: str, report: StepReport | dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields of a step's report: a built-in step's ``StepReport``, or the plain
+    mapping a plugin step may return instead."""
+    if isinstance(report, StepReport):
+        return report.to_dict()
+    if isinstance(report, dict):
+        return dict(report)
+    raise TypeError(f"step {name} returned {type(report).__name__}; a step returns a "
+                    "StepReport (or a mapping of manifest fields)")
 
 
 def _manifest_sha256(spec: str) -> str | None:

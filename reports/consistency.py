@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from slimbench.digest import sha256_file
 from slimbench.errors import UsageError
-from slimbench.schema import CellResult, QualityScore
+from slimbench.schema import CellResult, QualityScore, Row
 
 # A figure re-aggregated from its examples differs from the recorded one by summation order at
 # most (a few ulps of a sum over thousands of tokens): far below 1e-6. An edited figure, a
@@ -44,8 +45,10 @@ def metric_options(spec: dict | None) -> dict[str, dict]:
             if isinstance(m, dict) and isinstance(m.get("metric"), str)}
 
 
-def read_records(path: Path) -> list[dict]:
-    """The JSON-lines records of an examples file.
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON-lines records of an examples file: JSON objects as written, each with its
+    ``task`` and ``id``, the rest of their keys depending on the task's kind (what
+    ``tasks.paired.check_records`` checks before any figure is read from them).
 
     Raises:
         UsageError: unreadable, or a line that is not a JSON object.
@@ -128,7 +131,7 @@ def check_cell(result: CellResult, cells_dir: Path) -> None:
                      f"cells/{result.cell.id}.json")
 
 
-def check_rows(rows: list[dict], cells: list[CellResult], source: Path) -> None:
+def check_rows(rows: list[Row], cells: list[CellResult], source: Path) -> None:
     """A results file's rows are exactly its cells' rows (a cell file is what was measured;
     the results file is a table made from them).
 
@@ -137,8 +140,8 @@ def check_rows(rows: list[dict], cells: list[CellResult], source: Path) -> None:
     """
     from slimbench.reports.table import rows_from_cell
 
-    def key(r: dict) -> tuple:
-        return r["cell"], r["metric"]
+    def key(r: Row) -> tuple:
+        return r.cell, r.metric
 
     made = {key(r): r for c in cells for r in rows_from_cell(c)}
     have = {key(r): r for r in rows}
@@ -148,12 +151,12 @@ def check_rows(rows: list[dict], cells: list[CellResult], source: Path) -> None:
         if mine is None:
             raise UsageError(f"{source}: row {k[0]} {k[1]} belongs to no cell file in cells/: "
                              f"the results file does not match its run{fix}")
-        same = row["value"] == mine["value"] or (
-            row["value"] is not None and mine["value"] is not None
-            and math.isclose(row["value"], mine["value"], rel_tol=REL_TOL, abs_tol=ABS_TOL))
+        same = row.value == mine.value or (
+            row.value is not None and mine.value is not None
+            and math.isclose(row.value, mine.value, rel_tol=REL_TOL, abs_tol=ABS_TOL))
         if not same:
-            raise UsageError(f"{source}: {k[0]} {k[1]} is {row['value']!r}, but "
-                             f"cells/{k[0]}.json records {mine['value']!r}: the results file "
+            raise UsageError(f"{source}: {k[0]} {k[1]} is {row.value!r}, but "
+                             f"cells/{k[0]}.json records {mine.value!r}: the results file "
                              f"does not match its cells{fix}")
     missing = sorted(set(made) - set(have))
     if missing:

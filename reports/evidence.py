@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from slimbench.reports.consistency import check_cell, check_rows, metric_options, read_records
 
@@ -25,8 +26,9 @@ class TaskEvidence:
     path: Path
 
     @cached_property
-    def examples(self) -> list[dict]:
-        """The task's per-example records (the file holds every task of the cell)."""
+    def examples(self) -> list[dict[str, Any]]:
+        """The task's per-example records (the file holds every task of the cell), as
+        ``read_records`` reads them."""
         return [r for r in read_records(self.path) if r.get("task") == self.task]
 
 
@@ -75,7 +77,7 @@ def load_evidence(path: Path) -> dict[str, CellEvidence]:
     for res in cells:
         check_cell(res, run_dir / "cells")
     if results.is_file():
-        check_rows(load_results(results)[0], cells, results)
+        check_rows(load_results(results).rows, cells, results)
     for res in cells:
         if res.status != "ok":
             continue

@@ -50,9 +50,11 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Literal
 
 from slimbench.errors import UsageError
 from slimbench.reports.table import is_finite
+from slimbench.schema import Check, PairedTest, Row
 
 DEFAULTS = {"latency": 0.10, "quality": 0.02, "size": 0.05, "memory": 0.25}
 TESTS = ("significance", "non_inferiority")
@@ -60,27 +62,48 @@ ALLOWANCES = ("relative", "absolute", "report")
 
 
 @dataclasses.dataclass(frozen=True)
+class Rule:
+    """A policy's rule for one metric (every field optional: the defaults apply).
+
+    Attributes:
+        mode: relative, absolute or report (shown, never gated); None: the kind's default.
+        allowed: the allowed change in the bad direction (relative or absolute mode).
+        test: the paired quality test, significance or non_inferiority; None: the default.
+    """
+
+    mode: Literal["relative", "absolute", "report"] | None = None
+    allowed: float | None = None
+    test: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
-    default: dict
-    metrics: dict
+    """A gate policy as loaded (``load_policy``): each kind's default allowance (None:
+    reported only) and the per-metric rules as the YAML gives them."""
+
+    default: dict[str, float | None]
+    metrics: dict[str, dict]
 
     def allowance(self, kind: str, metric: str) -> tuple[str, float | None]:
         """("relative" | "absolute" | "report", allowed change in the bad direction; None
         for report-only)."""
         rule = self.rule(metric)
-        key = next((k for k in ALLOWANCES if k in rule), None)
-        if key:
-            return key, None if key == "report" else float(rule[key])
+        if rule.mode:
+            return rule.mode, rule.allowed
         allowed = self.default.get(kind, DEFAULTS.get(kind, 0.0))
         return ("report", None) if allowed is None else ("relative", float(allowed))
 
-    def rule(self, metric: str) -> dict:
-        return self.metrics.get(metric) or self.metrics.get(metric.split("@")[0]) or {}
+    def rule(self, metric: str) -> Rule:
+        """The rule of ``metric``, or of its name before "@" (all its scenarios)."""
+        given = self.metrics.get(metric) or self.metrics.get(metric.split("@")[0]) or {}
+        mode = next((k for k in ALLOWANCES if k in given), None)
+        return Rule(mode, float(given[mode]) if mode in ("relative", "absolute") else None,
+                    given.get("test"))
 
     def test(self, metric: str, task_kind: str) -> str:
         """The paired quality test of ``metric``: the policy's, else non-inferiority for
         perplexity (precise when paired) and significance for everything else."""
-        return self.rule(metric).get("test") or (
+        return self.rule(metric).test or (
             "non_inferiority" if task_kind == "perplexity" else "significance")
 
 
@@ -127,53 +150,55 @@ def load_policy(path: Path | None) -> Policy:
     return Policy(default, metrics)
 
 
-def row_key(row: dict) -> tuple:
-    return row["variant"], row["backend"], row["device"], row["metric"]
+def row_key(row: Row) -> tuple:
+    return row.variant, row.backend, row.device, row.metric
 
 
-def worst_run(runs: list[dict]) -> dict:
+def worst_run(runs: list[Row]) -> Row:
     """The baseline run that is worst for this metric (the bar a candidate must not fall
     below by more than the allowance)."""
-    key = (lambda r: -r["value"]) if not runs[0]["higher_is_better"] else (lambda r: r["value"])
+    key = (lambda r: -r.value) if not runs[0].higher_is_better else (lambda r: r.value)
     return min(runs, key=key)
 
 
-def _paired_quality(base: dict, cand: dict, evidence, policy: Policy, mode: str,
-                    allowed: float) -> dict | None:
-    """The paired test of a quality row, or None where either run lacks its examples."""
+def _paired_quality(base: Row, cand: Row, evidence, policy: Policy, mode: str,
+                    allowed: float) -> PairedTest | str | None:
+    """The paired test of a quality row; why it could not be paired (the examples differ);
+    or None where either run lacks its examples."""
     from slimbench.tasks.paired import paired_test
 
-    task, _, metric = base["metric"].partition(".")
-    b_ev, c_ev = evidence[0].get(base["cell"]), evidence[1].get(cand["cell"])
+    task, _, metric = base.metric.partition(".")
+    b_ev, c_ev = evidence[0].get(base.cell), evidence[1].get(cand.cell)
     bt = b_ev.tasks.get(task) if b_ev else None
     ct = c_ev.tasks.get(task) if c_ev else None
     if bt is None or ct is None:
         return None
-    test = policy.test(base["metric"], bt.kind)
+    test = policy.test(base.metric, bt.kind)
     try:
-        res = paired_test(bt.examples, ct.examples, bt.kind, metric, bt.options.get(metric, {}),
-                          base["higher_is_better"], test, mode, allowed)
+        return paired_test(bt.examples, ct.examples, bt.kind, metric,
+                           bt.options.get(metric, {}), base.higher_is_better, test, mode,
+                           allowed)
     except UsageError as e:  # other examples on each side: nothing to pair
-        return {"paired": False, "note": f"unpaired ({e})"}
-    detect = res["detectable"]
-    if detect == 0 and res["ci95"] == [0.0, 0.0]:  # nothing varies: no power to speak of
-        return {"paired": True, "status": res["status"], "test": test, "delta": res["delta"],
-                "delta_ci95": res["ci95"], "detectable": detect,
-                "why": f"{metric}: identical on all {res['n']} paired examples"}
-    shown = f"{res['detectable_relative']:.1%}" if mode == "relative" and \
-        res.get("detectable_relative") is not None else f"{detect:.3g}"
-    return {"paired": True, "status": res["status"], "test": test,
-            "delta": res["delta"], "delta_ci95": res["ci95"], "detectable": detect,
-            "why": f"{res['why']}; with n={res['n']} it detects a loss of {shown}"}
+        return f"unpaired ({e})"
 
 
-def _environment_note(base: dict, cand: dict, evidence) -> tuple[list[str], list[str]]:
+def _paired_why(res: PairedTest, mode: str) -> str:
+    """A paired test's reason, with the loss it could detect at all."""
+    name = res.metric
+    if res.detectable == 0 and res.ci95 == (0.0, 0.0):  # nothing varies: no power to speak of
+        return f"{name}: identical on all {res.n} paired examples"
+    shown = f"{res.detectable_relative:.1%}" if mode == "relative" and \
+        res.detectable_relative is not None else f"{res.detectable:.3g}"
+    return f"{res.why}; with n={res.n} it detects a loss of {shown}"
+
+
+def _environment_note(base: Row, cand: Row, evidence) -> tuple[list[str], list[str]]:
     """(every difference, the kernel-relevant ones) between the two rows' environments; both
     empty where either run did not record its environment (files from before it was
     recorded are compared as they always were)."""
     from slimbench.fingerprint import differences, kernel_differences
 
-    b_ev, c_ev = evidence[0].get(base["cell"]), evidence[1].get(cand["cell"])
+    b_ev, c_ev = evidence[0].get(base.cell), evidence[1].get(cand.cell)
     b_fp = b_ev.fingerprint if b_ev else None
     c_fp = c_ev.fingerprint if c_ev else None
     if b_fp is None or c_fp is None:
@@ -181,73 +206,75 @@ def _environment_note(base: dict, cand: dict, evidence) -> tuple[list[str], list
     return differences(b_fp, c_fp), kernel_differences(b_fp, c_fp)
 
 
-def _check(runs: list[dict], cand: dict | None, policy: Policy, evidence=None) -> dict:
+def _check(runs: list[Row], cand: Row | None, policy: Policy, evidence=None) -> Check:
     """``runs``: this metric in each baseline run (one, or repeated runs of the same build).
     ``evidence``: (baseline, candidate) ``load_evidence`` maps, or None to compare the rows
     alone (no paired tests, no environment check)."""
     base = runs[0]
-    values = sorted(r["value"] for r in runs)
+    values = sorted(r.value for r in runs)
     b = statistics.median(values)
-    out = {"variant": base["variant"], "backend": base["backend"], "device": base["device"],
-           "cell": base["cell"], "candidate_cell": None if cand is None else cand["cell"],
-           "metric": base["metric"], "kind": base["kind"], "baseline": b,
-           "baseline_range": [values[0], values[-1]], "baseline_runs": len(runs),
-           "candidate": None if cand is None else cand["value"],
-           "higher_is_better": base["higher_is_better"]}
-    if cand is None or cand["value"] is None:
-        return out | {"status": "fail", "why": "missing in the candidate"}
-    c = cand["value"]
+    head = {"variant": base.variant, "backend": base.backend, "device": base.device,
+            "cell": base.cell, "candidate_cell": None if cand is None else cand.cell,
+            "metric": base.metric, "kind": base.kind, "baseline_value": b,
+            "baseline_range": (values[0], values[-1]), "baseline_runs": len(runs),
+            "candidate_value": None if cand is None else cand.value,
+            "higher_is_better": base.higher_is_better}
+
+    def check(status: str, why: str, **more) -> Check:
+        return Check(**head, status=status, why=why, **more)
+
+    if cand is None or cand.value is None:
+        return check("fail", "missing in the candidate")
+    c = cand.value
     if not math.isfinite(c):  # a NaN compares false with everything: it would pass
-        return out | {"status": "fail", "why": "not a finite number"}
-    out["change"] = (c - b) / abs(b) if b else None
-    mode, allowed = policy.allowance(base["kind"], base["metric"])
+        return check("fail", "not a finite number")
+    head["change"] = (c - b) / abs(b) if b else None
+    mode, allowed = policy.allowance(base.kind, base.metric)
     if allowed is None:
-        return out | {"status": "info", "why": "reported, not gated (policy)"}
-    note = ""
+        return check("info", "reported, not gated (policy)")
+    note, kernel = "", []
     if evidence is not None:
         diffs, kernel = _environment_note(base, cand, evidence)
-        if base["kind"] in ("latency", "memory") and diffs:
-            return out | {"status": "info", "why": "not compared: measured in another "
-                          f"environment ({'; '.join(diffs)}); measure both paired with "
-                          "`slimbench compare`"}
-        note = f" [across {'; '.join(kernel)}]" if kernel and base["kind"] == "quality" else ""
+        if base.kind in ("latency", "memory") and diffs:
+            return check("info", "not compared: measured in another environment "
+                         f"({'; '.join(diffs)}); measure both paired with `slimbench compare`")
+    head |= {"mode": mode, "allowed": allowed}
+    if evidence is not None:
+        note = f" [across {'; '.join(kernel)}]" if kernel and base.kind == "quality" else ""
         paired = _paired_quality(base, cand, evidence, policy, mode, allowed) \
-            if base["kind"] == "quality" else None
-        if paired and paired.pop("paired"):
-            return out | {"mode": mode, "allowed": allowed} | paired | {
-                "why": paired["why"] + note}
+            if base.kind == "quality" else None
+        if isinstance(paired, PairedTest):
+            return check(paired.status, _paired_why(paired, mode) + note, paired=paired)
         if paired:
-            note = f" [{paired['note']}]" + note
+            note = f" [{paired}]" + note
     # Compared with the worst baseline run: what one build has already measured is not a
     # regression. With one baseline run this is that run.
     bar = worst_run(runs)
-    w = bar["value"]
-    worse = (w - c) if base["higher_is_better"] else (c - w)  # > 0: moved the bad way
+    w = bar.value
+    worse = (w - c) if base.higher_is_better else (c - w)  # > 0: moved the bad way
     if mode == "absolute":
         change = worse
     else:
         change = worse / abs(w) if w else (float("inf") if worse > 0 else 0.0)
-    out |= {"allowed": allowed, "mode": mode}
     if change <= allowed:
-        return out | {"status": "pass", "why": note.strip()}
-    if base["kind"] == "latency" and all(is_finite(x) for x in (
-            bar["ci_low"], bar["ci_high"], cand["ci_low"], cand["ci_high"])):
-        separated = (cand["ci_low"] > bar["ci_high"] if not base["higher_is_better"]
-                     else cand["ci_high"] < bar["ci_low"])
+        return check("pass", note.strip())
+    if base.kind == "latency" and all(is_finite(x) for x in (
+            bar.ci_low, bar.ci_high, cand.ci_low, cand.ci_high)):
+        separated = (cand.ci_low > bar.ci_high if not base.higher_is_better
+                     else cand.ci_high < bar.ci_low)
         if not separated:
-            return out | {"status": "pass", "why": "within noise: 95% intervals overlap" + note}
+            return check("pass", "within noise: 95% intervals overlap" + note)
     if mode == "absolute":
         what, limit = f"{abs(worse):.4g}", f"{allowed:g}"
     else:
         what, limit = f"{change:.1%}", f"{allowed * 100:g}%"
     than = f"the worst of {len(runs)} baseline runs ({w:.4g})" if len(runs) > 1 else \
         "the baseline run"
-    return out | {"status": "fail", "why": f"worse than {than} by {what} (allowed {limit})"
-                  + note}
+    return check("fail", f"worse than {than} by {what} (allowed {limit})" + note)
 
 
-def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
-            repeats: list[list[dict]] = (), evidence=None) -> list[dict]:
+def compare(baseline: list[Row], candidate: list[Row], policy: Policy,
+            repeats: list[list[Row]] = (), evidence=None) -> list[Check]:
     """One check per baseline row, in baseline order.
 
     ``repeats``: more baseline runs of the same build. Each metric is then held to the worst
@@ -259,7 +286,7 @@ def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
     """
     if not baseline:
         raise UsageError("the baseline has no metrics to compare against")
-    names = {r["metric"] for r in baseline} | {r["metric"].split("@")[0] for r in baseline}
+    names = {r.metric for r in baseline} | {r.metric.split("@")[0] for r in baseline}
     unknown = sorted(set(policy.metrics) - names)
     if unknown:  # a misspelt rule would silently leave its metric on the default
         raise UsageError(f"the policy names metric(s) the baseline does not have: "
@@ -269,25 +296,25 @@ def compare(baseline: list[dict], candidate: list[dict], policy: Policy,
             for runs in _runs_per_metric(baseline, repeats)]
 
 
-def _runs_per_metric(baseline: list[dict], repeats) -> list[list[dict]]:
+def _runs_per_metric(baseline: list[Row], repeats) -> list[list[Row]]:
     """For each baseline row: that metric in every baseline run that has it (first run first)."""
-    more = [{row_key(r): r for r in rows if r["value"] is not None} for rows in repeats]
+    more = [{row_key(r): r for r in rows if r.value is not None} for rows in repeats]
     out = []
     for b in baseline:
-        if b["value"] is None:
-            raise UsageError(f"the baseline lacks a value for {b['variant']} {b['metric']}")
+        if b.value is None:
+            raise UsageError(f"the baseline lacks a value for {b.variant} {b.metric}")
         runs = [b] + [m[row_key(b)] for m in more if row_key(b) in m]
-        if not all(math.isfinite(r["value"]) for r in runs):
-            raise UsageError(f"the baseline's value for {b['variant']} {b['metric']} is not a "
-                             f"finite number: {[r['value'] for r in runs]}")
+        if not all(math.isfinite(r.value) for r in runs):
+            raise UsageError(f"the baseline's value for {b.variant} {b.metric} is not a "
+                             f"finite number: {[r.value for r in runs]}")
         out.append(runs)
     return out
 
 
-def verdict(checks: list[dict]) -> str:
+def verdict(checks: list[Check]) -> str:
     """One line: "slimbench gate: PASS (...)" or "... FAIL (...)", with counts."""
-    failed = [c for c in checks if c["status"] == "fail"]
-    gated = [c for c in checks if c["status"] != "info"]
+    failed = [c for c in checks if c.status == "fail"]
+    gated = [c for c in checks if c.status != "info"]
     shown = len(checks) - len(gated)
     extra = f"; {shown} reported, not gated" if shown else ""
     if failed:
@@ -295,7 +322,7 @@ def verdict(checks: list[dict]) -> str:
     return f"slimbench gate: PASS ({len(gated)} checks{extra})"
 
 
-def markdown(checks: list[dict]) -> str:
+def markdown(checks: list[Check]) -> str:
     """A Markdown summary (usable as a CI step summary): verdict line, then failures first."""
     head, _, counts = verdict(checks).partition(" (")
     lines = [f"**{head}** ({counts}", "",
@@ -306,10 +333,10 @@ def markdown(checks: list[dict]) -> str:
         return "—" if v is None else f"{v:.4g}"
 
     order = {"fail": 0, "pass": 1, "info": 2}
-    for c in sorted(checks, key=lambda c: order[c["status"]]):
-        change = "—" if c.get("change") is None else f"{c['change']:+.1%}"
-        cells = [c["status"].upper(), c["variant"], c["backend"] or "", c["device"] or "",
-                 c["metric"], fmt(c["baseline"]), fmt(c["candidate"]), change, c["why"]]
+    for c in sorted(checks, key=lambda c: order[c.status]):
+        change = "—" if c.change is None else f"{c.change:+.1%}"
+        cells = [c.status.upper(), c.variant, c.backend or "", c.device or "",
+                 c.metric, fmt(c.baseline_value), fmt(c.candidate_value), change, c.why]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from slimbench import atomic
 from slimbench.errors import UsageError
-from slimbench.schema import CellResult
 from slimbench.reports.table import (
     baselines_for,
     load_cells,
@@ -26,6 +25,7 @@ from slimbench.reports.table import (
     summary_frame,
     to_frame,
 )
+from slimbench.schema import CellResult, Row
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>slimbench report: {{ name }}</title>
@@ -157,7 +157,7 @@ def _pareto(frame, x_metric: str, y_metric: str, x_label: str, y_label: str):
     return _svg(fig)
 
 
-# bytes per weight of a dtype as ModelInfo records it (the fallback when no file size is known)
+# bytes per weight of a dtype as an Artifact records it (the fallback when no file size is known)
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1,
                "int4": 0.5, "uint4": 0.5}
 FLOOR_NOTE = (
@@ -185,14 +185,14 @@ def _floor(cell: CellResult) -> tuple[float, bool] | None:
     return (params * size / bandwidth * 1e3, True) if params and size else None
 
 
-def _summary(rows: list[dict], metrics: list[str], baselines: dict[str, str],
+def _summary(rows: list[Row], metrics: list[str], baselines: dict[str, str],
              floors: dict[tuple, tuple[float, bool]],
              fingerprints: dict | None = None) -> tuple[list[str], list[dict]]:
     """The summary table's column names and rows: each metric's value and, where it has one,
     its change against the variant's baseline, coloured by the metric's direction; after each
     decode ms/token column the bandwidth floor ("floor ms", once) and the share of it that
     decode reached ("% of floor@<context>")."""
-    direction = {r["metric"]: r["higher_is_better"] for r in rows}
+    direction = {r.metric: r.higher_is_better for r in rows}
     decode = [m for m in metrics if m.startswith("decode_ms_per_token@")]
     columns = []
     for m in metrics:
@@ -367,7 +367,7 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
 
     cells = load_cells(run_dir)
     rows = [r for c in cells for r in rows_from_cell(c)]
-    metrics = [m for m in dict.fromkeys(r["metric"] for r in rows)
+    metrics = [m for m in dict.fromkeys(r.metric for r in rows)
                if m.split("@")[0] not in HIDDEN]
     baselines = baselines_for(cells, baseline)
     audit, warnings, env = _audit_and_warnings(cells)

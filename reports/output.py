@@ -6,12 +6,12 @@ The tables themselves (``baselines_for``, ``summary_frame``) are computed in ``t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from slimbench import atomic
 from slimbench.files import read_json
 from slimbench.reports.html import render_html
-from slimbench.schema import ResultsFile, Row
 from slimbench.reports.table import (
     baselines_for,
     load_cells,
@@ -19,9 +19,31 @@ from slimbench.reports.table import (
     summary_frame,
     to_frame,
 )
+from slimbench.schema import ResultsFile
 
 
-def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What ``write_tables`` / ``write_report`` wrote.
+
+    Attributes:
+        cells: cell results read.
+        rows: results rows written.
+        failed: ids of the failed cells.
+        skipped: ids of the skipped cells.
+        html: the report's path (``write_report``), or None (tables only).
+    """
+
+    cells: int
+    rows: int
+    failed: list[str]
+    skipped: list[str]
+    html: Path | None = None
+
+
+def write_tables(run_dir: Path, baseline_variant: str | None = None) -> Written:
+    """``results.json``, ``results.csv`` and ``summary.csv`` of a run directory, from its
+    cell JSON."""
     run_dir = Path(run_dir)
     cells = load_cells(run_dir)
     rows = [r for cell in cells for r in rows_from_cell(cell)]
@@ -32,18 +54,18 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> dict:
     from slimbench.fingerprint import fingerprint
 
     environments = {c.cell.id: fingerprint(c.environment) for c in cells if c.status == "ok"}
-    results = ResultsFile(rows=[Row(**r) for r in rows], suite=suite,
-                          environments=environments)
+    results = ResultsFile(rows=rows, suite=suite, environments=environments)
     atomic.write_json(run_dir / "results.json", results.to_dict())
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))
     atomic.write_text(run_dir / "summary.csv",
                       summary_frame(rows, baselines, environments).to_csv(index=False))
-    return {"cells": len(cells), "rows": len(rows),
-            "failed": [c.cell.id for c in cells if c.status == "failed"],
-            "skipped": [c.cell.id for c in cells if c.status == "skipped"]}
+    return Written(cells=len(cells), rows=len(rows),
+                   failed=[c.cell.id for c in cells if c.status == "failed"],
+                   skipped=[c.cell.id for c in cells if c.status == "skipped"])
 
 
-def write_report(run_dir: Path, baseline_variant: str | None) -> dict:
+def write_report(run_dir: Path, baseline_variant: str | None) -> Written:
     """Tables and ``report.html`` of a run directory, from its cell JSON."""
-    summary = write_tables(run_dir, baseline_variant)
-    return summary | {"html": render_html(run_dir, Path(run_dir).name, baseline_variant)}
+    written = write_tables(run_dir, baseline_variant)
+    return dataclasses.replace(
+        written, html=render_html(run_dir, Path(run_dir).name, baseline_variant))

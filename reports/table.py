@@ -37,12 +37,12 @@ COLUMNS = tuple(f.name for f in dataclasses.fields(Row))
 
 
 def _row(cell, kind: str, metric: str, value, ci=None, higher_is_better=False,
-         unit="") -> dict:
+         unit="") -> Row:
     return Row(cell=cell.id, variant=cell.variant, backend=cell.backend, device=cell.device,
                kind=kind, metric=metric, value=None if value is None else float(value),
                ci_low=None if ci is None else float(ci[0]),
                ci_high=None if ci is None else float(ci[1]),
-               higher_is_better=bool(higher_is_better), unit=unit).to_dict()
+               higher_is_better=bool(higher_is_better), unit=unit)
 
 
 def as_cell(result: CellResult | dict) -> CellResult:
@@ -51,7 +51,7 @@ def as_cell(result: CellResult | dict) -> CellResult:
                                                                        "cell")
 
 
-def rows_from_cell(result: CellResult | dict) -> list[dict]:
+def rows_from_cell(result: CellResult | dict) -> list[Row]:
     """The tidy rows of one cell result (none for a failed cell: its metrics are missing).
 
     Every measurement of every scenario is a row named ``<measurement>@<scenario tag>``; every
@@ -103,19 +103,20 @@ def load_cells(run_dir: Path) -> list[CellResult]:
     return [load_document(read_json(path, "cell result"), path, "cell") for path in paths]
 
 
-def load_rows(path: Path) -> list[dict]:
+def load_rows(path: Path) -> list[Row]:
     """Rows from a run directory (``cells/*.json``) or a results file (``results.json``).
 
     Raises:
         UsageError: nothing there, or not a slimbench results file.
     """
-    return load_results(path)[0]
+    return load_results(path).rows
 
 
-def load_results(path: Path) -> tuple[list[dict], dict | None]:
-    """Rows and the suite that made them (None where the file predates that record), from a
-    run directory or a results file. Every row is checked here, so that a malformed file
-    is one clear error instead of a traceback deep in the gate.
+def load_results(path: Path) -> ResultsFile:
+    """Rows and the suite that made them (``suite``: None where the file predates that
+    record), from a run directory or a results file; the environments a results file
+    recorded (none for a run directory without one). Every row is checked here, so that a
+    malformed file is one clear error instead of a traceback deep in the gate.
 
     Raises:
         UsageError: nothing there, not a slimbench results file, or a malformed row or suite.
@@ -125,18 +126,19 @@ def load_results(path: Path) -> tuple[list[dict], dict | None]:
         saved = path / "suite.json"
         suite = _check_suite(read_json(saved, "suite file"), saved) if saved.is_file() else None
         if (path / "results.json").is_file():
-            rows, recorded = load_results(path / "results.json")
-            return rows, recorded if recorded is not None else suite
+            results = load_results(path / "results.json")
+            return results if results.suite is not None else \
+                dataclasses.replace(results, suite=suite)
         if not (path / "cells").is_dir():
             raise UsageError(f"{path} is not a slimbench run directory (no cells/ folder)")
-        return [r for cell in load_cells(path) for r in rows_from_cell(cell)], suite
+        return ResultsFile(rows=[r for cell in load_cells(path) for r in rows_from_cell(cell)],
+                           suite=suite)
     data = read_json(path, "results file")
     if not isinstance(data, dict) or data.get("slimbench_results") != RESULTS_FORMAT \
             or not isinstance(data.get("rows"), list):
         raise UsageError(f"{path} is not a slimbench results file (expected "
                          f'{{"slimbench_results": {RESULTS_FORMAT}, "rows": [...]}})')
-    results: ResultsFile = load_document(data, path, "results")
-    return [r.to_dict() for r in results.rows], results.suite
+    return load_document(data, path, "results")
 
 
 def _check_suite(suite, source: Path) -> dict | None:
@@ -152,10 +154,11 @@ def is_finite(value) -> bool:
         and math.isfinite(value)
 
 
-def to_frame(rows: list[dict]):
+def to_frame(rows: list[Row]):
+    """The rows as a pandas DataFrame, one column per ``Row`` field."""
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    return pd.DataFrame([r.to_dict() for r in rows], columns=list(COLUMNS))
 
 
 def baselines_for(cells: list[CellResult | dict], baseline_variant: str | None) -> dict[str, str]:
@@ -174,7 +177,7 @@ def baselines_for(cells: list[CellResult | dict], baseline_variant: str | None) 
     return {v: plain[m] for v, m in model.items() if m in plain}
 
 
-def summary_frame(rows: list[dict], baselines: dict[str, str],
+def summary_frame(rows: list[Row], baselines: dict[str, str],
                   fingerprints: dict[str, dict | None] | None = None):
     """Wide table: one row per (variant, backend, device), one column per metric, plus
     ``Δ <metric>`` columns relative to each variant's baseline (``baselines_for``) on the same
@@ -195,8 +198,8 @@ def summary_frame(rows: list[dict], baselines: dict[str, str],
                              values="value", aggfunc="first")
     by_device = wide.droplevel("backend")
     fingerprints = fingerprints or {}
-    env = {(r["variant"], r["device"]): fingerprints.get(r["cell"]) for r in rows}
-    kind = {r["metric"]: r["kind"] for r in rows}
+    env = {(r.variant, r.device): fingerprints.get(r.cell) for r in rows}
+    kind = {r.metric: r.kind for r in rows}
 
     def unlike(variant: str, device: str) -> bool:
         a, b = env.get((variant, device)), env.get((baselines[variant], device))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from slimbench.errors import UsageError
 from slimbench.reports.consistency import check_cell, check_rows, check_scores
-from slimbench.schema import SCHEMA_VERSION, CellResult, Document, EvalResult, load_file
 from slimbench.reports.table import cell_files
+from slimbench.schema import SCHEMA_VERSION, CellResult, Document, EvalResult, load_file
 
 
 def _files(path: Path) -> tuple[list[tuple[Path, str | None]], list[Path]]:
@@ -81,7 +81,7 @@ def validate(path: str | Path) -> str:
     results = path / "results.json"
     if path.is_dir() and results in docs and (path / "cells").is_dir():
         cells = [d for d in docs.values() if isinstance(d, CellResult)]
-        check_rows([r.to_dict() for r in docs[results].rows], cells, results)
+        check_rows(docs[results].rows, cells, results)
     names = {"cell": "cell result", "eval": "eval result", "results": "results file"}
     what = ", ".join(f"{n} {names[k]}{'s' if n > 1 else ''}" for k, n in counts.items())
     ignored = f"; ignored {len(strays)} file(s) in cells/ that are not cells of its suite: " \

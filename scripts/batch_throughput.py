@@ -54,8 +54,8 @@ def main() -> None:
                 run = timed_generation(runtimes[a], prompts[b].numpy(), args.new, repeats=1,
                                        warmup=0)
                 if r:
-                    runs[(a, b)].append({"rate": run["rate"][0], "ttft": run["ttft"][0],
-                                         "tpot": run["tpot"][0]})
+                    runs[(a, b)].append({"rate": run.rate[0], "ttft": run.ttft[0],
+                                         "tpot": run.tpot[0]})
     first = args.batches[0]
     print(f"prompt {args.prompt}, {args.new} new tokens, {threads} threads, "
           f"{args.rounds} rounds")

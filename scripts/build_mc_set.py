@@ -71,10 +71,11 @@ def candidates(path: str, text: str) -> list[dict]:
     return out
 
 
-def build(rows: list[dict], seed: int = SEED, count: int = COUNT) -> list[dict]:
-    """``count`` examples from the candidate lines of the validation files, shuffled."""
+def build(rows: list, seed: int = SEED, count: int = COUNT) -> list[dict]:
+    """``count`` examples from the candidate lines of the validation files (``CorpusFile``s),
+    shuffled."""
     rng = random.Random(seed)
-    pool = [c for r in rows for c in candidates(r["path"], r["text"])]
+    pool = [c for r in rows for c in candidates(r.path, r.text)]
     by_length: dict[int, list[dict]] = {}
     for c in pool:
         by_length.setdefault(len(c["target"]), []).append(c)

@@ -65,7 +65,7 @@ def ort_floor(rt: OrtRuntime, context: int, new_tokens: int, repeats: int) -> di
             state = decode_start(rt, prompt)
             timed.spent = 0.0
             # the decode scenario's steps (its unit of work after the prefill)
-            total = sum(decode_steps(rt, state, new_tokens)["steps"])
+            total = sum(decode_steps(rt, state, new_tokens).steps)
             overhead = (total - timed.spent) / new_tokens * 1e3
             if i:
                 runs.append(timed.spent / new_tokens * 1e3)
@@ -135,7 +135,7 @@ def main() -> None:
         if args.perplexity:
             from slimbench.tasks.generation import run_task
 
-            ppl = run_task(rt, loaded.tokenizer, "perplexity")["value"]
+            ppl = run_task(rt, loaded.tokenizer, "perplexity").score.value
             info = loaded.info
             row += (f"  params {info.parameters:,} (nonzero {info.nonzero_parameters:,}) "
                     f"bytes {info.bytes_on_disk:,} ppl {ppl:.3f}")

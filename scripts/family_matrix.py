@@ -120,14 +120,13 @@ def run_steps(src: Path, steps: list, work: Path) -> tuple[str, Path | None]:
 def perplexity(spec: str) -> float:
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import load_artifact
-    from slimbench.schema import QualityScore
     from slimbench.tasks.generation import run_task
     from slimbench.tasks.specs import resolve_task
 
     loaded = load_artifact(spec)
     res = run_task(make_runtime(loaded, 2), loaded.tokenizer, resolve_task("perplexity"), 20,
                    resamples=0)
-    return QualityScore.from_task(res).value
+    return res.score.value
 
 
 def main() -> int:

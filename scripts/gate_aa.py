@@ -56,14 +56,14 @@ def artifact(name: str, cache_dir: Path) -> str:
 def record(kind: str, name: str, run: int, spec: str, settings: dict, result,
            wall: float, load: tuple) -> dict:
     """One comparison as a plain JSON line."""
+    plain = result.to_dict()
     return {"kind": kind, "config": name, "run": run, "spec": spec, "settings": settings,
             "verdict": result.verdict, "why": result.why, "ratio": result.ratio,
             "ci95": list(result.ci95), "half_width": half_width(result.ratio, result.ci95),
             "pairs": result.pairs, "seconds": result.seconds,
             "setup_seconds": result.setup_seconds, "wall_seconds": wall,
-            "load_average_1m": load, "host": result.host, "warnings": result.warnings,
-            "by_order": result.by_order,
-            "calibration": result.calibration, "trials": result.trials}
+            "load_average_1m": load, **{k: plain[k] for k in (
+                "host", "warnings", "by_order", "calibration", "trials")}}
 
 
 def summary(records: list[dict]) -> list[dict]:
@@ -182,7 +182,7 @@ def main() -> None:
     from slimbench.bench.measure.environment import cpu_info
 
     atomic.write_json(args.out, {"settings": settings, "slowdown": args.slowdown,
-                                 "cpu": cpu_info(), "summary": rows, "comparisons": done})
+                                 "cpu": cpu_info().to_dict(), "summary": rows, "comparisons": done})
     print(f"wrote {args.out} ({log_path} holds each comparison)")
     sys.exit(1 if aa_slower else 0)
 

@@ -28,15 +28,15 @@ def repeatability(model: str, runs: int, threads: int, context: int, new_tokens:
     for i in range(runs):
         r = run_isolated("slimbench.bench.measure.cell:latency_cell",
                          {"model": model, "threads": threads, "config": cfg}, timeout=900)
-        if r["status"] != "ok":
-            raise SystemExit(f"run {i}: {r['reason']}")
-        scenario = r["result"]["latency"]["scenarios"][0]
-        dec = scenario["measurements"][0]  # decode_ms_per_token
-        medians.append(dec["median"])
-        fractions.append(scenario["derived"].get("floor_fraction"))
-        env = r["result"]["environment"]
-        print(f"run {i + 1}: median {dec['median']:.3f} ms/token (CV within run "
-              f"{dec['cv']:.1%}, 95% CI {dec['ci95'][0]:.3f}-{dec['ci95'][1]:.3f});"
+        if r.status != "ok":
+            raise SystemExit(f"run {i}: {r.reason}")
+        scenario = r.result.latency.scenarios[0]
+        dec = scenario.measurements[0]  # decode_ms_per_token
+        medians.append(dec.median)
+        fractions.append(scenario.derived.get("floor_fraction"))
+        env = r.result.environment
+        print(f"run {i + 1}: median {dec.median:.3f} ms/token (CV within run "
+              f"{dec.cv:.1%}, 95% CI {dec.ci95[0]:.3f}-{dec.ci95[1]:.3f});"
               f" copy bandwidth {env['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, load "
               f"{env.get('load_average_1m')}", flush=True)
     return medians, fractions
@@ -77,7 +77,7 @@ def main() -> None:
     ref = run_isolated("slimbench.bench.measure.cell:latency_cell", {
         "model": "reference", "threads": args.threads, "config": {
             "prefill": [], "decode_contexts": [args.context], "generate_prompt": 0}})
-    ref_ms = ref["result"]["latency"]["scenarios"][0]["measurements"][0]["median"]
+    ref_ms = ref.result.latency.scenarios[0].measurements[0].median
     print(f"harness overhead per timed step {per_iter * 1e6:.2f} us = "
           f"{per_iter * 1e3 / ref_ms:.3%} of the reference's decode step ({ref_ms:.3f} ms)")
 

@@ -71,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
 
-    train = [r["text"] for r in load_corpus("train")][: args.max_files]
+    train = [r.text for r in load_corpus("train")][: args.max_files]
     t0 = time.time()
     tok = train_tokenizer(train, MODEL["vocab_size"])
     stream = token_stream(tok, train)

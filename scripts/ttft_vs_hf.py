@@ -50,7 +50,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     def ours(rt) -> float:  # the generate scenario's unit, one token: its time to first token
-        return generate_unit(rt, ids, 1)["ttft"]
+        return generate_unit(rt, ids, 1).ttft
 
     jobs = {"hf": hf_first} | {a: (lambda rt=rt: ours(rt)) for a, rt in runtimes.items()}
     times: dict[str, list[float]] = {k: [] for k in jobs}

@@ -36,7 +36,7 @@ from slimbench.tasks.specs import TASKS
 def unigram_baseline(tokenizer) -> dict:
     counts: collections.Counter = collections.Counter()
     for row in load_corpus("train"):
-        counts.update(tokenizer(row["text"])["input_ids"])
+        counts.update(tokenizer(row.text)["input_ids"])
     total, vocab = sum(counts.values()), len(tokenizer)
     nll, n, n_bytes = 0.0, 0, 0
     for row in load_evalset("lm_stdlib"):
@@ -51,7 +51,7 @@ def unigram_baseline(tokenizer) -> dict:
 def _train_examples() -> tuple[list, list, list]:
     names, summaries, bodies = [], [], []
     for row in load_corpus("train"):
-        n, s, b = function_examples(row["path"], row["text"])
+        n, s, b = function_examples(row.path, row.text)
         names += n
         summaries += s
         bodies += b
@@ -95,15 +95,16 @@ def main() -> None:
     tasks = {}
     for name in TASKS.names():
         t0 = time.perf_counter()
-        res = run_task(rt, tok, name, show_progress=True)
+        run = run_task(rt, tok, name, show_progress=True)
+        res = run.score
         spec = TASKS.get(name)
         if name == "perplexity":
             base = unigram_baseline(tok)
         heuristic = None
         if spec.kind == "multiple_choice":  # the first choice, always: no model, no input
-            first = [{"loglikelihoods": [0.0] + [-1.0] * (len(e["loglikelihoods"]) - 1),
-                      "choice_chars": e["choice_chars"], "reference": e["reference"]}
-                     for e in res["examples"]]
+            first = [{"loglikelihoods": [0.0] + [-1.0] * (len(e.loglikelihoods) - 1),
+                      "choice_chars": e.choice_chars, "reference": e.reference}
+                     for e in run.examples]
             base = {m.metric: CHOICE_METRICS[m.metric].aggregate(
                 CHOICE_METRICS[m.metric].stats(first)) for m in spec.metric_list}
         elif name != "perplexity":
@@ -113,10 +114,10 @@ def main() -> None:
             guess = heuristic_predictions(name, rows)
             heuristic = score(spec, guess, refs) if guess else None
         tasks[name] = {"metric": spec.metric, "higher_is_better": spec.higher_is_better,
-                       "n": res["n"], "value": res["value"], "scores": res["scores"],
+                       "n": res.n, "value": res.value, "scores": res.scores,
                        "trivial_baseline": base, "heuristic_baseline": heuristic,
                        "seconds": round(time.perf_counter() - t0, 1)}
-        print(name, res["value"], base[spec.metric], heuristic and heuristic[spec.metric])
+        print(name, res.value, base[spec.metric], heuristic and heuristic[spec.metric])
 
     card = {
         "name": REFERENCE_DIR.name, "parameters": info.parameters,
@@ -128,7 +129,7 @@ def main() -> None:
         "validation_perplexity": tasks["perplexity"]["value"],
         "validation_bits_per_byte": tasks["perplexity"]["scores"]["bits_per_byte"],
         "perplexity_protocol": tasks["perplexity"]["scores"]["protocol"],
-        "tasks": tasks, "environment": environment.capture(),
+        "tasks": tasks, "environment": environment.capture().to_dict(),
     }
     atomic.write_json(REFERENCE_DIR / "card.json", card)
     atomic.write_text(REFERENCE_DIR / "MODEL_CARD.md", render(card, train_log["loss_curve"]))

@@ -7,10 +7,13 @@ machine, but int8 kernels differ between AVX2, AVX-512 VNNI and AMX (ONNX Runtim
 its kernel by CPU), so a quality comparison across such a change is marked as one.
 
 A fingerprint is computed from the ``environment`` record every cell and comparison saves
-(``bench/measure/environment.capture``), so it needs nothing but that record.
+(``bench/measure/environment.capture``: the typed ``Environment`` of
+``slimbench/schema/environment.py``), so it needs nothing but that record.
 """
 
 from __future__ import annotations
+
+from slimbench.schema.environment import Cpu, Environment
 
 # CPU features that change which int8 / bf16 kernel runs (torch's oneDNN/FBGEMM, ORT's MLAS)
 KERNEL_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
@@ -19,23 +22,25 @@ KERNEL_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_
 KERNEL_PACKAGES = ("torch", "onnxruntime-gpu", "onnxruntime", "transformers")
 
 
-def fingerprint(env: dict | None) -> dict | None:
-    """``{"cpu", "isa", "threads", "gpu", "packages"}`` of an environment record (None for
-    none: a figure with no environment cannot be shown comparable)."""
-    if not isinstance(env, dict) or not env:
+def fingerprint(env: Environment | dict | None) -> dict | None:
+    """``{"cpu", "isa", "threads", "gpu", "packages"}`` of an environment (None for none: a
+    figure with no environment cannot be shown comparable).
+
+    ``env`` is the typed record or the mapping a document holds; a mapping is read with
+    ``Environment.read``, which takes what fits of a record of any age or shape. The
+    fingerprint is a plain mapping: it is what ``results.json`` records per cell.
+    """
+    record = Environment.read(env)
+    if record is None:
         return None
-
-    def mapping(value) -> dict:  # the record is untyped: take what has the expected shape
-        return value if isinstance(value, dict) else {}
-
-    cpu, gpu = env.get("cpu"), mapping(env.get("gpu"))
-    flags, packages = mapping(mapping(cpu).get("flags")), mapping(env.get("packages"))
-    model = mapping(cpu).get("model") or (cpu if isinstance(cpu, str) else None)
-    return {"cpu": model or env.get("processor"),
+    cpu = record.cpu or Cpu()
+    flags = cpu.flags or {}
+    return {"cpu": cpu.model or record.processor,
             "isa": sorted(f for f in KERNEL_ISA if flags.get(f)),
-            "threads": env.get("torch_threads", env.get("threads")),
-            "gpu": gpu.get("name"),
-            "packages": {p: packages.get(p) for p in KERNEL_PACKAGES if packages.get(p)}}
+            "threads": record.torch_threads,
+            "gpu": record.gpu.name if record.gpu else None,
+            "packages": {p: record.packages.get(p) for p in KERNEL_PACKAGES
+                         if record.packages.get(p)}}
 
 
 def differences(a: dict | None, b: dict | None) -> list[str]:

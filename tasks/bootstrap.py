@@ -7,16 +7,37 @@ The seed and resample count are part of the result: the interval is reproducible
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+
+from slimbench.schema import Interval, Typed
 
 RESAMPLES = 1000
 SEED = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Estimate(Typed):
+    """A point estimate and its percentile-bootstrap interval (``to_dict()``: the first fields
+    of a task's per-metric mapping, the results schema's ``Score``).
+
+    Attributes:
+        value: the aggregate over every row.
+        ci95: percentile 95% interval over the resamples, or null (no resamples).
+        resamples: bootstrap resamples behind the interval (0: none).
+        seed: the numpy generator's seed.
+    """
+
+    value: float
+    ci95: Interval | None
+    resamples: int
+    seed: int
+
+
 def bootstrap_ci(rows: np.ndarray, aggregate: Callable[[np.ndarray], float],
-                 resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+                 resamples: int = RESAMPLES, seed: int = SEED) -> Estimate:
     """Point estimate and percentile 95% interval of ``aggregate`` over resampled rows.
 
     Args:
@@ -26,15 +47,14 @@ def bootstrap_ci(rows: np.ndarray, aggregate: Callable[[np.ndarray], float],
         seed: numpy generator seed.
 
     Returns:
-        ``{"value", "ci95": [lo, hi] or None, "resamples", "seed"}``.
+        The estimate; its ``ci95`` is None (and ``resamples`` 0) without resamples or rows.
     """
     rows = np.asarray(rows)
     value = float(aggregate(rows))
     if resamples <= 0 or len(rows) == 0:
-        return {"value": value, "ci95": None, "resamples": 0, "seed": seed}
+        return Estimate(value, None, 0, seed)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(rows), size=(resamples, len(rows)))  # (R, n)
     samples = np.array([aggregate(rows[i]) for i in idx])
     lo, hi = np.percentile(samples, [2.5, 97.5])
-    return {"value": value, "ci95": [float(lo), float(hi)], "resamples": resamples,
-            "seed": seed}
+    return Estimate(value, (float(lo), float(hi)), resamples, seed)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
+from slimbench.schema import Fidelity
 from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from slimbench.tasks.perplexity import PerplexityConfig, window_jobs
 from slimbench.tasks.protocol import CausalLM
@@ -52,11 +53,12 @@ def _ratio(rows: np.ndarray) -> float:
 
 def fidelity(variant: CausalLM, baseline: CausalLM, tokenizer, texts: list[str],
              config: FidelityConfig = FidelityConfig(), resamples: int = RESAMPLES,
-             seed: int = SEED, show_progress: bool = False) -> dict:
+             seed: int = SEED, show_progress: bool = False,
+             baseline_spec: str = "baseline") -> Fidelity:
     """Agreement, KL and greedy exact match of ``variant`` against ``baseline``.
 
     Both must share the tokenizer. Intervals resample texts (agreement, KL) and prompts
-    (exact match).
+    (exact match). ``baseline_spec`` names the baseline in the result (its model spec).
     """
     if tokenizer is None:
         raise UsageError("fidelity needs a tokenizer")
@@ -90,10 +92,11 @@ def fidelity(variant: CausalLM, baseline: CausalLM, tokenizer, texts: list[str],
     var_new = variant.greedy_generate_batch(prompts, config.new_tokens)
     same = np.array([[a == b] for a, b in zip(base_new, var_new, strict=True)], np.float64)
 
-    agreement = bootstrap_ci(rows[:, [0, 2]], _ratio, resamples, seed)
-    kl = bootstrap_ci(rows[:, [1, 2]], _ratio, resamples, seed)
-    exact = bootstrap_ci(same, lambda r: float(r.mean()), resamples, seed)
-    return {
+    agreement = bootstrap_ci(rows[:, [0, 2]], _ratio, resamples, seed).to_dict()
+    kl = bootstrap_ci(rows[:, [1, 2]], _ratio, resamples, seed).to_dict()
+    exact = bootstrap_ci(same, lambda r: float(r.mean()), resamples, seed).to_dict()
+    return Fidelity.from_fidelity({
+        "baseline": baseline_spec,
         "top1_agreement": agreement | {"higher_is_better": True, "resampled": "texts"},
         "kl_nats": kl | {"higher_is_better": False, "resampled": "texts",
                          "direction": "KL(baseline || variant)"},
@@ -101,4 +104,4 @@ def fidelity(variant: CausalLM, baseline: CausalLM, tokenizer, texts: list[str],
         "positions": int(rows[:, 2].sum()), "windows": len(jobs), "prompts": len(prompts),
         "protocol": dataclasses.asdict(config) | {"texts": len(texts)},
         "seconds": time.perf_counter() - t0,
-    }
+    })

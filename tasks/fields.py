@@ -7,11 +7,12 @@ the runners, so none of them imports another for a helper.
 from __future__ import annotations
 
 import string
+from typing import Any
 
 from slimbench.errors import UsageError
 
 
-def unknown_fields(given: dict, allowed: set[str], where: str) -> None:
+def unknown_fields(given: dict[str, Any], allowed: set[str], where: str) -> None:
     """Refuse keys of ``given`` that are not in ``allowed``."""
     extra = sorted(set(given) - allowed)
     if extra:
@@ -19,8 +20,9 @@ def unknown_fields(given: dict, allowed: set[str], where: str) -> None:
                          f"(allowed: {', '.join(sorted(allowed))})")
 
 
-def mapping(value, where: str) -> dict:
-    """``value`` if it is a mapping, else one line naming ``where``."""
+def mapping(value, where: str) -> dict[str, Any]:
+    """``value`` if it is a mapping (a task file's section, read from YAML: its keys are
+    checked by the caller), else one line naming ``where``."""
     if not isinstance(value, dict):
         raise UsageError(f"{where} must be a mapping, got {type(value).__name__}")
     return value
@@ -50,7 +52,7 @@ def template_fields(template: str) -> list[str]:
     return template_names(template, "template")
 
 
-def render(template: str, row: dict) -> str:
+def render(template: str, row: dict[str, Any]) -> str:
     """Fill a ``{field}`` template from a row (values are not re-parsed as templates)."""
     try:
         return template.format_map(row)

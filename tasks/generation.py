@@ -5,15 +5,24 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from typing import Any
 
 from tqdm import tqdm
 
 from slimbench.errors import UsageError
 from slimbench.log import quiet_progress
+from slimbench.schema import Score
 from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from slimbench.tasks.multiple_choice import run_choices
 from slimbench.tasks.perplexity import per_text_nll, perplexity_scores
 from slimbench.tasks.protocol import CausalLM
+from slimbench.tasks.results import (
+    Example,
+    GenerationExample,
+    PerplexityExample,
+    TaskResult,
+    quality_score,
+)
 from slimbench.tasks.scorers import METRICS, PERPLEXITY_METRICS, with_defaults
 from slimbench.tasks.sources import load_examples, render
 from slimbench.tasks.specs import TaskSpec, resolve_task
@@ -44,9 +53,9 @@ def postprocess(kind: str, text: str, stop: tuple[str, ...]) -> str:
     return " ".join(" ".join(lines).split())
 
 
-def score(spec: TaskSpec, predictions: list[str], references: list[str]) -> dict:
-    """Every metric of ``spec`` on the whole set (no interval), plus each metric's info
-    (BLEU signature, ROUGE stemming): ``{"bleu": 0.63, "signature": "nrefs:1|..."}``."""
+def score(spec: TaskSpec, predictions: list[str], references: list[str]) -> dict[str, Any]:
+    """Every metric of ``spec`` on the whole set (no interval), by name, plus each metric's
+    info (BLEU signature, ROUGE stemming): ``{"bleu": 0.63, "signature": "nrefs:1|..."}``."""
     out = {}
     for m in spec.metric_list:
         scorer = METRICS[m.metric]
@@ -57,7 +66,8 @@ def score(spec: TaskSpec, predictions: list[str], references: list[str]) -> dict
 
 
 def _score_with_ci(spec: TaskSpec, predictions: list[str], references: list[str],
-                   resamples: int, seed: int) -> tuple[dict, list[dict]]:
+                   resamples: int, seed: int
+                   ) -> tuple[dict[str, Score], list[dict[str, float]]]:
     """Per metric ``{value, ci95, resamples, seed, higher_is_better, ...info}``, and per
     example the metric on that example alone (macro-F1 has no per-example value)."""
     results, per_example = {}, [{} for _ in predictions]
@@ -65,9 +75,10 @@ def _score_with_ci(spec: TaskSpec, predictions: list[str], references: list[str]
         scorer = METRICS[m.metric]
         opts = with_defaults(scorer, dict(m.options))
         rows = scorer.stats(predictions, references, **opts)
-        results[m.metric] = bootstrap_ci(rows, lambda r, o=opts, s=scorer: s.aggregate(r, **o),
-                                         resamples, seed) \
-            | {"higher_is_better": m.higher_is_better} | scorer.info(**opts)
+        results[m.metric] = Score.from_metric(
+            bootstrap_ci(rows, lambda r, o=opts, s=scorer: s.aggregate(r, **o), resamples,
+                         seed).to_dict()
+            | {"higher_is_better": m.higher_is_better} | scorer.info(**opts))
         if scorer.per_example:
             for i, ex in enumerate(per_example):
                 ex[m.metric] = scorer.aggregate(rows[i: i + 1], **opts)
@@ -79,10 +90,11 @@ _PADDING = {"left": "left, attention mask, position ids from the mask",
             "right": "right, each row's length from the attention mask (fused attention)"}
 
 
-def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
+def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict[str, Any]],
                          batch_size: int | None = None,
-                         show_progress: bool = False) -> tuple[list[str], dict]:
-    """Greedy predictions for ``rows`` in row order, and the generation protocol used.
+                         show_progress: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """Greedy predictions for ``rows`` in row order, and the generation protocol used (the
+    ``GenerationConfig`` with batching, padding and truncation: ``QualityScore.protocol``).
 
     Prompts are sorted by length so that a batch pads little; with left padding, an attention
     mask and position ids from the mask (or right padding and each row's length, for fused
@@ -129,14 +141,9 @@ def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dic
 
 def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = None,
              show_progress: bool = False, batch_size: int | None = None,
-             resamples: int = RESAMPLES, seed: int = SEED) -> dict:
-    """Evaluate ``lm`` on a task (registered name, task YAML path, or ``TaskSpec``).
-
-    Returns:
-        ``task``, ``version``, headline ``metric``/``value``/``ci95``/``higher_is_better``,
-        ``metrics`` (each with its bootstrap interval), ``scores`` (plain values), ``n``,
-        ``seconds``, ``protocol``, ``task_spec`` and ``examples`` (per-example outputs).
-    """
+             resamples: int = RESAMPLES, seed: int = SEED) -> TaskResult:
+    """Evaluate ``lm`` on a task (registered name, task YAML path, or ``TaskSpec``): its
+    ``QualityScore`` (every metric with its bootstrap interval) and per-example outputs."""
     spec = resolve_task(name)
     if tokenizer is None:
         raise UsageError(f"task {spec.name} needs a tokenizer, and this model has none "
@@ -146,47 +153,47 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
         raise UsageError(f"batch size must be positive, got {batch_size}")
     rows = load_examples(spec, limit)
     t0 = time.perf_counter()
+    examples: list[Example]
     if spec.kind == "perplexity":
         cfg = spec.perplexity
         if batch_size:
             cfg = dataclasses.replace(cfg, batch_size=batch_size)
         texts = [render(spec.text, r) for r in rows]
         stats, n_windows = per_text_nll(lm, tokenizer, texts, cfg, show_progress)
-        scores = perplexity_scores(stats, n_windows, cfg)
-        protocol = scores["protocol"]
-        metric_results = {
-            m.metric: bootstrap_ci(stats, PERPLEXITY_METRICS[m.metric].aggregate, resamples,
-                                   seed) | {"higher_is_better": m.higher_is_better,
-                                            "resampled": "texts"}
+        ppl = perplexity_scores(stats, n_windows, cfg)
+        scores, protocol = ppl.to_dict(), ppl.protocol
+        metrics = {
+            m.metric: Score.from_metric(
+                bootstrap_ci(stats, PERPLEXITY_METRICS[m.metric].aggregate, resamples,
+                             seed).to_dict()
+                | {"higher_is_better": m.higher_is_better, "resampled": "texts"})
             for m in spec.metric_list}
-        examples = [{"id": r["id"], "nll_nats": float(s[0]), "tokens": int(s[1]),
-                     "bytes": int(s[2])}
+        examples = [PerplexityExample(r["id"], float(s[0]), int(s[1]), int(s[2]))
                     for r, s in zip(rows, stats, strict=True)]
     elif spec.kind == "multiple_choice":
         res = run_choices(lm, tokenizer, spec, rows, batch_size, resamples, seed, show_progress)
-        metric_results, scores = res["metrics"], res["scores"]
-        protocol, examples = res["protocol"], res["examples"]
+        metrics, scores, protocol, examples = res.metrics, res.scores, res.protocol, \
+            res.examples
     else:
         preds, protocol = generate_predictions(lm, tokenizer, spec, rows, batch_size,
                                                show_progress)
         refs = [render(spec.target, r) for r in rows]
-        metric_results, per_example = _score_with_ci(spec, preds, refs, resamples, seed)
-        scores = {k: v["value"] for k, v in metric_results.items()}
-        for v in metric_results.values():
-            scores |= {k: v[k] for k in ("signature", "use_stemmer") if k in v}
-        examples = [{"id": r["id"], "prediction": p, "reference": ref, "scores": e}
+        metrics, per_example = _score_with_ci(spec, preds, refs, resamples, seed)
+        scores = {k: v.value for k, v in metrics.items()}
+        for v in metrics.values():
+            scores |= {k: v.info[k] for k in ("signature", "use_stemmer") if k in v.info}
+        examples = [GenerationExample(r["id"], p, ref, e)
                     for r, p, ref, e in zip(rows, preds, refs, per_example, strict=True)]
-    head = metric_results[spec.metric]
-    return {
-        "task": spec.name, "version": spec.version, "dataset": spec.dataset.describe(),
-        "metric": spec.metric, "value": head["value"], "ci95": head["ci95"],
-        "higher_is_better": spec.higher_is_better, "metrics": metric_results,
-        "scores": scores, "n": len(rows), "seconds": time.perf_counter() - t0,
-        "protocol": protocol, "task_spec": spec.to_dict(), "examples": examples,
-    }
+    quality = quality_score(
+        task=spec.name, version=spec.version, dataset=spec.dataset.describe(),
+        metric=spec.metric, higher_is_better=spec.higher_is_better, metrics=metrics,
+        scores=scores, n=len(rows), seconds=time.perf_counter() - t0, protocol=protocol,
+        task_spec=spec.to_dict())
+    return TaskResult(quality, examples)
 
 
-def run_entry(lm: CausalLM, tokenizer, spec, limit: int | None = None, **kwargs) -> list[dict]:
+def run_entry(lm: CausalLM, tokenizer, spec, limit: int | None = None,
+              **kwargs) -> list[TaskResult]:
     """The results of one task entry: one for a slimbench task (``run_task``), one per
     lm-eval task for an ``LmEvalSpec`` (``lmeval_bridge.run_lmeval``); same keyword arguments
     (``show_progress``, ``batch_size``, ``resamples``, ``seed``)."""

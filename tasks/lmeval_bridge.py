@@ -10,7 +10,7 @@ the runtime can. Tokenization, truncation, rolling windows and stop sequences ar
 (``tests/test_lmeval_bridge.py``).
 
 ``run_lmeval`` runs lm-eval tasks by name (its registry, plus ``include_path``) and returns one
-result per task in the shape of ``generation.run_task``'s, so they land in the same results
+``TaskResult`` per task, as ``generation.run_task`` does, so they land in the same results
 rows: every metric lm-eval computed, its direction from lm-eval's ``higher_is_better``, a
 percentile-bootstrap interval over the per-example values that lm-eval's own aggregation turns
 into the metric (lm-eval's stderr beside it), and per example those values, which the gate's
@@ -27,6 +27,7 @@ import os
 import random
 import re
 import time
+from typing import Any
 
 import numpy as np
 from lm_eval.api.model import TemplateLM
@@ -38,10 +39,12 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, handle_non_serializable, make_disjoint_window
 
 from slimbench.errors import UsageError
+from slimbench.schema import Score
 from slimbench.tasks.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from slimbench.tasks.lmeval_spec import LmEvalSpec
 from slimbench.tasks.loglikelihood import encode, prefix_token_id, score_continuations
 from slimbench.tasks.protocol import CausalLM
+from slimbench.tasks.results import LmEvalExample, TaskResult, quality_score
 from slimbench.tasks.stopping import stop_token_ids
 
 # lm-eval's simple_evaluate seeds (DEFAULT_RANDOM_SEED, DEFAULT_OTHER_SEED): the same docs,
@@ -193,8 +196,9 @@ def task_manager(include_path: str | None, defaults: bool = True):
     return TaskManager(include_path=include_path, include_defaults=defaults)
 
 
-def load_tasks(spec: LmEvalSpec) -> dict:
-    """The leaf lm-eval tasks the spec names (groups and tags expand to theirs), by name.
+def load_tasks(spec: LmEvalSpec) -> dict[str, Any]:
+    """The leaf lm-eval tasks the spec names (groups and tags expand to theirs): lm-eval
+    ``Task`` objects by task name.
     Tasks of ``include_path`` that need nothing of lm-eval's own load without indexing those.
 
     Raises:
@@ -225,7 +229,7 @@ def load_tasks(spec: LmEvalSpec) -> dict:
     return _checked(tasks)
 
 
-def _checked(tasks: dict) -> dict:
+def _checked(tasks: dict[str, Any]) -> dict[str, Any]:
     for name in tasks:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
             raise UsageError(f"lm-eval task {name!r} cannot name slimbench results (letters, "
@@ -288,7 +292,7 @@ def _single_process_bootstrap():
             os.environ["DISABLE_MULTIPROC"] = old
 
 
-def _evaluate(model: RuntimeLM, task, limit: int | None, resamples: int) -> dict:
+def _evaluate(model: RuntimeLM, task, limit: int | None, resamples: int) -> dict[str, Any]:
     """lm-eval's ``evaluate`` on one task, configured as its ``simple_evaluate`` does (seeds,
     zero-shot unless the task says otherwise) without its environment report (seconds of
     subprocesses per call)."""
@@ -304,8 +308,8 @@ def _evaluate(model: RuntimeLM, task, limit: int | None, resamples: int) -> dict
                         bootstrap_iters=resamples, log_samples=True)
 
 
-def _task_result(name: str, task, out: dict, seconds: float, resamples: int, seed: int,
-                 protocol: dict, spec: LmEvalSpec) -> dict:
+def _task_result(name: str, task, out: dict[str, Any], seconds: float, resamples: int, seed: int,
+                 protocol: dict[str, Any], spec: LmEvalSpec) -> TaskResult:
     """One lm-eval task's outcome as ``run_task`` returns a task's."""
     samples = out["samples"][name]
     values = out["results"][name]
@@ -320,7 +324,8 @@ def _task_result(name: str, task, out: dict, seconds: float, resamples: int, see
             fn = aggregations[metric]
             items = object_rows([_plain(s[metric]) for s in rows])
             higher = directions.get(metric)
-            res = bootstrap_ci(items, lambda r, f=fn: float(f(list(r))), resamples, seed)
+            res = bootstrap_ci(items, lambda r, f=fn: float(f(list(r))), resamples,
+                               seed).to_dict()
             stderr = values.get(f"{metric}_stderr,{filter_name}")  # "N/A" where it has none
             res |= {"higher_is_better": bool(higher) if higher is not None else True,
                     "lm_eval_value": values.get(f"{metric},{filter_name}"),
@@ -344,25 +349,23 @@ def _task_result(name: str, task, out: dict, seconds: float, resamples: int, see
                             if isinstance(v, int | float) and not isinstance(v, bool)}
     head = metric_list[0]["metric"]
     config = task.dump_config() if hasattr(task, "dump_config") else {}
-    return {
-        "task": name, "version": str(out.get("versions", {}).get(name)),
-        "dataset": f"lm_eval:{config.get('dataset_path') or name}", "metric": head,
-        "value": metrics[head]["value"], "ci95": metrics[head]["ci95"],
-        "higher_is_better": metrics[head]["higher_is_better"], "metrics": metrics,
-        "scores": {k: v["value"] for k, v in metrics.items()}, "n": len(per_doc),
-        "seconds": seconds,
-        "protocol": protocol | {"num_fewshot": out.get("n-shot", {}).get(name),
-                                "output_type": getattr(task, "OUTPUT_TYPE", None)},
-        "task_spec": {"name": name, "kind": "lm_eval", "lm_eval": spec.to_dict(),
-                      "metric_list": metric_list},
-        "examples": [per_doc[k] for k in sorted(per_doc)],
-    }
+    score = quality_score(
+        task=name, version=str(out.get("versions", {}).get(name)),
+        dataset=f"lm_eval:{config.get('dataset_path') or name}", metric=head,
+        higher_is_better=metrics[head]["higher_is_better"],
+        metrics={k: Score.from_metric(v) for k, v in metrics.items()},
+        scores={k: v["value"] for k, v in metrics.items()}, n=len(per_doc), seconds=seconds,
+        protocol=protocol | {"num_fewshot": out.get("n-shot", {}).get(name),
+                             "output_type": getattr(task, "OUTPUT_TYPE", None)},
+        task_spec={"name": name, "kind": "lm_eval", "lm_eval": spec.to_dict(),
+                   "metric_list": metric_list})
+    return TaskResult(score, [LmEvalExample(**per_doc[k]) for k in sorted(per_doc)])
 
 
 def run_lmeval(lm: CausalLM, tokenizer, spec: LmEvalSpec, limit: int | None = None,
                batch_size: int | None = None, resamples: int = RESAMPLES, seed: int = SEED,
-               show_progress: bool = False) -> list[dict]:
-    """Every lm-eval task of ``spec`` on ``lm``: one ``run_task``-shaped result each.
+               show_progress: bool = False) -> list[TaskResult]:
+    """Every lm-eval task of ``spec`` on ``lm``: one ``TaskResult`` each, as ``run_task``'s.
 
     Args:
         limit: documents per task (default: the spec's, else all).

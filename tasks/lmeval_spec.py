@@ -5,6 +5,7 @@ a suite's ``{lm_eval: {...}}`` entry name. Parsing needs no lm-eval; running the
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from slimbench.errors import UsageError
 from slimbench.tasks.fields import integer, mapping, unknown_fields
@@ -32,7 +33,8 @@ class LmEvalSpec:
     def name(self) -> str:
         return f"{LMEVAL}:{','.join(self.tasks)}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a task file writes it (``task_spec.lm_eval`` of its results)."""
         return {"tasks": list(self.tasks), "include_path": self.include_path,
                 "limit": self.limit}
 

@@ -12,17 +12,20 @@ recomputed from the same records (``scorers.CHOICE_METRICS``).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from slimbench.errors import UsageError
+from slimbench.schema import Score
 from slimbench.tasks.bootstrap import bootstrap_ci
 from slimbench.tasks.fields import render, template_fields
 from slimbench.tasks.loglikelihood import encode_pair, score_continuations
 from slimbench.tasks.protocol import CausalLM
+from slimbench.tasks.results import ChoiceExample
 from slimbench.tasks.scorers import CHOICE_METRICS, chance_accuracy, choice_prediction
 from slimbench.tasks.specs import ChoiceConfig, TaskSpec
 
 
-def _choices(spec: TaskSpec, row: dict) -> list[str]:
+def _choices(spec: TaskSpec, row: dict[str, Any]) -> list[str]:
     """The row's choices: the list a single-field template names, or one template each."""
     if isinstance(spec.choices, str):
         (field,) = template_fields(spec.choices)  # checked by the spec: exactly one field
@@ -39,7 +42,7 @@ def _choices(spec: TaskSpec, row: dict) -> list[str]:
     return choices
 
 
-def _gold(spec: TaskSpec, row: dict, choices: list[str]) -> int:
+def _gold(spec: TaskSpec, row: dict[str, Any], choices: list[str]) -> int:
     """The correct choice's index. As lm-eval's ``doc_to_target``: a target that is one field
     holding an integer is an index; otherwise the rendered text must be one of the choices."""
     fields = template_fields(spec.target)
@@ -57,17 +60,29 @@ def _gold(spec: TaskSpec, row: dict, choices: list[str]) -> int:
     return choices.index(text)
 
 
-def run_choices(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
-                batch_size: int | None = None, resamples: int = 1000, seed: int = 0,
-                show_progress: bool = False) -> dict:
-    """Score every choice of every row; the task's metrics with bootstrap intervals.
+@dataclasses.dataclass(frozen=True)
+class ChoiceResult:
+    """A multiple-choice task's outcome.
 
-    Returns:
-        ``metrics`` (each with its interval, direction and the chance level of accuracies),
-        ``scores`` (plain values and ``chance``), ``protocol`` and ``examples`` (per row: id,
-        prediction and reference indices, per-choice log-likelihoods and lengths, and its
-        accuracies).
+    Attributes:
+        metrics: each metric with its interval and direction; accuracies carry the chance
+            level in ``info["chance"]``.
+        scores: plain metric values, and ``chance`` (accuracy of a uniform guess, percent).
+        protocol: the ``ChoiceConfig`` as run, with batching, scoring and truncation.
+        examples: per row: prediction and reference indices, per-choice log-likelihoods and
+            lengths, and its accuracies.
     """
+
+    metrics: dict[str, Score]
+    scores: dict[str, float]
+    protocol: dict[str, Any]
+    examples: list[ChoiceExample]
+
+
+def run_choices(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict[str, Any]],
+                batch_size: int | None = None, resamples: int = 1000, seed: int = 0,
+                show_progress: bool = False) -> ChoiceResult:
+    """Score every choice of every row; the task's metrics with bootstrap intervals."""
     cfg = spec.multiple_choice or ChoiceConfig()
     size = batch_size or cfg.batch_size
     records, pairs = [], []
@@ -89,14 +104,15 @@ def run_choices(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
     for m in spec.metric_list:
         scorer = CHOICE_METRICS[m.metric]
         rows_ = scorer.stats(records)
-        metrics[m.metric] = bootstrap_ci(rows_, scorer.aggregate, resamples, seed) | {
+        metrics[m.metric] = bootstrap_ci(rows_, scorer.aggregate, resamples, seed).to_dict() | {
             "higher_is_better": m.higher_is_better}
         if m.metric in ("acc", "acc_norm"):
             metrics[m.metric]["chance"] = chance
         if scorer.per_example:
             for i, ex in enumerate(per_example):
                 ex[m.metric] = scorer.aggregate(rows_[i: i + 1])
-    examples = [r | {"scores": e} for r, e in zip(records, per_example, strict=True)]
+    # the scorers read plain records, as the paired tests read them back from an examples file
+    examples = [ChoiceExample(**r, scores=e) for r, e in zip(records, per_example, strict=True)]
     protocol = dataclasses.asdict(cfg) | {
         "batch_size": size, "pairs": len(pairs),
         "scoring": "summed log-likelihood of target_delimiter + choice after the prompt "
@@ -108,4 +124,5 @@ def run_choices(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dict],
                    "(causal: pads after a sequence change nothing before them)",
     }
     scores = {name: v["value"] for name, v in metrics.items()} | {"chance": chance}
-    return {"metrics": metrics, "scores": scores, "protocol": protocol, "examples": examples}
+    return ChoiceResult({k: Score.from_metric(v) for k, v in metrics.items()}, scores,
+                        protocol, examples)

@@ -22,14 +22,17 @@ examples reads as what it is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections import Counter
 from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 
 from slimbench.errors import UsageError
+from slimbench.schema import Interval, PairedTest, Typed
 from slimbench.tasks.scorers import CHOICE_METRICS, METRICS, PERPLEXITY_METRICS, with_defaults
 
 TESTS = ("significance", "non_inferiority")
@@ -216,8 +219,11 @@ def _by_id(examples: list[dict], side: str) -> dict:
     return dict(zip(ids, examples, strict=True))
 
 
-def pair_examples(base: list[dict], cand: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Both sides in the baseline's order, joined by example id.
+def pair_examples(base: list[dict], cand: list[dict]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Both sides in the baseline's order, joined by example id. The records are the saved
+    per-example JSON objects as they are (their keys depend on the task's kind:
+    ``check_records``).
 
     UsageError naming a few ids when the two sets of ids differ (the comparison would not be
     paired) or when an id repeats on one side.
@@ -248,8 +254,58 @@ def paired_samples(base_rows, cand_rows, aggregate: Callable[[np.ndarray], float
             np.array([aggregate(cand_rows[i]) for i in idx], dtype=np.float64))
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedBootstrap(Typed):
+    """The change between two sides resampled together.
+
+    Attributes:
+        baseline: the metric over the baseline's rows.
+        candidate: the metric over the candidate's rows.
+        delta: candidate - baseline.
+        ci95: percentile 95% interval of the delta over the paired resamples.
+        se: standard error of the delta over the resamples (0 for one resample).
+        n: rows (examples) on each side.
+        resamples: paired resamples.
+        seed: the numpy generator's seed.
+    """
+
+    baseline: float
+    candidate: float
+    delta: float
+    ci95: Interval
+    se: float
+    n: int
+    resamples: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision(Typed):
+    """A pass or fail of a ``PairedBootstrap`` (``decide``).
+
+    Attributes:
+        status: pass or fail.
+        why: the decision in words.
+        test: significance or non_inferiority.
+        allowance: the allowed degradation, in metric units.
+        degradation: the change in the bad direction (> 0: worse).
+        degradation_ci95: the interval of the degradation.
+        detectable: the smallest degradation the test could detect with this n.
+        detectable_relative: detectable / |baseline|, or null for a baseline of 0.
+    """
+
+    status: Literal["pass", "fail"]
+    why: str
+    test: Literal["significance", "non_inferiority"]
+    allowance: float
+    degradation: float
+    degradation_ci95: Interval
+    detectable: float
+    detectable_relative: float | None
+
+
 def paired_bootstrap(base_rows, cand_rows, aggregate: Callable[[np.ndarray], float],
-                     resamples: int = 1000, seed: int = 0) -> dict:
+                     resamples: int = 1000, seed: int = 0) -> PairedBootstrap:
     """Point values, and the percentile 95% interval and standard error of the difference
     ``candidate - baseline`` over paired resamples (the same indices for both sides)."""
     b, c = paired_samples(base_rows, cand_rows, aggregate, resamples, seed)
@@ -257,10 +313,10 @@ def paired_bootstrap(base_rows, cand_rows, aggregate: Callable[[np.ndarray], flo
     cand_v = float(aggregate(np.asarray(cand_rows)))
     deltas = c - b
     lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return {"baseline": base_v, "candidate": cand_v, "delta": cand_v - base_v,
-            "ci95": [float(lo), float(hi)],
-            "se": float(deltas.std(ddof=1)) if resamples > 1 else 0.0,
-            "n": len(np.asarray(base_rows)), "resamples": resamples, "seed": seed}
+    return PairedBootstrap(baseline=base_v, candidate=cand_v, delta=cand_v - base_v,
+                           ci95=(float(lo), float(hi)),
+                           se=float(deltas.std(ddof=1)) if resamples > 1 else 0.0,
+                           n=len(np.asarray(base_rows)), resamples=resamples, seed=seed)
 
 
 def _check(test: str, mode: str, allowed: float) -> None:
@@ -272,7 +328,8 @@ def _check(test: str, mode: str, allowed: float) -> None:
         raise UsageError(f"allowed change must be a finite number >= 0, got {allowed!r}")
 
 
-def decide(result: dict, higher_is_better: bool, test: str, mode: str, allowed: float) -> dict:
+def decide(result: PairedBootstrap, higher_is_better: bool, test: str, mode: str,
+           allowed: float) -> Decision:
     """Pass or fail a ``paired_bootstrap`` result.
 
     The degradation d is the change in the bad direction (baseline - candidate when higher is
@@ -285,10 +342,10 @@ def decide(result: dict, higher_is_better: bool, test: str, mode: str, allowed: 
     non-inferiority.
     """
     _check(test, mode, allowed)
-    base, delta = result["baseline"], result["delta"]
+    base, delta = result.baseline, result.delta
     sign = -1.0 if higher_is_better else 1.0
     d = sign * delta + 0.0  # + 0.0: no -0.0
-    lo, hi = sorted(sign * x + 0.0 for x in result["ci95"])
+    lo, hi = sorted(sign * x + 0.0 for x in result.ci95)
     if mode == "relative":
         allowance = float(allowed) * abs(base)
         rule = (f"{allowed:.4g} x |baseline {base:.4g}|" if base else
@@ -300,25 +357,24 @@ def decide(result: dict, higher_is_better: bool, test: str, mode: str, allowed: 
         reason = ("beyond the allowance and significant (interval excludes 0)" if fail else
                   "within the allowance" if d <= allowance else
                   "beyond the allowance but not significant (interval includes 0)")
-        detectable = Z_POWER * result["se"]
+        detectable = Z_POWER * result.se
     else:
         fail = not hi <= allowance
         reason = (f"interval's bad end {hi:.4g} {'>' if fail else '<='} allowance "
                   f"{allowance:.4g}")
-        detectable = (result["ci95"][1] - result["ci95"][0]) / 2
+        detectable = (result.ci95[1] - result.ci95[0]) / 2
     why = (f"{test}: {'fail' if fail else 'pass'}: change {delta:+.4g} "
-           f"({base:.4g} -> {result['candidate']:.4g}), degradation {d:.4g} "
-           f"95% CI [{lo:.4g}, {hi:.4g}] on {result['n']} paired examples, allowance "
+           f"({base:.4g} -> {result.candidate:.4g}), degradation {d:.4g} "
+           f"95% CI [{lo:.4g}, {hi:.4g}] on {result.n} paired examples, allowance "
            f"{allowance:.4g} ({rule}): {reason}")
-    return {"status": "fail" if fail else "pass", "why": why, "test": test,
-            "allowance": allowance, "degradation": d, "degradation_ci95": [lo, hi],
-            "detectable": float(detectable),
-            "detectable_relative": float(detectable / abs(base)) if base else None}
+    return Decision(status="fail" if fail else "pass", why=why, test=test, allowance=allowance,
+                    degradation=d, degradation_ci95=(lo, hi), detectable=float(detectable),
+                    detectable_relative=float(detectable / abs(base)) if base else None)
 
 
 def paired_test(base_examples: list[dict], cand_examples: list[dict], kind: str, metric: str,
                 options: dict | None, higher_is_better: bool, test: str, mode: str,
-                allowed: float, resamples: int = 1000, seed: int = 0) -> dict:
+                allowed: float, resamples: int = 1000, seed: int = 0) -> PairedTest:
     """pair_examples -> metric_rows for each side -> paired_bootstrap -> decide: the bootstrap
     fields, the decision fields, and ``metric`` (the ``why`` starts with the metric)."""
     _check(test, mode, allowed)
@@ -327,4 +383,6 @@ def paired_test(base_examples: list[dict], cand_examples: list[dict], kind: str,
     cand_rows, _ = metric_rows(cand, kind, metric, options)
     boot = paired_bootstrap(base_rows, cand_rows, aggregate, resamples, seed)
     decision = decide(boot, higher_is_better, test, mode, allowed)
-    return {"metric": metric} | boot | decision | {"why": f"{metric} {decision['why']}"}
+    fields = {f.name: getattr(part, f.name) for part in (boot, decision)
+              for f in dataclasses.fields(part)}
+    return PairedTest(**fields | {"metric": metric, "why": f"{metric} {decision.why}"})

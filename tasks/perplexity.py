@@ -11,6 +11,7 @@ Hugging Face "perplexity of fixed-length models" recipe).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -94,24 +95,55 @@ def per_text_nll(lm: CausalLM, tokenizer, texts: list[str],
     return rows, len(jobs)
 
 
-def perplexity_scores(rows: np.ndarray, n_windows: int, config: PerplexityConfig) -> dict:
-    """Every perplexity metric over all of ``rows`` (from ``PERPLEXITY_METRICS``, where they
-    are defined), with the totals and the protocol they were measured under."""
-    nll, count, n_bytes = float(rows[:, 0].sum()), int(rows[:, 1].sum()), int(rows[:, 2].sum())
-    return {
-        **{name: scorer.aggregate(rows) for name, scorer in PERPLEXITY_METRICS.items()},
-        "nll_nats": nll, "tokens": count, "bytes": n_bytes, "windows": n_windows,
-        "protocol": dataclasses.asdict(config) | {"unit": "token", "texts": len(rows)},
-    }
+@dataclasses.dataclass(frozen=True)
+class PerplexityResult:
+    """Perplexity figures of a set of texts and the protocol they were measured under.
+
+    Attributes:
+        metrics: every metric of ``PERPLEXITY_METRICS`` (where they are defined) over all
+            texts, by name: ``perplexity`` (exp of the NLL per token), ``bits_per_byte``.
+        nll_nats: summed negative log-likelihood of the scored tokens, in nats.
+        tokens: tokens scored.
+        bytes: the texts' length in utf-8 bytes.
+        windows: windows run.
+        protocol: the ``PerplexityConfig`` as run, with the scoring ``unit`` and ``texts``.
+    """
+
+    metrics: dict[str, float]
+    nll_nats: float
+    tokens: int
+    bytes: int
+    windows: int
+    protocol: dict[str, Any]
+
+    @property
+    def perplexity(self) -> float:
+        return self.metrics["perplexity"]
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.metrics["bits_per_byte"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, metrics first: a perplexity task's ``QualityScore.scores``."""
+        return {**self.metrics, "nll_nats": self.nll_nats, "tokens": self.tokens,
+                "bytes": self.bytes, "windows": self.windows, "protocol": self.protocol}
+
+
+def perplexity_scores(rows: np.ndarray, n_windows: int,
+                      config: PerplexityConfig) -> PerplexityResult:
+    """Every perplexity metric over all of ``rows`` (``per_text_nll``'s), with the totals and
+    the protocol they were measured under."""
+    return PerplexityResult(
+        metrics={name: scorer.aggregate(rows) for name, scorer in PERPLEXITY_METRICS.items()},
+        nll_nats=float(rows[:, 0].sum()), tokens=int(rows[:, 1].sum()),
+        bytes=int(rows[:, 2].sum()), windows=n_windows,
+        protocol=dataclasses.asdict(config) | {"unit": "token", "texts": len(rows)})
 
 
 def perplexity(lm: CausalLM, tokenizer, texts: list[str],
-               config: PerplexityConfig = PerplexityConfig(), show_progress: bool = False) -> dict:
-    """Token perplexity and bits per byte of ``texts`` under ``lm``.
-
-    Returns:
-        dict with ``perplexity``, ``bits_per_byte``, ``nll_nats``, ``tokens`` (scored),
-        ``bytes`` and ``protocol``.
-    """
+               config: PerplexityConfig = PerplexityConfig(),
+               show_progress: bool = False) -> PerplexityResult:
+    """Token perplexity and bits per byte of ``texts`` under ``lm``."""
     rows, n_windows = per_text_nll(lm, tokenizer, texts, config, show_progress)
     return perplexity_scores(rows, n_windows, config)

@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from slimbench.schema.measurements import Placement
+
 
 @runtime_checkable
 class CausalLM(Protocol):
@@ -69,10 +71,10 @@ class CausalLM(Protocol):
         """Return only once the device has finished the work queued so far (timing needs it)."""
         ...
 
-    def placement(self) -> dict | None:
+    def placement(self) -> Placement | None:
         """Where the graph's operations ran, or None where the backend does not place them.
 
-        ORT answers ``{primary, nodes_by_provider, fallback_nodes, fallback_ops}``: nodes the
+        ORT answers a ``Placement`` (primary provider, nodes by provider, fallbacks): nodes the
         primary provider could not take ran elsewhere, often with copies around them. Torch
         eager runs every op on ``device`` and answers None.
         """

@@ -23,7 +23,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -53,7 +53,8 @@ class Scorer:
     per_example: bool = True
 
 
-def with_defaults(scorer: Scorer, options: dict) -> dict:
+def with_defaults(scorer: Scorer, options: dict[str, Any]) -> dict[str, Any]:
+    """A task's options for ``scorer`` (by option name), its defaults filling the rest."""
     return scorer.options | dict(options)
 
 
@@ -185,8 +186,9 @@ def _exact_match_stats(preds, refs) -> np.ndarray:
 
 
 # --- macro F1 (classification) -----------------------------------------------------------------
-def per_label_f1(predictions: Sequence, references: Sequence) -> dict:
-    """F1 (x100) per label seen in references or predictions.
+def per_label_f1(predictions: Sequence[Hashable],
+                 references: Sequence[Hashable]) -> dict[Hashable, float]:
+    """F1 (x100) per label seen in references or predictions, by label.
 
     Per label F1 = 2tp / (2tp + fp + fn), 0 where a label has no tp, fp or fn to speak of:
     scikit-learn's ``f1_score(average=None, zero_division=0)``, without the dependency.

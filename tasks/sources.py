@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from slimbench.errors import UsageError
 from slimbench.tasks.evalsets import load_evalset
@@ -16,7 +17,7 @@ from slimbench.tasks.fields import render, template_fields  # noqa: F401  (rende
 from slimbench.tasks.specs import DatasetSpec, TaskSpec
 
 
-def _jsonl(path: str) -> list[dict]:
+def _jsonl(path: str) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"dataset file {p} does not exist")
@@ -34,7 +35,7 @@ def _jsonl(path: str) -> list[dict]:
     return rows
 
 
-def _huggingface(spec: DatasetSpec) -> list[dict]:
+def _huggingface(spec: DatasetSpec) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
@@ -49,9 +50,13 @@ def _huggingface(spec: DatasetSpec) -> list[dict]:
     return [dict(row) for row in ds]
 
 
-def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict]:
+def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict[str, Any]]:
     """The task's rows (the first ``limit``, else the task's own ``limit``), each with an
     ``id``, checked to have every field the task's templates read.
+
+    A row is the user's data: its fields are the dataset's own, read by name by the task's
+    ``{field}`` templates (``str.format_map``), so rows stay mappings; ``id`` is the one field
+    every row has.
 
     Raises:
         UsageError: missing file/package, no rows, or a template field the rows lack.

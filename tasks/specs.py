@@ -136,7 +136,8 @@ class TaskSpec:
     def evalset(self) -> str | None:
         return self.dataset.evalset
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The task as run (``QualityScore.task_spec``): every field, options per metric."""
         d = dataclasses.asdict(self)
         d["metric_list"] = [{"metric": m.metric, "higher_is_better": m.higher_is_better}
                             | dict(m.options) for m in self.metric_list]

@@ -52,4 +52,4 @@ if __name__ == "__main__":
     target = sys.argv[4] if len(sys.argv) > 4 else CELL
     results = run_suite(load_suite(Path(suite_path)), Path(run_dir), resume=True,
                         cache=Path(cache), cell_target=target, show_progress=False)
-    print(" ".join(f"{r['cell']['id']}={r['status']}" for r in results))
+    print(" ".join(f"{r.cell.id}={r.status}" for r in results))

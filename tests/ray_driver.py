@@ -21,4 +21,4 @@ if __name__ == "__main__":
     executor = RayExecutor(address, worker_hook=("ray_cells:markers", {"dir": marks}))
     results = run_suite(load_suite(Path(suite_path)), Path(run_dir), cache=Path(cache),
                         executor=executor, show_progress=False)
-    print(" ".join(f"{r['cell']['id']}={r['status']}" for r in results))
+    print(" ".join(f"{r.cell.id}={r.status}" for r in results))

@@ -228,7 +228,7 @@ def run_dir(tmp_path):
 
 
 def by_key(checks):
-    return {(c["variant"], c["device"], c["metric"]): c for c in checks}
+    return {(c.variant, c.device, c.metric): c for c in checks}
 
 
 def test_quality_size_failed_and_skipped_criteria(run_dir):
@@ -247,41 +247,42 @@ def test_quality_size_failed_and_skipped_criteria(run_dir):
 
     good = got[("good", "cpu", "perplexity.perplexity")]
     want = ppl_of([n + 0.2 for n in BASE_NLL]) - ppl_of(BASE_NLL)  # ~ +0.08, 0.2%
-    assert good["status"] == "pass" and good["value"] == pytest.approx(want, rel=1e-9)
-    assert good["baseline"] == "base" and good["criterion"] == "non_inferior"
-    assert good["paired"]["allowance"] == pytest.approx(0.02 * ppl_of(BASE_NLL))
-    assert good["ci95"][1] <= good["paired"]["allowance"]
+    assert good.status == "pass" and good.value == pytest.approx(want, rel=1e-9)
+    assert good.baseline == "base" and good.criterion == "non_inferior"
+    assert good.paired.allowance == pytest.approx(0.02 * ppl_of(BASE_NLL))
+    assert good.ci95[1] <= good.paired.allowance
     worse = got[("worse", "cpu", "perplexity.perplexity")]
-    assert worse["status"] == "fail" and worse["value"] == pytest.approx(
+    assert worse.status == "fail" and worse.value == pytest.approx(
         ppl_of([n + 5 for n in BASE_NLL]) - ppl_of(BASE_NLL), rel=1e-9)  # ~ +2.05, 5%
-    assert "interval's bad end" in worse["why"]
+    assert "interval's bad end" in worse.why
 
     size = got[("good", "cpu", "bytes_on_disk")]
-    assert size["status"] == "pass" and size["value"] == 0.25  # 1000 / 4000: at the limit
+    assert size.status == "pass" and size.value == 0.25  # 1000 / 4000: at the limit
     params = got[("good", "cpu", "parameters")]
-    assert params["status"] == "fail" and params["value"] == 0.6
-    assert params["why"] == "parameters 600 / 1,000 = 0.6000 > 0.59"
+    assert params.status == "fail" and params.value == 0.6
+    assert params.why == "parameters 600 / 1,000 = 0.6000 > 0.59"
 
     missing = got[("partial", "cpu", "method_name.f1")]
-    assert missing["status"] == "fail" and missing["why"] == "cell partial--cpu has no " \
+    assert missing.status == "fail" and missing.why == "cell partial--cpu has no " \
                                                              "method_name.f1"
     no_memory = got[("partial", "cpu", "parameters")]
-    assert no_memory["status"] == "fail" and no_memory["why"] == "cell partial--cpu has no " \
+    assert no_memory.status == "fail" and no_memory.why == "cell partial--cpu has no " \
                                                                  "parameters"
     broken = got[("broken", "cpu", "perplexity.perplexity")]
-    assert broken["status"] == "fail" and broken["why"] == "cell broken--cpu failed: killed " \
+    assert broken.status == "fail" and broken.why == "cell broken--cpu failed: killed " \
                                                            "by SIGKILL"
     for c in checks:
-        if c["device"] == "cuda":
-            assert c["status"] == "skipped" and c["why"] == (
-                f"cells {c['variant']}--cuda and base--cuda skipped: no CUDA GPU on this "
+        if c.device == "cuda":
+            assert c.status == "skipped" and c.why == (
+                f"cells {c.variant}--cuda and base--cuda skipped: no CUDA GPU on this "
                 "machine")
 
     assert said[-1] == "acceptance: FAIL (5 of 14; 7 skipped)"
     assert sum(s.startswith("acceptance: FAIL ") for s in said) == 6
     data = json.loads((run_dir / "acceptance.json").read_text())
     assert data["verdict"] == "fail" and data["line"] == said[-1]
-    assert [c["status"] for c in data["criteria"]] == [c["status"] for c in checks]
+    assert [c["status"] for c in data["criteria"]] == [c.status for c in checks]
+    assert data["criteria"] == [c.to_dict() for c in checks]
     md = (run_dir / "acceptance.md").read_text()
     assert md.rstrip().endswith("acceptance: FAIL (5 of 14; 7 skipped)")
     assert "| good | base | cpu | bytes_on_disk | ratio_at_most 0.25 | PASS | 0.250 |" in md
@@ -295,11 +296,11 @@ def test_significance_passes_a_loss_non_inferiority_cannot_rule_out(run_dir, cri
     # third of the resamples that name is not drawn, so the interval of the loss reaches 0
     suite = suite_with({"good": {"method_name.f1": {criterion: 0.05}}}, devices=["cpu"])
     (check,) = evaluate_acceptance(suite, run_dir, say=lambda _: None)
-    assert check["value"] == pytest.approx(f1_of(1) - 100.0) == pytest.approx(-10.0)
-    assert check["paired"]["allowance"] == pytest.approx(5.0)
-    assert check["paired"]["degradation_ci95"][0] == 0.0
-    assert check["paired"]["degradation_ci95"][1] > 5.0
-    assert check["status"] == status
+    assert check.value == pytest.approx(f1_of(1) - 100.0) == pytest.approx(-10.0)
+    assert check.paired.allowance == pytest.approx(5.0)
+    assert check.paired.degradation_ci95[0] == 0.0
+    assert check.paired.degradation_ci95[1] > 5.0
+    assert check.status == status
 
 
 def test_a_failed_baseline_cell_fails_every_criterion_closed(tmp_path):
@@ -309,7 +310,7 @@ def test_a_failed_baseline_cell_fails_every_criterion_closed(tmp_path):
                                  "parameters": {"ratio_at_most": 10}}}, devices=["cpu"])
     said = []
     checks = evaluate_acceptance(suite, tmp_path, say=said.append)
-    assert [(c["status"], c["why"]) for c in checks] == [
+    assert [(c.status, c.why) for c in checks] == [
         ("fail", "cell base--cpu failed: killed by SIGKILL")] * 2
     assert said[-1] == "acceptance: FAIL (2 of 2)"
 
@@ -368,13 +369,13 @@ def test_latency_criteria_decide_on_the_interval_ends(run_dir, fake_ab, speedup,
                        paired={"min_seconds": 2, "max_seconds": 7, "precision": 0.05})
     got = by_key(evaluate_acceptance(suite, run_dir, say=lambda _: None))
     decode = got[("good", "cpu", "decode_ms_per_token")]
-    assert decode["status"] == status
-    assert decode["value"] == 2.0 and decode["ci95"] == [1.6, 2.5]
+    assert decode.status == status
+    assert decode.value == 2.0 and decode.ci95 == (1.6, 2.5)
     ttft = got[("good", "cpu", "ttft_ms")]
-    assert ttft["status"] == status and ttft["value"] == 1.0 and ttft["ci95"] == [0.98, 1.05]
+    assert ttft.status == status and ttft.value == 1.0 and ttft.ci95 == (0.98, 1.05)
     tpot = got[("good", "cpu", "tpot_ms")]  # low end 1 / 1.0 = 1.0 >= 1.0
-    assert tpot["status"] == "pass" and tpot["warnings"] == ["stand-in"]
-    assert tpot["comparison"] == ttft["comparison"] == {"variant": "good", "device": "cpu",
+    assert tpot.status == "pass" and tpot.warnings == ["stand-in"]
+    assert tpot.comparison == ttft.comparison == {"variant": "good", "device": "cpu",
                                                         "scenario": "generate"}
     # one A/B per scenario, shared by ttft and tpot; the lengths from the suite's latency
     assert [(b, c, cfg.scenario, cfg.length, cfg.new_tokens) for b, c, cfg in fake_ab] == [
@@ -399,10 +400,10 @@ def test_an_ab_that_fails_fails_its_criteria_and_skipped_cells_time_nothing(
     monkeypatch.setattr("slimbench.bench.measure.paired.paired_compare", broken)
     suite = suite_with({"good": {"prefill_ms": {"slowdown_at_most": 0.1}}})
     got = by_key(evaluate_acceptance(suite, run_dir, say=lambda _: None))
-    assert got[("good", "cpu", "prefill_ms")]["status"] == "fail"
-    assert got[("good", "cpu", "prefill_ms")]["why"] == ("the prefill A/B failed: worker died: "
+    assert got[("good", "cpu", "prefill_ms")].status == "fail"
+    assert got[("good", "cpu", "prefill_ms")].why == ("the prefill A/B failed: worker died: "
                                                          "killed by SIGKILL")
-    assert got[("good", "cuda", "prefill_ms")]["status"] == "skipped"
+    assert got[("good", "cuda", "prefill_ms")].status == "skipped"
     assert calls == ["cpu"]
 
 
@@ -414,7 +415,8 @@ def _cli_run(tmp_path, monkeypatch, acceptance, broken):
 
     def fake_run_suite(suite, run_dir, **_):
         (run_dir / "cells").mkdir(parents=True)
-        return [r for r in write_run(run_dir, broken=broken) if r["cell"]["device"] == "cpu"]
+        return [CellResult.from_dict(r) for r in write_run(run_dir, broken=broken)
+                if r["cell"]["device"] == "cpu"]
 
     monkeypatch.setattr("slimbench.bench.orchestrate.runner.run_suite", fake_run_suite)
     out = tmp_path / "run"
@@ -498,3 +500,44 @@ def test_a_real_run_judges_its_criteria(tmp_path, capsys):
     assert "acceptance criteria failed: int8 cpu decode_ms_per_token speedup_at_least 100" \
         in err
     assert '<table id="acceptance">' in (out / "report.html").read_text()
+
+
+# ---- one verdict type: the gate's checks and the acceptance criteria -----------------------
+
+def test_gate_and_acceptance_give_the_same_check_type_and_it_round_trips(run_dir):
+    """Both verdicts are ``slimbench.schema.Check``; ``to_dict`` is what acceptance.json holds
+    and reads back as the same check (a paired test and a re-measured latency included)."""
+    import dataclasses
+
+    from slimbench.reports.evidence import load_evidence
+    from slimbench.reports.gate import compare, load_policy
+    from slimbench.reports.table import load_rows
+    from slimbench.schema import Check, PairedLatency, PairedTest
+
+    suite = suite_with({"good": {"perplexity.perplexity": {"non_inferior": 0.02},
+                                 "parameters": {"ratio_at_most": 0.59}},
+                        "partial": {"method_name.f1": {"no_significant_loss": 0.05}}})
+    accepted = evaluate_acceptance(suite, run_dir, say=lambda _: None)
+    evidence = (load_evidence(run_dir), load_evidence(run_dir))
+    gated = compare(load_rows(run_dir), load_rows(run_dir), load_policy(None),
+                    evidence=evidence)
+    assert {type(c) for c in accepted} == {type(c) for c in gated} == {Check}
+    assert {c.status for c in gated} == {"pass"}
+    ppl = next(c for c in gated if c.variant == "good" and c.metric == "perplexity.perplexity")
+    assert isinstance(ppl.paired, PairedTest) and ppl.paired.delta == 0.0
+    assert ppl.baseline_value == ppl.candidate_value and ppl.why.startswith(
+        "perplexity: identical on all 12 paired examples")
+    good = next(c for c in accepted if c.device == "cpu" and c.criterion == "non_inferior")
+    assert isinstance(good.paired, PairedTest) and good.value == good.paired.delta
+    timed = dataclasses.replace(gated[0], paired_latency=PairedLatency(1.25, (1.1, 1.4), 12,
+                                                                       3.0, "decode"))
+    for check in [*accepted, *gated, timed]:
+        assert Check.from_dict(check.to_dict()) == check
+    data = json.loads((run_dir / "acceptance.json").read_text())
+    assert data["criteria"] == [c.to_dict() for c in accepted]
+    # the fields an acceptance criterion writes; the gate's stay out
+    assert set(data["criteria"][0]) == {"variant", "baseline", "device", "metric", "criterion",
+                                        "threshold", "value", "ci95", "status", "why",
+                                        "paired", "shown"}
+    skipped = next(c for c in data["criteria"] if c["status"] == "skipped")
+    assert (skipped["value"], skipped["ci95"]) == (None, None) and "kind" not in skipped

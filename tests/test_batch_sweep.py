@@ -63,11 +63,11 @@ def test_sweep_has_one_scenario_per_batch(loaded, backend):
 def test_tokens_per_s_identity_holds_per_round(loaded, backend):
     rt = loaded[backend][1]
     run = timed_generation(rt, prompt_tokens(rt.vocab_size, PROMPT, 4), NEW, repeats=3, warmup=1)
-    assert len(run["ttft"]) == len(run["tpot"]) == len(run["rate"]) == 3
-    for ttft, tpot, rate in zip(run["ttft"], run["tpot"], run["rate"], strict=True):
+    assert len(run.ttft) == len(run.tpot) == len(run.rate) == 3
+    for ttft, tpot, rate in zip(run.ttft, run.tpot, run.rate, strict=True):
         assert ttft > 0 and tpot > 0
         assert rate == pytest.approx(4 * NEW / (ttft + (NEW - 1) * tpot), rel=1e-9)
-    assert run["tokens"].shape == (4, NEW) and run["tokens"].dtype == np.int64
+    assert run.tokens.shape == (4, NEW) and run.tokens.dtype == np.int64
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,26 +76,26 @@ def test_batched_greedy_tokens_equal_batch_one(loaded, backend):
     prompts = prompt_tokens(rt.vocab_size, PROMPT, 16)
     # seeded prompts are nested: row 0 of every batch is the batch-1 prompt
     assert (prompts[:1] == prompt_tokens(rt.vocab_size, PROMPT, 1)).all()
-    batched = timed_generation(rt, prompts, NEW, repeats=1, warmup=0)["tokens"]
+    batched = timed_generation(rt, prompts, NEW, repeats=1, warmup=0).tokens
     for i in range(16):
-        alone = timed_generation(rt, prompts[i:i + 1], NEW, repeats=1, warmup=0)["tokens"]
+        alone = timed_generation(rt, prompts[i:i + 1], NEW, repeats=1, warmup=0).tokens
         assert batched[i].tolist() == alone[0].tolist(), f"row {i}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cell_runs_the_sweep_after_the_generate_scenario(loaded, backend):
     """Batch 1 is the generate scenario itself, measured once; the rows name each batch."""
-    from slimbench.schema import CellInfo, CellResult
     from slimbench.reports.table import rows_from_cell
+    from slimbench.schema import CellInfo, CellResult
 
     art, rt = loaded[backend]
     cfg = LatencyConfig(prefill=(), decode_contexts=(), new_tokens=NEW, generate_prompt=PROMPT,
                         generate_batches=(4, 1, 2), repeats=1, min_seconds=0.0)
     fields = measure_latency(rt, art, cfg, "cpu")
-    assert [s.tag for s in fields["latency"].scenarios] == ["8", "8x4", "8x2"]
-    assert fields["latency"].config["generate_batches"] == (4, 1, 2)
-    cell = CellResult(CellInfo("t--cpu", "t", "t", [], "cpu", backend), "ok", **fields)
-    metrics = [r["metric"] for r in rows_from_cell(cell.to_dict())]
+    assert [s.tag for s in fields.latency.scenarios] == ["8", "8x4", "8x2"]
+    assert fields.latency.config["generate_batches"] == (4, 1, 2)
+    cell = fields.into(CellResult(CellInfo("t--cpu", "t", "t", [], "cpu", backend), "ok"))
+    metrics = [r.metric for r in rows_from_cell(cell.to_dict())]
     for tag in ("8", "8x4", "8x2"):
         assert {f"ttft_ms@{tag}", f"tpot_ms@{tag}", f"tokens_per_s@{tag}"} <= set(metrics)
     assert len(metrics) == len(set(metrics))
@@ -180,7 +180,7 @@ def test_report_draws_the_sweep_and_the_bandwidth_floor(tmp_path):
     for i, cell in enumerate(cells):
         (run / "cells" / f"{i}.json").write_text(json.dumps(cell))
     out = write_report(run, "baseline")
-    html = out["html"].read_text()
+    html = out.html.read_text()
     # (a) the chart, with every line's label, after the two Pareto charts
     assert html.count("<svg") == 3
     assert "generate tokens/s vs batch (prompt 64, 16 new tokens" in html
@@ -214,7 +214,7 @@ def test_report_without_a_sweep_has_no_sweep_chart(tmp_path):
     (run / "cells").mkdir(parents=True)
     (run / "cells" / "0.json").write_text(json.dumps(_cell("baseline", "torch", 4.0,
                                                            {1: 200.0})))
-    html = write_report(run, "baseline")["html"].read_text()
+    html = write_report(run, "baseline").html.read_text()
     assert "tokens/s vs batch" not in html and html.count("<svg") == 2
 
 

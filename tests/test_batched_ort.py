@@ -230,13 +230,12 @@ def test_reference_tasks_batch_8_equals_batch_1(reference_ort, task, limit):
     rt, tok = reference_ort
     one = run_task(rt, tok, task, limit=limit, batch_size=1, resamples=0)
     eight = run_task(rt, tok, task, limit=limit, batch_size=8, resamples=0)
-    assert one["protocol"]["batch_size"] == 1 and eight["protocol"]["batch_size"] == 8
-    assert eight["protocol"]["padding"].startswith(f"{rt.padding_side}, ")
-    assert eight["protocol"]["batch_invariant"]
-    assert [e["prediction"] for e in one["examples"]] == \
-        [e["prediction"] for e in eight["examples"]]
-    assert one["metrics"] == eight["metrics"]
-    assert any(e["prediction"] for e in eight["examples"])  # not vacuously equal
+    assert one.score.protocol["batch_size"] == 1 and eight.score.protocol["batch_size"] == 8
+    assert eight.score.protocol["padding"].startswith(f"{rt.padding_side}, ")
+    assert eight.score.protocol["batch_invariant"]
+    assert [e.prediction for e in one.examples] == [e.prediction for e in eight.examples]
+    assert one.score.metrics == eight.score.metrics
+    assert any(e.prediction for e in eight.examples)  # not vacuously equal
 
 
 def test_dynamic_int8_batches_are_recorded_as_batch_dependent(family_exports, tmp_path):
@@ -253,7 +252,7 @@ def test_dynamic_int8_batches_are_recorded_as_batch_dependent(family_exports, tm
     assert not np.array_equal(alone, with_other)  # the other row moved the scale
     eight = run_task(rt, loaded.tokenizer, "method_name", limit=4, batch_size=4, resamples=0)
     one = run_task(rt, loaded.tokenizer, "method_name", limit=4, batch_size=1, resamples=0)
-    assert eight["protocol"]["batch_invariant"] is False
-    assert one["protocol"]["batch_invariant"] is True
+    assert eight.score.protocol["batch_invariant"] is False
+    assert one.score.protocol["batch_invariant"] is True
     fp32 = OrtRuntime(load_artifact(str(family_exports("gpt2"))), threads=2)
     assert fp32.batch_invariant

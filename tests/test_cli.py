@@ -57,7 +57,7 @@ def test_inspect_reference(capsys):
     rc, out, _ = run(capsys, "inspect", "reference")
     info = json.loads(out)
     assert rc == 0 and info["kind"] == "reference"
-    assert info["parameters"] == reference_card()["parameters"]
+    assert info["parameters"] == reference_card().parameters
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -184,7 +184,8 @@ def test_committed_demo_baseline_matches_the_demo_suite():
     from slimbench.reports.table import load_results
 
     suite = load_suite(DEMO_FULL_SUITE)
-    rows, recorded = load_results(DEMO_BASELINE)
+    baseline = load_results(DEMO_BASELINE)
+    rows, recorded = [r.to_dict() for r in baseline.rows], baseline.suite
     # the quick demo is the full one's subset, with the same settings: the baseline gates both
     quick = load_suite(DEMO_SUITE)
     assert {v.name for v in quick.variants} < {v.name for v in suite.variants}

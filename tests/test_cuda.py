@@ -14,7 +14,7 @@ pytestmark = pytest.mark.cuda
 def _ppl(device, dtype="float32"):
     loaded = load_artifact("reference", LoadOptions(device=device, dtype=dtype))
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=20)]
-    return perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"], loaded
+    return perplexity(TorchRuntime(loaded), loaded.tokenizer, texts).perplexity, loaded
 
 
 def test_cuda_fp32_matches_cpu():
@@ -50,7 +50,7 @@ def test_cuda_fp16_artifact(tmp_path):
     loaded = load_artifact(str(tmp_path / "fp16"), LoadOptions(device="cuda"))
     assert loaded.info.dtype == "float16"
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=20)]
-    fp16 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"]
+    fp16 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts).perplexity
     assert fp16 == pytest.approx(fp32, rel=0.02)
 
 
@@ -60,6 +60,7 @@ def test_cuda_distillation_trains_and_returns_cpu_weights(tmp_path):
     m = run_step("distill", {"student_layers": 2, "steps": 20, "batch_size": 4, "seq_len": 64,
                              "warmup": 2, "eval_every": 10, "device": "cuda"},
                  "reference", tmp_path / "student")
-    vals = [h["val_perplexity"] for h in m["training"]["history"] if "val_perplexity" in h]
+    history = m.report["training"]["history"]
+    vals = [h["val_perplexity"] for h in history if "val_perplexity" in h]
     assert len(vals) == 2 and vals[-1] < vals[0]
     assert load_artifact(str(tmp_path / "student")).model.config.n_layer == 2

@@ -39,7 +39,7 @@ def _runtime(path, device):
 
 def _ppl(rt, tokenizer) -> float:
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=10)]
-    return perplexity(rt, tokenizer, texts)["perplexity"]
+    return perplexity(rt, tokenizer, texts).perplexity
 
 
 @pytest.mark.parametrize("name", ["ops", "fused-fp16", "int4"])
@@ -50,9 +50,9 @@ def test_cuda_ort_batched_generation_equals_one_at_a_time(artifacts, name):
     alone = [rt.greedy_generate(p, 16) for p in prompts]
     assert rt.greedy_generate_batch(prompts, 16) == alone
     placement = rt.placement()
-    assert placement["primary"] == "CUDAExecutionProvider"
+    assert placement.primary == "CUDAExecutionProvider"
     if name == "fused-fp16":  # the attention kernel itself runs on the GPU
-        assert "GroupQueryAttention" not in placement["fallback_ops"]
+        assert "GroupQueryAttention" not in placement.fallback_ops
 
 
 @pytest.mark.parametrize("name,rel", [("ops", 1e-3), ("fused-fp16", 0.02), ("int4", 1e-3)])
@@ -71,7 +71,6 @@ def test_cuda_ort_generate_sweep_and_tasks(artifacts):
     tok = load_artifact("reference").tokenizer
     one = run_task(rt, tok, "method_name", limit=8, batch_size=1, resamples=0)
     four = run_task(rt, tok, "method_name", limit=8, batch_size=4, resamples=0)
-    assert four["protocol"]["padding"].startswith("right, ")
-    assert [e["prediction"] for e in one["examples"]] == \
-        [e["prediction"] for e in four["examples"]]
-    assert np.isfinite(one["metrics"]["f1"]["value"])
+    assert four.score.protocol["padding"].startswith("right, ")
+    assert [e.prediction for e in one.examples] == [e.prediction for e in four.examples]
+    assert np.isfinite(one.score.metrics["f1"].value)

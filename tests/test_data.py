@@ -16,7 +16,7 @@ def test_corpus_manifest_matches_file():
     assert hashlib.sha256(blob).hexdigest() == man["sha256"]
     assert len(load_corpus("train")) == man["files"]["train"]
     assert len(load_corpus("validation")) == man["files"]["validation"]
-    assert sum(len(r["text"]) for r in load_corpus("train")) == man["chars"]["train"]
+    assert sum(len(r.text) for r in load_corpus("train")) == man["chars"]["train"]
     assert (CORPUS_DIR / "LICENSE-PSF.txt").read_text().startswith("A. HISTORY OF THE SOFTWARE")
     with pytest.raises(ValueError, match="unknown corpus split 'test'"):
         load_corpus("test")
@@ -28,19 +28,20 @@ def test_evalset_manifests_match_files():
                            "next_line"]
     total = 0
     for name, entry in man.items():
-        blob = (evalsets.EVALSET_DIR / entry["file"]).read_bytes()
-        assert hashlib.sha256(blob).hexdigest() == entry["sha256"], name
-        assert len(blob) == entry["bytes"]
+        blob = (evalsets.EVALSET_DIR / entry.file).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == entry.sha256, name
+        assert len(blob) == entry.bytes
         rows = evalsets.load_evalset(name)
-        assert len(rows) == entry["count"] >= 100
+        assert len(rows) == entry.count >= 100
         assert len({r["id"] for r in rows}) == len(rows)  # ids unique
         total += len(blob)
     assert total <= 2 * 1024 * 1024
 
 
 def test_evalsets_are_held_out_from_training():
-    train_paths = {r["path"] for r in load_corpus("train")}
-    val_paths = {r["path"] for r in load_corpus("validation")}
+    train_paths = {r.path for r in load_corpus("train")}
+    val_paths = {r.path for r in load_corpus("validation")}
+    assert {r.split for r in load_corpus("validation")} == {"validation"}
     assert not train_paths & val_paths
     for name in evalsets.evalset_names():
         paths = {r["path"] for r in evalsets.load_evalset(name)}

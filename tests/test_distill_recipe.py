@@ -32,15 +32,15 @@ def test_distill_loss_matches_its_formula():
     pt = torch.softmax(t[:, :-1] / 2, -1)
     kl = (pt * (pt.log() - ps)).sum(-1).mean()  # KL(teacher || student) per token
     ce = torch.nn.functional.cross_entropy(s[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1))
-    torch.testing.assert_close(terms["kl"], kl)
-    torch.testing.assert_close(terms["loss"], 0.25 * 4 * kl + 0.75 * ce)
+    torch.testing.assert_close(terms.kl, kl)
+    torch.testing.assert_close(terms.loss, 0.25 * 4 * kl + 0.75 * ce)
 
 
 def test_student_equal_to_teacher_has_zero_kl(tiny_model):
     ids = torch.randint(0, 4096, (2, 9))
     out = tiny_model(input_ids=ids)
     terms = distill_loss(out, out, ids, DistillConfig(alpha=1.0))
-    assert terms["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms.kl.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_shallow_student_keeps_first_and_last_layers(tiny_model):
@@ -85,7 +85,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_model, ref_tokenizer, tm
     assert json.loads((tmp_path / "ckpt" / "trainer.json").read_text())["step"] == 3
     resumed = copy.deepcopy(tiny_model)
     record = distill(resumed, tiny_model, ref_tokenizer, cfg)
-    assert record["resumed_from"] == 3
+    assert record.resumed_from == 3
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(UsageError, match="different distillation config"):
@@ -99,9 +99,9 @@ def test_teacher_changes_the_result(tiny_model, ref_tokenizer):
     with_teacher, alone = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
     a = distill(with_teacher, tiny_model, ref_tokenizer, DistillConfig(**FAST | {"alpha": 0.9}))
     b = distill(alone, None, ref_tokenizer, DistillConfig(**FAST | {"alpha": 0.0}))
-    assert "kl" in a["history"][-1] and "kl" not in b["history"][-1]
+    assert "kl" in a.history[-1] and "kl" not in b.history[-1]
     assert not torch.equal(with_teacher.transformer.wte.weight, alone.transformer.wte.weight)
-    assert b["final_val_perplexity"] > 0
+    assert b.final_val_perplexity > 0
 
 
 RECIPE = """
@@ -119,15 +119,15 @@ def test_recipe_chain_links_manifests(tiny_dir, tmp_path):
     path.write_text(RECIPE.replace("MODEL", str(tiny_dir)))
     recipe = load_recipe(path)
     manifests = run_recipe(recipe, recipe.model, tmp_path / "out", say=lambda _: None)
-    assert [m["step"] for m in manifests] == ["prune_structured", "distill",
+    assert [m.step for m in manifests] == ["prune_structured", "distill",
                                               "torch_dynamic_int8"]
-    assert manifests[-1]["recipe"] == ["prune_structured", "distill", "torch_dynamic_int8"]
+    assert manifests[-1].recipe == ["prune_structured", "distill", "torch_dynamic_int8"]
     dirs = ["01-prune_structured", "02-distill", "03-torch_dynamic_int8"]
     for prev, m in zip(dirs, manifests[1:], strict=False):
         digest = hashlib.sha256((tmp_path / "out" / prev / "manifest.json").read_bytes())
-        assert m["parent"]["manifest_sha256"] == digest.hexdigest()
-    assert manifests[1]["teacher"]["spec"] == str(tiny_dir)  # the recipe's input teaches
-    assert manifests[0]["parameters"] < manifests[0]["parent"]["parameters"]
+        assert m.parent.manifest_sha256 == digest.hexdigest()
+    assert manifests[1].report["teacher"]["spec"] == str(tiny_dir)  # the recipe's input teaches
+    assert manifests[0].parameters < manifests[0].parent.parameters
     final = load_artifact(str(tmp_path / "out" / dirs[-1]))
     assert final.model.config.n_head == 2
 

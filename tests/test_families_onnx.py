@@ -4,7 +4,6 @@ A test taking ``family`` runs once per family of tests/conftest.py (its pytest_g
 """
 
 import copy
-import json
 
 import numpy as np
 import onnx
@@ -15,7 +14,7 @@ from slimbench.bench.cli import main
 from slimbench.bench.runtimes import make_runtime
 from slimbench.bench.runtimes.ort_runtime import OrtRuntime
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
-from slimbench.compress.artifact import MANIFEST
+from slimbench.compress.artifact import read_manifest
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.steps import run_step
 from slimbench.tasks.generation import run_task
@@ -37,12 +36,12 @@ def exported(family_exports):
 
 def test_cli_export_matches_torch_with_kv_head_cache(family, exported):
     out = exported(family)
-    m = json.loads((out / MANIFEST).read_text())
-    assert m["format"] == "onnx" and m["recipe"] == ["export_onnx"]
-    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
-    assert m["parity"]["greedy_identical"] == m["parity"]["greedy_prompts"] == 2
+    m = read_manifest(out)
+    assert m.format == "onnx" and m.recipe == ["export_onnx"]
+    assert m.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["greedy_identical"] == m.report["parity"]["greedy_prompts"] == 2
     # every projection a MatMul with a constant weight (OPT's 2-D Gemm rewritten)
-    assert "Gemm" not in m["graph"]
+    assert "Gemm" not in m.report["graph"]
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
 
     def dims(value):
@@ -58,7 +57,7 @@ def test_cli_export_matches_torch_with_kv_head_cache(family, exported):
     assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "seq"]
     assert inputs["attention_mask"] == ["batch", "total"] and inputs["logits_index"] == ["keep"]
     assert outputs["logits"] == ["batch", "keep", 4096]
-    assert m["parity"]["padded_max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["padded_max_abs_logit_diff"] <= 1e-4
     for i in range(2):
         for kind in ("key", "value"):
             assert inputs[f"past_{kind}_{i}"] == ["batch", kv, "past", 16]
@@ -72,11 +71,11 @@ def test_ort_perplexity_equals_torch(family, family_dirs, exported):
         loaded = load_artifact(spec)
         rt = make_runtime(loaded, threads=2)
         scores.append(run_task(rt, loaded.tokenizer, "perplexity", limit=2, resamples=0))
-    torch_res, ort_res = scores
-    assert ort_res["n"] == torch_res["n"] == 2
-    assert ort_res["scores"]["tokens"] == torch_res["scores"]["tokens"] > 100
+    torch_res, ort_res = (s.score for s in scores)
+    assert ort_res.n == torch_res.n == 2
+    assert ort_res.scores["tokens"] == torch_res.scores["tokens"] > 100
     # fp32 both sides: a token's NLL moves <= 2 max|dlogit| (~4e-7 here): >100x margin
-    assert ort_res["value"] == pytest.approx(torch_res["value"], rel=1e-4)
+    assert ort_res.value == pytest.approx(torch_res.value, rel=1e-4)
 
 
 def test_ort_cached_decode_equals_torch(family, family_dirs, exported, cached_greedy):
@@ -95,7 +94,7 @@ def test_ort_cached_decode_equals_torch(family, family_dirs, exported, cached_gr
         == want_tokens
     # the profiled prefill feeds an empty past of the graph's (KV-head) shape
     placement = ort_rt.placement()
-    assert placement["primary"] == "CPUExecutionProvider" and placement["fallback_nodes"] == 0
+    assert placement.primary == "CPUExecutionProvider" and placement.fallback_nodes == 0
 
 
 @pytest.mark.parametrize("family", ["llama"])
@@ -120,12 +119,12 @@ def test_kv_buffers_grow_past_their_first_capacity(family, family_dirs, exported
 
 def test_ort_dynamic_int8_quantizes_every_block_matmul(family, exported, tmp_path):
     m = run_step("ort_dynamic_int8", {}, str(exported(family)), tmp_path / "int8")
-    q, per_block = m["quantization"], BLOCK_MATMULS[family]
+    q, per_block = m.report["quantization"], BLOCK_MATMULS[family]
     assert q["blocks"] == q["layers"] == 2 and q["expected_per_block"] == per_block
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 2 * per_block
     assert q["per_block_int8"] == {"0": per_block, "1": per_block}
     assert q["lm_head"] == "int8" and q["float_weight_matmuls_left"] == 0
-    assert m["parity"]["top1_agreement"] >= 0.8
+    assert m.report["parity"]["top1_agreement"] >= 0.8
 
 
 def test_int8_audit_holds_blocks_to_their_projections(make_family_model, tmp_path,
@@ -144,8 +143,8 @@ def test_int8_audit_holds_blocks_to_their_projections(make_family_model, tmp_pat
     config = quant_ort.OrtStaticInt8Config(samples=1, seq_len=8)
     audit = quant_ort.ort_static_int8(src, tmp_path / "int8.onnx", config,
                                       OnnxModel(src, model.config), None)
-    assert audit["block_matmuls"] == audit["block_matmuls_int8"] == 8
-    assert audit["per_block_int8"] == {"0": 4, "1": 4} and audit["expected_per_block"] == 6
+    assert audit.block_matmuls == audit.block_matmuls_int8 == 8
+    assert audit.per_block_int8 == {"0": 4, "1": 4} and audit.expected_per_block == 6
     with pytest.raises(CompressionError, match="each block has 6 projections"):
         quant_ort.require_onnx_coverage(audit)
 
@@ -154,19 +153,20 @@ def test_int8_audit_holds_blocks_to_their_projections(make_family_model, tmp_pat
 def test_ort_static_int8_covers_a_gqa_family(family, exported, tmp_path):
     m = run_step("ort_static_int8", {"samples": 2, "seq_len": 16}, str(exported(family)),
                  tmp_path / "static")
-    q = m["quantization"]
+    q = m.report["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 14
     assert q["per_block_int8"] == {"0": 7, "1": 7} and q["lm_head"] == "int8"
     assert (q["calibration"]["samples"], q["calibration"]["seq_len"]) == (2, 16)
-    assert m["graph"]["QuantizeLinear"] > 0 and m["graph"]["DequantizeLinear"] > 0
+    graph = m.report["graph"]
+    assert graph["QuantizeLinear"] > 0 and graph["DequantizeLinear"] > 0
 
 
 def test_ort_optimize_keeps_parity(family, exported, tmp_path):
     m = run_step("ort_optimize", {}, str(exported(family)), tmp_path / "opt")
-    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
-    assert m["parity"]["decode_max_abs_logit_diff"] <= 1e-4
-    assert m["parity"]["greedy_identical"] == m["parity"]["greedy_prompts"] == 2
-    fusions = m["fusions"]
+    assert m.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["decode_max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["greedy_identical"] == m.report["parity"]["greedy_prompts"] == 2
+    fusions = m.report["fusions"]
     assert fusions["model_type"] == OPTIMIZER_TYPE[family]
     # no attention pattern of ORT's matches the DynamicCache export; EmbedLayerNormalization
     # (positions from 0 whatever the past) is switched off
@@ -174,7 +174,7 @@ def test_ort_optimize_keeps_parity(family, exported, tmp_path):
                 "EmbedLayerNormalization"} & set(fusions["applied"])
     # the fused graph's projections are still weight MatMuls the quantizer covers
     q = run_step("ort_dynamic_int8", {}, str(tmp_path / "opt"), tmp_path / "opt-int8")
-    assert q["quantization"]["block_matmuls_int8"] == 2 * BLOCK_MATMULS[family]
+    assert q.report["quantization"]["block_matmuls_int8"] == 2 * BLOCK_MATMULS[family]
 
 
 def test_export_refuses_an_unknown_family(ref_tokenizer, tmp_path, capsys):

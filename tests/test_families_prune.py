@@ -4,7 +4,6 @@ A test taking ``family`` runs once per family of tests/conftest.py (its pytest_g
 """
 
 import copy
-import json
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from slimbench.bench.cli import main
 from slimbench.compress import arch as archs
+from slimbench.compress.artifact import read_manifest
 from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.prune_heads import HeadShape, head_channels, prune_groups, set_head_attrs
 from slimbench.compress.prune_structured import StructuredPruneConfig, prune_structured, rebuild
@@ -61,18 +61,18 @@ def test_cli_prunes_every_family_to_a_loadable_smaller_model(family, family_dirs
         assert block.get_submodule(arch.qkv[1]).weight.shape == (kv * head_dim, width)
     assert block.get_submodule(arch.mlp_out).weight.shape[-1 if family != "gpt2" else 0] \
         == inner
-    manifest = json.loads((out / "manifest.json").read_text())
-    st = manifest["structure"]
+    manifest = read_manifest(out)
+    st = manifest.report["structure"]
     assert st["family"] == arch.family
     assert (st["heads"][1], st["kv_heads"][1], st["hidden_size"][1], st["mlp_width"][1]) \
         == EXPECTED[family]
     assert st["hidden_size"][0] == 64 and st["heads"][0] == 4
     params = sum(p.numel() for p in model.parameters())
-    assert params == manifest["parameters"] == st["parameters"][1] < st["parameters"][0]
+    assert params == manifest.parameters == st["parameters"][1] < st["parameters"][0]
     assert st["parameter_ratio"] == pytest.approx(params / st["parameters"][0])
     assert len(st["heads_dropped_per_layer"]) == 2
     assert all(len(d) == st["kv_heads"][0] - kv for d in st["heads_dropped_per_layer"])
-    assert manifest["parity"]["max_abs_logit_diff"] > 0  # the function did change
+    assert manifest.report["parity"]["max_abs_logit_diff"] > 0  # the function did change
     if family == "llama":
         assert model.config.head_dim == 16 and model.config.intermediate_size == 90
     if family == "gpt2":
@@ -101,8 +101,8 @@ def test_mlp_pruning_equals_zeroing_the_dropped_channels(family, make_family_mod
     arch = archs.arch_of(model)
     work = copy.deepcopy(model)
     audit = prune_structured(work, StructuredPruneConfig(ratio=0.3, targets="mlp"))
-    inner, kept = audit["mlp_width"]
-    assert audit["hidden_size"] == [64, 64] and audit["heads"] == [4, 4]
+    inner, kept = audit.mlp_width
+    assert audit.hidden_size == [64, 64] and audit.heads == [4, 4]
     for b_ref, b in zip(arch.block_list(ref), arch.block_list(work), strict=True):
         dropped = _dropped_rows(b_ref.get_submodule(arch.mlp_in[0]).weight,
                                 b.get_submodule(arch.mlp_in[0]).weight)
@@ -119,10 +119,10 @@ def test_gqa_head_pruning_equals_zeroing_the_dropped_heads(family, make_family_m
     arch = archs.arch_of(model)
     work, ref = copy.deepcopy(model), copy.deepcopy(model)
     audit = prune_structured(work, StructuredPruneConfig(ratio=0.5, targets="attention"))
-    assert audit["heads"] == [4, 2] and audit["kv_heads"] == [2, 1]
-    assert audit["hidden_size"] == [64, 64] and audit["mlp_width"] == [128, 128]
+    assert audit.heads == [4, 2] and audit.kv_heads == [2, 1]
+    assert audit.hidden_size == [64, 64] and audit.mlp_width == [128, 128]
     shape = HeadShape.of(model.config)
-    for b_ref, drop in zip(arch.block_list(ref), audit["heads_dropped_per_layer"], strict=True):
+    for b_ref, drop in zip(arch.block_list(ref), audit.heads_dropped_per_layer, strict=True):
         # a dropped KV group takes query heads 2g and 2g+1: their o_proj columns
         cols = [c for h in (2 * drop[0], 2 * drop[0] + 1) for c in range(16 * h, 16 * h + 16)]
         assert [c for p, side, c in head_channels(arch, shape, drop) if side == "in"] == [cols]
@@ -170,7 +170,7 @@ def test_taylor_on_qwen2_drops_other_channels_than_magnitude(family_dirs, tmp_pa
     m = run_step("prune_structured", {"ratio": 0.3, "importance": "taylor", "calib_samples": 2,
                                       "calib_seq_len": 32},
                  str(family_dirs["qwen2"]), tmp_path / "tay")
-    assert m["structure"]["importance"] == "taylor"
+    assert m.report["structure"]["importance"] == "taylor"
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "tay")
     assert _shape(back.config) == EXPECTED["qwen2"]
     assert torch.isfinite(_logits(back)).all()

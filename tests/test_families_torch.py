@@ -2,7 +2,6 @@
 sparsity, shallow students, batched generation; tiny seeded random checkpoints."""
 
 import copy
-import json
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from slimbench.bench.cli import main
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
 from slimbench.compress.arch import ARCHS, arch_of, n_layers
+from slimbench.compress.artifact import Manifest, read_manifest
 from slimbench.compress.distill import shallow_student
 from slimbench.compress.loader import load_artifact
 from slimbench.errors import UsageError
@@ -19,8 +19,8 @@ from slimbench.errors import UsageError
 LINEARS_PER_BLOCK = {"gpt2": 4, "llama": 7, "qwen2": 7, "gpt_neox": 4, "opt": 6}
 
 
-def _manifest(out) -> dict:
-    return json.loads((out / "manifest.json").read_text())
+def _manifest(out) -> Manifest:
+    return read_manifest(out)
 
 
 def _compress(src, out, step, *sets) -> int:
@@ -45,13 +45,13 @@ def test_torch_int8_quantizes_every_block_linear(family, family_dirs, tmp_path):
     out = tmp_path / "int8"
     assert _compress(family_dirs[family], out, "torch_dynamic_int8") == 0
     m = _manifest(out)
-    audit, expected = m["quantization"], 2 * LINEARS_PER_BLOCK[family]
+    audit, expected = m.report["quantization"], 2 * LINEARS_PER_BLOCK[family]
     assert audit["blocks"] == 2 and audit["expected_block_linears"] == expected
     assert audit["block_linears_int8"] == audit["block_linears"] == expected
     assert audit["lm_head"] == "float"
     # int8 of a random tiny model: small logit error, same top-1 on nearly every position
-    assert m["parity"]["max_abs_logit_diff"] < 0.05
-    assert m["parity"]["top1_agreement"] >= 0.9
+    assert m.report["parity"]["max_abs_logit_diff"] < 0.05
+    assert m.report["parity"]["top1_agreement"] >= 0.9
     loaded = load_artifact(str(out))  # quantized again on load: the same coverage
     from torch.ao.nn.quantized import dynamic as nnqd
 
@@ -86,13 +86,13 @@ def test_steps_that_need_the_layout_refuse_an_unknown_family(step, sets, bloom_d
 def test_layout_free_steps_still_work_on_an_unknown_family(bloom_dir, tmp_path):
     # unstructured pruning finds Linears by type, not by name: any causal LM
     assert _compress(bloom_dir, tmp_path / "sparse", "prune_unstructured", "sparsity=0.5") == 0
-    sp = _manifest(tmp_path / "sparse")["sparsity"]
+    sp = _manifest(tmp_path / "sparse").report["sparsity"]
     assert sp["realized"] == pytest.approx(0.5, abs=0.01) and len(sp["per_layer"]) == 4
     # distillation into a same-depth student and casts need no layout either
     assert _compress(bloom_dir, tmp_path / "kd", "distill", f"teacher={bloom_dir}", "steps=2",
                      "warmup=0", "batch_size=2", "seq_len=16", "eval_every=0",
                      "eval_batches=1") == 0
-    assert _manifest(tmp_path / "kd")["training"]["steps"] == 2
+    assert _manifest(tmp_path / "kd").report["training"]["steps"] == 2
     assert _compress(bloom_dir, tmp_path / "bf16", "torch_cast") == 0
 
 
@@ -106,7 +106,7 @@ def test_unstructured_sparsity_is_realized_on_every_family(family, family_dirs, 
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.5, abs=0.01)
     m = _manifest(out)
-    assert m["nonzero_parameters"] < m["parameters"]
+    assert m.nonzero_parameters < m.parameters
 
 
 def test_shallow_student_keeps_evenly_spaced_blocks_and_a_working_cache(family,
@@ -136,11 +136,12 @@ def test_one_layer_student_distills_from_the_cli(family, family_dirs, tmp_path):
                      "eval_batches=1")
     assert code == 0
     m = _manifest(out)
-    assert m["student_layers"] == 1 and m["training"]["steps"] == 2
+    assert m.report["student_layers"] == 1 and m.report["training"]["steps"] == 2
     # fidelity to the parent, measured on the same prompts as every step's parity
-    assert m["parity"]["prompts"] == [4, 64] and 0 <= m["parity"]["top1_agreement"] <= 1
-    assert m["parity"]["max_abs_logit_diff"] > 0
-    assert m["parameters"] < load_artifact(str(family_dirs[family])).info.parameters
+    parity = m.report["parity"]
+    assert parity["prompts"] == [4, 64] and 0 <= parity["top1_agreement"] <= 1
+    assert parity["max_abs_logit_diff"] > 0
+    assert m.parameters < load_artifact(str(family_dirs[family])).info.parameters
     reloaded = load_artifact(str(out))
     assert n_layers(reloaded.model.config) == 1
     assert len(arch_of(reloaded.model).block_list(reloaded.model)) == 1

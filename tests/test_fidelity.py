@@ -40,15 +40,20 @@ def test_next_token_logprobs_match_token_logprobs(tiny_dir):
 def test_self_fidelity_is_perfect(tiny_dir):
     loaded = load_artifact(str(tiny_dir))
     rt = TorchRuntime(loaded)
-    r = fidelity(rt, rt, loaded.tokenizer, TEXTS, CFG, resamples=50)
-    assert r["top1_agreement"]["value"] == 1.0
-    assert r["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-12)
-    assert r["greedy_exact_match"]["value"] == 1.0 and r["prompts"] == 2
-    assert r["top1_agreement"]["ci95"] == [1.0, 1.0]
+    r = fidelity(rt, rt, loaded.tokenizer, TEXTS, CFG, resamples=50, baseline_spec="self")
+    m = r.metrics
+    assert r.baseline == "self" and r.prompts == 2
+    assert m["top1_agreement"].value == 1.0
+    assert m["kl_nats"].value == pytest.approx(0.0, abs=1e-12)
+    assert m["greedy_exact_match"].value == 1.0
+    assert m["top1_agreement"].ci95 == (1.0, 1.0) and m["top1_agreement"].resamples == 50
+    assert m["kl_nats"].higher_is_better is False
+    assert m["kl_nats"].info == {"direction": "KL(baseline || variant)"}
+    assert r.protocol["texts"] == len(TEXTS) and r.protocol["prompts"] == CFG.prompts
     # the same positions perplexity scores
     from slimbench.tasks.perplexity import perplexity
 
-    assert r["positions"] == perplexity(rt, loaded.tokenizer, TEXTS, CFG.perplexity)["tokens"]
+    assert r.positions == perplexity(rt, loaded.tokenizer, TEXTS, CFG.perplexity).tokens
 
 
 @pytest.mark.slow
@@ -63,7 +68,8 @@ def test_perturbed_copy_drifts(tiny_dir):
             p.add_(torch.randn_like(p) * 0.5)
     variant = TorchRuntime(noisy)
     r = fidelity(variant, base, loaded.tokenizer, TEXTS, CFG, resamples=50)
-    assert r["kl_nats"]["value"] > 1e-3
-    assert r["top1_agreement"]["value"] < 1.0
-    lo, hi = r["kl_nats"]["ci95"]
-    assert 0 < lo <= r["kl_nats"]["value"] <= hi
+    kl = r.metrics["kl_nats"]
+    assert kl.value > 1e-3
+    assert r.metrics["top1_agreement"].value < 1.0
+    lo, hi = kl.ci95
+    assert 0 < lo <= kl.value <= hi

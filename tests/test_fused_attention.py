@@ -6,7 +6,6 @@ perplexity; and the ORT quantizers keep working on it.
 A test taking ``family`` runs once per family of tests/conftest.py (its pytest_generate_tests).
 """
 
-import json
 
 import numpy as np
 import onnx
@@ -16,7 +15,7 @@ import torch
 from slimbench.bench.runtimes import make_runtime
 from slimbench.bench.runtimes.ort_runtime import OrtRuntime
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
-from slimbench.compress.artifact import MANIFEST
+from slimbench.compress.artifact import read_manifest
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.onnx_export import ExportOnnxConfig, _FusedKVWrapper
 from slimbench.compress.onnx_model import OnnxModel
@@ -37,13 +36,13 @@ def fused_exports(family_exports):
 
 def test_fused_export_has_one_attention_node_per_layer_and_parity(family, fused_exports):
     out = fused_exports(family)
-    m = json.loads((out / MANIFEST).read_text())
-    assert m["attention"] == "fused"
+    m = read_manifest(out)
+    assert m.report["attention"] == "fused"
     # prefill parity and the right-padded batch (rows lose their last 4i tokens to pads)
-    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
-    assert m["parity"]["padded_max_abs_logit_diff"] <= 1e-4
-    assert m["parity"]["greedy_identical"] == m["parity"]["greedy_prompts"]
-    ops = m["graph"]
+    assert m.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["padded_max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["greedy_identical"] == m.report["parity"]["greedy_prompts"]
+    ops = m.report["graph"]
     assert ops["GroupQueryAttention"] == 2  # the tiny models have 2 layers
     assert "Softmax" not in ops  # no attention left as separate ops
     proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
@@ -124,10 +123,10 @@ def test_fused_perplexity_equals_torch(family, family_dirs, fused_exports):
         loaded = load_artifact(spec)
         scores.append(run_task(make_runtime(loaded, threads=2), loaded.tokenizer, "perplexity",
                                limit=2, resamples=0))
-    torch_res, ort_res = scores
-    assert ort_res["scores"]["tokens"] == torch_res["scores"]["tokens"] > 100
+    torch_res, ort_res = (s.score for s in scores)
+    assert ort_res.scores["tokens"] == torch_res.scores["tokens"] > 100
     # fp32 both sides: a token's NLL moves <= 2 max|dlogit| (~4e-7 here): >100x margin
-    assert ort_res["value"] == pytest.approx(torch_res["value"], rel=1e-4)
+    assert ort_res.value == pytest.approx(torch_res.value, rel=1e-4)
 
 
 @pytest.mark.parametrize("family", ["gpt2"])
@@ -159,18 +158,18 @@ def test_quantizers_keep_the_fused_graph(family, family_dirs, fused_exports, fam
                              ("ort_weight_int4", {"block_size": 16}, "MatMulNBits")):
         m = run_step(step, params, str(fused_exports(family)), tmp_path / step)
         ops = run_step(step, params, str(family_exports(family)), tmp_path / f"{step}-ops")
-        assert m["graph"]["GroupQueryAttention"] == 2 and m["graph"][op] >= 1
-        assert "GroupQueryAttention" not in ops["graph"]
-        q = m["quantization"]
+        assert m.report["graph"]["GroupQueryAttention"] == 2 and m.report["graph"][op] >= 1
+        assert "GroupQueryAttention" not in ops.report["graph"]
+        q = m.report["quantization"]
         assert q["blocks"] == 2 and q["expected_per_block"] == BLOCK_MATMULS[family]
         assert q["per_block_int8" if op != "MatMulNBits" else "per_block_int4"] == \
             {"0": BLOCK_MATMULS[family], "1": BLOCK_MATMULS[family]}
         # both graphs on this CPU's int8/int4 kernels; they differ only where fp32 attention
         # noise flips an activation's rounding: top-1 over 256 positions, 5 may flip
-        assert m["parity"]["top1_agreement"] == pytest.approx(ops["parity"]["top1_agreement"],
-                                                             abs=0.02)
-        assert m["parity"]["max_abs_logit_diff"] == pytest.approx(
-            ops["parity"]["max_abs_logit_diff"], rel=0.1)
+        fused, unfused = m.report["parity"], ops.report["parity"]
+        assert fused["top1_agreement"] == pytest.approx(unfused["top1_agreement"], abs=0.02)
+        assert fused["max_abs_logit_diff"] == pytest.approx(unfused["max_abs_logit_diff"],
+                                                            rel=0.1)
         rt = OrtRuntime(load_artifact(str(tmp_path / step)), threads=2)
         assert rt.fused and rt.padding_side == "right"
         prompt = load_artifact(str(family_dirs[family])).tokenizer(PROMPT)["input_ids"]

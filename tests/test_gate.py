@@ -12,7 +12,7 @@ from slimbench.reports.table import RESULTS_FORMAT, load_rows, rows_from_cell
 
 
 def _stat(name, median, lo, hi, unit="ms", hib=False):
-    """A measurement as the schema writes it (slimbench/schema/documents.py), with hand-set figures."""
+    """A measurement as the schema writes it (slimbench/schema), with hand-set figures."""
     return {"name": name, "unit": unit, "higher_is_better": hib, "median": median,
             "ci95": [lo, hi], "n": 10, "cv": 0.01}
 
@@ -52,23 +52,23 @@ def _rows(cell):
 
 
 def _status(checks, metric):
-    return next(c for c in checks if c["metric"] == metric)["status"]
+    return next(c for c in checks if c.metric == metric).status
 
 
 def test_rows_carry_direction_and_intervals():
-    rows = {r["metric"]: r for r in _rows(_cell())}
-    assert rows["decode_ms_per_token@128"]["higher_is_better"] is False
-    assert rows["tokens_per_s@128"]["higher_is_better"] is True
-    assert (rows["perplexity.perplexity"]["ci_low"], rows["perplexity.perplexity"]["ci_high"]) \
+    rows = {r.metric: r for r in _rows(_cell())}
+    assert rows["decode_ms_per_token@128"].higher_is_better is False
+    assert rows["tokens_per_s@128"].higher_is_better is True
+    assert (rows["perplexity.perplexity"].ci_low, rows["perplexity.perplexity"].ci_high) \
         == (45.0, 49.0)
-    assert rows["docstring_summary.bleu"]["kind"] == "quality"
-    assert rows["model_bytes_on_disk"]["kind"] == "size"
+    assert rows["docstring_summary.bleu"].kind == "quality"
+    assert rows["model_bytes_on_disk"].kind == "size"
     assert rows_from_cell(_cell() | {"status": "failed", "reason": "OOM"}) == []
 
 
 def test_identical_runs_pass():
     checks = compare(_rows(_cell()), _rows(_cell()), load_policy(None))
-    assert {c["status"] for c in checks} == {"pass"} and len(checks) == 10
+    assert {c.status for c in checks} == {"pass"} and len(checks) == 10
     assert markdown(checks).startswith("**slimbench gate: PASS** (10 checks)")
 
 
@@ -91,7 +91,7 @@ def test_each_kind_of_regression_fails(path, value, metric):
     target[path[-1]] = value
     checks = compare(_rows(_cell()), _rows(cand), load_policy(None))
     assert _status(checks, metric) == "fail"
-    assert sum(c["status"] == "fail" for c in checks) == 1
+    assert sum(c.status == "fail" for c in checks) == 1
     assert "FAIL** (1 of 10 checks)" in markdown(checks)
 
 
@@ -100,8 +100,8 @@ def test_latency_change_inside_the_noise_passes():
     # 15% slower median, but the intervals overlap: not a significant regression
     cand["latency"]["scenarios"][0]["measurements"][0] = _stat("prefill_ms", 23.0, 20.0, 26.0)
     check = next(c for c in compare(_rows(_cell()), _rows(cand), load_policy(None))
-                 if c["metric"] == "prefill_ms@128")
-    assert check["status"] == "pass" and "intervals overlap" in check["why"]
+                 if c.metric == "prefill_ms@128")
+    assert check.status == "pass" and "intervals overlap" in check.why
 
 
 def test_improvements_pass_and_missing_metrics_fail():
@@ -110,11 +110,11 @@ def test_improvements_pass_and_missing_metrics_fail():
     del cand["quality"]["docstring_summary"]
     checks = compare(_rows(_cell()), _rows(cand), load_policy(None))
     assert _status(checks, "perplexity.perplexity") == "pass"
-    missing = next(c for c in checks if c["metric"] == "docstring_summary.bleu")
-    assert missing["status"] == "fail" and missing["why"] == "missing in the candidate"
+    missing = next(c for c in checks if c.metric == "docstring_summary.bleu")
+    assert missing.status == "fail" and missing.why == "missing in the candidate"
     failed = _cell() | {"status": "failed", "reason": "OOM"}
     failed_cell = compare(_rows(_cell()), rows_from_cell(failed), load_policy(None))
-    assert {c["status"] for c in failed_cell} == {"fail"}
+    assert {c.status for c in failed_cell} == {"fail"}
 
 
 def test_policy_overrides(tmp_path):
@@ -125,7 +125,7 @@ def test_policy_overrides(tmp_path):
     cand["quality"]["perplexity"]["metrics"]["perplexity"]["value"] = 49.0  # +4.3% < 10%
     cand["quality"]["docstring_summary"]["metrics"]["bleu"]["value"] = 0.5  # -0.13 < 0.2
     checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
-    assert {c["status"] for c in checks} == {"pass"}
+    assert {c.status for c in checks} == {"pass"}
     policy.write_text("metrics:\n  bleu: {relative: 0.1, absolute: 2}\n")
     with pytest.raises(UsageError, match="give one of relative / absolute / report"):
         load_policy(policy)
@@ -147,7 +147,7 @@ def test_a_policy_rule_for_a_metric_the_baseline_lacks_is_an_error(tmp_path):
                                          "perplexity.perplexity"):
         compare(_rows(_cell()), _rows(_cell()), load_policy(policy))
     policy.write_text("metrics:\n  decode_ms_per_token: {relative: 0.5}\n")  # any context
-    assert {c["status"] for c in compare(_rows(_cell()), _rows(_cell()),
+    assert {c.status for c in compare(_rows(_cell()), _rows(_cell()),
                                          load_policy(policy))} == {"pass"}
 
 
@@ -159,8 +159,8 @@ def test_report_only_kinds_are_shown_not_gated_but_must_be_present(tmp_path):
     cand["latency"]["scenarios"][1]["measurements"][0] = _stat("decode_ms_per_token", 30.0, 29, 31)
     cand["memory"]["model_bytes_on_disk"] = 9_000_000
     checks = compare(_rows(_cell()), _rows(cand), load_policy(policy))
-    decode = next(c for c in checks if c["metric"] == "decode_ms_per_token@128")
-    assert decode["status"] == "info" and decode["change"] == pytest.approx(2.0)
+    decode = next(c for c in checks if c.metric == "decode_ms_per_token@128")
+    assert decode.status == "info" and decode.change == pytest.approx(2.0)
     assert _status(checks, "model_bytes_on_disk") == "info"
     assert _status(checks, "parameters") == "pass"  # size still gated by default
     # 5 latency + peak RSS + bytes on disk reported; parameters + 2 quality gated
@@ -184,13 +184,13 @@ def test_repeated_baselines_hold_each_metric_to_their_worst_run():
     assert _status(one, "decode_ms_per_token@128") == "fail"  # +20% on one baseline run
     # two runs of the same build measured 10.0 and 11.5: 12.0 is within 10% of the worst
     runs = compare(_decode(10.0), _decode(12.0), policy, repeats=[_decode(11.5)])
-    check = next(c for c in runs if c["metric"] == "decode_ms_per_token@128")
-    assert check["status"] == "pass" and check["baseline"] == pytest.approx(10.75)
-    assert check["baseline_range"] == [10.0, 11.5] and check["baseline_runs"] == 2
+    check = next(c for c in runs if c.metric == "decode_ms_per_token@128")
+    assert check.status == "pass" and check.baseline_value == pytest.approx(10.75)
+    assert check.baseline_range == (10.0, 11.5) and check.baseline_runs == 2
     worse = compare(_decode(10.0), _decode(13.5), policy, repeats=[_decode(11.5)])
-    check = next(c for c in worse if c["metric"] == "decode_ms_per_token@128")
-    assert check["status"] == "fail"
-    assert check["why"] == ("worse than the worst of 2 baseline runs (11.5) by 17.4% "
+    check = next(c for c in worse if c.metric == "decode_ms_per_token@128")
+    assert check.status == "fail"
+    assert check.why == ("worse than the worst of 2 baseline runs (11.5) by 17.4% "
                             "(allowed 10%)")
     # higher is better: the worst run is the slowest one
     cell = _cell()
@@ -208,7 +208,8 @@ SUITE = {"tasks": ["perplexity", "docstring_summary"], "threads": 1}  # what res
 
 
 def _write_results(path, rows):
-    path.write_text(json.dumps({"slimbench_results": RESULTS_FORMAT, "rows": rows,
+    path.write_text(json.dumps({"slimbench_results": RESULTS_FORMAT,
+                                "rows": [r.to_dict() for r in rows],
                                 "suite": SUITE}))
     return path
 

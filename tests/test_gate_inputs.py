@@ -13,6 +13,7 @@ from slimbench.errors import UsageError
 from slimbench.reports.gate import compare, load_policy, suite_differences
 from slimbench.reports.output import write_tables
 from slimbench.reports.table import RESULTS_FORMAT, load_results, load_rows
+from slimbench.schema import Row
 
 
 def _row(metric="perplexity.perplexity", value=47.0, kind="quality", hib=False, ci=None,
@@ -21,6 +22,10 @@ def _row(metric="perplexity.perplexity", value=47.0, kind="quality", hib=False, 
             "kind": kind, "metric": metric, "value": value,
             "ci_low": None if ci is None else ci[0], "ci_high": None if ci is None else ci[1],
             "higher_is_better": hib, "unit": ""}
+
+
+def _typed(rows):
+    return [Row(**r) for r in rows]
 
 
 def _rows(ppl=47.0):
@@ -124,15 +129,15 @@ def test_a_finite_policy_still_loads(tmp_path):
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_candidate_fails_its_check(tmp_path, capsys, value):
-    checks = compare(_rows(), _rows(ppl=value), load_policy(None))
-    ppl = next(c for c in checks if c["metric"] == "perplexity.perplexity")
-    assert (ppl["status"], ppl["why"]) == ("fail", "not a finite number")
-    assert [c["status"] for c in checks if c is not ppl] == ["pass", "pass"]
+    checks = compare(_typed(_rows()), _typed(_rows(ppl=value)), load_policy(None))
+    ppl = next(c for c in checks if c.metric == "perplexity.perplexity")
+    assert (ppl.status, ppl.why) == ("fail", "not a finite number")
+    assert [c.status for c in checks if c is not ppl] == ["pass", "pass"]
     # also when the policy only reports the metric: a NaN is no figure at all
     path = tmp_path / "report.yaml"
     path.write_text("default: {quality: null}\n")
-    ppl = compare(_rows(), _rows(ppl=value), load_policy(path))[0]
-    assert (ppl["status"], ppl["why"]) == ("fail", "not a finite number")
+    ppl = compare(_typed(_rows()), _typed(_rows(ppl=value)), load_policy(path))[0]
+    assert (ppl.status, ppl.why) == ("fail", "not a finite number")
     # through the CLI: JSON's NaN / Infinity is no figure the schema allows: the file is
     # refused (exit 2) naming the row, before anything is compared
     base = _write(tmp_path / "b.json", _rows())
@@ -144,15 +149,16 @@ def test_a_non_finite_candidate_fails_its_check(tmp_path, capsys, value):
 def test_a_non_finite_candidate_interval_is_no_excuse(tmp_path):
     base = [_row("decode_ms_per_token@128", 10.0, "latency", ci=(9.9, 10.1))]
     cand = [_row("decode_ms_per_token@128", 20.0, "latency", ci=(math.nan, math.nan))]
-    check = compare(base, cand, load_policy(None))[0]
-    assert check["status"] == "fail" and "by 100.0% (allowed 10%)" in check["why"]
+    check = compare(_typed(base), _typed(cand), load_policy(None))[0]
+    assert check.status == "fail" and "by 100.0% (allowed 10%)" in check.why
 
 
 def test_a_non_finite_baseline_is_bad_input(tmp_path, capsys):
     with pytest.raises(UsageError, match="int8 perplexity.perplexity is not a finite number"):
-        compare(_rows(ppl=math.nan), _rows(), load_policy(None))
+        compare(_typed(_rows(ppl=math.nan)), _typed(_rows()), load_policy(None))
     with pytest.raises(UsageError, match="not a finite number"):  # one of repeated runs
-        compare(_rows(), _rows(), load_policy(None), [_rows(ppl=math.inf)])
+        compare(_typed(_rows()), _typed(_rows()), load_policy(None),
+                [_typed(_rows(ppl=math.inf))])
     rc, _, err = _gate(capsys, _write(tmp_path / "b.json", _rows(ppl=math.inf)),
                        _write(tmp_path / "c.json", _rows()))
     assert rc == 2 and "rows[0].value must be a finite number or null" in err
@@ -238,16 +244,17 @@ def test_results_json_records_the_suite_of_its_run(tmp_path, capsys):
     (run / "cells").mkdir(parents=True)
     (run / "suite.json").write_text(json.dumps(SUITE))
     write_tables(run)
-    rows, suite = load_results(run / "results.json")
-    assert rows == [] and suite == SUITE
+    results = load_results(run / "results.json")
+    assert results.rows == [] and results.suite == SUITE
     # a run directory without results.json: the suite comes from suite.json
     (run / "results.json").unlink()
-    assert load_results(run) == ([], SUITE)
+    assert (load_results(run).rows, load_results(run).suite) == ([], SUITE)
     # an older results.json (no suite) in a run directory: suite.json answers
     _write(run / "results.json", _rows(), suite=None)
-    assert load_results(run) == (_rows(), SUITE)
-    assert load_results(run / "results.json") == (_rows(), None)
-    assert load_rows(run) == _rows()
+    assert (load_results(run).rows, load_results(run).suite) == (_typed(_rows()), SUITE)
+    assert load_results(run / "results.json").suite is None
+    assert load_rows(run) == _typed(_rows())
+    assert [r.to_dict() for r in load_rows(run)] == _rows()
 
 
 def test_the_committed_demo_baseline_records_the_demo_suite():
@@ -255,7 +262,7 @@ def test_the_committed_demo_baseline_records_the_demo_suite():
     from slimbench.bench.orchestrate.suite import load_suite
     from slimbench.reports.gate import suite_differences
 
-    _, suite = load_results(DEMO_BASELINE)
+    suite = load_results(DEMO_BASELINE).suite
     current = json.loads(json.dumps(load_suite(DEMO_FULL_SUITE).to_dict()))
     # it measured what the demo measures (acceptance criteria, judged within a run, are not
     # part of a baseline's figures), but for tasks added since, which bring new metrics only
@@ -268,7 +275,8 @@ def test_demo_skips_an_inapplicable_committed_baseline_before_any_work(tmp_path)
     from slimbench.bench.orchestrate.demo import DEMO_BASELINE, DEMO_POLICY, _inapplicable
     from slimbench.bench.orchestrate.suite import load_suite
 
-    rows, recorded = load_results(DEMO_BASELINE)
+    baseline = load_results(DEMO_BASELINE)
+    rows, recorded = baseline.rows, baseline.suite
     policy = load_policy(DEMO_POLICY)
 
     def why(*overrides):

@@ -86,7 +86,7 @@ def _gate(base, cand, policy=None):
     evidence = (load_evidence(base), load_evidence(cand))
     checks = compare(load_rows(base), load_rows(cand), policy or load_policy(None),
                      evidence=evidence)
-    return {c["metric"]: c for c in checks}
+    return {c.metric: c for c in checks}
 
 
 def _swap_words(k: int) -> list[str]:
@@ -101,20 +101,20 @@ def test_a_loss_on_two_examples_is_not_significant(tmp_path):
     cand = _run(tmp_path, "c", [_rouge_task(_swap_words(2))], _env())
     check = _gate(base, cand)["summary.rouge1"]
     # the point value fell by more than the 2% allowance...
-    assert check["change"] < -0.02
+    assert check.change < -0.02
     # ...but two changed examples of 20 are no demonstrated loss: the significance test
     # (the default for generation metrics) passes, and says what it could have detected
-    assert check["status"] == "pass" and check["test"] == "significance"
-    lo, hi = check["delta_ci95"]
+    assert check.status == "pass" and check.paired.test == "significance"
+    lo, hi = check.paired.ci95
     assert lo < 0 <= hi
-    assert "detects a loss of" in check["why"]
+    assert "detects a loss of" in check.why
 
 
 def test_a_loss_on_every_example_fails(tmp_path):
     base = _run(tmp_path, "b", [_rouge_task(REFS)], _env())
     cand = _run(tmp_path, "c", [_rouge_task(_swap_words(20))], _env())
     check = _gate(base, cand)["summary.rouge1"]
-    assert check["status"] == "fail" and check["delta_ci95"][1] < 0
+    assert check.status == "fail" and check.paired.ci95[1] < 0
 
 
 def test_perplexity_is_held_non_inferior(tmp_path):
@@ -122,16 +122,16 @@ def test_perplexity_is_held_non_inferior(tmp_path):
     near = _run(tmp_path, "near", [_ppl_task([3.005 + 0.1 * (i % 5) for i in range(30)])], _env())
     far = _run(tmp_path, "far", [_ppl_task([3.05 + 0.1 * (i % 5) for i in range(30)])], _env())
     ok = _gate(base, near)["perplexity.perplexity"]
-    assert ok["test"] == "non_inferiority" and ok["status"] == "pass"
-    assert ok["change"] == pytest.approx(math.exp(0.005) - 1, rel=1e-6)
+    assert ok.paired.test == "non_inferiority" and ok.status == "pass"
+    assert ok.change == pytest.approx(math.exp(0.005) - 1, rel=1e-6)
     bad = _gate(base, far)["perplexity.perplexity"]  # +5.1% > the 2% allowance
-    assert bad["status"] == "fail"
+    assert bad.status == "fail"
     # a policy may ask for the significance test instead: the loss is consistent, so it fails
     # there too; and a generous allowance passes it
     policy = tmp_path / "p.yaml"
     policy.write_text("metrics:\n  perplexity.perplexity: {relative: 0.06, test: significance}\n")
     check = _gate(base, far, load_policy(policy))["perplexity.perplexity"]
-    assert check["test"] == "significance" and check["status"] == "pass"
+    assert check.paired.test == "significance" and check.status == "pass"
 
 
 def test_latency_only_between_matching_environments(tmp_path):
@@ -141,20 +141,20 @@ def test_latency_only_between_matching_environments(tmp_path):
     other_threads = _run(tmp_path, "thr", env=_env(threads=4), decode_ms=13.0)
     unknown = _run(tmp_path, "unknown", env=None, decode_ms=13.0)
     metric = "decode_ms_per_token@128"
-    assert _gate(base, same)[metric]["status"] == "fail"  # +30%, intervals apart
+    assert _gate(base, same)[metric].status == "fail"  # +30%, intervals apart
     isa = _gate(base, other_isa)[metric]
-    assert isa["status"] == "info" and "isa: +avx512_vnni" in isa["why"] \
-        and "+avx512f" in isa["why"]
-    assert "threads: 2 -> 4" in _gate(base, other_threads)[metric]["why"]
+    assert isa.status == "info" and "isa: +avx512_vnni" in isa.why \
+        and "+avx512f" in isa.why
+    assert "threads: 2 -> 4" in _gate(base, other_threads)[metric].why
     # a run that recorded no environment is compared as before (nothing to tell them apart)
-    assert _gate(base, unknown)[metric]["status"] == "fail"
+    assert _gate(base, unknown)[metric].status == "fail"
 
 
 def test_quality_across_an_isa_change_is_marked(tmp_path):
     base = _run(tmp_path, "b", [_rouge_task(REFS)], _env())
     cand = _run(tmp_path, "c", [_rouge_task(_swap_words(1))], _env(vnni=True))
     check = _gate(base, cand)["summary.rouge1"]
-    assert check["status"] == "pass" and "[across isa: +avx512_vnni +avx512f]" in check["why"]
+    assert check.status == "pass" and "[across isa: +avx512_vnni +avx512f]" in check.why
 
 
 def test_results_file_with_cells_beside_it_is_paired(tmp_path):
@@ -165,11 +165,11 @@ def test_results_file_with_cells_beside_it_is_paired(tmp_path):
     alone.write_text((base / "results.json").read_text())
     ev = load_evidence(alone)
     assert ev["v--cpu"].fingerprint["isa"] == ["avx2"] and not ev["v--cpu"].tasks
-    checks = {c["metric"]: c for c in compare(load_rows(alone), load_rows(cand),
+    checks = {c.metric: c for c in compare(load_rows(alone), load_rows(cand),
                                               load_policy(None),
                                               evidence=(ev, load_evidence(cand)))}
-    assert checks["summary.rouge1"]["status"] == "fail" and "test" not in checks[
-        "summary.rouge1"]
+    assert checks["summary.rouge1"].status == "fail" \
+        and checks["summary.rouge1"].paired is None
     # through the CLI: paired from the run directories, exit 0
     assert main(["gate", "--baseline", str(base), "--candidate", str(cand)]) == 0
 
@@ -180,7 +180,7 @@ def test_examples_of_other_ids_fall_back_to_the_point_value(tmp_path):
     path = cand / "cells" / "v--cpu.examples.jsonl"
     path.write_text(path.read_text().replace('"ex0"', '"other"'))
     check = _gate(base, cand)["summary.rouge1"]
-    assert check["status"] == "fail" and "unpaired" in check["why"]
+    assert check.status == "fail" and "unpaired" in check.why
 
 
 @pytest.mark.parametrize("rule, message", [
@@ -279,5 +279,5 @@ def test_identical_outputs_say_so(tmp_path):
     base = _run(tmp_path, "b", [_rouge_task(REFS)], _env())
     same = _run(tmp_path, "same", [_rouge_task(REFS)], _env())
     check = _gate(base, same)["summary.rouge1"]
-    assert check["status"] == "pass" and check["why"] == \
+    assert check.status == "pass" and check.why == \
         "rouge1: identical on all 20 paired examples"

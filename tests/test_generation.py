@@ -48,9 +48,9 @@ def test_run_task_shapes_without_tokenizer_refused():
 def test_run_task_outputs_examples(tiny_dir):
     loaded = load_artifact(str(tiny_dir))
     res = run_task(TorchRuntime(loaded), loaded.tokenizer, "method_name", limit=3)
-    assert res["n"] == 3 and len(res["examples"]) == 3
-    assert res["higher_is_better"] is True and 0.0 <= res["value"] <= 100.0
-    assert {"id", "prediction", "reference"} <= set(res["examples"][0])
+    assert res.score.n == 3 and len(res.examples) == 3
+    assert res.score.higher_is_better is True and 0.0 <= res.score.value <= 100.0
+    assert {"id", "prediction", "reference", "scores"} == set(res.examples[0].to_dict())
 
 
 def test_batched_greedy_equals_one_by_one(tiny_dir):
@@ -83,11 +83,10 @@ def test_batch_1_and_8_identical(reference_rt, task, limit):
     rt, tok = reference_rt
     one = run_task(rt, tok, task, limit=limit, batch_size=1, resamples=100)
     eight = run_task(rt, tok, task, limit=limit, batch_size=8, resamples=100)
-    assert one["protocol"]["batch_size"] == 1 and eight["protocol"]["batch_size"] == 8
-    assert [e["prediction"] for e in one["examples"]] == \
-        [e["prediction"] for e in eight["examples"]]
-    assert one["metrics"] == eight["metrics"]
-    assert any(e["prediction"] for e in eight["examples"])  # not vacuously equal
+    assert one.score.protocol["batch_size"] == 1 and eight.score.protocol["batch_size"] == 8
+    assert [e.prediction for e in one.examples] == [e.prediction for e in eight.examples]
+    assert one.score.metrics == eight.score.metrics
+    assert any(e.prediction for e in eight.examples)  # not vacuously equal
 
 
 @pytest.mark.slow
@@ -105,8 +104,9 @@ def test_unbatched_runtime_falls_back_and_says_so(tiny_dir):
     res = run_task(one_by_one, loaded.tokenizer, "method_name", limit=3, batch_size=8,
                    resamples=0)
     ref = run_task(rt, loaded.tokenizer, "method_name", limit=3, batch_size=8, resamples=0)
-    assert res["protocol"]["batch_size"] == 1 and res["protocol"]["batch_size_requested"] == 8
-    assert "OneByOne has no batched generation" in res["protocol"]["padding"]
-    assert ref["protocol"]["batch_size"] == 8
-    assert [e["prediction"] for e in res["examples"]] == [e["prediction"] for e in ref["examples"]]
-    assert res["ci95"] is None and res["metrics"]["f1"]["resamples"] == 0
+    assert res.score.protocol["batch_size"] == 1
+    assert res.score.protocol["batch_size_requested"] == 8
+    assert "OneByOne has no batched generation" in res.score.protocol["padding"]
+    assert ref.score.protocol["batch_size"] == 8
+    assert [e.prediction for e in res.examples] == [e.prediction for e in ref.examples]
+    assert res.score.ci95 is None and res.score.metrics["f1"].resamples == 0

@@ -3,6 +3,7 @@
 A test taking ``family`` runs once per family of tests/conftest.py (its pytest_generate_tests).
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from slimbench.bench.cli import main
 from slimbench.bench.runtimes import make_runtime
 from slimbench.compress.arch import arch_of
 from slimbench.compress.loader import load_artifact
-from slimbench.compress.quant_int4 import gptq_solve, require_int4_coverage
+from slimbench.compress.quant_int4 import Int4Audit, gptq_solve, require_int4_coverage
 from slimbench.compress.quant_ort import weight_matmuls
 from slimbench.compress.steps import STEPS, make_config, run_step
 from slimbench.errors import CompressionError, UsageError
@@ -49,7 +50,7 @@ def _perplexity(spec, limit: int) -> float:
     loaded = load_artifact(str(spec))
     result = run_task(make_runtime(loaded, threads=2), loaded.tokenizer, "perplexity",
                       limit=limit, resamples=0)
-    return result["value"]
+    return result.score.value
 
 
 def _nodes(artifact, op_type: str) -> list:
@@ -59,7 +60,7 @@ def _nodes(artifact, op_type: str) -> list:
 
 def test_rtn_int4_covers_every_projection_and_the_lm_head(family, int4):
     out, m = int4(family)
-    q, per_block = m["quantization"], BLOCK_MATMULS[family]
+    q, per_block = m.report["quantization"], BLOCK_MATMULS[family]
     assert q["blocks"] == q["layers"] == 2 and q["expected_per_block"] == per_block
     assert q["block_matmuls"] == q["block_matmuls_int4"] == 2 * per_block
     assert q["per_block_int4"] == {"0": per_block, "1": per_block}
@@ -67,19 +68,20 @@ def test_rtn_int4_covers_every_projection_and_the_lm_head(family, int4):
     assert (q["bits"], q["block_size"], q["accuracy_level"]) == ([4], [32], [0])
     assert q["algorithm"] == "rtn" and q["symmetric"] is False
     assert q["embeddings_int4"] == len(_nodes(out, "GatherBlockQuantized")) >= 1
-    assert m["graph"]["MatMulNBits"] == 2 * per_block + 1
-    assert m["dtypes"]["weights"] == "int4 (MatMulNBits, block 32) (embeddings too)"
-    assert m["parity"]["greedy_prompts"] == 2 and m["parity"]["top1_agreement"] > 0.3
+    assert m.report["graph"]["MatMulNBits"] == 2 * per_block + 1
+    assert m.report["dtypes"]["weights"] == "int4 (MatMulNBits, block 32) (embeddings too)"
+    assert m.report["parity"]["greedy_prompts"] == 2 and m.report["parity"]["top1_agreement"] > 0.3
 
 
 def test_int4_file_is_smaller_than_int8(family, int4, exported, tmp_path):
     # the lm_head and the embedding are each a float copy of the (tied) table, ~80% of a tiny
     # model's bytes: int4 of both gives 0.18-0.20x (int8 dynamic, embeddings too: 0.28-0.31x)
     out, m = int4(family)
-    assert m["bytes_vs_parent"] <= 0.3
-    assert m["quantization"]["bytes_vs_parent_all_files"] == pytest.approx(m["bytes_vs_parent"])
+    ratio = m.report["bytes_vs_parent"]
+    assert ratio <= 0.3
+    assert m.report["quantization"]["bytes_vs_parent_all_files"] == pytest.approx(ratio)
     int8 = run_step("ort_dynamic_int8", {}, str(exported(family)), tmp_path / "int8")
-    assert m["bytes_vs_parent"] < int8["bytes_vs_parent"]
+    assert m.report["bytes_vs_parent"] < int8.report["bytes_vs_parent"]
     assert (out / "model.onnx").stat().st_size < (tmp_path / "int8" / "model.onnx").stat().st_size
 
 
@@ -95,7 +97,7 @@ def test_hqq_and_gptq_cover_every_projection(algorithm, int4):
     if algorithm == "gptq":
         params |= {"calib_samples": 2, "calib_seq_len": 16}
     _, m = int4("gpt2", **params)
-    q = m["quantization"]
+    q = m.report["quantization"]
     assert q["algorithm"] == algorithm
     assert q["block_matmuls"] == q["block_matmuls_int4"] == 8
     assert q["per_block_int4"] == {"0": 4, "1": 4} and q["lm_head"] == "int4"
@@ -106,7 +108,7 @@ def test_hqq_and_gptq_cover_every_projection(algorithm, int4):
                                     "source": "corpus train split"}
     else:
         assert "calibration" not in q
-    assert m["parity"]["top1_agreement"] >= 0.8
+    assert m.report["parity"]["top1_agreement"] >= 0.8
 
 
 @pytest.mark.parametrize("algorithm", ["rtn", "gptq"])  # ORT's GPTQ path ignores exclusions
@@ -115,23 +117,24 @@ def test_excluding_the_lm_head_leaves_exactly_it_float(algorithm, int4):
     if algorithm == "gptq":
         params |= {"calib_samples": 2, "calib_seq_len": 16}
     out, m = int4("gpt2", **params)
-    q = m["quantization"]
+    q = m.report["quantization"]
     assert q["lm_head"] == "float" and q["float_weight_matmuls_left"] == 1
-    assert q["block_matmuls_int4"] == 8 and m["graph"]["MatMulNBits"] == 8
+    assert q["block_matmuls_int4"] == 8 and m.report["graph"]["MatMulNBits"] == 8
     assert weight_matmuls(out / "model.onnx", arch_of(load_artifact(str(out)).model)) == {
         "lm_head": 1}
     # the float lm_head keeps ~40% of the model in fp32
-    assert m["bytes_vs_parent"] > int4("gpt2")[1]["bytes_vs_parent"] + 0.3
+    assert m.report["bytes_vs_parent"] > int4("gpt2")[1].report["bytes_vs_parent"] + 0.3
 
 
 def test_accuracy_level_and_symmetry_reach_every_node(int4):
     out, m = int4("gpt2", algorithm="hqq", accuracy_level=4, block_size=16)
-    q = m["quantization"]
+    q = m.report["quantization"]
     assert (q["accuracy_level"], q["block_size"], q["symmetric"]) == ([4], [16], False)
     nodes = _nodes(out, "MatMulNBits")
     assert len(nodes) == 9 and all(len(n.input) == 4 for n in nodes)  # zero points
     out, m = int4("gpt2", symmetric=True, block_size=64)
-    assert m["quantization"]["symmetric"] is True and m["quantization"]["block_size"] == [64]
+    q = m.report["quantization"]
+    assert q["symmetric"] is True and q["block_size"] == [64]
     assert all(len(n.input) == 3 for n in _nodes(out, "MatMulNBits"))
 
 
@@ -217,16 +220,19 @@ def test_cli_refuses_a_torch_model_and_a_bad_setting(family_dirs, exported, tmp_
 
 
 def test_short_coverage_is_refused():
-    audit = {"expected_per_block": 4, "per_block_int4": {"0": 4, "1": 3}, "blocks": 2,
-             "layers": 2, "block_matmuls": 8, "block_matmuls_int4": 7, "lm_head": "int4"}
+    audit = Int4Audit(
+        bits=[4], block_size=[32], accuracy_level=[0], symmetric=False, expected_per_block=4,
+        per_block_int4={"0": 4, "1": 3}, blocks=2, layers=2, block_matmuls=8,
+        block_matmuls_int4=7, lm_head="int4", float_weight_matmuls_left=0, embeddings_int4=0,
+        bytes=1, bytes_vs_parent_all_files=1.0)
     with pytest.raises(CompressionError, match="int4 quantized 7 of 8 block weight MatMuls"):
         require_int4_coverage(audit, include_lm_head=True)
-    full = audit | {"per_block_int4": {"0": 4, "1": 4}, "block_matmuls_int4": 8}
+    full = dataclasses.replace(audit, per_block_int4={"0": 4, "1": 4}, block_matmuls_int4=8)
     require_int4_coverage(full, include_lm_head=True)
     with pytest.raises(CompressionError, match="lm_head is int4, include_lm_head=False"):
         require_int4_coverage(full, include_lm_head=False)
     with pytest.raises(CompressionError, match="in 1 of 2 blocks"):
-        require_int4_coverage(full | {"blocks": 1}, include_lm_head=True)
+        require_int4_coverage(dataclasses.replace(full, blocks=1), include_lm_head=True)
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +253,7 @@ def test_reference_int4_perplexity_within_5_percent(params, reference_onnx, tmp_
     # HQQ b32 33.01 (+1.3%), GPTQ b32 32.81 (+0.7%); RTN b128 33.64 (+3.2%)
     src, fp32 = reference_onnx
     m = run_step("ort_weight_int4", params, str(src), tmp_path / "int4")
-    assert m["quantization"]["block_matmuls_int4"] == 16 and m["bytes_vs_parent"] < 0.2
+    assert m.report["quantization"]["block_matmuls_int4"] == 16
+    assert m.report["bytes_vs_parent"] < 0.2
     got = _perplexity(tmp_path / "int4", REFERENCE_LIMIT)
     assert math.isfinite(got) and got <= 1.05 * fp32

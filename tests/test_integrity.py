@@ -195,7 +195,7 @@ def test_task_metrics_are_named_by_the_task_not_its_path(tmp_path):
                                              "new_tokens": 2, "generate_prompt": 0,
                                              "repeats": 1, "min_seconds": 0},
                      [str(task)], 1, True)
-    assert list(out["result"]["quality"]) == ["my_task"]
+    assert list(out.result.quality) == ["my_task"]
     task.write_text(task.read_text().replace("my_task", "../up"))
     suite = suite_yaml(tmp_path / "s.yaml", "  a: {model: reference}", f"['{task}']")
     assert main(["run", str(suite), "--out", str(tmp_path / "r")]) == 2
@@ -263,8 +263,8 @@ def test_recipe_is_all_or_nothing(tiny_dir, tmp_path, test_steps):
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
     manifests = run_recipe(Recipe([("sleepy", {}), ("sleepy", {})]), str(tiny_dir), out)
     assert sorted(p.name for p in out.iterdir()) == ["01-sleepy", "02-sleepy", "recipe.json"]
-    assert manifests[1]["parent"]["spec"] == str(out / "01-sleepy")  # not the staging path
-    assert read_manifest(out / "02-sleepy")["parent"]["spec"] == str(out / "01-sleepy")
+    assert manifests[1].parent.spec == str(out / "01-sleepy")  # not the staging path
+    assert read_manifest(out / "02-sleepy").parent.spec == str(out / "01-sleepy")
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -190,12 +190,12 @@ def test_native_multiple_choice_equals_the_same_task_through_lm_eval(task_dir, r
     native = run_task(rt, tok, "next_line", limit=12, resamples=0, batch_size=8)
     (bridged,) = run_lmeval(rt, tok, LmEvalSpec(("slim_mc",), str(task_dir)), resamples=0,
                             batch_size=8)
-    for a, b in zip(native["examples"], bridged["examples"], strict=True):
-        assert a["loglikelihoods"] == [r[0] for r in b["responses"]["none"]]
-        assert a["scores"]["acc"] == 100 * b["values"]["acc"]
-    assert native["metrics"]["acc"]["value"] == pytest.approx(100 * bridged["value"])
-    assert native["metrics"]["acc_norm"]["value"] == pytest.approx(
-        100 * bridged["metrics"]["acc_norm"]["value"])
+    for a, b in zip(native.examples, bridged.examples, strict=True):
+        assert a.loglikelihoods == [r[0] for r in b.responses["none"]]
+        assert a.scores["acc"] == 100 * b.values["acc"]
+    assert native.score.metrics["acc"].value == pytest.approx(100 * bridged.score.value)
+    assert native.score.metrics["acc_norm"].value == pytest.approx(
+        100 * bridged.score.metrics["acc_norm"].value)
 
 
 def test_eval_cli_writes_lm_eval_tasks_as_slimbench_rows(task_dir, tmp_path, capsys):
@@ -235,13 +235,13 @@ def test_eval_cli_writes_lm_eval_tasks_as_slimbench_rows(task_dir, tmp_path, cap
                                             rel=1e-12)
     same = paired_test(rows, rows, "lm_eval", "word_perplexity", options["word_perplexity"],
                        False, "non_inferiority", "relative", 0.01)
-    assert same["status"] == "pass" and same["delta"] == 0
+    assert same.status == "pass" and same.delta == 0
     worse = [r | {"values": r["values"] | {"word_perplexity": [
         r["values"]["word_perplexity"][0] - 50.0, r["values"]["word_perplexity"][1]]}}
         for r in rows]  # 50 nats less likely per text: a much higher perplexity
     bad = paired_test(rows, worse, "lm_eval", "word_perplexity", options["word_perplexity"],
                       False, "non_inferiority", "relative", 0.01)
-    assert bad["status"] == "fail" and bad["candidate"] > bad["baseline"]
+    assert bad.status == "fail" and bad.candidate > bad.baseline
 
 
 @pytest.mark.slow
@@ -257,18 +257,18 @@ def test_bridge_runs_on_the_reference_ort_int8_artifact(task_dir, reference, tmp
     assert ort.backend == "onnxruntime" and loaded.info.recipe == ["export_onnx",
                                                                     "ort_dynamic_int8"]
     spec = LmEvalSpec(("slim_mc", "slim_gen"), str(task_dir))
-    int8 = {r["task"]: r for r in run_lmeval(ort, loaded.tokenizer, spec, resamples=100)}
-    fp32 = {r["task"]: r for r in run_lmeval(*reference, spec, resamples=100)}
-    assert int8["slim_mc"]["n"] == 12 and "onnxruntime" in int8["slim_mc"]["protocol"][
-        "backend"]
+    int8 = {r.score.task: r for r in run_lmeval(ort, loaded.tokenizer, spec, resamples=100)}
+    fp32 = {r.score.task: r for r in run_lmeval(*reference, spec, resamples=100)}
+    assert int8["slim_mc"].score.n == 12
+    assert "onnxruntime" in int8["slim_mc"].score.protocol["backend"]
     # int8 moves each choice's log-likelihood a little, not a lot, and not at all: the int8
     # graph really ran
-    d = [abs(x[0] - y[0]) for a, b in zip(int8["slim_mc"]["examples"],
-                                          fp32["slim_mc"]["examples"], strict=True)
-         for x, y in zip(a["responses"]["none"], b["responses"]["none"], strict=True)]
+    d = [abs(x[0] - y[0]) for a, b in zip(int8["slim_mc"].examples,
+                                          fp32["slim_mc"].examples, strict=True)
+         for x, y in zip(a.responses["none"], b.responses["none"], strict=True)]
     assert 0 < max(d) < 2.0 and np.mean(d) < 0.5, (max(d), np.mean(d))
-    assert len(int8["slim_gen"]["examples"]) == 4
-    assert all(isinstance(e["responses"]["none"][0], str) for e in int8["slim_gen"]["examples"])
+    assert len(int8["slim_gen"].examples) == 4
+    assert all(isinstance(e.responses["none"][0], str) for e in int8["slim_gen"].examples)
 
 
 @pytest.mark.slow
@@ -289,8 +289,8 @@ def test_lm_eval_command_line_runs_the_registered_slimbench_model(task_dir, tmp_
     (path,) = out.rglob("results_*.json")
     results = json.loads(path.read_text())["results"]["slim_mc"]
     (ours,) = run_lmeval(*reference, LmEvalSpec(("slim_mc",), str(task_dir)), resamples=0)
-    assert results["acc,none"] == ours["value"] and results["acc_norm,none"] == \
-        ours["metrics"]["acc_norm"]["value"]
+    assert results["acc,none"] == ours.score.value and results["acc_norm,none"] == \
+        ours.score.metrics["acc_norm"].value
 
 
 def test_suite_cell_scores_an_lm_eval_entry(task_dir, tiny_dir):
@@ -309,13 +309,13 @@ def test_suite_cell_scores_an_lm_eval_entry(task_dir, tiny_dir):
     assert suite.tasks == ("next_line", entry)
     out = suite_cell(str(tiny_dir), "cpu", 1, suite.latency, list(suite.tasks),
                      suite.task_limit, True)
-    rows = {r["metric"]: r for r in rows_from_cell(out["result"])}
+    rows = {r.metric: r for r in rows_from_cell(out.result)}
     assert {"slim_mc.acc", "slim_mc.acc_norm", "next_line.acc", "next_line.acc_norm",
             "next_line.macro_f1"} <= set(rows)
-    assert rows["slim_mc.acc"]["higher_is_better"] is True
-    assert out["result"]["quality"]["slim_mc"]["n"] == 5  # the entry's limit, not the suite's
-    assert out["result"]["quality"]["next_line"]["n"] == 3
-    assert {e["task"] for e in out["examples"]} == {"slim_mc", "next_line"}
+    assert rows["slim_mc.acc"].higher_is_better is True
+    assert out.result.quality["slim_mc"].n == 5  # the entry's limit, not the suite's
+    assert out.result.quality["next_line"].n == 3
+    assert {e["task"] for e in out.examples} == {"slim_mc", "next_line"}
 
 
 @pytest.mark.parametrize("raw,msg", [

@@ -112,6 +112,10 @@ def test_perplexity_is_aggregated_in_one_place():
 
     rows = np.array([[2.0, 2, 10], [4.0, 2, 30]])  # nll nats, tokens, bytes per text
     scores = perplexity_scores(rows, 3, PerplexityConfig())
-    assert scores["perplexity"] == pytest.approx(math.exp(6 / 4))
-    assert scores["bits_per_byte"] == pytest.approx(6 / math.log(2) / 40)
-    assert set(scorers.PERPLEXITY_METRICS) <= set(scores)
+    assert scores.perplexity == pytest.approx(math.exp(6 / 4))
+    assert scores.bits_per_byte == pytest.approx(6 / math.log(2) / 40)
+    assert set(scorers.PERPLEXITY_METRICS) == set(scores.metrics)
+    assert (scores.nll_nats, scores.tokens, scores.bytes, scores.windows) == (6.0, 4, 40, 3)
+    # what a perplexity task records as its scores: metrics first, then the totals
+    assert list(scores.to_dict()) == [*scores.metrics, "nll_nats", "tokens", "bytes",
+                                      "windows", "protocol"]

@@ -121,26 +121,32 @@ def test_metrics_on_hand_made_records():
 def test_local_task_runs_and_saves_what_its_metrics_need(tmp_path, tiny_rt):
     rt, tok = tiny_rt
     res = run_task(rt, tok, str(_task(tmp_path)), resamples=200)
-    assert res["n"] == 4 and res["metric"] == "acc" and res["higher_is_better"] is True
-    ex = res["examples"]
-    assert [e["reference"] for e in ex] == [0, 0, 0, 2]
-    assert [len(e["loglikelihoods"]) for e in ex] == [3, 2, 3, 3]
-    assert ex[0]["choice_chars"] == [3, 3, 3]
+    score = res.score
+    assert score.n == 4 and score.metric == "acc" and score.higher_is_better is True
+    ex = res.examples
+    assert [e.reference for e in ex] == [0, 0, 0, 2]
+    assert [len(e.loglikelihoods) for e in ex] == [3, 2, 3, 3]
+    assert ex[0].choice_chars == [3, 3, 3]
     # each prediction is the argmax of its own saved log-likelihoods, each score its own
     for e in ex:
-        assert e["prediction"] == int(np.argmax(e["loglikelihoods"]))
-        assert e["scores"]["acc"] == 100.0 * (e["prediction"] == e["reference"])
-    assert res["value"] == np.mean([e["scores"]["acc"] for e in ex])
-    assert res["metrics"]["acc"]["chance"] == pytest.approx(100 * (1 / 3 + 1 / 2 + 1 / 3 +
-                                                                   1 / 3) / 4)
+        assert e.prediction == int(np.argmax(e.loglikelihoods))
+        assert e.scores["acc"] == 100.0 * (e.prediction == e.reference)
+    assert score.value == np.mean([e.scores["acc"] for e in ex])
+    chance = 100 * (1 / 3 + 1 / 2 + 1 / 3 + 1 / 3) / 4
+    assert score.metrics["acc"].info["chance"] == pytest.approx(chance)
+    assert score.scores["chance"] == pytest.approx(chance)
     # the scores are the task's choices, scored as a direct call scores them
     direct = score_continuations(rt, [encode_pair(tok, ROWS[3]["question"], " " + c)
                                       for c in ROWS[3]["options"]])
-    assert ex[3]["loglikelihoods"] == pytest.approx([d[0] for d in direct], abs=1e-5)
-    # the gate's paired test rebuilds every metric from the saved records
+    assert ex[3].loglikelihoods == pytest.approx([d[0] for d in direct], abs=1e-5)
+    # the gate's paired test rebuilds every metric from the saved records (examples file lines)
+    records = res.records()
+    assert [r["task"] for r in records] == ["tiny_mc"] * 4
+    assert list(records[0]) == ["task", "id", "reference", "choice_chars", "prediction",
+                                "loglikelihoods", "greedy", "scores"]
     for metric in ("acc", "acc_norm", "macro_f1"):
-        rows, aggregate = metric_rows(ex, "multiple_choice", metric)
-        assert aggregate(rows) == res["metrics"][metric]["value"]
+        rows, aggregate = metric_rows(records, "multiple_choice", metric)
+        assert aggregate(rows) == score.metrics[metric].value
 
 
 def test_paired_test_on_multiple_choice_records():
@@ -151,13 +157,13 @@ def test_paired_test_on_multiple_choice_records():
         b["loglikelihoods"][b["reference"]] = 10.0
     same = paired_test(base, base, "multiple_choice", "acc", None, True, "significance",
                        "absolute", 2.0)
-    assert same["status"] == "pass" and same["delta"] == 0
+    assert same.status == "pass" and same.delta == 0
     # the candidate loses 40 of them: 20 points, far beyond a 2-point allowance
     worse = [dict(b, loglikelihoods=[-9.0 if k == b["reference"] else 0.0 for k in range(4)])
              if i < 40 else b for i, b in enumerate(base)]
     res = paired_test(base, worse, "multiple_choice", "acc", None, True, "significance",
                       "absolute", 2.0)
-    assert res["status"] == "fail" and res["delta"] == pytest.approx(-20.0)
+    assert res.status == "fail" and res.delta == pytest.approx(-20.0)
 
 
 @pytest.mark.parametrize("change,msg", [
@@ -195,14 +201,14 @@ def test_report_shows_multiple_choice_against_chance(tmp_path, tiny_dir):
                "repeats": 1, "min_seconds": 0}
     out = suite_cell(str(tiny_dir), "cpu", 1, latency, ["next_line"], 8, True)
     (tmp_path / "cells").mkdir()
-    (tmp_path / "cells" / "tiny--cpu.json").write_text(json.dumps(out["result"]))
-    acc = out["result"]["quality"]["next_line"]["metrics"]["acc"]
+    (tmp_path / "cells" / "tiny--cpu.json").write_text(json.dumps(out.result.to_dict()))
+    acc = out.result.quality["next_line"].metrics["acc"]
     html = render_html(tmp_path, "mc", None).read_text()
     table = html[html.index('<table id="choices">'):]
     table = table[: table.index("</table>")]
-    lo, hi = acc["ci95"]
+    lo, hi = acc.ci95
     assert "<td>next_line</td>" in table and "<td>8</td>" in table
-    assert f"{acc['value']:.4g} [{lo:.4g}, {hi:.4g}]" in table and "<td>25</td>" in table
+    assert f"{acc.value:.4g} [{lo:.4g}, {hi:.4g}]" in table and "<td>25</td>" in table
     # a random-weight model's interval reaches down to chance: not above it
     assert lo <= 25 and '<td class="worse">no</td>' in table
 
@@ -221,10 +227,10 @@ def test_embedded_set_is_rebuilt_byte_for_byte_from_validation_files():
 
     builder = _builder()
     blob = builder.to_jsonl(builder.build(load_corpus("validation")))
-    assert hashlib.sha256(blob).hexdigest() == manifest()["next_line"]["sha256"]
+    assert hashlib.sha256(blob).hexdigest() == manifest()["next_line"].sha256
     assert blob == (EVALSET_DIR / "next_line.jsonl").read_bytes()
     rows = load_evalset("next_line")
-    val = {r["path"]: r["text"] for r in load_corpus("validation")}
+    val = {r.path: r.text for r in load_corpus("validation")}
     for r in rows:
         assert len(r["choices"]) == 4 and len(set(r["choices"])) == 4
         # the true line really follows the prompt in its held-out file
@@ -237,7 +243,7 @@ def test_embedded_set_is_rebuilt_byte_for_byte_from_validation_files():
 def test_reference_is_clearly_above_chance_on_next_line():
     loaded = load_artifact("reference")
     res = run_task(TorchRuntime(loaded), loaded.tokenizer, "next_line", limit=200)
-    acc = res["metrics"]["acc"]
-    assert acc["chance"] == 25.0
-    assert acc["ci95"][0] > acc["chance"], acc  # the 95% interval's low end beats a guess
+    acc = res.score.metrics["acc"]
+    assert acc.info["chance"] == 25.0
+    assert acc.ci95[0] > acc.info["chance"], acc  # the 95% interval's low end beats a guess
     assert TASKS.get("next_line").kind == "multiple_choice"

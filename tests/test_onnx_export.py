@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -6,7 +5,7 @@ import pytest
 from slimbench.bench.runtimes import make_runtime
 from slimbench.bench.runtimes.ort_runtime import OrtRuntime
 from slimbench.bench.runtimes.torch_runtime import TorchRuntime
-from slimbench.compress.artifact import MANIFEST
+from slimbench.compress.artifact import read_manifest
 from slimbench.compress.loader import LoadOptions, load_artifact
 from slimbench.compress.onnx_export import io_names
 from slimbench.compress.steps import run_step
@@ -28,13 +27,13 @@ def reference():
 
 
 def test_manifest_records_parity_and_graph(exported):
-    m = json.loads((exported / MANIFEST).read_text())
-    assert m["format"] == "onnx" and m["opset"] == 18 and m["recipe"] == ["export_onnx"]
-    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
-    assert m["parity"]["greedy_identical"] == m["parity"]["greedy_prompts"] == 2
+    m = read_manifest(exported)
+    assert m.format == "onnx" and m.report["opset"] == 18 and m.recipe == ["export_onnx"]
+    assert m.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m.report["parity"]["greedy_identical"] == m.report["parity"]["greedy_prompts"] == 2
     # 4 blocks x 4 projections as MatMul with constant weights, + attention and lm_head
-    assert m["graph"]["MatMul"] >= 16
-    assert m["files"]["model.onnx"]["bytes"] == (exported / "model.onnx").stat().st_size
+    assert m.report["graph"]["MatMul"] >= 16
+    assert m.files["model.onnx"].bytes == (exported / "model.onnx").stat().st_size
 
 
 @pytest.mark.slow
@@ -46,9 +45,9 @@ def test_ort_runtime_matches_torch(exported, reference):
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=20)]
     p_ort = perplexity(rt, ort_model.tokenizer, texts)
     p_torch = perplexity(torch_rt, reference.tokenizer, texts)
-    assert p_ort["tokens"] == p_torch["tokens"]
+    assert p_ort.tokens == p_torch.tokens
     # fp32 both sides: each token's NLL moves <= 2 max|dlogit| (1.3e-5 on the reference)
-    assert p_ort["perplexity"] == pytest.approx(p_torch["perplexity"], rel=1e-4)
+    assert p_ort.perplexity == pytest.approx(p_torch.perplexity, rel=1e-4)
     for text in ("def read(self, n=-1):\n    ", "import os\nimport sys\n\n\ndef main"):
         prompt = reference.tokenizer(text)["input_ids"]
         # cached decode loop through the graph's KV outputs == torch's cached loop
@@ -89,18 +88,18 @@ def test_bad_uses(exported, tmp_path):
 def test_ort_dynamic_int8_on_reference(exported, tmp_path):
     out = tmp_path / "int8"
     m = run_step("ort_dynamic_int8", {}, str(exported), out)
-    q = m["quantization"]
+    q = m.report["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 16 and q["lm_head"] == "int8"
     assert q["per_block_int8"] == {"0": 4, "1": 4, "2": 4, "3": 4}
     assert q["float_weight_matmuls_left"] == 0
-    assert m["recipe"] == ["export_onnx", "ort_dynamic_int8"]
+    assert m.recipe == ["export_onnx", "ort_dynamic_int8"]
     assert (out / "model.onnx").stat().st_size <= 0.30 * (exported / "model.onnx").stat().st_size
-    assert m["parity"]["top1_agreement"] >= 0.9
+    assert m.report["parity"]["top1_agreement"] >= 0.9
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=30)]
     fp32 = load_artifact(str(exported))
     int8 = load_artifact(str(out))
-    p32 = perplexity(make_runtime(fp32), fp32.tokenizer, texts)["perplexity"]
-    p8 = perplexity(make_runtime(int8), int8.tokenizer, texts)["perplexity"]
+    p32 = perplexity(make_runtime(fp32), fp32.tokenizer, texts).perplexity
+    p8 = perplexity(make_runtime(int8), int8.tokenizer, texts).perplexity
     assert p8 != p32 and abs(p8 / p32 - 1) < 0.03
 
 
@@ -114,27 +113,29 @@ def test_all_48_block_matmuls_quantized_on_gpt2_depth(tmp_path):
     # gpt2's 12 blocks (narrowed to keep the test fast): 48 block weight MatMuls
     run_step("export_onnx", {}, "shape:gpt2:n_embd=64,n_head=4", tmp_path / "fp32")
     m = run_step("ort_dynamic_int8", {}, str(tmp_path / "fp32"), tmp_path / "int8")
-    assert m["quantization"]["block_matmuls"] == m["quantization"]["block_matmuls_int8"] == 48
-    assert m["random_weights"] is True
+    q = m.report["quantization"]
+    assert q["block_matmuls"] == q["block_matmuls_int8"] == 48
+    assert m.random_weights is True
 
 
 @pytest.mark.slow
 def test_ort_static_int8_qdq(exported, tmp_path):
     m = run_step("ort_static_int8", {"samples": 8}, str(exported), tmp_path / "minmax")
-    q = m["quantization"]
+    q = m.report["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 16
     assert q["calibration"] == {"method": "minmax", "samples": 8, "seq_len": 128,
                                 "num_bins": None, "percentile": None,
                                 "source": "corpus train split"}
-    assert m["graph"]["QuantizeLinear"] > 0 and m["graph"]["DequantizeLinear"] > 0
+    graph = m.report["graph"]
+    assert graph["QuantizeLinear"] > 0 and graph["DequantizeLinear"] > 0
     pct = run_step("ort_static_int8", {"samples": 8, "method": "percentile"}, str(exported),
                    tmp_path / "pct")
-    assert pct["files"]["model.onnx"]["sha256"] != m["files"]["model.onnx"]["sha256"]
+    assert pct.files["model.onnx"].sha256 != m.files["model.onnx"].sha256
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=30)]
     fp32 = load_artifact(str(exported))
     int8 = load_artifact(str(tmp_path / "minmax"))
-    p32 = perplexity(make_runtime(fp32), fp32.tokenizer, texts)["perplexity"]
-    p8 = perplexity(make_runtime(int8), int8.tokenizer, texts)["perplexity"]
+    p32 = perplexity(make_runtime(fp32), fp32.tokenizer, texts).perplexity
+    p8 = perplexity(make_runtime(int8), int8.tokenizer, texts).perplexity
     assert p8 != p32 and abs(p8 / p32 - 1) < 0.05
     with pytest.raises(UsageError, match="calibration method must be one of"):
         run_step("ort_static_int8", {"method": "kl"}, str(exported), tmp_path / "bad")
@@ -151,46 +152,48 @@ def test_entropy_calibration_is_not_minmax(exported, tmp_path):
                   tmp_path / "minmax")
     ent = run_step("ort_static_int8", {"samples": 2, "seq_len": 32, "method": "entropy"},
                    str(exported), tmp_path / "entropy")
-    assert ent["quantization"]["calibration"]["num_bins"] == 2048
-    assert ent["quantization"]["block_matmuls_int8"] == 16
-    assert ent["files"]["model.onnx"]["sha256"] != mm["files"]["model.onnx"]["sha256"]
+    assert ent.report["quantization"]["calibration"]["num_bins"] == 2048
+    assert ent.report["quantization"]["block_matmuls_int8"] == 16
+    assert ent.files["model.onnx"].sha256 != mm.files["model.onnx"].sha256
 
 
 @pytest.mark.slow
 def test_ort_optimize_records_fusions_and_chains(exported, tmp_path):
     m = run_step("ort_optimize", {}, str(exported), tmp_path / "opt")
-    assert m["fusions"]["applied"].get("SkipLayerNormalization", 0) > 0
+    assert m.report["fusions"]["applied"].get("SkipLayerNormalization", 0) > 0
     # the attention fusion matches the GPT-2 graph of the TorchScript exporter; this project's
     # dynamo export (a tensor-only wrapper around the DynamicCache) does not match it, so no
     # attention is fused. If an onnxruntime or exporter upgrade makes it fuse, this fails: then
     # check parity of the fused graph and update the step's docstring and this line.
-    assert "Attention" in m["fusions"]["not_applied"] and "Attention" not in m["fusions"]["applied"]
-    assert "MultiHeadAttention" not in m["fusions"]["applied"]
-    assert m["parity"]["max_abs_logit_diff"] <= 1e-4 and m["recipe"] == ["export_onnx",
-                                                                       "ort_optimize"]
+    fusions = m.report["fusions"]
+    assert "Attention" in fusions["not_applied"] and "Attention" not in fusions["applied"]
+    assert "MultiHeadAttention" not in fusions["applied"]
+    assert m.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m.recipe == ["export_onnx", "ort_optimize"]
     q = run_step("ort_dynamic_int8", {}, str(tmp_path / "opt"), tmp_path / "opt-int8")
-    assert q["quantization"]["block_matmuls_int8"] == 16
-    assert q["recipe"] == ["export_onnx", "ort_optimize", "ort_dynamic_int8"]
-    assert q["parent"]["spec"] == str(tmp_path / "opt")
+    assert q.report["quantization"]["block_matmuls_int8"] == 16
+    assert q.recipe == ["export_onnx", "ort_optimize", "ort_dynamic_int8"]
+    assert q.parent.spec == str(tmp_path / "opt")
 
 
 def test_ort_fp16_halves_bytes(exported, tmp_path):
     m = run_step("ort_fp16", {}, str(exported), tmp_path / "fp16")
-    assert m["files"]["model.onnx"]["bytes"] < 0.55 * (exported / "model.onnx").stat().st_size
-    assert m["dtypes"]["weights"] == "float16"
-    assert m["parity"]["top1_agreement"] >= 0.99 and m["parity"]["max_abs_logit_diff"] < 0.05
+    assert m.files["model.onnx"].bytes < 0.55 * (exported / "model.onnx").stat().st_size
+    assert m.report["dtypes"]["weights"] == "float16"
+    parity = m.report["parity"]
+    assert parity["top1_agreement"] >= 0.99 and parity["max_abs_logit_diff"] < 0.05
 
 
 def test_node_placement_on_cpu_has_no_fallbacks(exported):
     rt = OrtRuntime(load_artifact(str(exported)))
     placement = rt.placement()
-    assert placement["primary"] == "CPUExecutionProvider"
-    assert placement["fallback_nodes"] == 0 == rt.fallback_nodes
+    assert placement.primary == "CPUExecutionProvider"
+    assert placement.fallback_nodes == 0 == rt.fallback_nodes
     import onnx
 
     graph_nodes = len(onnx.load(str(exported / "model.onnx")).graph.node)
     # every node that ran is counted once (constant-folded ones never run)
-    assert 0 < placement["nodes_by_provider"]["CPUExecutionProvider"] <= graph_nodes
+    assert 0 < placement.nodes_by_provider["CPUExecutionProvider"] <= graph_nodes
 
 
 def test_ort_fidelity_and_batched_generation(exported, reference):
@@ -210,13 +213,15 @@ def test_ort_fidelity_and_batched_generation(exported, reference):
                          new_tokens=8)
     r = fidelity(ort_rt, torch_rt, reference.tokenizer, texts, cfg, resamples=20)
     # fp32 export: KL ~ Var(dlogit)/2 <= 5e-9 even at the 1e-4 parity bound
-    assert r["kl_nats"]["value"] == pytest.approx(0.0, abs=1e-8)
-    assert r["top1_agreement"]["value"] == 1.0 and r["greedy_exact_match"]["value"] == 1.0
+    assert r.metrics["kl_nats"].value == pytest.approx(0.0, abs=1e-8)
+    assert r.metrics["top1_agreement"].value == 1.0
+    assert r.metrics["greedy_exact_match"].value == 1.0
     # the graph has an attention-mask input: generation pads a batch, as torch does
     assert ort_rt.batched_generation
     res = run_task(ort_rt, reference.tokenizer, "method_name", limit=3, batch_size=8,
                    resamples=0)
     ref = run_task(torch_rt, reference.tokenizer, "method_name", limit=3, batch_size=8,
                    resamples=0)
-    assert res["protocol"]["batch_size"] == 8 and res["protocol"]["padding"].startswith("left")
-    assert [e["prediction"] for e in res["examples"]] == [e["prediction"] for e in ref["examples"]]
+    assert res.score.protocol["batch_size"] == 8
+    assert res.score.protocol["padding"].startswith("left")
+    assert [e.prediction for e in res.examples] == [e.prediction for e in ref.examples]

@@ -13,7 +13,9 @@ from slimbench.bench.cli import main
 from slimbench.bench.measure import paired
 from slimbench.bench.measure.paired import (
     MIN_PAIRS,
+    Calibration,
     PairedConfig,
+    TrialPlan,
     classify,
     median_ci,
     paired_compare,
@@ -22,6 +24,7 @@ from slimbench.bench.measure.paired import (
     summarize_trials,
     time_ratio,
 )
+from slimbench.bench.measure.paired_worker import WorkerModel
 from slimbench.bench.measure.scenarios import SCENARIOS
 from slimbench.errors import UsageError
 
@@ -90,10 +93,10 @@ def test_ratio_summary_of_hand_made_pairs():
     # per-pair ratios 1.1 1.2 1.1 1.05 1.15 1.3 1.1 1.1 1.2 1.0 1.1 -> median 1.1, while the
     # medians' ratio (11.5 / 10) would mix pairs measured in different host states
     s = ratio_summary(base, cand)
-    assert s["ratio"] == pytest.approx(1.1)
-    assert s["ci95"][0] <= 1.1 <= s["ci95"][1]
-    assert s["ci95"] == pytest.approx([1.05, 1.2])  # n = 11: [x_(2), x_(10)]
-    assert s["baseline"] == 10.0 and s["candidate"] == 11.5
+    assert s.ratio == pytest.approx(1.1)
+    assert s.ci95[0] <= 1.1 <= s.ci95[1]
+    assert s.ci95 == pytest.approx((1.05, 1.2))  # n = 11: [x_(2), x_(10)]
+    assert s.baseline == 10.0 and s.candidate == 11.5
 
 
 def test_drift_cancels_in_pairs():
@@ -101,7 +104,7 @@ def test_drift_cancels_in_pairs():
     base = [1.0 + 0.1 * i for i in range(20)]
     cand = [1.1 * b for b in base]
     s = ratio_summary(base, cand)
-    assert s["ratio"] == pytest.approx(1.1) and s["ci95"] == pytest.approx([1.1, 1.1])
+    assert s.ratio == pytest.approx(1.1) and s.ci95 == pytest.approx((1.1, 1.1))
 
 
 def test_should_stop():
@@ -126,12 +129,12 @@ def test_every_timed_trial_follows_the_other_side(monkeypatch):
             self.role = role
 
         def request(self, name, plan, timeout):
-            log.append((self.role, bool(plan.get("filler"))))
+            log.append((self.role, plan.filler))
             return {"decode_ms_per_token": 2.0 if self.role == "candidate" else 1.0}
 
     monkeypatch.setattr(paired, "GAP_SECONDS", 0.0)
     cfg = PairedConfig(min_seconds=0, max_seconds=1e-9, seed=3)
-    plan = {"baseline": {"steps": 4}, "candidate": {"steps": 4}}
+    plan = {"baseline": TrialPlan(steps=4), "candidate": TrialPlan(steps=4)}
     trials, _ = paired._pairs({r: FakeWorker(r) for r in plan}, plan, cfg, False)
     assert len(trials) == MIN_PAIRS  # stopped as early as allowed
     assert all(log[i][0] != log[i + 1][0] for i in range(len(log) - 1))  # alternation
@@ -145,9 +148,9 @@ def test_every_timed_trial_follows_the_other_side(monkeypatch):
 
 def test_filler_trials_keep_the_decode_units_in_lockstep(monkeypatch):
     b = _bench(monkeypatch, "decode")
-    b.trial({"steps": 2})
-    b.trial({"steps": 2, "filler": True})  # 2 one-token forwards without a cache
-    b.trial({"steps": 2})  # continues the main unit: steps 3 and 4, no prefill
+    b.trial(TrialPlan(steps=2))
+    b.trial(TrialPlan(steps=2, filler=True))  # 2 one-token forwards without a cache
+    b.trial(TrialPlan(steps=2))  # continues the main unit: steps 3 and 4, no prefill
     assert b.rt.calls == [9, 1, 1, 1, 1, 1, 1]
     assert b.rt.cacheless == [3, 4]  # the filler's calls kept no cache
 
@@ -189,10 +192,12 @@ def test_other_cores_from_cpu_snapshots(monkeypatch):
 ])
 def test_trial_plan(scenario, units, steps, new_tokens, plan):
     roles = ("baseline", "candidate")
-    cal = {r: {"unit_ms": units[i]} | ({"step_ms": steps[i]} if steps else {})
+    cal = {r: Calibration(unit_ms=units[i], warmup_units=3,
+                          step_ms=steps[i] if steps else None)
            for i, r in enumerate(roles)}
     cfg = PairedConfig(scenario=scenario, new_tokens=new_tokens, trial_seconds=0.2)
-    assert paired.trial_plan(cfg, cal) == {roles[0]: plan[0], roles[1]: plan[1]}
+    assert paired.trial_plan(cfg, cal) == {roles[0]: TrialPlan(**plan[0]),
+                                           roles[1]: TrialPlan(**plan[1])}
 
 
 class _Clock:
@@ -245,21 +250,21 @@ def _bench(monkeypatch, scenario, slowdown=0.0, new_tokens=4):
 def test_decode_trials_of_steps_continue_a_unit(monkeypatch):
     b = _bench(monkeypatch, "decode")
     for _ in range(3):
-        b.trial({"steps": 2})
+        b.trial(TrialPlan(steps=2))
     # prefill (9 tokens), 2 steps, 2 steps; then the unit is done: a new prefill
     assert b.rt.calls == [9, 1, 1, 1, 1, 9, 1, 1]
-    b.trial({"units": 2})  # whole units: each its own prefill and all its steps
+    b.trial(TrialPlan(units=2))  # whole units: each its own prefill and all its steps
     assert b.rt.calls[8:] == [9, 1, 1, 1, 1, 9, 1, 1, 1, 1]
-    assert b.trial({"steps": 2})["decode_ms_per_token"] == pytest.approx(10, abs=0.1)
+    assert b.trial(TrialPlan(steps=2))["decode_ms_per_token"] == pytest.approx(10, abs=0.1)
 
 
 def test_warmup_sizes_trials_from_the_fastest_unit(monkeypatch):
     b = _bench(monkeypatch, "decode")
     b.rt.burst = range(5, 15)  # units 2 and 3 of the warm-up meet a burst of other work
     cal = b.warmup()
-    assert cal["warmup_units"] >= 3
-    assert cal["unit_ms"] == pytest.approx(30 + 4 * 10, abs=0.1)  # a 9-token prefill, 4 steps
-    assert cal["step_ms"] == pytest.approx(10, abs=0.01)
+    assert cal.warmup_units >= 3
+    assert cal.unit_ms == pytest.approx(30 + 4 * 10, abs=0.1)  # a 9-token prefill, 4 steps
+    assert cal.step_ms == pytest.approx(10, abs=0.01)
 
 
 @pytest.mark.slow
@@ -277,15 +282,15 @@ def test_decode_steps_and_fillers_on_onnx_runtime(monkeypatch, tmp_path, tiny_di
     b.prompt = torch.zeros(1, 9, dtype=torch.long)
     assert b.rt.backend == "onnxruntime"
     for _ in range(5):  # across the end of a unit, too
-        b.trial({"steps": 2, "filler": True})
-        assert set(b.trial({"steps": 2})) == {"decode_ms_per_token"}
-    assert set(b.trial({"units": 2})) == {"decode_ms_per_token"}
+        b.trial(TrialPlan(steps=2, filler=True))
+        assert set(b.trial(TrialPlan(steps=2))) == {"decode_ms_per_token"}
+    assert set(b.trial(TrialPlan(units=2))) == {"decode_ms_per_token"}
 
 
 @pytest.mark.parametrize("scenario", ["prefill", "decode", "generate"])
 def test_injected_slowdown_scales_every_metric(monkeypatch, scenario):
-    plain = _bench(monkeypatch, scenario).trial({"units": 3})
-    slow = _bench(monkeypatch, scenario, slowdown=0.1).trial({"units": 3})
+    plain = _bench(monkeypatch, scenario).trial(TrialPlan(units=3))
+    slow = _bench(monkeypatch, scenario, slowdown=0.1).trial(TrialPlan(units=3))
     metrics = SCENARIOS.get(scenario).metrics
     assert set(plain) == {m.name for m in metrics}
     for m in metrics:  # a rate (tokens/s) drops by as much as a time grows
@@ -309,11 +314,12 @@ def test_summarize_result_structure():
     lo, hi = res.ci95
     assert res.speedup == pytest.approx(1 / res.ratio)
     assert res.speedup_ci95 == pytest.approx((1 / hi, 1 / lo))
-    assert res.trials[0] == [10.0, 13.0, True] and len(res.trials) == 12
-    assert res.by_order["baseline_first"]["pairs"] == 6
+    assert res.trials[0] == (10.0, 13.0, True) and len(res.trials) == 12
+    assert res.by_order.baseline_first.pairs == 6
     assert any("threads: 2 -> 4" in w for w in res.warnings)
     d = json.loads(json.dumps(res.to_dict()))  # plain JSON values
     assert d["verdict"] == "slower" and d["ratios"]["decode_ms_per_token"]["ci95"] == [lo, hi]
+    assert d["trials"][0] == [10.0, 13.0, True] and d["by_order"]["baseline_first"]["pairs"] == 6
     assert d["config"]["scenario"] == "decode" and d["speedup_ci95"] == pytest.approx([1 / hi,
                                                                                        1 / lo])
     assert res.verdict_line.startswith("verdict: slower (ratio ")
@@ -339,7 +345,7 @@ def test_summarize_generate_has_every_metric():
     assert res.verdict == "faster"
     # a rate's ratio is the inverse of a time's: read as a time ratio it is the same 0.9
     rate = res.ratios["tokens_per_s"]
-    assert rate["higher_is_better"] and rate["unit"] == "tok/s"
+    assert rate.higher_is_better and rate.unit == "tok/s"
     assert time_ratio(rate)[0] == pytest.approx(0.9)
     assert time_ratio(res.ratios["generate_ms"])[0] == pytest.approx(0.9)
 
@@ -400,9 +406,13 @@ def _fake(monkeypatch, pairs):
     def fake(baseline, candidate, config, slowdown=0.0, show_progress=False, **kw):
         seen.update(config=config, slowdown=slowdown)
         res = summarize_trials(baseline, candidate, config, _trials(pairs), 11.0, {})
-        res.models = {r: {"backend": "torch", "device": "cpu", "parameters": 2_600_000,
-                          "threads": 2, "dtype": "float32"} for r in ("baseline", "candidate")}
-        res.calibration = {r: {"units_per_trial": 3} for r in ("baseline", "candidate")}
+        res.models = {r: WorkerModel(spec=r, backend="torch", device="cpu",
+                                     parameters=2_600_000, threads=2, dtype="float32",
+                                     kind="local", recipe=[], bytes_on_disk=None,
+                                     weights_sha256=None, pid=1)
+                      for r in ("baseline", "candidate")}
+        res.calibration = {r: Calibration(unit_ms=60.0, warmup_units=3, units_per_trial=3)
+                           for r in ("baseline", "candidate")}
         return res
 
     monkeypatch.setattr(paired, "paired_compare", fake)

@@ -38,30 +38,30 @@ def _both(result, higher_is_better, mode, allowed):
 def test_identical_sides_have_a_zero_delta_and_pass_both_tests():
     scores = _col(np.random.default_rng(0).uniform(0, 100, 50))
     r = paired_bootstrap(scores, scores.copy(), MEAN, resamples=500, seed=4)
-    assert r["delta"] == 0.0 and r["ci95"] == [0.0, 0.0] and r["se"] == 0.0
-    assert (r["n"], r["resamples"], r["seed"]) == (50, 500, 4)
-    assert r["baseline"] == r["candidate"] == pytest.approx(scores.mean())
+    assert r.delta == 0.0 and r.ci95 == (0.0, 0.0) and r.se == 0.0
+    assert (r.n, r.resamples, r.seed) == (50, 500, 4)
+    assert r.baseline == r.candidate == pytest.approx(scores.mean())
     for test, d in _both(r, True, "relative", 0.0).items():
-        assert d["status"] == "pass" and d["test"] == test, d["why"]
-        assert d["detectable"] == 0.0 and d["detectable_relative"] == 0.0
-        assert d["degradation"] == 0.0 and d["degradation_ci95"] == [0.0, 0.0]
+        assert d.status == "pass" and d.test == test, d.why
+        assert d.detectable == 0.0 and d.detectable_relative == 0.0
+        assert d.degradation == 0.0 and d.degradation_ci95 == (0.0, 0.0)
 
 
 def test_constant_shift_is_an_exact_delta_with_a_point_interval():
     # integer scores on 32 examples: every resampled mean is exact, so delta is -1 exactly
     base = _col(np.random.default_rng(1).integers(0, 101, 32))
     r = paired_bootstrap(base, base - 1.0, MEAN, resamples=1000, seed=0)
-    assert r["delta"] == -1.0 and r["ci95"] == [-1.0, -1.0] and r["se"] == 0.0
+    assert r.delta == -1.0 and r.ci95 == (-1.0, -1.0) and r.se == 0.0
     sig = decide(r, True, "significance", "absolute", 0.9)
-    assert sig["status"] == "fail" and sig["degradation"] == 1.0
-    assert sig["degradation_ci95"] == [1.0, 1.0] and sig["allowance"] == 0.9
-    assert "significant" in sig["why"] and "fail" in sig["why"]
-    assert decide(r, True, "significance", "absolute", 1.1)["status"] == "pass"
-    assert decide(r, True, "non_inferiority", "absolute", 0.9)["status"] == "fail"
-    assert decide(r, True, "non_inferiority", "absolute", 1.1)["status"] == "pass"
+    assert sig.status == "fail" and sig.degradation == 1.0
+    assert sig.degradation_ci95 == (1.0, 1.0) and sig.allowance == 0.9
+    assert "significant" in sig.why and "fail" in sig.why
+    assert decide(r, True, "significance", "absolute", 1.1).status == "pass"
+    assert decide(r, True, "non_inferiority", "absolute", 0.9).status == "fail"
+    assert decide(r, True, "non_inferiority", "absolute", 1.1).status == "pass"
     # the same shift on a lower-is-better metric is an improvement
     better = _both(r, False, "absolute", 0.0)
-    assert all(d["status"] == "pass" and d["degradation"] == -1.0 for d in better.values())
+    assert all(d.status == "pass" and d.degradation == -1.0 for d in better.values())
 
 
 def test_noisy_drop_passes_significance_but_fails_non_inferiority():
@@ -70,36 +70,36 @@ def test_noisy_drop_passes_significance_but_fails_non_inferiority():
     cand = base + rng.normal(0, 15, 40)
     cand += (base.mean() - 2.0) - cand.mean()  # a point drop of 2.0
     r = paired_bootstrap(_col(base), _col(cand), MEAN, resamples=1000, seed=0)
-    assert r["delta"] == pytest.approx(-2.0, abs=1e-9)
-    lo, hi = r["ci95"]
+    assert r.delta == pytest.approx(-2.0, abs=1e-9)
+    lo, hi = r.ci95
     assert lo < -4 and hi > 0.5  # wide, straddles 0
     sig, ni = _both(r, True, "absolute", 1.0).values()
-    assert sig["degradation"] == pytest.approx(2.0, abs=1e-9) and sig["allowance"] == 1.0
-    assert sig["degradation_ci95"] == pytest.approx([-hi, -lo])
-    assert sig["status"] == "pass" and "not significant" in sig["why"]
-    assert ni["status"] == "fail" and "bad end" in ni["why"]
+    assert sig.degradation == pytest.approx(2.0, abs=1e-9) and sig.allowance == 1.0
+    assert sig.degradation_ci95 == pytest.approx([-hi, -lo])
+    assert sig.status == "pass" and "not significant" in sig.why
+    assert ni.status == "fail" and "bad end" in ni.why
     # detectable: 2.8 standard errors (significance), the interval's half-width (NI)
-    assert sig["detectable"] == pytest.approx(2.8 * r["se"])
-    assert ni["detectable"] == pytest.approx((hi - lo) / 2)
-    assert ni["detectable_relative"] == pytest.approx(ni["detectable"] / r["baseline"])
+    assert sig.detectable == pytest.approx(2.8 * r.se)
+    assert ni.detectable == pytest.approx((hi - lo) / 2)
+    assert ni.detectable_relative == pytest.approx(ni.detectable / r.baseline)
     # se is the std of the paired resampled deltas, ~ sd(differences) / sqrt(n)
-    assert r["se"] == pytest.approx(np.std(cand - base) / math.sqrt(40), rel=0.15)
+    assert r.se == pytest.approx(np.std(cand - base) / math.sqrt(40), rel=0.15)
 
 
 def test_relative_and_absolute_allowances():
     base = _col(np.full(20, 50.0))
     r = paired_bootstrap(base, base - 1.0, MEAN, resamples=200, seed=0)
-    assert decide(r, True, "significance", "relative", 0.01)["allowance"] == 0.5
-    assert decide(r, True, "significance", "relative", 0.01)["status"] == "fail"
-    assert decide(r, True, "significance", "relative", 0.03)["status"] == "pass"
-    assert decide(r, True, "significance", "absolute", 0.5)["status"] == "fail"
-    assert decide(r, True, "significance", "absolute", 1.5)["status"] == "pass"
-    assert decide(r, True, "non_inferiority", "relative", 0.03)["allowance"] == 1.5
+    assert decide(r, True, "significance", "relative", 0.01).allowance == 0.5
+    assert decide(r, True, "significance", "relative", 0.01).status == "fail"
+    assert decide(r, True, "significance", "relative", 0.03).status == "pass"
+    assert decide(r, True, "significance", "absolute", 0.5).status == "fail"
+    assert decide(r, True, "significance", "absolute", 1.5).status == "pass"
+    assert decide(r, True, "non_inferiority", "relative", 0.03).allowance == 1.5
     # a baseline of 0 leaves no relative allowance, and the why says so
     zero = paired_bootstrap(_col(np.zeros(20)), _col(np.ones(20)), MEAN, 200, 0)
     d = decide(zero, False, "significance", "relative", 0.5)
-    assert d["allowance"] == 0.0 and d["status"] == "fail" and "baseline of 0" in d["why"]
-    assert d["detectable_relative"] is None
+    assert d.allowance == 0.0 and d.status == "fail" and "baseline of 0" in d.why
+    assert d.detectable_relative is None
     for bad in (dict(test="t-test"), dict(mode="percent"), dict(allowed=-0.1),
                 dict(allowed=math.nan)):
         args = dict(test="significance", mode="relative", allowed=0.02) | bad
@@ -113,11 +113,11 @@ def test_pairing_narrows_the_interval_for_correlated_examples():
     cand = base + rng.normal(-0.5, 1.0, 50)  # ...the two sides hardly at all
     paired = paired_bootstrap(_col(base), _col(cand), MEAN, 1000, 0)
     b, c = bootstrap_ci(_col(base), MEAN, 1000, 0), bootstrap_ci(_col(cand), MEAN, 1000, 1)
-    unpaired = (c["ci95"][1] - b["ci95"][0]) - (c["ci95"][0] - b["ci95"][1])
-    width = paired["ci95"][1] - paired["ci95"][0]
+    unpaired = (c.ci95[1] - b.ci95[0]) - (c.ci95[0] - b.ci95[1])
+    width = paired.ci95[1] - paired.ci95[0]
     assert width < 0.05 * unpaired  # ~0.55 vs ~32 points
-    assert paired["ci95"][1] < 0  # a real 0.5-point drop, resolved only by pairing
-    assert c["ci95"][0] - b["ci95"][1] < 0 < c["ci95"][1] - b["ci95"][0]
+    assert paired.ci95[1] < 0  # a real 0.5-point drop, resolved only by pairing
+    assert c.ci95[0] - b.ci95[1] < 0 < c.ci95[1] - b.ci95[0]
 
 
 # --- perplexity: per-text rows keep nll and tokens together -------------------------------
@@ -133,8 +133,8 @@ def _ppl_texts():
 def test_perplexity_point_values_and_resampling_match_a_reference_loop():
     base, cand = _ppl_texts()
     r = paired_bootstrap(base, cand, PPL, resamples=1000, seed=3)
-    assert r["baseline"] == math.exp(base[:, 0].sum() / base[:, 1].sum())
-    assert r["candidate"] == math.exp(cand[:, 0].sum() / cand[:, 1].sum())
+    assert r.baseline == math.exp(base[:, 0].sum() / base[:, 1].sum())
+    assert r.candidate == math.exp(cand[:, 0].sum() / cand[:, 1].sum())
     # hand-written reference: one draw of indices, each text's nll with its own token count
     idx = np.random.default_rng(3).integers(0, 10, (1000, 10))
     ref_b = [math.exp(base[i, 0].sum() / base[i, 1].sum()) for i in idx]
@@ -143,7 +143,7 @@ def test_perplexity_point_values_and_resampling_match_a_reference_loop():
     np.testing.assert_allclose(b, ref_b, rtol=1e-12)
     np.testing.assert_allclose(c, ref_c, rtol=1e-12)
     lo, hi = np.percentile(np.array(ref_c) - np.array(ref_b), [2.5, 97.5])
-    assert r["ci95"] == pytest.approx([lo, hi], rel=1e-12)
+    assert r.ci95 == pytest.approx([lo, hi], rel=1e-12)
     # drawing nll and tokens with separate indices would give another (wrong) answer
     idx2 = np.random.default_rng(4).integers(0, 10, (1000, 10))
     split = [math.exp(cand[i, 0].sum() / cand[j, 1].sum()) - math.exp(base[i, 0].sum()
@@ -154,13 +154,13 @@ def test_perplexity_point_values_and_resampling_match_a_reference_loop():
 def test_higher_perplexity_is_a_degradation():
     base, cand = _ppl_texts()
     r = paired_bootstrap(base, cand, PPL, 1000, 0)
-    assert r["delta"] > 0 and r["ci95"][0] > 0
+    assert r.delta > 0 and r.ci95[0] > 0
     sig = decide(r, False, "significance", "relative", 0.01)
-    assert sig["degradation"] == r["delta"] and sig["degradation_ci95"] == r["ci95"]
-    assert sig["status"] == "fail" and sig["allowance"] == pytest.approx(0.01 * r["baseline"])
+    assert sig.degradation == r.delta and sig.degradation_ci95 == r.ci95
+    assert sig.status == "fail" and sig.allowance == pytest.approx(0.01 * r.baseline)
     # read as higher-is-better, the same change would be an improvement
-    assert decide(r, True, "significance", "relative", 0.01)["status"] == "pass"
-    assert decide(r, True, "significance", "relative", 0.01)["degradation"] == -r["delta"]
+    assert decide(r, True, "significance", "relative", 0.01).status == "pass"
+    assert decide(r, True, "significance", "relative", 0.01).degradation == -r.delta
 
 
 def test_paired_test_on_perplexity_records():
@@ -169,13 +169,13 @@ def test_paired_test_on_perplexity_records():
              "bytes": int(s[2])} for i, s in enumerate(side)] for side in (base, cand)]
     out = paired_test(rec[0], rec[1][::-1], "perplexity", "perplexity", {}, False,
                       "non_inferiority", "relative", 0.5)
-    assert out["metric"] == "perplexity" and out["why"].startswith("perplexity non_inferiority")
-    assert out["baseline"] == pytest.approx(math.exp(base[:, 0].sum() / base[:, 1].sum()))
+    assert out.metric == "perplexity" and out.why.startswith("perplexity non_inferiority")
+    assert out.baseline == pytest.approx(math.exp(base[:, 0].sum() / base[:, 1].sum()))
     assert out == paired_test(rec[0], rec[1], "perplexity", "perplexity", {}, False,
                               "non_inferiority", "relative", 0.5)  # re-paired by id
-    assert out["status"] == "pass" and out["degradation_ci95"][1] <= out["allowance"]
+    assert out.status == "pass" and out.degradation_ci95[1] <= out.allowance
     assert paired_test(rec[0], rec[1], "perplexity", "perplexity", {}, False,
-                       "non_inferiority", "relative", 0.001)["status"] == "fail"
+                       "non_inferiority", "relative", 0.001).status == "fail"
 
 
 # --- BLEU against sacrebleu's own paired bootstrap ----------------------------------------
@@ -227,18 +227,18 @@ def test_bleu_paired_bootstrap_reproduces_sacrebleu(monkeypatch):
     np.testing.assert_allclose(b, sb, rtol=0, atol=1e-4)
     np.testing.assert_allclose(c, sc, rtol=0, atol=1e-4)
     r = paired_bootstrap(br, cr, agg, R, seed)
-    assert r["ci95"] == pytest.approx(np.percentile(sc - sb, [2.5, 97.5]), abs=1e-4)
-    assert r["ci95"] == pytest.approx([-19.155, 1.799], abs=1e-3)  # the numbers seen
+    assert r.ci95 == pytest.approx(np.percentile(sc - sb, [2.5, 97.5]), abs=1e-4)
+    assert r.ci95 == pytest.approx([-19.155, 1.799], abs=1e-3)  # the numbers seen
     # and its public paired test: same system scores, same per-system mean and interval
     _, table = PairedTest([("base", base), ("cand", cand)], {"BLEU": BLEU()}, [refs],
                           test_type="bs", n_samples=R)()
     sacre_base, sacre_cand = table["BLEU"]
-    assert r["baseline"] == pytest.approx(sacre_base.score, abs=1e-9)
-    assert r["candidate"] == pytest.approx(sacre_cand.score, abs=1e-9)
-    assert r["delta"] == pytest.approx(sacre_cand.score - sacre_base.score, abs=1e-9)
+    assert r.baseline == pytest.approx(sacre_base.score, abs=1e-9)
+    assert r.candidate == pytest.approx(sacre_cand.score, abs=1e-9)
+    assert r.delta == pytest.approx(sacre_cand.score - sacre_base.score, abs=1e-9)
     assert estimate_ci(c) == pytest.approx((sacre_cand.mean, sacre_cand.ci), abs=1e-4)
     assert estimate_ci(b) == pytest.approx((sacre_base.mean, sacre_base.ci), abs=1e-4)
-    assert 0.04 < sacre_cand.p_value < 0.06 and r["ci95"][0] < 0 < r["ci95"][1]
+    assert 0.04 < sacre_cand.p_value < 0.06 and r.ci95[0] < 0 < r.ci95[1]
 
 
 def test_bleu_paired_test_end_to_end_and_fast():
@@ -250,10 +250,10 @@ def test_bleu_paired_test_end_to_end_and_fast():
                       {"metric": "bleu", "higher_is_better": True, "tokenize": "13a"},
                       True, "significance", "relative", 0.02)
     assert time.perf_counter() - t0 < 2.0  # 1000 resamples x 20 sentences, both sides
-    assert out["baseline"] == pytest.approx(BLEU().corpus_score(base, [refs]).score)
-    assert out["candidate"] == pytest.approx(BLEU().corpus_score(cand, [refs]).score)
-    assert out["n"] == 20 and out["resamples"] == 1000
-    assert out["status"] in ("pass", "fail") and out["why"].startswith("bleu significance")
+    assert out.baseline == pytest.approx(BLEU().corpus_score(base, [refs]).score)
+    assert out.candidate == pytest.approx(BLEU().corpus_score(cand, [refs]).score)
+    assert out.n == 20 and out.resamples == 1000
+    assert out.status in ("pass", "fail") and out.why.startswith("bleu significance")
 
 
 # --- pairing by id and metric rows ---------------------------------------------------------

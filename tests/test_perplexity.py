@@ -54,12 +54,12 @@ def test_equals_hf_loss(tiny_dir, ctx, stride):
     rt = TorchRuntime(loaded)
     got = perplexity(rt, loaded.tokenizer, TEXTS, PerplexityConfig(ctx, stride, batch_size=8))
     ref_ppl, ref_count = _hf_reference(loaded.model, loaded.tokenizer, TEXTS, ctx, stride)
-    assert got["tokens"] == ref_count
-    assert got["perplexity"] == pytest.approx(ref_ppl, rel=1e-5)
+    assert got.tokens == ref_count
+    assert got.perplexity == pytest.approx(ref_ppl, rel=1e-5)
     n_bytes = sum(len(t.encode()) for t in TEXTS)
-    assert got["bytes"] == n_bytes
-    assert got["bits_per_byte"] == pytest.approx(got["nll_nats"] / math.log(2) / n_bytes)
-    assert got["protocol"]["context_length"] == ctx and got["protocol"]["stride"] == stride
+    assert got.bytes == n_bytes
+    assert got.bits_per_byte == pytest.approx(got.nll_nats / math.log(2) / n_bytes)
+    assert got.protocol["context_length"] == ctx and got.protocol["stride"] == stride
 
 
 def test_batch_size_does_not_change_result(tiny_dir):
@@ -67,9 +67,9 @@ def test_batch_size_does_not_change_result(tiny_dir):
     rt = TorchRuntime(loaded)
     one = perplexity(rt, loaded.tokenizer, TEXTS, PerplexityConfig(16, 8, batch_size=1))
     eight = perplexity(rt, loaded.tokenizer, TEXTS, PerplexityConfig(16, 8, batch_size=8))
-    assert one["tokens"] == eight["tokens"]
+    assert one.tokens == eight.tokens
     # other GEMM shapes, not bit-identical: ln ppl moved ~2e-8 (AVX-512 and AVX2 alike)
-    assert one["perplexity"] == pytest.approx(eight["perplexity"], rel=1e-6)
+    assert one.perplexity == pytest.approx(eight.perplexity, rel=1e-6)
 
 
 def test_bad_protocols(tiny_dir):

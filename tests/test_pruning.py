@@ -30,11 +30,11 @@ def test_realized_sparsity_matches_request(tiny_model, params):
     weights = _block_weights(model)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     total = sum(w.numel() for w in weights.values())
-    assert audit["zeros"] == zeros and audit["pruned_weights"] == total
-    assert audit["realized"] == pytest.approx(cfg.target_sparsity, abs=1 / total)
+    assert audit.zeros == zeros and audit.pruned_weights == total
+    assert audit.realized == pytest.approx(cfg.target_sparsity, abs=1 / total)
     if cfg.scope == "layer":
         for name in weights:
-            assert audit["per_layer"][name] == pytest.approx(cfg.target_sparsity, abs=1e-4)
+            assert audit.per_layer[name] == pytest.approx(cfg.target_sparsity, abs=1e-4)
     if cfg.n_m:
         n, m = map(int, cfg.n_m.split(":"))
         for w in weights.values():  # Conv1D stores (in, out): groups run along "in" = dim 0
@@ -78,12 +78,12 @@ def test_wanda_differs_from_magnitude_where_activations_are_uneven():
 
 def test_unstructured_step_on_reference_records_sparsity(tmp_path):
     m = run_step("prune_unstructured", {"sparsity": 0.5}, "reference", tmp_path / "mag")
-    s = m["sparsity"]
+    s = m.report["sparsity"]
     assert s["realized"] == 0.5 and s["requested"] == 0.5 and "no latency" in s["note"]
-    assert m["parameters"] == 2_615_424
-    assert m["nonzero_parameters"] == m["parameters"] - s["zeros"]
+    assert m.parameters == 2_615_424
+    assert m.nonzero_parameters == m.parameters - s["zeros"]
     back = load_artifact(str(tmp_path / "mag"))
-    assert count_parameters(back.model) == (m["parameters"], m["nonzero_parameters"])
+    assert count_parameters(back.model) == (m.parameters, m.nonzero_parameters)
 
 
 def test_bad_unstructured_configs():
@@ -100,13 +100,13 @@ def test_bad_unstructured_configs():
 def test_structured_pruning_rebuilds_the_same_function(tiny_model):
     work = copy.deepcopy(tiny_model)
     audit = prune_structured(work, StructuredPruneConfig(ratio=0.5))
-    assert audit["heads"] == [4, 2] and audit["mlp_width"] == [128, 64]
-    assert audit["hidden_size"] == [32, 16]
+    assert audit.heads == [4, 2] and audit.mlp_width == [128, 64]
+    assert audit.hidden_size == [32, 16]
     rebuilt = rebuild(work)
     ids = torch.randint(0, 4096, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(input_ids=ids).logits, work(input_ids=ids).logits)
-    assert count_parameters(rebuilt)[0] == audit["parameters"][1] < audit["parameters"][0]
+    assert count_parameters(rebuilt)[0] == audit.parameters[1] < audit.parameters[0]
 
 
 def test_structured_step_reloads_smaller_with_from_pretrained(tmp_path):
@@ -116,7 +116,7 @@ def test_structured_step_reloads_smaller_with_from_pretrained(tmp_path):
     assert (cfg.n_head, cfg.n_embd, cfg.n_inner) == (3, 96, 384)
     assert model.transformer.h[0].attn.c_attn.weight.shape == (96, 288)
     params = sum(p.numel() for p in model.parameters())
-    assert params == m["parameters"] < 2_615_424 / 2
+    assert params == m.parameters < 2_615_424 / 2
     files = json.loads((tmp_path / "s50" / "manifest.json").read_text())["files"]
     assert files["model.safetensors"]["bytes"] < 10_470_000 / 2
     rt = TorchRuntime(load_artifact(str(tmp_path / "s50")))
@@ -131,7 +131,7 @@ def test_taylor_importance_uses_gradients(tiny_dir):
                                                                        targets="attention"))
     tay = prune_structured(copy.deepcopy(model), StructuredPruneConfig(
         ratio=0.5, targets="attention", importance="taylor"), batches)
-    assert mag["mlp_width"] == tay["mlp_width"] == [128, 128]
-    assert mag["heads_dropped_per_layer"] != tay["heads_dropped_per_layer"]
+    assert mag.mlp_width == tay.mlp_width == [128, 128]
+    assert mag.heads_dropped_per_layer != tay.heads_dropped_per_layer
     with pytest.raises(UsageError, match="ratio must be in"):
         StructuredPruneConfig(ratio=1.5)

@@ -54,16 +54,16 @@ def test_conv1d_to_linear_is_equivalent(reference):
 def test_every_block_linear_quantized_on_gpt2_shapes(gpt2_shape):
     q = quantize_dynamic_int8(copy.deepcopy(gpt2_shape), TorchDynamicInt8Config())
     audit = audit_quantization(q)
-    assert audit["blocks"] == 12 and audit["block_linears"] == 48
-    assert audit["block_linears_int8"] == 48
-    assert audit["per_block_int8"] == {str(i): 4 for i in range(12)}
-    assert audit["lm_head"] == "float"
+    assert audit.blocks == 12 and audit.block_linears == 48
+    assert audit.block_linears_int8 == 48
+    assert audit.per_block_int8 == {str(i): 4 for i in range(12)}
+    assert audit.lm_head == "float"
     # 12 blocks x (768x2304 + 768x768 + 768x3072 + 3072x768) int8 weights
-    assert audit["int8_weight_bytes"] == 12 * 768 * (2304 + 768 + 3072 + 3072)
+    assert audit.int8_weight_bytes == 12 * 768 * (2304 + 768 + 3072 + 3072)
     require_full_coverage(audit)
     with_head = audit_quantization(quantize_dynamic_int8(
         copy.deepcopy(gpt2_shape), TorchDynamicInt8Config(include_lm_head=True)))
-    assert with_head["lm_head"] == "int8" and with_head["block_linears_int8"] == 48
+    assert with_head.lm_head == "int8" and with_head.block_linears_int8 == 48
 
 
 def test_naive_quantize_dynamic_is_caught(gpt2_shape):
@@ -73,8 +73,8 @@ def test_naive_quantize_dynamic_is_caught(gpt2_shape):
         naive = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(gpt2_shape), {nn.Linear}, dtype=torch.qint8)
     audit = audit_quantization(naive)
-    assert audit["block_linears_int8"] == 0 and audit["block_linears"] == 48
-    assert audit["lm_head"] == "int8"
+    assert audit.block_linears_int8 == 0 and audit.block_linears == 48
+    assert audit.lm_head == "int8"
     with pytest.raises(CompressionError, match="quantized nothing inside the transformer blocks"):
         require_full_coverage(audit)
 
@@ -89,8 +89,9 @@ def test_int8_artifact_round_trip(tmp_path, reference):
     out = tmp_path / "ref-int8"
     manifest = run_step("torch_dynamic_int8", {}, "reference", out)
     on_disk = json.loads((out / MANIFEST).read_text())
-    assert on_disk["quantization"]["block_linears_int8"] == 16 == manifest["quantization"][
-        "block_linears"]
+    assert on_disk["quantization"]["block_linears_int8"] == 16 == manifest.report[
+        "quantization"]["block_linears"]
+    assert manifest.to_dict() == on_disk  # the typed manifest is exactly what was written
     assert on_disk["parent"]["weights_sha256"] == reference.info.weights_sha256
     assert on_disk["recipe"] == ["torch_dynamic_int8"] and on_disk["random_weights"] is False
     assert on_disk["bytes_on_disk"] == sum(f["bytes"] for f in on_disk["files"].values())
@@ -99,10 +100,11 @@ def test_int8_artifact_round_trip(tmp_path, reference):
 
     loaded = load_artifact(str(out))
     assert loaded.info.kind == "artifact" and loaded.info.recipe == ["torch_dynamic_int8"]
-    assert audit_quantization(loaded.model)["block_linears_int8"] == 16
+    assert audit_quantization(loaded.model).block_linears_int8 == 16
+    assert loaded.manifest == manifest and loaded.info.manifest == on_disk
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=40)]
-    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts)["perplexity"]
-    int8 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"]
+    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts).perplexity
+    int8 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts).perplexity
     assert int8 != fp32 and abs(int8 / fp32 - 1) < 0.03
 
     with pytest.raises(UsageError, match="already exists"):
@@ -135,15 +137,15 @@ def test_bad_step_parameters_fail_before_work(tmp_path):
 def test_torch_bf16_cast_halves_bytes_and_keeps_quality(tmp_path, reference):
     out = tmp_path / "bf16"
     m = run_step("torch_cast", {"dtype": "bfloat16"}, "reference", out)
-    assert m["load_dtype"] == "bfloat16" and m["parity"]["top1_agreement"] >= 0.95
-    weights = m["files"]["model.safetensors"]["bytes"]
+    assert m.load_dtype == "bfloat16" and m.report["parity"]["top1_agreement"] >= 0.95
+    weights = m.files["model.safetensors"].bytes
     assert weights < 0.55 * reference.info.bytes_on_disk
     loaded = load_artifact(str(out))  # loads as stored
     assert loaded.info.dtype == "bfloat16"
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
     texts = [r["text"] for r in load_evalset("lm_stdlib", limit=10)]
-    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts)["perplexity"]
-    bf16 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts)["perplexity"]
+    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts).perplexity
+    bf16 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts).perplexity
     assert abs(bf16 / fp32 - 1) < 0.01
     with pytest.raises(UsageError, match="dtype must be one of"):
         run_step("torch_cast", {"dtype": "int4"}, "reference", tmp_path / "bad")

@@ -207,7 +207,7 @@ def test_suite_the_cluster_cannot_run_is_refused(tmp_path, monkeypatch):
     from slimbench.bench.orchestrate.ray_executor import RayExecutor
     from slimbench.errors import UsageError
 
-    nodes = ({"id": "n1", "ip": "10.0.0.1", "resources": {"CPU": 4.0}},)
+    nodes = (ray_cluster.Node(id="n1", ip="10.0.0.1", resources={"CPU": 4.0}),)
     monkeypatch.setattr(ray_cluster, "connect", lambda *a: False)
     monkeypatch.setattr(ray_cluster, "cluster", lambda ray: ray_cluster.Cluster(nodes, None))
     run = tmp_path / "run"
@@ -316,10 +316,10 @@ def test_lost_worker_retried_once_then_failed(cluster, store, tmp_path):
     suite = load_suite(_suite(tmp_path, QUALITY, ("[cpu, cuda]", "[cpu]")))
     results = run_suite(suite, tmp_path / "run", cache=store, say=lambda _: None,
                         executor=RayExecutor(worker_hook=_hook(marks)), show_progress=False)
-    status = {r["cell"]["id"]: r for r in results}
-    assert [status[c]["status"] for c in ("base--cpu", "int8--cpu", "mag--cpu")] == \
+    status = {r.cell.id: r for r in results}
+    assert [status[c].status for c in ("base--cpu", "int8--cpu", "mag--cpu")] == \
         ["failed", "ok", "ok"]
-    reason = status["base--cpu"]["reason"]
+    reason = status["base--cpu"].reason
     assert reason.startswith("lost its Ray worker twice (Ray retried the cell once)")
     assert "WorkerCrashedError" in reason
     assert len(_pids(marks, "base--cpu")) == 2  # the first attempt and one retry, no more
@@ -332,15 +332,17 @@ def test_lost_worker_retried_once_then_failed(cluster, store, tmp_path):
 def test_latency_cells_never_overlap_on_a_node(cluster, store, tmp_path):
     from slimbench.bench.orchestrate.ray_executor import RayExecutor
     from slimbench.fingerprint import fingerprint
+    from slimbench.schema import Environment
 
     suite = load_suite(_suite(tmp_path, LATENCY))
     results = run_suite(suite, tmp_path / "run", cache=store, say=lambda _: None,
                         executor=RayExecutor(), show_progress=False)
-    assert [r["status"] for r in results] == ["ok"] * 3
+    assert [r.status for r in results] == ["ok"] * 3
     by_node: dict[str, list] = {}
     for r in results:
-        assert r["latency"]["scenarios"] and fingerprint(r["environment"]) is not None
-        by_node.setdefault(r["environment"]["executor"]["node_id"], []).append(_span(r))
+        assert r.latency.scenarios and fingerprint(r.environment) is not None
+        executor = Environment.from_dict(r.environment).executor
+        by_node.setdefault(executor.node_id, []).append(_span(r.to_dict()))
     for spans in by_node.values():
         spans.sort()
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
@@ -378,7 +380,7 @@ def test_resume_after_killed_driver(cluster, store, tmp_path):
     results = run_suite(load_suite(suite_path), run, resume=True, cache=store,
                         say=lambda _: None, show_progress=False,
                         executor=RayExecutor(worker_hook=_hook(marks)))
-    assert [r["status"] for r in results] == ["ok"] * 3
+    assert [r.status for r in results] == ["ok"] * 3
     assert (run / "cells" / "base--cpu.json").read_bytes() == first  # finished: not redone
     assert len(_pids(marks, "base--cpu")) == 1 and len(_pids(marks, "mag--cpu")) == 1
     assert len(_pids(marks, "int8--cpu")) == 2  # cut short with its driver, then measured

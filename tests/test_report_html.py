@@ -99,7 +99,7 @@ def _headless(exe, tmp_path, *args):
 def test_report_renders_in_headless_chromium(tmp_path):
     exe = _chromium()
     run = _run_dir(tmp_path)
-    html = write_report(run, "baseline")["html"]
+    html = write_report(run, "baseline").html
     url = html.resolve().as_uri()
     dom = _headless(exe, tmp_path, "--dump-dom", url)
     # the browser parsed the page into the summary table, one row per ok cell

@@ -14,8 +14,8 @@ from slimbench.bench.orchestrate.runner import finished_result
 from slimbench.errors import UsageError
 from slimbench.reports.consistency import read_records
 from slimbench.reports.output import write_tables
-from slimbench.schema import CellInfo
 from slimbench.reports.table import load_rows
+from slimbench.schema import CellInfo
 from slimbench.tasks.paired import check_records
 
 
@@ -204,7 +204,7 @@ def test_a_stray_cell_file_is_reported_and_ignored(make_run, tmp_path, capsys, c
     with caplog.at_level(logging.WARNING):
         again = load_rows(run)
         summary = write_tables(run)
-    assert again == rows and summary["cells"] == 1
+    assert again == rows and summary.cells == 1
     assert "ignoring 1 file(s) in cells/ that are not cells of its suite: ghost--cpu.json" \
         in caplog.text
     rc, out, _ = _cli(capsys, "validate", str(run))

@@ -70,7 +70,7 @@ def test_runtime_has_every_member(runtimes, backend):
 def test_placement_by_backend(runtimes):
     assert runtimes["torch"].placement() is None
     placed = runtimes["onnxruntime"].placement()
-    assert placed["primary"] == "CPUExecutionProvider" and placed["fallback_nodes"] == 0
+    assert placed.primary == "CPUExecutionProvider" and placed.fallback_nodes == 0
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

@@ -38,7 +38,7 @@ def test_cell_and_paired_worker_time_the_same_units(counted, tiny_dir):
     rt = make_runtime(art, threads=1)
     cfg = LatencyConfig(prefill=(8,), decode_contexts=(8,), new_tokens=NEW, generate_prompt=8,
                         repeats=2, min_seconds=0.0)
-    cell = measure_latency(rt, art, cfg, "cpu")["latency"].scenarios
+    cell = measure_latency(rt, art, cfg, "cpu").latency.scenarios
     assert [s.scenario for s in cell] == ["prefill", "decode", "generate"]
     assert all(counted[s] > 0 for s in SCENARIOS)
     for s in cell:
@@ -55,7 +55,7 @@ def test_cell_and_paired_worker_time_the_same_units(counted, tiny_dir):
         bench = _Bench(str(tiny_dir), {
             "scenario": name, "length": 8, "new_tokens": NEW, "device": "cpu", "dtype": None,
             "threads": 1, "allow_pickle": False, "trust_remote_code": False}, 0.0)
-        values = bench.trial({"units": 2})
+        values = bench.trial(paired.TrialPlan(units=2))
         assert counted[name] == before + 2
         assert set(values) == {m.name for m in SCENARIOS.get(name).metrics}
         assert values["units_seen"] == 1.0
@@ -63,7 +63,7 @@ def test_cell_and_paired_worker_time_the_same_units(counted, tiny_dir):
                   for i in range(10)]
         config = paired.PairedConfig(scenario=name, new_tokens=NEW)
         res = paired.summarize_trials("a", "a", config, trials, 1.0, {})
-        assert "units_seen" in res.ratios and res.ratios["units_seen"]["ratio"] == 1.0
+        assert "units_seen" in res.ratios and res.ratios["units_seen"].ratio == 1.0
 
 
 def test_decode_trials_in_steps_use_the_decode_steps_of_the_scenario(monkeypatch, tiny_dir):
@@ -80,7 +80,7 @@ def test_decode_trials_in_steps_use_the_decode_steps_of_the_scenario(monkeypatch
         "scenario": "decode", "length": 8, "new_tokens": 4, "device": "cpu", "dtype": None,
         "threads": 1, "allow_pickle": False, "trust_remote_code": False}, 0.0)
     for _ in range(3):
-        assert set(bench.trial({"steps": 2})) == {"decode_ms_per_token"}
+        assert set(bench.trial(paired.TrialPlan(steps=2))) == {"decode_ms_per_token"}
     assert seen == [2, 2, 2]
 
 
@@ -109,10 +109,16 @@ def test_remeasure_judges_a_rate_row_on_its_own_metric():
     from slimbench.bench.orchestrate.remeasure import _decide, _scenario
 
     assert _scenario("tokens_per_s@64", {"new_tokens": 8})[:2] == ("tokens_per_s", "generate")
+    from slimbench.bench.measure.paired import MetricRatio
+
     result = SimpleNamespace(pairs=12, seconds=3.0, scenario="generate", ratios={
-        "tokens_per_s": {"ratio": 0.8, "ci95": [0.75, 0.85], "higher_is_better": True}})
+        "tokens_per_s": MetricRatio(ratio=0.8, ci95=(0.75, 0.85), baseline=100.0,
+                                    candidate=80.0, unit="tok/s", higher_is_better=True)})
     policy = SimpleNamespace(allowance=lambda kind, metric: ("relative", 0.05))
-    out = _decide({"metric": "tokens_per_s@64", "why": ""}, result, "tokens_per_s", policy)
-    assert out["status"] == "fail" and out["paired_latency"]["ratio"] == pytest.approx(1.25)
-    lo, hi = out["paired_latency"]["ci95"]
+    from slimbench.schema import Check
+
+    check = Check(variant="v", device="cpu", metric="tokens_per_s@64", status="pass", why="")
+    out = _decide(check, result, "tokens_per_s", policy)
+    assert out.status == "fail" and out.paired_latency.ratio == pytest.approx(1.25)
+    lo, hi = out.paired_latency.ci95
     assert (lo, hi) == (pytest.approx(1 / 0.85), pytest.approx(1 / 0.75))

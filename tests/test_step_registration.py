@@ -59,15 +59,17 @@ def test_toy_step_runs_inside_a_recipe(tiny_dir, tmp_path):
     recipe = Recipe([("toy_copy", {"note": "first"}), ("prune_unstructured", {"sparsity": 0.5})])
     manifests = run_recipe(recipe, str(tiny_dir), out, say=lambda _: None)
     toy, pruned = manifests
-    assert toy["step"] == "toy_copy" and toy["config"] == {"note": "first"}
-    assert toy["recipe"] == ["toy_copy"] and toy["toy_note"] == "first"
-    assert pruned["recipe"] == ["toy_copy", "prune_unstructured"]
+    assert toy.step == "toy_copy" and toy.config == {"note": "first"}
+    # a plugin step's own mapping of fields is kept as it returned it
+    assert toy.recipe == ["toy_copy"] and toy.report["toy_note"] == "first"
+    assert pruned.recipe == ["toy_copy", "prune_unstructured"]
     # the chain is linked: the pruned artifact names the toy artifact as its parent
-    assert pruned["parent"]["spec"] == str(out / "01-toy_copy")
+    assert pruned.parent.spec == str(out / "01-toy_copy")
     on_disk = json.loads((out / "01-toy_copy" / MANIFEST).read_text())
     assert on_disk["step"] == "toy_copy" and on_disk["toy_note"] == "first"
+    assert toy.to_dict() == on_disk
     assert load_artifact(str(out / "01-toy_copy")).info.recipe == ["toy_copy"]
-    assert pruned["sparsity"]["realized"] == pytest.approx(0.5, abs=1e-3)
+    assert pruned.report["sparsity"]["realized"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_toy_step_runs_from_the_command_line(tiny_dir, tmp_path, capsys):

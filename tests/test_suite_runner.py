@@ -73,7 +73,7 @@ def test_run_isolates_cells_resumes_and_reports(tmp_path):
     run = tmp_path / "runs" / "a"
     results = run_suite(suite, run, say=lambda _: None, cell_target=TARGET,
                         show_progress=False)
-    status = {r["cell"]["id"]: r["status"] for r in results}
+    status = {r.cell.id: r.status for r in results}
     assert status["base--cpu"] == status["onnx--cpu"] == "ok"
     assert status["victim--cpu"] == "failed"  # killed, and the others are all there
     victim = json.loads((run / "cells" / "victim--cpu.json").read_text())
@@ -93,7 +93,7 @@ def test_run_isolates_cells_resumes_and_reports(tmp_path):
     again = run_suite(suite, run, resume=True, say=lambda _: None, cell_target=TARGET,
                       show_progress=False)
     assert (run / "cells" / "base--cpu.json").read_bytes() == before  # finished: skipped
-    assert [r["status"] for r in again] == [r["status"] for r in results]
+    assert [r.status for r in again] == [r.status for r in results]
     with pytest.raises(UsageError, match="already exists"):
         run_suite(suite, run, cell_target=TARGET)
     with pytest.raises(UsageError, match="started with a different suite"):
@@ -101,7 +101,7 @@ def test_run_isolates_cells_resumes_and_reports(tmp_path):
 
     assert main(["report", str(run)]) == 0
     rows = load_rows(run)
-    assert {r["variant"] for r in rows} == {"base", "onnx"}
+    assert {r.variant for r in rows} == {"base", "onnx"}
     assert (run / "results.csv").read_text().startswith("cell,variant,backend,device,kind")
     html = (run / "report.html").read_text()
     assert '<table id="summary">' in html and "<svg" in html

@@ -60,13 +60,14 @@ def test_local_jsonl_task_runs(tmp_path, tiny_dir):
     loaded = load_artifact(str(tiny_dir))
     res = run_task(TorchRuntime(loaded), loaded.tokenizer, str(tmp_path / "task.yaml"),
                    resamples=50)
-    assert res["task"] == "tiny_qa" and res["n"] == 3 and res["version"] == "2"
-    assert [e["reference"] for e in res["examples"]] == ["Paris", "four", "the blue sky"]
+    score = res.score
+    assert score.task == "tiny_qa" and score.n == 3 and score.version == "2"
+    assert [e.reference for e in res.examples] == ["Paris", "four", "the blue sky"]
     # the headline and each example's score follow from the predictions, whatever they are
-    per = [e["scores"]["squad_f1"] for e in res["examples"]]
-    assert res["value"] == pytest.approx(sum(per) / 3)
-    assert set(res["metrics"]) == {"squad_f1", "exact_match"}
-    assert res["metrics"]["exact_match"]["resamples"] == 50
+    per = [e.scores["squad_f1"] for e in res.examples]
+    assert score.value == pytest.approx(sum(per) / 3)
+    assert set(score.metrics) == {"squad_f1", "exact_match"}
+    assert score.metrics["exact_match"].resamples == 50
     # the task's own limit applies unless a limit is given
     limited = parse_task({**_raw(QA_TASK), "limit": 2}, "x", tmp_path)
     assert len(load_examples(limited)) == 2 and len(load_examples(limited, 1)) == 1

@@ -16,9 +16,9 @@ def test_percentile_matches_numpy_linear():
 
 def test_summarize_exact():
     r = sample_stats([0.001, 0.002, 0.003, 0.004])  # seconds -> ms
-    assert r["n"] == 4 and r["median"] == pytest.approx(2.5) and r["mean"] == pytest.approx(2.5)
-    assert r["stdev"] == pytest.approx(1.2909944487358056)
-    assert r["cv"] == pytest.approx(1.2909944487358056 / 2.5)
+    assert r.n == 4 and r.median == pytest.approx(2.5) and r.mean == pytest.approx(2.5)
+    assert r.stdev == pytest.approx(1.2909944487358056)
+    assert r.cv == pytest.approx(1.2909944487358056 / 2.5)
 
 
 def test_time_callable_honours_min_count_and_warmup():
@@ -31,15 +31,15 @@ def test_summarize_interval_and_warning():
     import numpy as np
 
     steady = sample_stats([0.010] * 20)
-    assert steady["median_ci95"] == [10.0, 10.0] and "warning" not in steady
+    assert steady.median_ci95 == (10.0, 10.0) and steady.warning is None
     rng = np.random.default_rng(1)
     noisy = list(0.01 + 0.004 * rng.standard_normal(50))
     r = sample_stats(noisy)
-    lo, hi = r["median_ci95"]
-    assert lo < r["median"] < hi and hi - lo < 3.0
+    lo, hi = r.median_ci95
+    assert lo < r.median < hi and hi - lo < 3.0
     assert r == sample_stats(noisy)  # seeded: the same samples give the same interval
-    assert "high variation" in r["warning"] and r["cv"] > 0.1
-    assert sample_stats([0.001, 0.002, 0.003])["p90"] == pytest.approx(2.8)
+    assert "high variation" in r.warning and r.cv > 0.1
+    assert sample_stats([0.001, 0.002, 0.003]).p90 == pytest.approx(2.8)
 
 
 def test_rounds_repeat_until_both_count_and_time():

@@ -1,9 +1,10 @@
 """One latency cell: an artifact on a backend and device, its scenarios, memory and environment,
 as the results schema's ``CellResult`` (``slimbench/schema/documents.py``).
 
-``latency_cell`` returns plain values so that
-``run_isolated("slimbench.bench.measure.cell:latency_cell", ...)`` can run it in its own process;
-called directly it works the same (tests, notebooks).
+``latency_cell`` and ``suite_cell`` return typed records (``CellResult``, ``CellOutput``),
+which ``run_isolated("slimbench.bench.measure.cell:latency_cell", ...)`` carries back from the
+cell's own process through its pipe (pickled); called directly they work the same (tests,
+notebooks).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from pathlib import Path
 
 from slimbench.errors import UsageError
-from slimbench.schema import Artifact, CellInfo, CellResult, Latency, Memory, QualityScore
+from slimbench.schema import CellInfo, CellResult, Environment, Latency, Memory
 from slimbench.tasks.protocol import CausalLM
 
 LISTS = ("prefill", "decode_contexts", "batches", "generate_batches")  # lists of positive ints
@@ -128,12 +129,9 @@ def require_tokenizer(loaded) -> None:
 
 
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
-                 config: dict | None = None, dtype: str | None = None) -> dict:
-    """Load ``model`` and measure the configured scenarios.
-
-    Returns:
-        The ``CellResult`` as plain values (``to_dict()``): what crosses a process boundary.
-    """
+                 config: dict | None = None, dtype: str | None = None) -> CellResult:
+    """Load ``model`` and measure the configured scenarios: an ok ``CellResult`` named after
+    the model."""
     from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
@@ -143,7 +141,7 @@ def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
     loaded = load_artifact(model, LoadOptions(device=device, dtype=dtype))
     rt = make_runtime(loaded, threads=n_threads)
     result = _cell_result(rt, loaded, device, n_threads)
-    return dataclasses.replace(result, **measure_latency(rt, loaded, cfg, device)).to_dict()
+    return measure_latency(rt, loaded, cfg, device).into(result)
 
 
 def _cell_result(rt: CausalLM, loaded, device: str, threads: int) -> CellResult:
@@ -153,16 +151,34 @@ def _cell_result(rt: CausalLM, loaded, device: str, threads: int) -> CellResult:
                     model=info.spec, recipe=list(info.recipe), device=device,
                     backend=rt.backend, artifact=info.spec)
     return CellResult(cell=cell, status="ok", threads=threads,
-                      artifact=Artifact.from_info(info.to_dict()))
+                      artifact=info)
 
 
-def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> dict:
-    """Scenarios, memory, environment (with bandwidth) and warnings for one runtime.
+@dataclasses.dataclass(frozen=True)
+class CellMeasurements:
+    """What ``measure_latency`` measured on one runtime: those fields of a ``CellResult``.
 
-    Returns:
-        ``latency``, ``memory``, ``environment`` and ``warnings``: those fields of a
-        ``CellResult``.
+    Attributes:
+        latency: the scenarios, their configuration and (ORT) the graph's placement.
+        memory: the memory and size figures.
+        environment: the environment, with the measured memory bandwidth.
+        warnings: what makes a figure doubtful (high variation, fallback nodes).
     """
+
+    latency: Latency
+    memory: Memory
+    environment: Environment
+    warnings: list[str]
+
+    def into(self, result: CellResult) -> CellResult:
+        """``result`` with these fields (the environment as the plain record a cell holds)."""
+        return dataclasses.replace(result, latency=self.latency, memory=self.memory,
+                                   environment=self.environment.to_dict(),
+                                   warnings=list(self.warnings))
+
+
+def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> CellMeasurements:
+    """Scenarios, memory, environment (with bandwidth) and warnings for one runtime."""
     from slimbench.bench.measure import environment, memory, scenarios
 
     cfg.check_positions(loaded.info.spec, rt.max_length)  # before minutes of other scenarios
@@ -184,7 +200,7 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> di
     weights = loaded.info.bytes_on_disk
     if weights and device == "cpu":
         # a decode step streams every weight once: bytes / bandwidth is its floor
-        floor_ms = weights / env["memory_bandwidth_bytes_per_s"] * 1e3
+        floor_ms = weights / env.memory_bandwidth_bytes_per_s * 1e3
         for s in results:
             if s.scenario == "decode":
                 s.derived["bandwidth_floor_ms"] = floor_ms
@@ -193,25 +209,37 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> di
     warnings = [f"{s.scenario}@{s.tag} {m.name}: {w}" for s in results for m in s.measurements
                 for w in m.warnings]
     placement = rt.placement()
-    if placement and placement["fallback_nodes"]:
-        warnings.append(f"{placement['fallback_nodes']} ONNX nodes ran on a fallback "
-                        f"provider: {placement['fallback_ops']}")
-    return {"latency": Latency(dataclasses.asdict(cfg), results, placement),
-            "memory": Memory(**memory.snapshot(loaded.info, device)), "environment": env,
-            "warnings": warnings}
+    if placement and placement.fallback_nodes:
+        warnings.append(f"{placement.fallback_nodes} ONNX nodes ran on a fallback "
+                        f"provider: {placement.fallback_ops}")
+    return CellMeasurements(latency=Latency(dataclasses.asdict(cfg), results, placement),
+                            memory=memory.snapshot(loaded.info, device), environment=env,
+                            warnings=warnings)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellOutput:
+    """What a suite cell's process hands back to the runner.
+
+    Attributes:
+        result: the cell's result (the runner names the cell and checks it).
+        examples: the tasks' per-example outputs, each with its ``task``, which the runner
+            writes beside the cell's file.
+    """
+
+    result: CellResult
+    examples: list[dict]
+
+    def to_dict(self) -> dict:
+        """``{"result": the CellResult's plain values, "examples": [...]}``."""
+        return {"result": self.result.to_dict(), "examples": self.examples}
 
 
 def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
                tasks: list[str | dict], task_limit: int | None, quality: bool,
-               perplexity_limit: int | None = None) -> dict:
+               perplexity_limit: int | None = None) -> CellOutput:
     """One suite cell: latency and (unless ``quality`` is off) every task, on one runtime, so
-    the quality comes from the very artifact that was timed.
-
-    Returns:
-        ``result``: the ``CellResult`` as plain values (the runner names the cell);
-        ``examples``: the tasks' per-example outputs, each with its ``task``, which the runner
-        writes beside the cell's file.
-    """
+    the quality comes from the very artifact that was timed."""
     from slimbench.bench.measure import environment
     from slimbench.bench.runtimes import make_runtime
     from slimbench.compress.loader import LoadOptions, load_artifact
@@ -225,7 +253,7 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
         require_tokenizer(loaded)  # before minutes of latency that the failure would discard
     rt = make_runtime(loaded, threads=n_threads)
     result = _cell_result(rt, loaded, device, n_threads)
-    result = dataclasses.replace(result, **measure_latency(rt, loaded, cfg, device))
+    result = measure_latency(rt, loaded, cfg, device).into(result)
     examples = []
     if quality:
         for task in tasks:
@@ -234,6 +262,6 @@ def suite_cell(artifact: str, device: str, threads: int | None, latency: dict,
             if spec.kind == "lm_eval" and spec.limit is not None:
                 limit = spec.limit  # the entry's own limit wins over the suite's
             for res in run_entry(rt, loaded.tokenizer, spec, limit):  # lm_eval: one per task
-                examples += [{"task": res["task"]} | e for e in res.pop("examples")]
-                result.quality[res["task"]] = QualityScore.from_task(res)
-    return {"result": result.to_dict(), "examples": examples}
+                examples += res.records()
+                result.quality[res.score.task] = res.score
+    return CellOutput(result, examples)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from slimbench.errors import UsageError
+from slimbench.schema.environment import Cpu, Environment, Git, Gpu
 from slimbench.versions import package_versions
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "onnxruntime",
@@ -34,7 +35,7 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
-def cpu_info() -> dict:
+def cpu_info() -> Cpu:
     """CPU model and the instruction-set flags that change int8/bf16 kernel speed."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
@@ -46,8 +47,8 @@ def cpu_info() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
-    return {"model": model, "cores": os.cpu_count(),
-            "flags": {f: f in flags for f in CPU_FLAGS} if flags else None}
+    return Cpu(model=model, cores=os.cpu_count(),
+               flags={f: f in flags for f in CPU_FLAGS} if flags else None)
 
 
 def ram_bytes() -> int | None:
@@ -60,7 +61,7 @@ def ram_bytes() -> int | None:
     return None
 
 
-def git_state() -> dict:
+def git_state() -> Git:
     """Commit and dirty flag of the slimbench checkout in use (None for an installed wheel)."""
     root = Path(__file__).resolve().parents[2]  # the checkout: bench/measure/ is two below
     try:
@@ -69,9 +70,9 @@ def git_state() -> dict:
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
                                 "--untracked-files=no"], check=True, capture_output=True,
                                text=True, timeout=10).stdout.strip() != ""
-        return {"commit": commit, "dirty": dirty}
+        return Git(commit=commit, dirty=dirty)
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return Git()
 
 
 def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -92,36 +93,34 @@ def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
-def gpu_info() -> dict | None:
+def gpu_info() -> Gpu | None:
+    """The first CUDA GPU (None without one); its driver where NVML is importable."""
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
-    info = {"name": props.name, "memory_bytes": props.total_memory,
-            "capability": f"{props.major}.{props.minor}", "cuda_runtime": torch.version.cuda,
-            "count": torch.cuda.device_count(), "driver": None}
+    driver = None
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        driver = pynvml.nvmlSystemGetDriverVersion()
     except Exception:  # NVML absent: the driver stays unknown rather than guessed
         pass
-    return info
+    return Gpu(name=props.name, memory_bytes=props.total_memory,
+               capability=f"{props.major}.{props.minor}", cuda_runtime=torch.version.cuda,
+               count=torch.cuda.device_count(), driver=driver)
 
 
-def capture(bandwidth: bool = False, seeds: dict | None = None) -> dict:
-    versions = package_versions(PACKAGES)
-    env = {
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "cpu": cpu_info(), "ram_bytes": ram_bytes(),
-        "torch_threads": torch.get_num_threads(), "packages": versions,
-        "cuda_available": torch.cuda.is_available(), "gpu": gpu_info(),
-        "git": git_state(), "seeds": seeds or {},
+def capture(bandwidth: bool = False, seeds: dict[str, int] | None = None) -> Environment:
+    """This process's environment now (threads as set); ``bandwidth`` adds a measured
+    memory bandwidth (under a second); ``seeds``: the seeds the figures use."""
+    return Environment(
+        python=sys.version.split()[0], platform=platform.platform(),
+        processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+        cpu=cpu_info(), ram_bytes=ram_bytes(), torch_threads=torch.get_num_threads(),
+        packages=package_versions(PACKAGES), cuda_available=torch.cuda.is_available(),
+        gpu=gpu_info(), git=git_state(), seeds=dict(seeds or {}),
         # other work on the machine: with 2 busy threads per core, torch's OpenMP spin-waits
         # can make a CPU figure many times slower, so a loaded machine must show in the result
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    if bandwidth:
-        env["memory_bandwidth_bytes_per_s"] = memory_bandwidth()
-    return env
+        load_average_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        memory_bandwidth_bytes_per_s=memory_bandwidth() if bandwidth else None)

@@ -16,11 +16,32 @@ the first such cell and keeps the environment variables of that moment for all l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import multiprocessing as mp
 import signal
 import time
 import traceback
+from typing import Any, Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class IsolatedRun:
+    """What a call in its own process came to.
+
+    Attributes:
+        status: ok (the call returned) or failed (it raised, crashed, was killed or timed out).
+        seconds: wall time of the process, start to end.
+        result: what the call returned (ok only): any picklable value.
+        reason: why it failed, in one line (failed only).
+        traceback: the end of the call's traceback, when it raised.
+    """
+
+    status: Literal["ok", "failed"]
+    seconds: float
+    result: Any = None
+    reason: str | None = None
+    traceback: str | None = None
 
 
 def watch_parent(lifeline) -> None:
@@ -94,14 +115,14 @@ def _wait(proc, conn, deadline: float):
 
 
 def run_isolated(target: str, kwargs: dict | None = None, timeout: float = 600.0,
-                 preload: tuple[str, ...] = ()) -> dict:
+                 preload: tuple[str, ...] = ()) -> IsolatedRun:
     """Call ``target`` (``"package.module:function"``) with ``kwargs`` in a fresh process:
     spawned, or forked from a fork server that has imported ``preload``.
 
     Returns:
-        ``{"status": "ok", "result": ..., "seconds": ...}`` or
-        ``{"status": "failed", "reason": ..., "seconds": ...}``; never raises for the child's
-        failure. The result must be picklable (a dict of plain values).
+        An ok ``IsolatedRun`` with the call's result, or a failed one with the reason;
+        never raises for the child's failure. The result must be picklable (it comes back
+        through a pipe).
     """
     ctx = _context(tuple(preload))
     parent_conn, child_conn = ctx.Pipe(duplex=False)
@@ -124,10 +145,9 @@ def run_isolated(target: str, kwargs: dict | None = None, timeout: float = 600.0
         life_w.close()
     seconds = time.perf_counter() - t0
     if message is not None and message[0] == "ok":
-        return {"status": "ok", "result": message[1], "seconds": seconds}
+        return IsolatedRun("ok", seconds, result=message[1])
     if message is not None:
-        return {"status": "failed", "reason": message[1], "traceback": message[2],
-                "seconds": seconds}
+        return IsolatedRun("failed", seconds, reason=message[1], traceback=message[2])
     if timed_out:
         reason = f"timeout: still running after {timeout:g} s (killed)"
     elif proc.exitcode is not None and proc.exitcode < 0:
@@ -136,4 +156,4 @@ def run_isolated(target: str, kwargs: dict | None = None, timeout: float = 600.0
         reason = f"killed by {name}{hint}"
     else:
         reason = f"exited with status {proc.exitcode} before returning a result"
-    return {"status": "failed", "reason": reason, "seconds": seconds}
+    return IsolatedRun("failed", seconds, reason=reason)

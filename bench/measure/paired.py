@@ -18,14 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import random
 import statistics
 import time
 
+from slimbench.bench.measure.paired_result import (  # noqa: F401 - part of this API
+    PairedResult,
+    format_result,
+)
 from slimbench.bench.measure.paired_stats import (  # noqa: F401 - part of this API
     MIN_PAIRS,
+    ByOrder,
+    Calibration,
+    Host,
+    MetricRatio,
+    OrderRatio,
+    PairedConfig,
+    TrialPlan,
     half_width,
     median_ci,
     pair_orders,
@@ -58,72 +68,6 @@ GAP_SECONDS = 0.015
 ALTERNATE = True
 
 
-@dataclasses.dataclass(frozen=True)
-class PairedConfig:
-    """How to compare.
-
-    Args:
-        scenario: prefill, decode or generate.
-        length: prefill: prompt tokens; decode: context tokens; generate: prompt tokens.
-        new_tokens: decode: timed single-token steps per unit; generate: tokens generated.
-        device: cpu, cuda or cuda:N.
-        dtype: float32, float16 or bfloat16 (None: as stored).
-        threads: torch / ORT intra-op threads of each worker (None: all cores).
-        min_seconds: measure pairs at least this long (wall time).
-        max_seconds: and at most this long (at least ``MIN_PAIRS`` pairs always).
-        precision: after ``min_seconds``, stop once the 95% interval of the ratio is within
-            ``±precision`` of it (relative).
-        min_effect: the smallest relative change called faster or slower.
-        trial_seconds: target length of one trial (its unit count is calibrated in warm-up).
-        seed: seed of the random order of each pair.
-    """
-
-    scenario: str = "decode"
-    length: int = 128
-    new_tokens: int = 32
-    device: str = "cpu"
-    dtype: str | None = None
-    threads: int | None = None
-    min_seconds: float = 10.0
-    max_seconds: float = 60.0
-    precision: float = 0.02
-    min_effect: float = 0.05
-    trial_seconds: float = 0.2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        LATENCY.get(self.scenario)  # unknown: "did you mean ...?"
-        for name in ("length", "new_tokens", "seed") + (("threads",) if self.threads else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise UsageError(f"{name} must be an integer, got {value!r}")
-        for name in ("min_seconds", "max_seconds", "precision", "min_effect", "trial_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                    value):
-                raise UsageError(f"{name} must be a finite number, got {value!r}")
-        if self.length < 1:
-            raise UsageError(f"length must be >= 1, got {self.length}")
-        least = 2 if self.scenario == "generate" else 1  # ttft and tpot need two tokens
-        if self.new_tokens < least:
-            raise UsageError(f"new_tokens must be >= {least} for {self.scenario}, got "
-                             f"{self.new_tokens}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"threads must be >= 1, got {self.threads}")
-        if self.min_seconds < 0 or self.max_seconds <= 0 or self.min_seconds > self.max_seconds:
-            raise UsageError(f"need 0 <= min_seconds <= max_seconds and max_seconds > 0, got "
-                             f"{self.min_seconds:g} and {self.max_seconds:g}")
-        if not 0 < self.precision < 1:
-            raise UsageError(f"precision must be in (0, 1), got {self.precision:g}")
-        if not 0 <= self.min_effect < 1:
-            raise UsageError(f"min_effect must be in [0, 1), got {self.min_effect:g}")
-        if not 0.001 <= self.trial_seconds <= 10:
-            raise UsageError(f"trial_seconds must be in [0.001, 10], got {self.trial_seconds:g}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 # ---- the verdict ---------------------------------------------------------------------------
 
 def classify(ratio: float, ci95: tuple[float, float], min_effect: float) -> tuple[str, str]:
@@ -146,62 +90,7 @@ def classify(ratio: float, ci95: tuple[float, float], min_effect: float) -> tupl
     return "no change", (f"{text}: within [{down:.3f}, {up:.3f}], smaller than the {effect}")
 
 
-# ---- the result ---------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class PairedResult:
-    """One paired comparison; ``to_dict()`` gives plain JSON values."""
-
-    baseline: str
-    candidate: str
-    scenario: str
-    metric: str
-    config: dict
-    pairs: int
-    seconds: float
-    ratios: dict
-    verdict: str
-    why: str
-    min_effect: float
-    fingerprints: dict
-    warnings: list
-    trials: list  # [[baseline_value, candidate_value, baseline_first], ...] of `metric`
-    unit: str = "ms"
-    models: dict = dataclasses.field(default_factory=dict)  # per side: backend, params, ...
-    calibration: dict = dataclasses.field(default_factory=dict)  # per side: units per trial
-    setup_seconds: float = 0.0  # loading and warm-up, before the pairs
-    by_order: dict = dataclasses.field(default_factory=dict)  # median ratio by who ran first
-    # other work on the machine: the 1-minute load average before the workers started, and
-    # the cores' worth of CPU that processes other than this comparison's used during it
-    host: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float:
-        return self.ratios[self.metric]["ratio"]
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        lo, hi = self.ratios[self.metric]["ci95"]
-        return lo, hi
-
-    @property
-    def speedup(self) -> float:
-        return 1 / self.ratio
-
-    @property
-    def speedup_ci95(self) -> tuple[float, float]:
-        lo, hi = self.ci95
-        return 1 / hi, 1 / lo
-
-    @property
-    def verdict_line(self) -> str:
-        return f"verdict: {self.verdict} ({self.why})"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {
-            "ratio": self.ratio, "ci95": list(self.ci95), "speedup": self.speedup,
-            "speedup_ci95": list(self.speedup_ci95)}
-
+# ---- the result (its record and its lines: paired_result.py) --------------------------------
 
 def summarize_trials(baseline: str, candidate: str, config: PairedConfig, trials: list[dict],
               seconds: float, fingerprints: dict) -> PairedResult:
@@ -212,13 +101,13 @@ def summarize_trials(baseline: str, candidate: str, config: PairedConfig, trials
     defn = LATENCY.get(config.scenario)
     metric = defn.primary
     ratios = {m.name: ratio_summary([t["baseline"][m.name] for t in trials],
-                                    [t["candidate"][m.name] for t in trials])
-              | {"unit": m.unit, "higher_is_better": m.higher_is_better}
+                                    [t["candidate"][m.name] for t in trials], m.unit,
+                                    m.higher_is_better)
               for m in defn.metrics}
     main = ratios[metric]
-    verdict, why = classify(main["ratio"], tuple(main["ci95"]), config.min_effect)
+    verdict, why = classify(main.ratio, main.ci95, config.min_effect)
     warnings = []
-    width = half_width(main["ratio"], main["ci95"])
+    width = half_width(main.ratio, main.ci95)
     if width > config.min_effect:
         warnings.append(f"the 95% interval (±{width:.1%}) is wider than the min effect "
                         f"(±{config.min_effect:.0%}): a change of that size may go undetected; "
@@ -230,22 +119,26 @@ def summarize_trials(baseline: str, candidate: str, config: PairedConfig, trials
     if diff:
         warnings.append("the two workers' environments differ: " + "; ".join(diff))
     by_order = {}
-    for key, first in (("baseline_first", True), ("candidate_first", False)):
+    for first in (True, False):
         r = [t["candidate"][metric] / t["baseline"][metric] for t in trials
              if t["baseline_first"] is first]
-        by_order[key] = {"pairs": len(r), "ratio": statistics.median(r) if r else None}
+        by_order[first] = OrderRatio(pairs=len(r), ratio=statistics.median(r) if r else None)
     return PairedResult(
         baseline=baseline, candidate=candidate, scenario=config.scenario, metric=metric,
-        config=config.to_dict(), pairs=len(trials), seconds=seconds, ratios=ratios,
+        config=config, pairs=len(trials), seconds=seconds, ratios=ratios,
         verdict=verdict, why=why, min_effect=config.min_effect, fingerprints=fingerprints,
-        warnings=warnings, by_order=by_order,
-        trials=[[t["baseline"][metric], t["candidate"][metric], t["baseline_first"]]
+        warnings=warnings, by_order=ByOrder(baseline_first=by_order[True],
+                                            candidate_first=by_order[False]),
+        trials=[(t["baseline"][metric], t["candidate"][metric], t["baseline_first"])
                 for t in trials])
 
 
 # ---- the driver -----------------------------------------------------------------------------
 
-def paired_compare(baseline: str, candidate: str, config: PairedConfig = PairedConfig(),
+DEFAULT_CONFIG = PairedConfig()
+
+
+def paired_compare(baseline: str, candidate: str, config: PairedConfig = DEFAULT_CONFIG,
                    slowdown: float = 0.0, show_progress: bool = False,
                    allow_pickle: bool = False, trust_remote_code: bool = False
                    ) -> PairedResult:
@@ -288,7 +181,7 @@ def paired_compare(baseline: str, candidate: str, config: PairedConfig = PairedC
         # both load at once (their loading overlaps); measuring starts once both are ready
         workers["baseline"] = Worker("baseline", baseline, options)
         workers["candidate"] = Worker("candidate", candidate, options, slowdown)
-        models = {role: w.ready() for role, w in workers.items()}
+        ready = {role: w.ready() for role, w in workers.items()}
         calibration = {role: w.request("warmup", None, timeout=600)
                        for role, w in workers.items()}
         plan = trial_plan(config, calibration)
@@ -300,20 +193,21 @@ def paired_compare(baseline: str, candidate: str, config: PairedConfig = PairedC
     finally:  # also on Ctrl-C and errors: no worker outlives the comparison
         for w in workers.values():
             w.close()
-    fingerprints = {role: m.pop("fingerprint") for role, m in models.items()}
+    fingerprints = {role: r.fingerprint for role, r in ready.items()}
     result = summarize_trials(baseline, candidate, config, trials, seconds, fingerprints)
-    result.models, result.setup_seconds = models, setup_seconds
-    result.calibration = {role: c | {"units_per_trial" if "units" in plan[role] else
-                                     "steps_per_trial": next(iter(plan[role].values()))}
+    result.models = {role: r.model for role, r in ready.items()}
+    result.setup_seconds = setup_seconds
+    result.calibration = {role: dataclasses.replace(c, units_per_trial=plan[role].units,
+                                                    steps_per_trial=plan[role].steps)
                           for role, c in calibration.items()}
-    result.host = {"load_average_1m": load, "other_cores": others}
-    busy = busy_warning(others, models["baseline"]["threads"], config.device)
+    result.host = Host(load_average_1m=load, other_cores=others)
+    busy = busy_warning(others, result.models["baseline"].threads, config.device)
     if busy:
         result.warnings.append(busy)
     return result
 
 
-def _pairs(workers: dict, plan: dict, config: PairedConfig,
+def _pairs(workers: dict, plan: dict[str, TrialPlan], config: PairedConfig,
            show_progress: bool) -> tuple[list[dict], float]:
     """Run pairs until the stopping rule says so; returns (trials, seconds of pairs)."""
     from tqdm import tqdm
@@ -335,7 +229,8 @@ def _pairs(workers: dict, plan: dict, config: PairedConfig,
             if ALTERNATE and order[0] == last:
                 # a filler trial of the other side, not used: see ALTERNATE
                 time.sleep(GAP_SECONDS)
-                workers[order[1]].request("trial", plan[order[1]] | {"filler": True}, timeout)
+                workers[order[1]].request("trial", dataclasses.replace(plan[order[1]],
+                                                                       filler=True), timeout)
             values = {}
             for role in order:
                 time.sleep(GAP_SECONDS)
@@ -362,34 +257,3 @@ def _pairs(workers: dict, plan: dict, config: PairedConfig,
     finally:
         bar.close()
     return trials, time.perf_counter() - start
-
-
-def format_result(result: PairedResult) -> str:
-    """The few lines ``slimbench compare`` prints (without the warnings)."""
-    lines = []
-    for role in ("baseline", "candidate"):
-        m = result.models.get(role) or {}
-        what = ", ".join(str(x) for x in (
-            m.get("backend"), m.get("device"), m.get("dtype"),
-            f"{m['parameters'] / 1e6:.1f} M params" if m.get("parameters") else None,
-            f"{m['threads']} threads" if m.get("threads") else None,
-            "/".join(m["recipe"]) if m.get("recipe") else None) if x)
-        lines.append(f"{role:<10} {getattr(result, role)}  ({what})")
-    c = result.config
-    what = {"prefill": f"prompt {c['length']} tokens",
-            "decode": f"context {c['length']}, {c['new_tokens']} new tokens",
-            "generate": f"prompt {c['length']}, {c['new_tokens']} new tokens"}[result.scenario]
-    cal = [result.calibration.get(r, {}) for r in ("baseline", "candidate")]
-    trial = (f"trials of {cal[0]['steps_per_trial']} of {c['new_tokens']} decode steps"
-             if "steps_per_trial" in cal[0] else
-             " / ".join(str(x.get("units_per_trial", "?")) for x in cal) + " units per trial")
-    lines.append(f"{result.scenario}: {what}; {result.pairs} pairs in {result.seconds:.1f} s "
-                 f"({trial})")
-    for name, r in result.ratios.items():
-        u = r.get("unit", "ms")
-        lines.append(f"  {name:<20} median {r['baseline']:.3f} {u} -> {r['candidate']:.3f} {u}, "
-                     f"ratio {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
-    lo, hi = result.speedup_ci95
-    lines.append(f"speedup {result.speedup:.3f}x [{lo:.3f}, {hi:.3f}]")
-    lines.append(result.verdict_line)
-    return "\n".join(lines)

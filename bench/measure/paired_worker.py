@@ -14,10 +14,12 @@ lifeline to the parent and dies with it, however the parent dies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
 
+from slimbench.bench.measure.paired_stats import Calibration, TrialPlan
 from slimbench.errors import ModelLoadError, SlimbenchError, UsageError
 
 # what every CPU worker imports anyway: the fork server imports it once
@@ -28,6 +30,51 @@ WARMUP_UNITS = 3  # at least this many untimed units per side ...
 WARMUP_SECONDS = 0.5  # ... and at least this long (ORT and the allocators settle in it)
 LOAD_TIMEOUT = 900.0  # loading a hub model or building a large random shape on 2 busy cores
 _ERRORS = {"UsageError": UsageError, "ModelLoadError": ModelLoadError}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerModel:
+    """What a worker loaded and how it runs it (``compare --json``'s ``models``).
+
+    Attributes:
+        spec: the model spec it loaded.
+        backend: torch or onnxruntime.
+        device: where it runs.
+        threads: its intra-op threads.
+        parameters: parameter count.
+        dtype: dtype of the weights as loaded.
+        kind: reference, local, hub or shape.
+        recipe: the steps that made the artifact.
+        bytes_on_disk: bytes of the weight files, or None.
+        weights_sha256: sha256 of the weight files, or None.
+        pid: the worker's process id.
+    """
+
+    spec: str
+    backend: str
+    device: str
+    threads: int
+    parameters: int
+    dtype: str
+    kind: str
+    recipe: list[str]
+    bytes_on_disk: int | None
+    weights_sha256: str | None
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerReady:
+    """A worker's first answer, once its model is loaded.
+
+    Attributes:
+        model: what it loaded.
+        fingerprint: its environment's fingerprint (``slimbench/fingerprint.py``), captured
+            after threads were set and the model loaded: what the trials run in.
+    """
+
+    model: WorkerModel
+    fingerprint: dict | None
 
 
 def _spin(seconds: float) -> None:
@@ -68,13 +115,13 @@ class _Bench:
         check_positions(spec, rt.max_length, self.scenario, self.length, self.new_tokens)
         self.prompt = prompt_tokens(rt.vocab_size, self.length)  # (1, length): same work always
         info = loaded.info
-        self.describe = {
-            "spec": spec, "backend": rt.backend, "device": rt.device, "threads": threads,
-            "parameters": info.parameters, "dtype": info.dtype, "kind": info.kind,
-            "recipe": list(info.recipe), "bytes_on_disk": info.bytes_on_disk,
-            "weights_sha256": info.weights_sha256, "pid": os.getpid(),
+        self.describe = WorkerReady(WorkerModel(
+            spec=spec, backend=rt.backend, device=rt.device, threads=threads,
+            parameters=info.parameters, dtype=info.dtype, kind=info.kind,
+            recipe=list(info.recipe), bytes_on_disk=info.bytes_on_disk,
+            weights_sha256=info.weights_sha256, pid=os.getpid()),
             # captured after threads are set and the model is loaded: what the trials run in
-            "fingerprint": fingerprint(environment.capture())}
+            fingerprint(environment.capture()))
         self._states = {}  # decode in steps: slot -> the DecodeState of a unit under way
 
     def _timed(self, t0: float) -> float:
@@ -87,12 +134,12 @@ class _Bench:
             dt = time.perf_counter() - t0
         return dt
 
-    def unit(self) -> dict:
+    def unit(self) -> dict[str, float]:
         """One unit of the scenario's work: each of its metrics, the mean over the unit."""
         return self.defn.values(self.defn.unit(self.rt, self.prompt, self.new_tokens,
                                                self._timed))
 
-    def decode_steps(self, steps: int, slot: str = "main") -> dict:
+    def decode_steps(self, steps: int, slot: str = "main") -> dict[str, float]:
         """``steps`` timed decode steps (``scenarios.decode_steps``) that continue the unit
         under way in ``slot``; a new unit (with its untimed prefill) once the last one has had
         its ``new_tokens`` steps. (A runtime may only continue the cache of its latest call:
@@ -105,7 +152,7 @@ class _Bench:
         steps = min(steps, self.new_tokens - state.done)
         return self.defn.values(scenarios.decode_steps(self.rt, state, steps, self._timed))
 
-    def _filler_steps(self, steps: int) -> dict:
+    def _filler_steps(self, steps: int) -> dict[str, float]:
         """A filler trial for decode in steps: as many one-token forwards without a cache
         (the same weights streamed, the same thread pool busy), which leave the unit under way
         and its cache alone, so that both sides' units stay in lockstep."""
@@ -115,7 +162,7 @@ class _Bench:
         self.rt.sync()
         return {}
 
-    def warmup(self, _=None) -> dict:
+    def warmup(self, _=None) -> Calibration:
         """Untimed units until warm; then what a unit costs: ``unit_ms`` (wall, with
         decode's untimed prefill, which a trial also spends) and, for decode, ``step_ms``
         (one timed step: its primary metric), each the fastest warm-up unit's.
@@ -133,20 +180,19 @@ class _Bench:
             values = self.unit()
             walls.append(time.perf_counter() - t0)
             steps.append(values[self.defn.primary])
-        out = {"unit_ms": min(walls[1:]) * 1e3, "warmup_units": len(walls)}  # the 1st is cold
-        if self.scenario == "decode":
-            out["step_ms"] = min(steps[1:])
-        return out
+        return Calibration(unit_ms=min(walls[1:]) * 1e3,  # the 1st is cold
+                           warmup_units=len(walls),
+                           step_ms=min(steps[1:]) if self.scenario == "decode" else None)
 
-    def trial(self, plan: dict) -> dict:
-        """One trial: ``{"units": K}``: the mean of each metric (in its unit) over K units;
-        ``{"steps": c}`` (decode): c steps that continue the current unit; with
-        ``"filler": True``, a trial whose figures are not used."""
-        if "steps" in plan and plan.get("filler"):
-            return self._filler_steps(plan["steps"])
-        if "steps" in plan:
-            return self.decode_steps(plan["steps"])
-        k = plan["units"]
+    def trial(self, plan: TrialPlan) -> dict[str, float]:
+        """One trial, by metric name: K ``units``: the mean of each metric (in its unit) over
+        K units; c ``steps`` (decode): c steps that continue the current unit; a ``filler``
+        trial of steps returns no figures (they are not used)."""
+        if plan.steps is not None and plan.filler:
+            return self._filler_steps(plan.steps)
+        if plan.steps is not None:
+            return self.decode_steps(plan.steps)
+        k = plan.units
         sums: dict[str, float] = {}
         for _ in range(k):
             for name, value in self.unit().items():
@@ -202,7 +248,7 @@ class Worker:
         child_conn.close()
         life_r.close()
 
-    def ready(self) -> dict:
+    def ready(self) -> WorkerReady:
         """The worker's description once it has loaded its model (raises its error)."""
         return self._answer(LOAD_TIMEOUT)
 

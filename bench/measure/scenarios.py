@@ -49,14 +49,60 @@ def clock_of(rt: CausalLM) -> Clock:
 
 # ---- units of work: (rt, prompt (B, T), new_tokens, clock) -> timings ----------------------
 
-def prefill_unit(rt: CausalLM, prompt, new_tokens: int = 0, clock: Clock | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class PrefillTimings:
+    """A prefill unit's timing.
+
+    Attributes:
+        forward: seconds of the forward over the prompt.
+    """
+
+    forward: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeTimings:
+    """Timed decode steps.
+
+    Attributes:
+        steps: seconds of each single-token step, in order.
+    """
+
+    steps: list[float]
+
+
+@dataclasses.dataclass
+class GenerateTimings:
+    """A greedy generation's timings.
+
+    Attributes:
+        ttft: seconds from the call to every row's first token (prefill + argmax).
+        rest: seconds of the ``new_tokens - 1`` later steps (0 for one token).
+        batch: rows generated.
+        new_tokens: tokens generated per row.
+        tokens: each step's (B, 1) greedy tokens, left on the device; None once dropped
+            (``run_units`` keeps them for the last unit only).
+    """
+
+    ttft: float
+    rest: float
+    batch: int
+    new_tokens: int
+    tokens: list | None = None
+
+
+Timings = PrefillTimings | DecodeTimings | GenerateTimings
+
+
+def prefill_unit(rt: CausalLM, prompt, new_tokens: int = 0,
+                 clock: Clock | None = None) -> PrefillTimings:
     """One forward over the prompt with logits for the last position only: what a
     generation's first step needs (the output projection over every position is a scoring
     cost, ~30% of a gpt2-size prefill's FLOPs). ``new_tokens`` is unused."""
     clock = clock or clock_of(rt)
     t0 = time.perf_counter()
     rt.forward(prompt, last_only=True)
-    return {"forward": clock(t0)}
+    return PrefillTimings(forward=clock(t0))
 
 
 @dataclasses.dataclass
@@ -76,7 +122,7 @@ def decode_start(rt: CausalLM, prompt) -> DecodeState:
 
 
 def decode_steps(rt: CausalLM, state: DecodeState, steps: int,
-                 clock: Clock | None = None) -> dict:
+                 clock: Clock | None = None) -> DecodeTimings:
     """``steps`` timed greedy single-token steps that continue ``state`` (updated in place)."""
     clock = clock or clock_of(rt)
     times = []
@@ -85,16 +131,18 @@ def decode_steps(rt: CausalLM, state: DecodeState, steps: int,
         state.logits, state.past = rt.forward(state.logits[:, -1:].argmax(-1), state.past)
         times.append(clock(t0))
     state.done += steps
-    return {"steps": times}
+    return DecodeTimings(steps=times)
 
 
-def decode_unit(rt: CausalLM, prompt, new_tokens: int, clock: Clock | None = None) -> dict:
+def decode_unit(rt: CausalLM, prompt, new_tokens: int,
+                clock: Clock | None = None) -> DecodeTimings:
     """An untimed prefill of the context, then ``new_tokens`` timed steps one by one, so the
     figure excludes time to first token and its percentiles are per token."""
     return decode_steps(rt, decode_start(rt, prompt), new_tokens, clock)
 
 
-def generate_unit(rt: CausalLM, prompt, new_tokens: int, clock: Clock | None = None) -> dict:
+def generate_unit(rt: CausalLM, prompt, new_tokens: int,
+                  clock: Clock | None = None) -> GenerateTimings:
     """Greedy generation of exactly ``new_tokens`` per row of ``prompt`` (no early stop):
     ``ttft`` from the call to every row's first token (prefill + argmax), ``rest`` for the
     ``new_tokens - 1`` later steps (each advances all rows). ``tokens``: the steps' (B, 1)
@@ -110,18 +158,18 @@ def generate_unit(rt: CausalLM, prompt, new_tokens: int, clock: Clock | None = N
         logits, past = rt.forward(tokens[-1], past)
         tokens.append(logits[:, -1:].argmax(-1))
     rest = clock(t1) if new_tokens > 1 else 0.0
-    return {"ttft": ttft, "rest": rest, "batch": prompt.shape[0], "new_tokens": new_tokens,
-            "tokens": tokens}
+    return GenerateTimings(ttft=ttft, rest=rest, batch=prompt.shape[0], new_tokens=new_tokens,
+                           tokens=tokens)
 
 
-def tpot(t: dict) -> float:
+def tpot(t: GenerateTimings) -> float:
     """Seconds per decode step after the first token."""
-    return t["rest"] / (t["new_tokens"] - 1)
+    return t.rest / (t.new_tokens - 1)
 
 
-def rate(t: dict) -> float:
+def rate(t: GenerateTimings) -> float:
     """Tokens/s of all rows over the whole generation, ``B * n / (ttft + (n - 1) * tpot)``."""
-    return t["batch"] * t["new_tokens"] / (t["ttft"] + t["rest"])
+    return t.batch * t.new_tokens / (t.ttft + t.rest)
 
 
 # ---- the definitions -----------------------------------------------------------------------
@@ -133,7 +181,7 @@ class Metric:
 
     name: str
     unit: str
-    derive: Callable[[dict], list[float]]
+    derive: Callable[[Timings], list[float]]
     higher_is_better: bool = False
 
 
@@ -142,15 +190,15 @@ class ScenarioDef:
     """A scenario: its unit of work, its metrics, and the one a paired A/B decides on."""
 
     name: str
-    unit: Callable[..., dict]
+    unit: Callable[..., Timings]
     metrics: tuple[Metric, ...]
     primary: str
 
-    def values(self, timings: dict) -> dict[str, float]:
+    def values(self, timings: Timings) -> dict[str, float]:
         """Each metric's mean over one unit (or one trial's steps): the paired worker's."""
         return {m.name: statistics.fmean(m.derive(timings)) for m in self.metrics}
 
-    def measurements(self, runs: list[dict]) -> list[Measurement]:
+    def measurements(self, runs: list[Timings]) -> list[Measurement]:
         """Each metric over every sample of the timed units ``runs``: a cell's."""
         return [measurement(m.name, m.unit, [x for t in runs for x in m.derive(t)], scale=1.0,
                             higher_is_better=m.higher_is_better) for m in self.metrics]
@@ -158,16 +206,16 @@ class ScenarioDef:
 
 SCENARIOS: Registry[ScenarioDef] = Registry("scenario")
 SCENARIOS.add("prefill", ScenarioDef("prefill", prefill_unit, (
-    Metric("prefill_ms", "ms", lambda t: [t["forward"] * 1e3]),), "prefill_ms"),
+    Metric("prefill_ms", "ms", lambda t: [t.forward * 1e3]),), "prefill_ms"),
     help="one forward over a prompt (logits for the last position)")
 SCENARIOS.add("decode", ScenarioDef("decode", decode_unit, (
-    Metric("decode_ms_per_token", "ms", lambda t: [s * 1e3 for s in t["steps"]]),),
+    Metric("decode_ms_per_token", "ms", lambda t: [s * 1e3 for s in t.steps]),),
     "decode_ms_per_token"), help="single-token steps with a KV cache after a context")
 SCENARIOS.add("generate", ScenarioDef("generate", generate_unit, (
-    Metric("ttft_ms", "ms", lambda t: [t["ttft"] * 1e3]),
+    Metric("ttft_ms", "ms", lambda t: [t.ttft * 1e3]),
     Metric("tpot_ms", "ms", lambda t: [tpot(t) * 1e3]),
     Metric("tokens_per_s", "tok/s", lambda t: [rate(t)], higher_is_better=True),
-    Metric("generate_ms", "ms", lambda t: [(t["ttft"] + t["rest"]) * 1e3])), "generate_ms"),
+    Metric("generate_ms", "ms", lambda t: [(t.ttft + t.rest) * 1e3])), "generate_ms"),
     help="a whole greedy generation of new_tokens from a prompt")
 
 
@@ -189,16 +237,16 @@ def _rounds(warmup: int, repeats: int, min_seconds: float, max_rounds: int = 100
 
 
 def run_units(scenario: str, rt: CausalLM, prompt, new_tokens: int, warmup: int,
-              repeats: int, min_seconds: float, max_rounds: int = 100_000) -> list[dict]:
+              repeats: int, min_seconds: float, max_rounds: int = 100_000) -> list[Timings]:
     """The timings of a scenario's timed units, one per round of ``_rounds``. Only the last
-    keeps its ``tokens``."""
+    keeps its ``tokens`` (generate)."""
     defn = SCENARIOS.get(scenario)
-    runs: list[dict] = []
+    runs: list[Timings] = []
     for i in _rounds(warmup, repeats, min_seconds, max_rounds):
         t = defn.unit(rt, prompt, new_tokens)
         if i >= warmup:
-            if runs:
-                runs[-1].pop("tokens", None)
+            if runs and isinstance(runs[-1], GenerateTimings):
+                runs[-1].tokens = None
             runs.append(t)
     return runs
 
@@ -237,18 +285,33 @@ def _check_generate(rt: CausalLM, prompt_len: int, new_tokens: int) -> None:
         raise ValueError(f"prompt {prompt_len} + {new_tokens} tokens exceeds {rt.max_length}")
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerationRounds:
+    """Timed rounds of a greedy generation (``timed_generation``).
+
+    Attributes:
+        ttft: per round, seconds to every row's first token.
+        tpot: per round, seconds per decode step after the first token.
+        rate: per round, tokens/s of all rows (``rate``).
+        tokens: the last round's greedy tokens, (B, new_tokens) int64 numpy.
+    """
+
+    ttft: list[float]
+    tpot: list[float]
+    rate: list[float]
+    tokens: object
+
+
 def timed_generation(rt: CausalLM, prompt, new_tokens: int, repeats: int = 5,
-                     warmup: int = 1, min_seconds: float = 0.0) -> dict:
-    """``generate_unit`` on ``prompt`` (B, T) in rounds as ``_rounds`` says; per timed round
-    ``ttft`` and ``tpot`` (seconds) and ``rate`` (tokens/s: ``rate`` above); ``tokens``: the
-    last round's greedy tokens, (B, new_tokens) int64."""
+                     warmup: int = 1, min_seconds: float = 0.0) -> GenerationRounds:
+    """``generate_unit`` on ``prompt`` (B, T) in rounds as ``_rounds`` says."""
     import numpy as np
 
     _check_generate(rt, prompt.shape[1], new_tokens)
     runs = run_units("generate", rt, prompt, new_tokens, warmup, repeats, min_seconds)
-    tokens = np.concatenate([_numpy(t) for t in runs[-1]["tokens"]], axis=1).astype(np.int64)
-    return {"ttft": [t["ttft"] for t in runs], "tpot": [tpot(t) for t in runs],
-            "rate": [rate(t) for t in runs], "tokens": tokens}
+    tokens = np.concatenate([_numpy(t) for t in runs[-1].tokens], axis=1).astype(np.int64)
+    return GenerationRounds(ttft=[t.ttft for t in runs], tpot=[tpot(t) for t in runs],
+                            rate=[rate(t) for t in runs], tokens=tokens)
 
 
 def _numpy(x):

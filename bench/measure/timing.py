@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -52,33 +53,63 @@ def bootstrap_median_ci(samples: list[float], resamples: int = 2000,
 
     if len(samples) < 2:
         return float(samples[0]), float(samples[0])
-    lo, hi = bootstrap_ci(np.asarray(samples), np.median, resamples, seed)["ci95"]
+    lo, hi = bootstrap_ci(np.asarray(samples), np.median, resamples, seed).ci95
     return lo, hi
 
 
-def sample_stats(samples: list[float], scale: float = 1e3) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SampleStats:
+    """The statistics of repeated samples (in the unit ``sample_stats`` scaled them to).
+
+    Attributes:
+        n: number of samples.
+        median: their median.
+        mean: their mean.
+        p90: 90th percentile (linear interpolation).
+        p99: 99th percentile.
+        stdev: sample standard deviation (0 for one sample).
+        cv: coefficient of variation, stdev / mean.
+        median_ci95: percentile-bootstrap 95% interval of the median (seeded).
+        min: smallest sample.
+        max: largest sample.
+        warning: why the figure may not be trusted (CV above ``CV_WARNING``), or None.
+    """
+
+    n: int
+    median: float
+    mean: float
+    p90: float
+    p99: float
+    stdev: float
+    cv: float
+    median_ci95: tuple[float, float]
+    min: float
+    max: float
+    warning: str | None = None
+
+
+def sample_stats(samples: list[float], scale: float = 1e3) -> SampleStats:
     """Median, mean, p90, p99, stdev, CV and the median's 95% bootstrap interval of
     ``samples`` (times ``scale``: ms by default), with a warning when CV is high."""
     s = sorted(x * scale for x in samples)
     mean = statistics.fmean(s)
     stdev = statistics.stdev(s) if len(s) > 1 else 0.0
     cv = stdev / mean if mean else 0.0
-    lo, hi = bootstrap_median_ci(s)
-    out = {"n": len(s), "median": statistics.median(s), "mean": mean,
-           "p90": percentile(s, 90), "p99": percentile(s, 99), "stdev": stdev,
-           "cv": cv, "median_ci95": [lo, hi], "min": s[0], "max": s[-1]}
+    warning = None
     if cv > CV_WARNING:
-        out["warning"] = (f"high variation: CV {cv:.1%} > {CV_WARNING:.0%}; the machine was "
-                          "busy or the run too short to trust this figure")
-    return out
+        warning = (f"high variation: CV {cv:.1%} > {CV_WARNING:.0%}; the machine was "
+                   "busy or the run too short to trust this figure")
+    return SampleStats(n=len(s), median=statistics.median(s), mean=mean,
+                       p90=percentile(s, 90), p99=percentile(s, 99), stdev=stdev, cv=cv,
+                       median_ci95=bootstrap_median_ci(s), min=s[0], max=s[-1],
+                       warning=warning)
 
 
 def measurement(name: str, unit: str, samples: list[float], scale: float = 1e3,
                 higher_is_better: bool = False) -> Measurement:
     """``sample_stats(samples, scale)`` as the results schema's ``Measurement`` called ``name``."""
     s = sample_stats(samples, scale)
-    warnings = [s["warning"]] if "warning" in s else []
     return Measurement(name=name, unit=unit, higher_is_better=higher_is_better,
-                       median=s["median"], ci95=tuple(s["median_ci95"]), n=s["n"], cv=s["cv"],
-                       mean=s["mean"], p90=s["p90"], p99=s["p99"], stdev=s["stdev"],
-                       min=s["min"], max=s["max"], warnings=warnings)
+                       median=s.median, ci95=tuple(s.median_ci95), n=s.n, cv=s.cv,
+                       mean=s.mean, p90=s.p90, p99=s.p99, stdev=s.stdev, min=s.min,
+                       max=s.max, warnings=[s.warning] if s.warning else [])

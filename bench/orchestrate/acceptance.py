@@ -30,6 +30,7 @@ skipped. Writes ``RUN/acceptance.json`` (every criterion and every A/B in full) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -44,12 +45,32 @@ from slimbench.bench.orchestrate.suite import (
     suite_baselines,
 )
 from slimbench.errors import SlimbenchError, UsageError
+from slimbench.schema import Check
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """One criterion to judge: ``variant`` against ``baseline`` on ``device``, ``metric``
+    held to ``name`` (non_inferior, speedup_at_least, ...) with ``threshold``."""
+
+    variant: str
+    baseline: str
+    device: str
+    metric: str
+    name: str
+    threshold: float
+
+    def check(self, status: str, why: str, **more) -> Check:
+        """Its verdict."""
+        return Check(variant=self.variant, baseline=self.baseline, device=self.device,
+                     metric=self.metric, criterion=self.name, threshold=self.threshold,
+                     status=status, why=why, **more)
+
+
 def evaluate_acceptance(suite: Suite, run_dir: Path, say=print,
-                        show_progress: bool = False) -> list[dict]:
+                        show_progress: bool = False) -> list[Check]:
     """Judge every criterion of ``suite.acceptance`` on the run in ``run_dir`` and write
     ``acceptance.json`` and ``acceptance.md`` there.
 
@@ -60,9 +81,10 @@ def evaluate_acceptance(suite: Suite, run_dir: Path, say=print,
         show_progress: the latency A/B's progress bar (stderr, on a terminal).
 
     Returns:
-        One dict per (variant, device, metric, criterion): variant, baseline, device, metric,
-        criterion, threshold, status (pass | fail | skipped), value, ci95, shown (the value
-        and interval as text), why, and the details (``paired`` test or ``comparison``).
+        One check per (variant, device, metric, criterion): variant, baseline, device,
+        metric, criterion, threshold, status (pass | fail | skipped), value, ci95, shown (the
+        value and interval as text), why, and the details (``paired`` test or
+        ``comparison``).
     """
     from slimbench.reports.table import load_cells
 
@@ -76,60 +98,57 @@ def evaluate_acceptance(suite: Suite, run_dir: Path, say=print,
         for device in suite.devices:
             for metric, rule in criteria.items():
                 (name, threshold), = rule.items()
-                head = {"variant": variant, "baseline": base, "device": device,
-                        "metric": metric, "criterion": name, "threshold": threshold,
-                        "value": None, "ci95": None}
-                check = head | (judge.cells_problem(variant, base, device)
-                                or judge.check(variant, base, device, metric, name, threshold))
-                check["shown"] = _shown(check)
-                checks.append(check)
+                crit = Criterion(variant, base, device, metric, name, threshold)
+                check = judge.cells_problem(crit) or judge.check(crit)
+                checks.append(dataclasses.replace(check, shown=_shown(check)))
     line = verdict_line(checks)
     for c in checks:
-        if c["status"] == "fail":
-            say(f"acceptance: FAIL {_name(c)}: {c['why']}")
+        if c.status == "fail":
+            say(f"acceptance: FAIL {_name(c)}: {c.why}")
     say(line)
     document = {"suite": suite.name, "verdict": "fail" if _failed(checks) else "pass",
-                "line": line, "criteria": checks, "paired": suite.paired,
+                "line": line, "criteria": [c.to_dict() for c in checks],
+                "paired": suite.paired,
                 "comparisons": list(judge.comparisons.values())}
     atomic.write_json(run_dir / "acceptance.json", document)
     atomic.write_text(run_dir / "acceptance.md", markdown(checks, suite.name))
     return checks
 
 
-def _failed(checks: list[dict]) -> list[dict]:
-    return [c for c in checks if c["status"] == "fail"]
+def _failed(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.status == "fail"]
 
 
-def verdict_line(checks: list[dict]) -> str:
+def verdict_line(checks: list[Check]) -> str:
     """``acceptance: PASS (n criteria)`` or ``acceptance: FAIL (k of n)``, with the skipped
     ones counted where there are any."""
     n, failed = len(checks), len(_failed(checks))
-    skipped = sum(c["status"] == "skipped" for c in checks)
+    skipped = sum(c.status == "skipped" for c in checks)
     tail = f"; {skipped} skipped" if skipped else ""
     if failed:
         return f"acceptance: FAIL ({failed} of {n}{tail})"
     return f"acceptance: PASS ({n} criteri{'on' if n == 1 else 'a'}{tail})"
 
 
-def _name(check: dict) -> str:
-    return (f"{check['variant']} vs {check['baseline']} on {check['device']}: "
-            f"{check['metric']} {check['criterion']} {check['threshold']:g}")
+def _name(check: Check) -> str:
+    return (f"{check.variant} vs {check.baseline} on {check.device}: "
+            f"{check.metric} {check.criterion} {check.threshold:g}")
 
 
-def _shown(check: dict) -> str:
+def _shown(check: Check) -> str:
     """The value and its interval as text: ``1.82x [1.60, 2.00]``, ``+0.012 [-0.01, 0.03]``."""
-    value, ci = check.get("value"), check.get("ci95")
+    value, ci = check.value, check.ci95
     if value is None:
         return "—"
-    if check["criterion"] in QUALITY_CRITERIA:
+    if check.criterion in QUALITY_CRITERIA:
         text = f"{value:+.4g}" + (f" [{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "")
     else:
-        unit = "x" if check["criterion"] == "speedup_at_least" else ""
+        unit = "x" if check.criterion == "speedup_at_least" else ""
         text = f"{value:.3f}{unit}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
     return text
 
 
-def markdown(checks: list[dict], name: str) -> str:
+def markdown(checks: list[Check], name: str) -> str:
     """The criteria as a Markdown table, then the verdict line."""
     def cell(text) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
@@ -139,9 +158,8 @@ def markdown(checks: list[dict], name: str) -> str:
              "| why |", "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         lines.append("| " + " | ".join(cell(x) for x in (
-            c["variant"], c["baseline"], c["device"], c["metric"],
-            f"{c['criterion']} {c['threshold']:g}", c["status"].upper(), c["shown"],
-            c["why"])) + " |")
+            c.variant, c.baseline, c.device, c.metric, f"{c.criterion} {c.threshold:g}",
+            c.status.upper(), c.shown, c.why)) + " |")
     return "\n".join(lines + ["", verdict_line(checks), ""])
 
 
@@ -155,10 +173,11 @@ class _Judge:
         self.comparisons: dict[tuple, dict] = {}
         self._evidence = None
 
-    def cells_problem(self, variant: str, base: str, device: str) -> dict | None:
+    def cells_problem(self, crit: Criterion) -> Check | None:
         """Fail where either cell failed or has no result, skip where either was skipped."""
         failed, skipped = [], {}
-        for name in (variant, base):
+        device = crit.device
+        for name in (crit.variant, crit.baseline):
             res = self.cells.get((name, device))
             if res is None:
                 failed.append(f"cell {name} on {device} has no result (the run did not finish)")
@@ -167,33 +186,36 @@ class _Judge:
             elif res.status == "skipped":
                 skipped.setdefault(res.reason, []).append(res.cell.id)
         if failed:
-            return {"status": "fail", "why": "; ".join(failed)}
+            return crit.check("fail", "; ".join(failed))
         if skipped:
-            return {"status": "skipped", "why": "; ".join(
+            return crit.check("skipped", "; ".join(
                 f"cell{'s' if len(ids) > 1 else ''} {' and '.join(ids)} skipped: {reason}"
-                for reason, ids in skipped.items())}
+                for reason, ids in skipped.items()))
         return None
 
-    def check(self, variant: str, base: str, device: str, metric: str, name: str,
-              threshold: float) -> dict:
-        cand, ref = self.cells[(variant, device)], self.cells[(base, device)]
-        if name in QUALITY_CRITERIA:
-            return self.quality(cand, ref, metric, name, threshold)
-        if name in SIZE_CRITERIA:
-            return _size(cand, ref, metric, threshold)
-        assert name in LATENCY_CRITERIA, name  # the suite checked it
-        return self.latency(cand, ref, metric, name, threshold)
+    def check(self, crit: Criterion) -> Check:
+        """The criterion judged on its two cells (both ok: ``cells_problem``)."""
+        cand = self.cells[(crit.variant, crit.device)]
+        ref = self.cells[(crit.baseline, crit.device)]
+        if crit.name in QUALITY_CRITERIA:
+            return self.quality(crit, cand, ref)
+        if crit.name in SIZE_CRITERIA:
+            return _size(crit, cand, ref)
+        assert crit.name in LATENCY_CRITERIA, crit.name  # the suite checked it
+        return self.latency(crit, cand, ref)
 
     # ---- quality: the paired bootstrap on the saved examples ----------------------------
-    def quality(self, cand, ref, metric: str, name: str, allowed: float) -> dict:
+    def quality(self, crit: Criterion, cand, ref) -> Check:
+        """The paired test of the two cells' saved examples."""
         from slimbench.reports.evidence import load_evidence
         from slimbench.tasks.paired import paired_test
 
+        metric = crit.metric
         task, _, score = metric.partition(".")
         for res in (cand, ref):
             q = res.quality.get(task)
             if q is None or score not in q.metrics:
-                return {"status": "fail", "why": f"cell {res.cell.id} has no {metric}"}
+                return crit.check("fail", f"cell {res.cell.id} has no {metric}")
         if self._evidence is None:
             self._evidence = load_evidence(self.run_dir)
         sides = []
@@ -201,35 +223,37 @@ class _Judge:
             ev = self._evidence.get(res.cell.id)
             te = ev.tasks.get(task) if ev else None
             if te is None:
-                return {"status": "fail", "why": f"cell {res.cell.id} saved no per-example "
-                        f"outputs of {task}: nothing to pair"}
+                return crit.check("fail", f"cell {res.cell.id} saved no per-example outputs "
+                                  f"of {task}: nothing to pair")
             sides.append(te)
-        test = QUALITY_CRITERIA[name]
+        test = QUALITY_CRITERIA[crit.name]
         try:
             out = paired_test(sides[0].examples, sides[1].examples, sides[0].kind, score,
                               sides[0].options.get(score, {}),
                               ref.quality[task].metrics[score].higher_is_better, test,
-                              "relative", allowed)
+                              "relative", crit.threshold)
         except UsageError as e:
-            return {"status": "fail", "why": f"{metric}: {e}"}
-        return {"status": out["status"], "value": out["delta"], "ci95": out["ci95"],
-                "why": out["why"], "paired": out}
+            return crit.check("fail", f"{metric}: {e}")
+        return crit.check(out.status, out.why, value=out.delta, ci95=out.ci95, paired=out)
 
     # ---- latency: one interleaved A/B per (variant, device, scenario) ---------------------
-    def latency(self, cand, ref, metric: str, name: str, threshold: float) -> dict:
+    def latency(self, crit: Criterion, cand, ref) -> Check:
+        """The criterion read from the A/B of the two cells' artifacts."""
         from slimbench.bench.measure.paired import SCENARIO_OF_METRIC, time_ratio
 
+        metric, name, threshold = crit.metric, crit.name, crit.threshold
         scenario = SCENARIO_OF_METRIC[metric]
         key = (cand.cell.variant, cand.cell.device, scenario)
         if key not in self.comparisons:
             self.comparisons[key] = self._compare(cand, ref, scenario)
         comparison = self.comparisons[key]
-        out = {"comparison": {k: comparison[k] for k in ("variant", "device", "scenario")}}
+        which = {k: comparison[k] for k in ("variant", "device", "scenario")}
         if comparison["error"]:
-            return out | {"status": "fail", "why": comparison["error"]}
+            return crit.check("fail", comparison["error"], comparison=which)
         r = comparison["result"]["ratios"].get(metric)
         if r is None:
-            return out | {"status": "fail", "why": f"the {scenario} A/B measured no {metric}"}
+            return crit.check("fail", f"the {scenario} A/B measured no {metric}",
+                              comparison=which)
         ratio, (lo, hi) = time_ratio(r)  # candidate time / baseline time (a rate inverted)
         # the A/B's own min effect plays no part here: the criterion's threshold decides
         warnings = [w for w in comparison["result"].get("warnings") or []
@@ -243,15 +267,15 @@ class _Judge:
             ok = low >= threshold
             why = (f"speedup {1 / ratio:.3f}x, 95% CI [{low:.3f}, {high:.3f}]: low end "
                    f"{low:.3f} {'>=' if ok else '<'} {threshold:g}; {what}")
-            value, ci = 1 / ratio, [low, high]
+            value, ci = 1 / ratio, (low, high)
         else:
             ok = hi <= 1 + threshold
             why = (f"ratio {ratio:.3f}, 95% CI [{lo:.3f}, {hi:.3f}]: high end {hi:.3f} "
                    f"{'<=' if ok else '>'} {1 + threshold:.3f}; {what}")
-            value, ci = ratio, [lo, hi]
+            value, ci = ratio, (lo, hi)
         why += "".join(f"; A/B warning: {w}" for w in warnings)
-        return out | {"status": "pass" if ok else "fail", "value": value, "ci95": ci,
-                      "why": why, "warnings": warnings}
+        return crit.check("pass" if ok else "fail", why, comparison=which, value=value,
+                          ci95=ci, warnings=warnings)
 
     def _compare(self, cand, ref, scenario: str) -> dict:
         """The A/B of the two cells' artifacts: ``{variant, baseline, device, scenario,
@@ -292,20 +316,20 @@ def _artifact(res) -> str | None:
     return res.cell.artifact or (res.cell.model if not res.cell.recipe else None)
 
 
-def _size(cand, ref, metric: str, limit: float) -> dict:
+def _size(crit: Criterion, cand, ref) -> Check:
     """``ratio_at_most`` on a size or memory figure of the two cells."""
-    field = METRIC_ALIASES.get(metric, metric)
+    field, limit = METRIC_ALIASES.get(crit.metric, crit.metric), crit.threshold
     values = []
     for res in (ref, cand):
         v = getattr(res.memory, field, None) if res.memory else None
         if not isinstance(v, int | float) or not math.isfinite(v):
-            return {"status": "fail", "why": f"cell {res.cell.id} has no {field}"}
+            return crit.check("fail", f"cell {res.cell.id} has no {field}")
         values.append(v)
     base, value = values
     if base <= 0:
-        return {"status": "fail", "why": f"baseline {field} is {base}: no ratio"}
+        return crit.check("fail", f"baseline {field} is {base}: no ratio")
     ratio = value / base
     ok = ratio <= limit
-    return {"status": "pass" if ok else "fail", "value": ratio,
-            "why": f"{field} {value:,} / {base:,} = {ratio:.4f} {'<=' if ok else '>'} "
-                   f"{limit:g}", "baseline_value": base, "candidate_value": value}
+    return crit.check("pass" if ok else "fail", f"{field} {value:,} / {base:,} = {ratio:.4f} "
+                      f"{'<=' if ok else '>'} {limit:g}", value=ratio, baseline_value=base,
+                      candidate_value=value)

@@ -23,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from slimbench.schema import Row
+
 HERE = Path(__file__).resolve().parent.parent  # bench/: suites/ and baselines/ live there
 DEMO_SUITE = HERE / "suites" / "demo.yaml"
 DEMO_FULL_SUITE = HERE / "suites" / "demo-full.yaml"
@@ -41,14 +43,14 @@ def default_run_dir(root: Path = Path("runs")) -> Path:
     return path if not path.exists() else root / f"demo-{stamp}-{time.time_ns() % 10**6}"
 
 
-def _inapplicable(suite, baseline: Path, rows: list[dict], recorded: dict | None,
+def _inapplicable(suite, baseline: Path, rows: list[Row], recorded: dict | None,
                   policy) -> str | None:
     """Why ``baseline`` (its rows and recorded suite) does not apply to a run of ``suite``;
     None if it does. Timing settings cannot move a figure the policy only reports (the demo's
     policy gates quality and size), so ``threads=1`` keeps the gate."""
     from slimbench.reports.gate import SUITE_KEYS, suite_problem
 
-    gated = {r["kind"] for r in rows if policy.allowance(r["kind"], r["metric"])[1] is not None}
+    gated = {r.kind for r in rows if policy.allowance(r.kind, r.metric)[1] is not None}
     timing = bool(gated & {"latency", "memory"})
     keys = SUITE_KEYS if timing else tuple(k for k in SUITE_KEYS if k not in TIMING)
     # a task added since the baseline was made brings metrics it has none of (new: not
@@ -76,11 +78,12 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
     suite_path = suite_path or DEMO_SUITE
     suite = load_suite(suite_path, overrides)  # everything checked before any work
     gate_policy = load_policy(policy)
-    baseline_rows, baseline_suite = load_results(baseline)
+    baseline_results = load_results(baseline)
+    baseline_suite = baseline_results.suite
     # a quick demo runs a subset of the baseline's variants: it is gated on those (the gate
     # still fails any of them that lacks a metric the baseline has)
     ran = {v.name for v in suite.variants}
-    baseline_rows = [r for r in baseline_rows if r["variant"] in ran]
+    baseline_rows = [r for r in baseline_results.rows if r.variant in ran]
     check_run_dir(suite, Path(run_dir), resume)
     problem = _inapplicable(suite, baseline, baseline_rows, baseline_suite, gate_policy)
     if problem and baseline != DEMO_BASELINE:
@@ -94,15 +97,15 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
         f"({suite_path.name}) -> {run_dir}"
         + (f"; a first run takes about {estimate} on 2 cores" if estimate else ""))
     results = run_suite(suite, run_dir, resume=resume, say=say)
-    ok = sum(r["status"] == "ok" for r in results)
-    say(f"{ok} of {len(results)} cells ok ({sum(r['status'] == 'skipped' for r in results)} "
+    ok = sum(r.status == "ok" for r in results)
+    say(f"{ok} of {len(results)} cells ok ({sum(r.status == 'skipped' for r in results)} "
         f"skipped) in {time.perf_counter() - t0:.0f} s")
     t1 = time.perf_counter()
     criteria = evaluate_acceptance(suite, run_dir, say=say) if suite.acceptance else []
     report = write_report(run_dir, suite.baseline_variant)  # after acceptance: it shows them
-    say(f"acceptance and report in {time.perf_counter() - t1:.0f} s; report: {report['html']}")
+    say(f"acceptance and report in {time.perf_counter() - t1:.0f} s; report: {report.html}")
     say(f"tables: {run_dir / 'results.csv'}, {run_dir / 'summary.csv'}")
-    accepted = not any(c["status"] == "fail" for c in criteria)
+    accepted = not any(c.status == "fail" for c in criteria)
     if problem:
         say(f"verdict against {baseline.name}: SKIPPED (it measured another suite; see the note "
             "above)")
@@ -112,7 +115,7 @@ def run_demo(run_dir: Path, overrides: list[str] = (), baseline: Path = DEMO_BAS
     return passed and accepted
 
 
-def _gate(run_dir: Path, baseline: Path, baseline_rows: list[dict], gate_policy,
+def _gate(run_dir: Path, baseline: Path, baseline_rows: list[Row], gate_policy,
           policy_name: str, say) -> bool:
     """The run against the committed baseline, paired where both hold per-example outputs;
     writes gate.md, says the failures and the verdict; returns whether it passed."""
@@ -125,12 +128,12 @@ def _gate(run_dir: Path, baseline: Path, baseline_rows: list[dict], gate_policy,
     checks = compare(baseline_rows, load_rows(run_dir / "results.json"), gate_policy,
                      evidence=evidence)
     atomic.write_text(run_dir / "gate.md", markdown(checks))
-    failed = [c for c in checks if c["status"] == "fail"]
+    failed = [c for c in checks if c.status == "fail"]
     for c in failed[:10]:
-        say(f"  FAIL {c['variant']} ({c['device']}) {c['metric']}: {c['why']}")
+        say(f"  FAIL {c.variant} ({c.device}) {c.metric}: {c.why}")
     if len(failed) > 10:
         say(f"  ... and {len(failed) - 10} more in {run_dir / 'gate.md'}")
-    paired = sum("test" in c for c in checks)
+    paired = sum(c.paired is not None for c in checks)
     say(f"verdict against {baseline.name} ({policy_name}; {paired} quality checks paired): "
         f"{verdict(checks).removeprefix('slimbench gate: ')}")
     return not failed

@@ -176,41 +176,56 @@ def connect(ray, address: str | None, verbosity: int,
 
 
 @dataclasses.dataclass(frozen=True)
+class Node:
+    """One alive node of the cluster.
+
+    Attributes:
+        id: Ray's node id.
+        ip: its address (NodeManagerAddress).
+        resources: what it offers, by Ray's resource names (CPU, GPU, the latency slot).
+    """
+
+    id: str
+    ip: str
+    resources: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
 class Cluster:
     """What the alive nodes offer, as the scheduler sees it when the run starts.
 
     Attributes:
-        nodes: one ``{"id", "ip", "resources"}`` per alive node.
+        nodes: the alive nodes.
         driver_ip: this machine's address as the cluster knows it (None for Ray Client,
             whose driver is not a node).
     """
 
-    nodes: tuple[dict, ...]
+    nodes: tuple[Node, ...]
     driver_ip: str | None
 
     def has(self, resource: str, amount: float = 1.0) -> bool:
-        return any(n["resources"].get(resource, 0) >= amount for n in self.nodes)
+        return any(n.resources.get(resource, 0) >= amount for n in self.nodes)
 
     def most_cpus(self, slot: bool) -> float:
         """The most CPUs one node offers (among those with the latency slot if ``slot``)."""
-        return max((n["resources"].get("CPU", 0) for n in self.nodes
-                    if not slot or n["resources"].get(SLOT, 0) >= 1), default=0)
+        return max((n.resources.get("CPU", 0) for n in self.nodes
+                    if not slot or n.resources.get(SLOT, 0) >= 1), default=0)
 
-    def other_nodes(self) -> list[dict]:
+    def other_nodes(self) -> list[Node]:
         """Nodes that are not this machine: they see its files only on a shared mount."""
-        return [n for n in self.nodes if n["ip"] != self.driver_ip]
+        return [n for n in self.nodes if n.ip != self.driver_ip]
 
     def describe(self) -> str:
-        total = {k: sum(n["resources"].get(k, 0) for n in self.nodes) for k in ("CPU", "GPU")}
-        slots = sum(n["resources"].get(SLOT, 0) >= 1 for n in self.nodes)
+        total = {k: sum(n.resources.get(k, 0) for n in self.nodes) for k in ("CPU", "GPU")}
+        slots = sum(n.resources.get(SLOT, 0) >= 1 for n in self.nodes)
         return (f"{len(self.nodes)} node(s), {total['CPU']:g} CPUs, {total['GPU']:g} GPUs, "
                 f"{slots} with {SLOT}")
 
 
 def cluster(ray) -> Cluster:
     """The connected cluster's alive nodes."""
-    nodes = tuple({"id": n["NodeID"], "ip": n["NodeManagerAddress"],
-                   "resources": dict(n.get("Resources") or {})}
+    nodes = tuple(Node(id=n["NodeID"], ip=n["NodeManagerAddress"],
+                       resources=dict(n.get("Resources") or {}))
                   for n in ray.nodes() if n.get("Alive"))
     client = ray.util.client.ray.is_connected()
     return Cluster(nodes, None if client else ray.util.get_node_ip_address())

@@ -147,7 +147,7 @@ class RayExecutor:
             self._connected = False
 
     # -- the run ------------------------------------------------------------------------------
-    def run(self, job: SuiteJob) -> list[dict]:
+    def run(self, job: SuiteJob) -> list[CellResult]:
         suite, say = job.suite, job.say
         keys = {v.name: content_key(job.cache, v) for v in suite.variants}
         order, done = [], {}  # cell ids in suite order; id -> result as written
@@ -158,7 +158,7 @@ class RayExecutor:
                 order.append(head.id)
                 earlier = finished_result(job.run_dir, head, say) if job.resume else None
                 if earlier is not None:
-                    done[head.id] = earlier.to_dict()
+                    done[head.id] = earlier
                 elif device.startswith("cuda") and not self.cluster.has("GPU"):
                     done[head.id] = self._write(job, CellResult(head, "skipped",
                                                                 reason=NO_GPU), [])
@@ -199,12 +199,14 @@ class RayExecutor:
                                        **self.resources(job.suite, head.device)).remote(spec)
             running[ref] = head
 
-    def resources(self, suite: Suite, device: str) -> dict:
-        """The Ray task options of a cell on ``device``."""
-        opts = {"max_retries": 1,  # a lost worker or node: once more, then the cell fails
-                # the task returns every failure of the cell as a result; an exception in
-                # the task itself is a bug or a broken node setup, which a retry repeats
-                "retry_exceptions": False}
+    def resources(self, suite: Suite, device: str) -> dict[str, int | bool | dict[str, float]]:
+        """The Ray task options of a cell on ``device``: keyword arguments of Ray's
+        ``.options()``, by their Ray names."""
+        opts: dict[str, int | bool | dict[str, float]] = {
+            "max_retries": 1,  # a lost worker or node: once more, then the cell fails
+            # the task returns every failure of the cell as a result; an exception in
+            # the task itself is a bug or a broken node setup, which a retry repeats
+            "retry_exceptions": False}
         if device.startswith("cuda"):
             opts |= {"num_gpus": 1, "num_cpus": 1}  # the GPU works; one core feeds it
         else:
@@ -244,13 +246,13 @@ class RayExecutor:
             return CellResult(head, "failed", reason=f"lost its Ray worker twice (Ray retried "
                               f"the cell once): {type(e).__name__}: {first}",
                               traceback=str(e)[-4000:]), []
-        result, examples = isolated_result(head, out["run"])
-        env = dict(result.environment or {}) | {"executor": out["executor"]}
+        result, examples = isolated_result(head, out.run)
+        env = dict(result.environment or {}) | {"executor": out.executor.to_dict()}
         return dataclasses.replace(result, environment=env), examples
 
-    def _write(self, job: SuiteJob, result: CellResult, examples: list[dict]) -> dict:
+    def _write(self, job: SuiteJob, result: CellResult, examples: list[dict]) -> CellResult:
         write_cell(job.run_dir, result, examples)
-        return result.to_dict()
+        return result
 
     def _stop(self, job: SuiteJob, running: dict, done: dict, bar) -> None:
         """Keep what has finished, then cancel the rest on the cluster."""

@@ -11,6 +11,7 @@ executor would not retry it either.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import socket
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimbench import __version__
+from slimbench.bench.measure.isolation import IsolatedRun
+from slimbench.schema.environment import Executor
 
 # artifact folders this worker process has hashed in full (the cache's rule: sizes every
 # time, the full sha256 once per process that reads them)
@@ -29,13 +32,27 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
-def node_record() -> dict:
-    """Which node and worker this is: saved as the cell's ``environment["executor"]``."""
+@dataclasses.dataclass(frozen=True)
+class CellTask:
+    """What one Ray task returns to the driver.
+
+    Attributes:
+        run: what ``run_isolated`` returned (status, result or reason, seconds).
+        executor: the node and worker, with the UTC span the task held its resources.
+    """
+
+    run: IsolatedRun
+    executor: Executor
+
+
+def node_record() -> Executor:
+    """Which node and worker this is: saved as the cell's ``environment["executor"]``
+    (without its span: ``started_at`` and ``ended_at`` are the task's)."""
     import ray
 
-    return {"name": "ray", "node_id": ray.get_runtime_context().get_node_id(),
-            "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
-            "worker_pid": os.getpid(), "slimbench": __version__}
+    return Executor(name="ray", node_id=ray.get_runtime_context().get_node_id(),
+                    node_ip=ray.util.get_node_ip_address(), hostname=socket.gethostname(),
+                    worker_pid=os.getpid(), slimbench=__version__)
 
 
 def check_artifact(artifact: str) -> str | None:
@@ -74,7 +91,7 @@ def _call(target: str, **kwargs) -> None:
     getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def run_cell(spec: dict) -> dict:
+def run_cell(spec: dict) -> CellTask:
     """Measure one cell on this node.
 
     Args:
@@ -85,9 +102,8 @@ def run_cell(spec: dict) -> dict:
             they make a worker die here), or None.
 
     Returns:
-        ``run``: what ``run_isolated`` returned (status, result or reason, seconds);
-        ``executor``: ``node_record()`` with ``started_at`` and ``ended_at`` (UTC, ISO 8601:
-        the span the task held its resources, by this node's clock).
+        The cell's run and ``node_record()`` with ``started_at`` and ``ended_at`` (UTC, ISO
+        8601: the span the task held its resources, by this node's clock).
     """
     from slimbench.bench.measure.isolation import run_isolated
 
@@ -98,14 +114,14 @@ def run_cell(spec: dict) -> dict:
         _call(target, cell=spec["cell"], **kwargs)
     t0 = time.perf_counter()
     if spec["slimbench"] != __version__:  # another version may measure, or name, differently
-        reason = (f"node {record['hostname']} has slimbench {__version__}, the driver "
+        reason = (f"node {record.hostname} has slimbench {__version__}, the driver "
                   f"{spec['slimbench']}: install the same version on every node")
     else:
         reason = check_artifact(spec["kwargs"]["artifact"])
     if reason:
-        run = {"status": "failed", "reason": reason, "seconds": time.perf_counter() - t0}
+        run = IsolatedRun("failed", time.perf_counter() - t0, reason=reason)
     else:
         run = run_isolated(spec["target"], spec["kwargs"], timeout=spec["timeout"],
                            preload=tuple(spec["preload"]))
-    return {"run": run, "executor": record | {"started_at": _iso(started),
-                                              "ended_at": _iso(time.time())}}
+    return CellTask(run, dataclasses.replace(record, started_at=_iso(started),
+                                             ended_at=_iso(time.time())))

@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from slimbench.errors import SlimbenchError
+from slimbench.schema import Check, PairedLatency
 
 
 def artifact_at_hand(artifact: str | None, content_key: str | None, recipe: list,
@@ -62,7 +63,8 @@ class Remeasure:
     max_seconds: float = 30.0
 
 
-def remeasure(checks: list[dict], evidence, plan: Remeasure, policy, say=print) -> list[dict]:
+def remeasure(checks: list[Check], evidence, plan: Remeasure, policy,
+              say=print) -> list[Check]:
     """``checks`` with every latency check whose two artifacts are at hand decided on a
     paired re-measurement (one comparison per variant, device and scenario); the others are
     returned as they were, their note saying why they were not re-measured."""
@@ -71,22 +73,22 @@ def remeasure(checks: list[dict], evidence, plan: Remeasure, policy, say=print) 
     results: dict[tuple, object] = {}
     out = []
     for check in checks:
-        spec = _scenario(check["metric"], plan.latency) if check["kind"] == "latency" else None
-        if spec is None or check.get("candidate") is None:
+        spec = _scenario(check.metric, plan.latency) if check.kind == "latency" else None
+        if spec is None or check.candidate_value is None:
             out.append(check)
             continue
         paired_metric, scenario, length, new_tokens = spec
         sides = _sides(check, evidence, plan)
         if isinstance(sides, str):
-            out.append(check | {"why": f"{check['why']} [not re-measured: {sides}]".strip()})
+            out.append(_note(check, f"not re-measured: {sides}"))
             continue
-        key = (check["variant"], check["device"], scenario, length)
+        key = (check.variant, check.device, scenario, length)
         if key not in results:
             config = PairedConfig(scenario=scenario, length=length, new_tokens=new_tokens,
-                                  device=check["device"], threads=plan.threads,
+                                  device=check.device, threads=plan.threads,
                                   min_seconds=min(plan.min_seconds, plan.max_seconds),
                                   max_seconds=plan.max_seconds)
-            say(f"re-measuring {check['variant']} ({check['device']}) {scenario}@{length}: "
+            say(f"re-measuring {check.variant} ({check.device}) {scenario}@{length}: "
                 f"{sides[0]} vs {sides[1]}, paired")
             try:
                 results[key] = paired_compare(*sides, config)
@@ -94,18 +96,22 @@ def remeasure(checks: list[dict], evidence, plan: Remeasure, policy, say=print) 
                 results[key] = str(e)
         result = results[key]
         if isinstance(result, str):
-            out.append(check | {"why": f"{check['why']} [not re-measured: {result}]".strip()})
+            out.append(_note(check, f"not re-measured: {result}"))
             continue
         out.append(_decide(check, result, paired_metric, policy))
     return out
 
 
-def _sides(check: dict, evidence, plan: Remeasure) -> tuple[str, str] | str:
+def _note(check: Check, note: str) -> Check:
+    return dataclasses.replace(check, why=f"{check.why} [{note}]".strip())
+
+
+def _sides(check: Check, evidence, plan: Remeasure) -> tuple[str, str] | str:
     """The two artifacts to load, or why they are not at hand."""
     found = []
     for ev_map, cell, run_dir, side in (
-            (evidence[0], check.get("cell"), plan.baseline_dir, "baseline"),
-            (evidence[1], check.get("candidate_cell"), plan.candidate_dir, "candidate")):
+            (evidence[0], check.cell, plan.baseline_dir, "baseline"),
+            (evidence[1], check.candidate_cell, plan.candidate_dir, "candidate")):
         ev = ev_map.get(cell)
         if ev is None or ev.artifact is None:
             return f"the {side} run does not record its artifact"
@@ -116,17 +122,18 @@ def _sides(check: dict, evidence, plan: Remeasure) -> tuple[str, str] | str:
     return found[0], found[1]
 
 
-def _decide(check: dict, result, paired_metric: str, policy) -> dict:
+def _decide(check: Check, result, paired_metric: str, policy) -> Check:
     from slimbench.bench.measure.paired import classify, time_ratio
 
     ratio, (lo, hi) = time_ratio(result.ratios[paired_metric])  # candidate / baseline time
-    mode, allowed = policy.allowance("latency", check["metric"])
-    paired = {"ratio": ratio, "ci95": [lo, hi], "pairs": result.pairs,
-              "seconds": result.seconds, "scenario": result.scenario}
+    mode, allowed = policy.allowance("latency", check.metric)
+    paired = PairedLatency(ratio=ratio, ci95=(lo, hi), pairs=result.pairs,
+                           seconds=result.seconds, scenario=result.scenario)
     what = (f"paired re-measurement: time ratio {ratio:.3f} [{lo:.3f}, {hi:.3f}] over "
             f"{result.pairs} pairs")
     if allowed is None or mode != "relative":
-        return check | {"paired_latency": paired, "why": f"{what} (reported, not gated)"}
+        return dataclasses.replace(check, paired_latency=paired,
+                                   why=f"{what} (reported, not gated)")
     verdict, why = classify(ratio, (lo, hi), allowed)
-    return check | {"status": "fail" if verdict == "slower" else "pass",
-                    "paired_latency": paired, "why": f"{what}: {verdict} ({why})"}
+    return dataclasses.replace(check, status="fail" if verdict == "slower" else "pass",
+                               paired_latency=paired, why=f"{what}: {verdict} ({why})")

@@ -30,6 +30,7 @@ import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -40,6 +41,9 @@ from slimbench.log import quiet_progress
 from slimbench.reports.consistency import check_cell
 from slimbench.schema import CellInfo, CellResult, load_document, load_file
 from slimbench.schema import cell_id as schema_cell_id
+
+if TYPE_CHECKING:
+    from slimbench.bench.measure.isolation import IsolatedRun
 
 
 def cell_id(variant: Variant, device: str) -> str:
@@ -142,7 +146,7 @@ class LocalExecutor:
     def close(self) -> None:
         pass
 
-    def run(self, job: SuiteJob) -> list[dict]:
+    def run(self, job: SuiteJob) -> list[CellResult]:
         suite, run_dir, cache, say = job.suite, job.run_dir, job.cache, job.say
         cells = [(v, d) for v in suite.variants for d in suite.devices]
         bar = tqdm(cells, desc="cells", unit="cell", disable=quiet_progress(job.show_progress))
@@ -161,13 +165,13 @@ class LocalExecutor:
                 if result.status == "failed":
                     say(f"cell {head.id}: failed: {result.reason}")
                 write_cell(run_dir, result, examples)
-            results.append(result.to_dict())
+            results.append(result)
         return results
 
 
 def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | None = None,
               say=print, show_progress: bool = True, cell_target: str = CELL,
-              executor=None) -> list[dict]:
+              executor=None) -> list[CellResult]:
     """Run every (variant, device) cell, writing each cell's file as it finishes.
 
     ``cell_target`` names the function each isolated process runs (tests inject failures).
@@ -175,7 +179,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
     against what it can run before anything is written.
 
     Returns:
-        The cell results in suite order, as written (``CellResult.to_dict()``).
+        The cell results in suite order, as written.
     """
     from slimbench.compress.cache import ArtifactCache
 
@@ -189,8 +193,10 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, cache: Path | N
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
         if not (run_dir / "suite.json").is_file():
             atomic.write_json(run_dir / "suite.json", suite.to_dict())
-        results = executor.run(SuiteJob(suite, run_dir, cache, resume, say, show_progress,
-                                        cell_target))
+        # an executor returns the results typed, or as written (``CellResult.to_dict()``)
+        results = [r if isinstance(r, CellResult) else load_document(r, "cell result", "cell")
+                   for r in executor.run(SuiteJob(suite, run_dir, cache, resume, say,
+                                                  show_progress, cell_target))]
     finally:
         executor.close()
     _say_skipped(results, say)
@@ -248,8 +254,9 @@ def build_failure(head: CellInfo, error: Exception) -> CellResult:
                       traceback=getattr(error, "details", None))
 
 
-def cell_kwargs(suite: Suite, variant: Variant, head: CellInfo) -> dict:
-    """The arguments of the cell function (``bench/measure/cell.py suite_cell``)."""
+def cell_kwargs(suite: Suite, variant: Variant, head: CellInfo) -> dict[str, Any]:
+    """The keyword arguments of the cell function (``bench/measure/cell.py suite_cell``), by
+    name: what its isolated process is called with."""
     return {"artifact": head.artifact, "device": head.device,
             "threads": suite.threads or None, "latency": suite.latency,
             "tasks": list(suite.tasks), "task_limit": suite.task_limit,
@@ -262,26 +269,30 @@ def cell_preload(device: str) -> tuple[str, ...]:
     return () if device.startswith("cuda") else CELL_PRELOAD
 
 
-def isolated_result(head: CellInfo, run: dict) -> tuple[CellResult, list[dict]]:
+def isolated_result(head: CellInfo, run: IsolatedRun
+                    ) -> tuple[CellResult, list[dict[str, Any]]]:
     """The cell's result from what its isolated process returned (``run_isolated``), and its
-    per-example outputs."""
-    if run["status"] != "ok":
-        return CellResult(head, "failed", reason=run["reason"], seconds=run["seconds"],
-                          traceback=run.get("traceback")), []
-    out = run["result"] if isinstance(run["result"], dict) else {}
+    per-example outputs (the JSON records its tasks wrote, as ``write_cell`` saves them)."""
+    from slimbench.bench.measure.cell import CellOutput
+
+    if run.status != "ok":
+        return CellResult(head, "failed", reason=run.reason, seconds=run.seconds,
+                          traceback=run.traceback), []
+    # checked as read from a file: a cell function that returns no valid result has failed
+    out = run.result.to_dict() if isinstance(run.result, CellOutput) else {}
     try:  # the cell's own identity names the artifact; the suite's names the cell
         measured = load_document(out.get("result"), f"cell {head.id}", "cell")
     except UsageError as e:  # a cell that returns no valid result has failed
-        return CellResult(head, "failed", reason=str(e), seconds=run["seconds"]), []
+        return CellResult(head, "failed", reason=str(e), seconds=run.seconds), []
     head.backend = measured.cell.backend
-    return dataclasses.replace(measured, cell=head, seconds=run["seconds"]), \
+    return dataclasses.replace(measured, cell=head, seconds=run.seconds), \
         out.get("examples") or []
 
 
-def _say_skipped(results: list[dict], say) -> None:
+def _say_skipped(results: list[CellResult], say) -> None:
     skipped: dict[str, list[str]] = {}
     for r in results:
-        if r["status"] == "skipped":
-            skipped.setdefault(r["reason"], []).append(r["cell"]["id"])
+        if r.status == "skipped":
+            skipped.setdefault(r.reason, []).append(r.cell.id)
     for reason, ids in skipped.items():
         say(f"{len(ids)} cell(s) skipped, {reason}: {', '.join(ids)}")

@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 from slimbench.errors import SlimbenchError, UsageError
 from slimbench.names import check_name
@@ -69,8 +70,9 @@ class Suite:
         return {k: v for k, v in d.items() if v or k not in ("acceptance", "paired")}
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``key.sub=value`` strings applied to the parsed YAML (values parsed as YAML scalars)."""
+def apply_overrides(data: dict, overrides: list[str]) -> dict[str, Any]:
+    """``key.sub=value`` strings applied to the parsed YAML (values parsed as YAML scalars):
+    a copy of the suite's mapping, checked afterwards as the file itself is."""
     import yaml
 
     data = copy.deepcopy(data)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from slimbench.compress.onnx_model import positions_from_mask
+from slimbench.schema.measurements import Placement
 
 
 class RuntimeBase(abc.ABC):
@@ -49,7 +50,7 @@ class RuntimeBase(abc.ABC):
         """See ``CausalLM.sync``."""
 
     @abc.abstractmethod
-    def placement(self) -> dict | None:
+    def placement(self) -> Placement | None:
         """See ``CausalLM.placement``."""
 
     @abc.abstractmethod

@@ -41,6 +41,7 @@ from slimbench.bench.runtimes.ort_kv import KVPool, OrtPast
 from slimbench.compress.arch import head_dim, max_positions, n_kv_heads, n_layers
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.onnx_model import LOGITS_INDEX, io_names
+from slimbench.schema.measurements import Placement
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 INITIAL_POSITIONS = 2048
@@ -238,7 +239,7 @@ class OrtRuntime(RuntimeBase):
             logits = logits[:, -1:]
         return logits, new_past
 
-    def placement(self) -> dict:
+    def placement(self) -> Placement:
         """Which execution provider ran each graph node, from ORT's profiler on one prefill.
 
         Nodes that the primary provider (CUDA on a GPU) could not take run on the CPU
@@ -267,8 +268,8 @@ class OrtRuntime(RuntimeBase):
         by_provider = collections.Counter(p for p, _ in nodes.values())
         fallback = collections.Counter(op for p, op in nodes.values() if p != primary)
         self.fallback_nodes = sum(fallback.values())
-        return {"primary": primary, "nodes_by_provider": dict(by_provider),
-                "fallback_nodes": self.fallback_nodes, "fallback_ops": dict(fallback)}
+        return Placement(primary=primary, nodes_by_provider=dict(by_provider),
+                         fallback_nodes=self.fallback_nodes, fallback_ops=dict(fallback))
 
     def _scored(self, batch: list[list[int]]) -> tuple[np.ndarray, list[int], np.ndarray]:
         """Right-padded ids, lengths and every position's logits. A causal graph needs no mask

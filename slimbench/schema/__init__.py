@@ -1,30 +1,40 @@
 """The typed records every layer exchanges and slimbench writes: the result documents
-(``documents.py``), their parts (``measurements.py``) and the codec that checks them (``codec.py``).
+(``documents.py``), their parts (``measurements.py``), the environment record
+(``environment.py``), the verdicts of the gate and of acceptance criteria (``checks.py``) and
+the codec that checks them (``codec.py``).
 
 It lives in the package root, below every layer, so that ``compress`` can return an ``Artifact``,
 ``bench`` a ``CellResult`` and ``reports`` read both without importing each other.
 """
 
+from slimbench.schema.checks import Check, PairedLatency, PairedTest  # noqa: F401
 from slimbench.schema.codec import SchemaError, Typed  # noqa: F401
 from slimbench.schema.documents import (  # noqa: F401 - the schema's public names
-    SCHEMA_VERSION,
-    RESULTS_FORMAT,
-    SUITE_SHAPE,
     DOCUMENTS,
-    Document,
+    RESULTS_FORMAT,
+    SCHEMA_VERSION,
+    SUITE_SHAPE,
     Artifact,
     CellInfo,
     CellResult,
+    Document,
     EvalResult,
-    Row,
     ResultsFile,
+    Row,
     cell_id,
-    suite_cell_ids,
-    valid_suite,
+    generate,
     load_document,
     load_file,
-    generate,
     schema_text,
+    suite_cell_ids,
+    valid_suite,
+)
+from slimbench.schema.environment import (  # noqa: F401 - the schema's public names
+    Cpu,
+    Environment,
+    Executor,
+    Git,
+    Gpu,
 )
 from slimbench.schema.measurements import (  # noqa: F401 - the schema's public names
     Fidelity,
@@ -32,6 +42,7 @@ from slimbench.schema.measurements import (  # noqa: F401 - the schema's public 
     Latency,
     Measurement,
     Memory,
+    Placement,
     QualityScore,
     Scenario,
     Score,

@@ -10,8 +10,8 @@ which checks every field and names the first one that does not fit. Files of ano
 version are refused in one line: their fields may mean something else.
 
 ``python -m slimbench.schema`` prints the JSON Schema of the three, generated from these
-types (committed as ``slimbench/schema/results.schema.json``, for other tools; slimbench validates with
-the types themselves).
+types (committed as ``slimbench/schema/results.schema.json``, for other tools; slimbench
+validates with the types themselves).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ RESULTS_FORMAT = 1  # results.json's own marker, older than schema_version: kept
 
 @dataclasses.dataclass
 class Artifact(Typed):
-    """What was loaded and measured (the loader's ModelInfo).
+    """What was loaded and measured (``load_artifact``'s record of it: ``LoadedModel.info``).
 
     Attributes:
         spec: the model spec or artifact path that was loaded.
@@ -72,12 +72,6 @@ class Artifact(Typed):
     weights_sha256: str | None
     recipe: list[str] = dataclasses.field(default_factory=list)
     manifest: dict | None = None
-
-    @classmethod
-    def from_info(cls, info: dict) -> Artifact:
-        """From ``ModelInfo.to_dict()``."""
-        return cls.from_dict({f.name: info[f.name] for f in dataclasses.fields(cls)
-                              if f.name in info})
 
 
 @dataclasses.dataclass
@@ -305,7 +299,7 @@ def load_file(path: str | Path, want: str | None = None) -> Document:
 
 
 def generate() -> dict:
-    """The JSON Schema of the three documents (what ``slimbench/schema/results.schema.json`` holds)."""
+    """The JSON Schema of the three documents (``slimbench/schema/results.schema.json``)."""
     return json_schema(
         [CellResult, EvalResult, ResultsFile], title="slimbench results",
         description=f"slimbench results schema version {SCHEMA_VERSION}: a cell result, an "

@@ -78,6 +78,24 @@ class Scenario(Typed):
         return found[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement(Typed):
+    """Where an ONNX graph's nodes ran (ONNX Runtime's profiler on one prefill).
+
+    Attributes:
+        primary: the session's first execution provider (CUDA on a GPU).
+        nodes_by_provider: per execution provider, the nodes it ran.
+        fallback_nodes: nodes that ran on a provider other than the primary, often with
+            copies around them.
+        fallback_ops: per operator type, its nodes that fell back.
+    """
+
+    primary: str
+    nodes_by_provider: dict[str, int]
+    fallback_nodes: int
+    fallback_ops: dict[str, int]
+
+
 @dataclasses.dataclass
 class Latency(Typed):
     """A cell's latency scenarios and how they were configured.
@@ -90,7 +108,7 @@ class Latency(Typed):
 
     config: dict
     scenarios: list[Scenario]
-    placement: dict | None = None
+    placement: Placement | None = None
 
 
 @dataclasses.dataclass
