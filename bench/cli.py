@@ -393,6 +393,18 @@ def cmd_demo(args) -> None:
                          f"{run_dir / 'gate.md'}")
 
 
+def cmd_search(args) -> None:
+    from slimbench.bench.orchestrate.search import run_search, search_config
+
+    result = run_search(search_config(args))
+    print(f"{result.tried} candidates decided in {result.seconds / 60:.1f} min; "
+          + (f"winner {result.winner}: {args.out / 'best-recipe.yaml'}" if result.winner
+             else "no candidate meets the budget"))
+    if not result.winner:
+        raise GateFailed("no candidate meets the budget; closest: "
+                         + "; ".join(result.closest) + f" (see {args.out / 'search.json'})")
+
+
 def cmd_compare(args) -> None:
     from slimbench.bench.measure.paired import (
         PRIMARY,
@@ -445,7 +457,7 @@ def cmd_validate(args) -> None:
 
 COMMANDS = {"ls": cmd_ls, "inspect": cmd_inspect, "eval": cmd_eval, "compress": cmd_compress,
             "run": cmd_run, "report": cmd_report, "gate": cmd_gate, "demo": cmd_demo,
-            "validate": cmd_validate, "compare": cmd_compare}
+            "validate": cmd_validate, "compare": cmd_compare, "search": cmd_search}
 
 
 def main(argv: list[str] | None = None) -> int:

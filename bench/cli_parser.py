@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
                                           "on the first violation")
     val.add_argument("path", type=Path, help="a cell JSON, a results.json, an `eval --out` file, "
                                              "or a run directory (its cells and results.json)")
+    _search_args(sub.add_parser(
+        "search", help="find the fastest (or smallest) recipe whose quality stays inside a "
+                       "budget, confirmed on held-out examples; exit 1 when none does"))
     _compare_args(sub.add_parser(
         "compare", help="paired A/B latency: measure two models in interleaved trials and "
                         "judge the ratio; exit 1 if the candidate is slower"))
@@ -195,3 +198,35 @@ def _compare_args(cmp: argparse.ArgumentParser) -> None:
     cmp.add_argument("--inject-slowdown", type=float, default=0.0, metavar="F",
                      help="test only: the candidate busy-waits F x each timed step's own time "
                           "(a known slowdown of F, to check that compare finds it)")
+
+
+def _search_args(sp: argparse.ArgumentParser) -> None:
+    sp.description = (
+        "Try the recipes of a space on MODEL, cheapest evidence first: build, bytes, "
+        "sequential paired quality screens on the tune split, paired A/B timing of the "
+        "survivors, then confirm the best on the test split. Writes OUT/search.json, "
+        "frontier.html and, with a winner, best-recipe.yaml and best-suite.yaml. Exit 0: a "
+        "winner; 1: none meets the budget; 2: bad input.")
+    sp.add_argument("model", help="'reference', a local Hugging Face directory or a hub id")
+    sp.add_argument("--budget", type=Path, required=True,
+                    help="YAML of criteria as a suite's acceptance gives them, e.g. "
+                         "perplexity.perplexity: {non_inferior: 0.02}")
+    sp.add_argument("--space", type=Path,
+                    help="YAML of candidate recipes (default: the built-in space of --device)")
+    sp.add_argument("--out", type=Path, required=True, help="the search's folder")
+    sp.add_argument("--objective", default="decode",
+                    choices=("decode", "prefill", "generate", "size", "memory"),
+                    help="what the winner is best at (default decode)")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda")
+    sp.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    sp.add_argument("--max-minutes", type=float, help="time budget: screening stops at 60%% "
+                                                      "of it, timing at 85%%")
+    sp.add_argument("--alpha", type=float, default=0.05,
+                    help="the confirmation tests' level (default 0.05)")
+    sp.add_argument("--ab-seconds", type=float, default=10.0,
+                    help="longest paired A/B of a survivor against the baseline (default 10)")
+    sp.add_argument("--tune-limit", type=int, help="tune examples per task at most")
+    sp.add_argument("--test-limit", type=int, help="test examples per task at most")
+    sp.add_argument("--cache", type=Path, help="artifact cache (default: OUT/../.artifacts)")
+    sp.add_argument("--resume", action="store_true",
+                    help="go on with the search in OUT, redoing nothing already decided")

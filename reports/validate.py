@@ -5,7 +5,8 @@ the gate read with, plus what a single file cannot say: that the per-example fil
 exists beside it and backs its figures (``consistency.py``: its sha256, its records, each
 metric re-aggregated), that a run's cell file is named after its cell and its results file
 holds its cells' rows. Files in ``cells/`` that are not cells of the run's suite are named and
-ignored, as every reader ignores them.
+ignored, as every reader ignores them. A search's ``search.json`` (``slimbench search``) is
+checked by its type, which also holds its candidates' names and counts together.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ def _files(path: Path) -> tuple[list[tuple[Path, str | None]], list[Path]]:
         files: list[tuple[Path, str | None]] = [(f, "cell") for f in cells]
         if (path / "results.json").is_file():
             files.append((path / "results.json", "results"))
+        if (path / "search.json").is_file():  # a search's output directory
+            files.append((path / "search.json", "search"))
         if not files:
-            raise UsageError(f"{path}: no cell results (cells/*.json) and no results.json: not "
-                             "a slimbench run directory")
+            raise UsageError(f"{path}: no cell results (cells/*.json), no results.json and no "
+                             "search.json: not a slimbench run or search directory")
         return files, strays
     if not path.exists():
         raise UsageError(f"{path} does not exist")
@@ -60,8 +63,8 @@ def _check_links(doc: Document, source: Path, in_run: bool) -> None:
 
 
 def validate(path: str | Path) -> str:
-    """Check a cell JSON, a results.json, an ``eval --out`` file, or a run directory (every
-    ``cells/*.json`` and its ``results.json``).
+    """Check a cell JSON, a results.json, an ``eval --out`` file, a ``search.json``, or a run
+    directory (every ``cells/*.json`` and its ``results.json``; a search's ``search.json``).
 
     Returns:
         One line: ``valid: PATH: what was checked``.
@@ -82,7 +85,8 @@ def validate(path: str | Path) -> str:
     if path.is_dir() and results in docs and (path / "cells").is_dir():
         cells = [d for d in docs.values() if isinstance(d, CellResult)]
         check_rows(docs[results].rows, cells, results)
-    names = {"cell": "cell result", "eval": "eval result", "results": "results file"}
+    names = {"cell": "cell result", "eval": "eval result", "results": "results file",
+             "search": "search result"}
     what = ", ".join(f"{n} {names[k]}{'s' if n > 1 else ''}" for k, n in counts.items())
     ignored = f"; ignored {len(strays)} file(s) in cells/ that are not cells of its suite: " \
         f"{', '.join(p.name for p in strays)}" if strays else ""

@@ -141,9 +141,11 @@ def generate_predictions(lm: CausalLM, tokenizer, spec: TaskSpec, rows: list[dic
 
 def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = None,
              show_progress: bool = False, batch_size: int | None = None,
-             resamples: int = RESAMPLES, seed: int = SEED) -> TaskResult:
+             resamples: int = RESAMPLES, seed: int = SEED, split: str = "all",
+             offset: int = 0) -> TaskResult:
     """Evaluate ``lm`` on a task (registered name, task YAML path, or ``TaskSpec``): its
-    ``QualityScore`` (every metric with its bootstrap interval) and per-example outputs."""
+    ``QualityScore`` (every metric with its bootstrap interval) and per-example outputs;
+    ``split`` and ``offset`` choose the rows as ``sources.load_examples`` does."""
     spec = resolve_task(name)
     if tokenizer is None:
         raise UsageError(f"task {spec.name} needs a tokenizer, and this model has none "
@@ -151,7 +153,7 @@ def run_task(lm: CausalLM, tokenizer, name: str | TaskSpec, limit: int | None = 
                          "files)")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}")
-    rows = load_examples(spec, limit)
+    rows = load_examples(spec, limit, split, offset)
     t0 = time.perf_counter()
     examples: list[Example]
     if spec.kind == "perplexity":

@@ -45,6 +45,7 @@ from slimbench.tasks.lmeval_spec import LmEvalSpec
 from slimbench.tasks.loglikelihood import encode, prefix_token_id, score_continuations
 from slimbench.tasks.protocol import CausalLM
 from slimbench.tasks.results import LmEvalExample, TaskResult, quality_score
+from slimbench.tasks.splits import check_split, split_of
 from slimbench.tasks.stopping import stop_token_ids
 
 # lm-eval's simple_evaluate seeds (DEFAULT_RANDOM_SEED, DEFAULT_OTHER_SEED): the same docs,
@@ -292,10 +293,11 @@ def _single_process_bootstrap():
             os.environ["DISABLE_MULTIPROC"] = old
 
 
-def _evaluate(model: RuntimeLM, task, limit: int | None, resamples: int) -> dict[str, Any]:
+def _evaluate(model: RuntimeLM, task, limit: int | None, resamples: int,
+              docs: list[int] | None = None) -> dict[str, Any]:
     """lm-eval's ``evaluate`` on one task, configured as its ``simple_evaluate`` does (seeds,
     zero-shot unless the task says otherwise) without its environment report (seconds of
-    subprocesses per call)."""
+    subprocesses per call); ``docs``: only these document indices (instead of ``limit``)."""
     from lm_eval.evaluator import evaluate
 
     random.seed(RANDOM_SEED)
@@ -304,8 +306,21 @@ def _evaluate(model: RuntimeLM, task, limit: int | None, resamples: int) -> dict
         task.set_config(key="num_fewshot", value=0)
     task.set_fewshot_seed(seed=OTHER_SEED)
     with _single_process_bootstrap():
-        return evaluate(lm=model, task_dict={"tasks": {task.task_name: task}}, limit=limit,
+        return evaluate(lm=model, task_dict={"tasks": {task.task_name: task}},
+                        limit=None if docs is not None else limit,
+                        samples=None if docs is None else {task.task_name: docs},
                         bootstrap_iters=resamples, log_samples=True)
+
+
+def split_docs(task, split: str, offset: int, limit: int | None) -> list[int]:
+    """The indices of ``task``'s evaluation documents on one side of the held-out split
+    (``tasks/splits.py``; a document's id is its index, as lm-eval's ``doc_id``), from the
+    ``offset``-th on, ``limit`` of them."""
+    ids = [i for i in range(len(list(task.eval_docs)))
+           if split == "all" or split_of(i) == split][offset:]
+    if not ids:
+        raise UsageError(f"{task.task_name}: no {split} documents after the first {offset}")
+    return ids[:limit] if limit else ids
 
 
 def _task_result(name: str, task, out: dict[str, Any], seconds: float, resamples: int, seed: int,
@@ -364,11 +379,14 @@ def _task_result(name: str, task, out: dict[str, Any], seconds: float, resamples
 
 def run_lmeval(lm: CausalLM, tokenizer, spec: LmEvalSpec, limit: int | None = None,
                batch_size: int | None = None, resamples: int = RESAMPLES, seed: int = SEED,
-               show_progress: bool = False) -> list[TaskResult]:
+               show_progress: bool = False, split: str = "all", offset: int = 0
+               ) -> list[TaskResult]:
     """Every lm-eval task of ``spec`` on ``lm``: one ``TaskResult`` each, as ``run_task``'s.
 
     Args:
         limit: documents per task (default: the spec's, else all).
+        split, offset: one side of the held-out split, from its ``offset``-th document
+            (``split_docs``), as ``run_task`` chooses rows.
         batch_size: sequences per forward pass (default 8).
         resamples, seed: slimbench's bootstrap (lm-eval's stderr uses as many draws).
     """
@@ -376,6 +394,7 @@ def run_lmeval(lm: CausalLM, tokenizer, spec: LmEvalSpec, limit: int | None = No
 
     if limit is not None and limit < 1:
         raise UsageError(f"limit must be positive, got {limit}")
+    check_split(split)
     tasks = load_tasks(spec)
     model = RuntimeLM(lm, tokenizer, batch_size or 8, show_progress=show_progress)
     limit = limit or spec.limit
@@ -389,7 +408,9 @@ def run_lmeval(lm: CausalLM, tokenizer, spec: LmEvalSpec, limit: int | None = No
     results = []
     for name, task in tasks.items():
         t0 = time.perf_counter()
-        out = _evaluate(model, task, limit, resamples)
+        docs = None if split == "all" and not offset else split_docs(task, split, offset,
+                                                                     limit)
+        out = _evaluate(model, task, limit, resamples, docs)
         results.append(_task_result(name, task, out, time.perf_counter() - t0, resamples,
                                     seed, protocol, spec))
     return results

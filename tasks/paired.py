@@ -18,6 +18,10 @@ Two decision rules on the interval of the degradation d (the change in the bad d
 
 Each decision says the smallest degradation it could detect with this n, so a pass on too few
 examples reads as what it is.
+
+The interval is two-sided at ``level`` (0.95 unless asked otherwise: ``tasks/sequential.py``
+asks for 1 - alpha/looks at each interim look). The fields named ``ci95`` /
+``degradation_ci95`` hold the interval at whatever level was asked for; the ``why`` names it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import statistics
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
@@ -38,6 +43,7 @@ from slimbench.tasks.scorers import CHOICE_METRICS, METRICS, PERPLEXITY_METRICS,
 TESTS = ("significance", "non_inferiority")
 MODES = ("relative", "absolute")
 Z_POWER = 1.96 + 0.84  # 5% two-sided, 80% power
+LEVEL = 0.95  # the intervals' default two-sided confidence
 _SPEC_KEYS = frozenset({"metric", "higher_is_better"})  # a task_spec metric_list entry's own
 
 
@@ -262,7 +268,8 @@ class PairedBootstrap(Typed):
         baseline: the metric over the baseline's rows.
         candidate: the metric over the candidate's rows.
         delta: candidate - baseline.
-        ci95: percentile 95% interval of the delta over the paired resamples.
+        ci95: percentile interval of the delta over the paired resamples, at the level asked
+            for (95% by default).
         se: standard error of the delta over the resamples (0 for one resample).
         n: rows (examples) on each side.
         resamples: paired resamples.
@@ -289,7 +296,7 @@ class Decision(Typed):
         test: significance or non_inferiority.
         allowance: the allowed degradation, in metric units.
         degradation: the change in the bad direction (> 0: worse).
-        degradation_ci95: the interval of the degradation.
+        degradation_ci95: the interval of the degradation (at the bootstrap's level).
         detectable: the smallest degradation the test could detect with this n.
         detectable_relative: detectable / |baseline|, or null for a baseline of 0.
     """
@@ -304,15 +311,39 @@ class Decision(Typed):
     detectable_relative: float | None
 
 
+def check_level(level) -> float:
+    """``level`` as a float, or a one-line UsageError unless it is a number in (0, 1)."""
+    if not (_finite(level) and 0 < level < 1):
+        raise UsageError(f"confidence level must be a number between 0 and 1 (e.g. 0.95), "
+                         f"got {level!r}")
+    return float(level)
+
+
+def _tails(level: float) -> list[float]:
+    """The percentiles of a two-sided interval at ``level``: [2.5, 97.5] for 0.95 exactly."""
+    tail = round(50.0 * (1.0 - level), 12)
+    return [tail, 100.0 - tail]
+
+
+def _z_power(level: float) -> float:
+    """z of the two-sided ``level`` plus z of 80% power (``Z_POWER`` at 0.95)."""
+    if level == LEVEL:
+        return Z_POWER
+    return statistics.NormalDist().inv_cdf(0.5 + level / 2) + 0.84
+
+
 def paired_bootstrap(base_rows, cand_rows, aggregate: Callable[[np.ndarray], float],
-                     resamples: int = 1000, seed: int = 0) -> PairedBootstrap:
-    """Point values, and the percentile 95% interval and standard error of the difference
+                     resamples: int = 1000, seed: int = 0, level: float = LEVEL
+                     ) -> PairedBootstrap:
+    """Point values, and the percentile interval (two-sided at ``level``, 95% by default; it
+    is the ``ci95`` field whatever the level) and standard error of the difference
     ``candidate - baseline`` over paired resamples (the same indices for both sides)."""
+    tails = _tails(check_level(level))
     b, c = paired_samples(base_rows, cand_rows, aggregate, resamples, seed)
     base_v = float(aggregate(np.asarray(base_rows)))
     cand_v = float(aggregate(np.asarray(cand_rows)))
     deltas = c - b
-    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    lo, hi = np.percentile(deltas, tails)
     return PairedBootstrap(baseline=base_v, candidate=cand_v, delta=cand_v - base_v,
                            ci95=(float(lo), float(hi)),
                            se=float(deltas.std(ddof=1)) if resamples > 1 else 0.0,
@@ -329,7 +360,7 @@ def _check(test: str, mode: str, allowed: float) -> None:
 
 
 def decide(result: PairedBootstrap, higher_is_better: bool, test: str, mode: str,
-           allowed: float) -> Decision:
+           allowed: float, level: float = LEVEL) -> Decision:
     """Pass or fail a ``paired_bootstrap`` result.
 
     The degradation d is the change in the bad direction (baseline - candidate when higher is
@@ -339,9 +370,12 @@ def decide(result: PairedBootstrap, higher_is_better: bool, test: str, mode: str
     excludes 0; ``non_inferiority`` fails unless the interval's high end is <= A.
     ``detectable`` is the smallest degradation the test could detect with this n: about
     (1.96 + 0.84) * se for significance (80% power), the interval's half-width for
-    non-inferiority.
+    non-inferiority. ``level`` is the level ``result``'s interval was made at (the one
+    ``paired_bootstrap`` was given): the ``why`` names it and the significance test's
+    ``detectable`` uses its z.
     """
     _check(test, mode, allowed)
+    level = check_level(level)
     base, delta = result.baseline, result.delta
     sign = -1.0 if higher_is_better else 1.0
     d = sign * delta + 0.0  # + 0.0: no -0.0
@@ -357,7 +391,7 @@ def decide(result: PairedBootstrap, higher_is_better: bool, test: str, mode: str
         reason = ("beyond the allowance and significant (interval excludes 0)" if fail else
                   "within the allowance" if d <= allowance else
                   "beyond the allowance but not significant (interval includes 0)")
-        detectable = Z_POWER * result.se
+        detectable = _z_power(level) * result.se
     else:
         fail = not hi <= allowance
         reason = (f"interval's bad end {hi:.4g} {'>' if fail else '<='} allowance "
@@ -365,7 +399,7 @@ def decide(result: PairedBootstrap, higher_is_better: bool, test: str, mode: str
         detectable = (result.ci95[1] - result.ci95[0]) / 2
     why = (f"{test}: {'fail' if fail else 'pass'}: change {delta:+.4g} "
            f"({base:.4g} -> {result.candidate:.4g}), degradation {d:.4g} "
-           f"95% CI [{lo:.4g}, {hi:.4g}] on {result.n} paired examples, allowance "
+           f"{100 * level:.4g}% CI [{lo:.4g}, {hi:.4g}] on {result.n} paired examples, allowance "
            f"{allowance:.4g} ({rule}): {reason}")
     return Decision(status="fail" if fail else "pass", why=why, test=test, allowance=allowance,
                     degradation=d, degradation_ci95=(lo, hi), detectable=float(detectable),
@@ -374,15 +408,19 @@ def decide(result: PairedBootstrap, higher_is_better: bool, test: str, mode: str
 
 def paired_test(base_examples: list[dict], cand_examples: list[dict], kind: str, metric: str,
                 options: dict | None, higher_is_better: bool, test: str, mode: str,
-                allowed: float, resamples: int = 1000, seed: int = 0) -> PairedTest:
+                allowed: float, resamples: int = 1000, seed: int = 0, level: float = LEVEL
+                ) -> PairedTest:
     """pair_examples -> metric_rows for each side -> paired_bootstrap -> decide: the bootstrap
-    fields, the decision fields, and ``metric`` (the ``why`` starts with the metric)."""
+    fields, the decision fields, and ``metric`` (the ``why`` starts with the metric).
+    ``level``: the intervals' two-sided confidence (95% by default); ``ci95`` and
+    ``degradation_ci95`` hold the interval at that level."""
     _check(test, mode, allowed)
+    check_level(level)
     base, cand = pair_examples(base_examples, cand_examples)
     base_rows, aggregate = metric_rows(base, kind, metric, options)
     cand_rows, _ = metric_rows(cand, kind, metric, options)
-    boot = paired_bootstrap(base_rows, cand_rows, aggregate, resamples, seed)
-    decision = decide(boot, higher_is_better, test, mode, allowed)
+    boot = paired_bootstrap(base_rows, cand_rows, aggregate, resamples, seed, level)
+    decision = decide(boot, higher_is_better, test, mode, allowed, level)
     fields = {f.name: getattr(part, f.name) for part in (boot, decision)
               for f in dataclasses.fields(part)}
     return PairedTest(**fields | {"metric": metric, "why": f"{metric} {decision.why}"})

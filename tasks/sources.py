@@ -15,6 +15,7 @@ from slimbench.errors import UsageError
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.fields import render, template_fields  # noqa: F401  (render: re-exported)
 from slimbench.tasks.specs import DatasetSpec, TaskSpec
+from slimbench.tasks.splits import check_split, select
 
 
 def _jsonl(path: str) -> list[dict[str, Any]]:
@@ -50,28 +51,35 @@ def _huggingface(spec: DatasetSpec) -> list[dict[str, Any]]:
     return [dict(row) for row in ds]
 
 
-def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict[str, Any]]:
+def load_examples(spec: TaskSpec, limit: int | None = None, split: str = "all",
+                  offset: int = 0) -> list[dict[str, Any]]:
     """The task's rows (the first ``limit``, else the task's own ``limit``), each with an
     ``id``, checked to have every field the task's templates read.
 
+    ``split`` (``tasks/splits.py``) keeps the rows of one side of the held-out split, chosen
+    by id before ``offset`` and ``limit`` count: ``offset=16, limit=16`` of ``tune`` are the
+    17th to 32nd tune rows, what a sequential screen scores at its second look.
+
     A row is the user's data: its fields are the dataset's own, read by name by the task's
     ``{field}`` templates (``str.format_map``), so rows stay mappings; ``id`` is the one field
-    every row has.
+    every row has (its position in the file where the file gives none).
 
     Raises:
         UsageError: missing file/package, no rows, or a template field the rows lack.
     """
     if limit is not None and limit <= 0:
         raise UsageError(f"limit must be positive, got {limit}")
+    if offset < 0:
+        raise UsageError(f"offset must be >= 0, got {offset}")
+    check_split(split)
     limit = limit or spec.limit
     ds = spec.dataset
     if ds.evalset:
-        rows = load_evalset(ds.evalset, limit)
+        rows = load_evalset(ds.evalset)
     elif ds.path:
         rows = _jsonl(ds.path)
     else:
         rows = _huggingface(ds)
-    rows = rows[:limit] if limit else rows
     if not rows:
         raise UsageError(f"task {spec.name}: dataset {ds.describe()} has no rows")
     templates = [spec.text] if spec.kind == "perplexity" else [spec.prompt, spec.target]
@@ -82,4 +90,10 @@ def load_examples(spec: TaskSpec, limit: int | None = None) -> list[dict[str, An
     if missing:
         raise UsageError(f"task {spec.name}: dataset {ds.describe()} rows have no field(s) "
                          f"{', '.join(missing)} (they have: {', '.join(sorted(rows[0]))})")
-    return [row if "id" in row else row | {"id": i} for i, row in enumerate(rows)]
+    rows = select([row if "id" in row else row | {"id": i} for i, row in enumerate(rows)],
+                  split)[offset:]
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise UsageError(f"task {spec.name}: dataset {ds.describe()} has no {split} rows "
+                         f"after the first {offset}")
+    return rows

@@ -77,9 +77,9 @@ def suite_with(acceptance, **changes):
     ({"good": {"prefill_ms": {"slowdown_at_most": -0.05}}}, {},
      "acc.yaml: acceptance.good.prefill_ms: slowdown_at_most must be a number > 0, got -0.05"),
     ({"good": {"perplexity.perplexity": {"non_inferior": True}}}, {},
-     "non_inferior must be a number > 0, got True"),
+     "non_inferior must be a number >= 0, got True"),
     ({"good": {"perplexity.perplexity": {"non_inferior": float("nan")}}}, {},
-     "non_inferior must be a number > 0, got nan"),
+     "non_inferior must be a number >= 0, got nan"),
     ({"good": {"prefill_ms": {"slowdown_at_most": 0.05}}},
      {"latency": {"prefill": [], "decode_contexts": [24]}},
      "acc.yaml: acceptance.good.prefill_ms: the prefill scenario needs latency.prefill, which "

@@ -356,3 +356,27 @@ def test_bridge_refuses_bad_input_clearly(task_dir, reference, tmp_path, capsys)
     rc = main(["eval", "reference", "--task", "lm_eval:slim_mc,method_name", "--task",
                "method_name"])
     assert rc == 2 and "task names repeat" in capsys.readouterr().err
+
+
+def test_lmeval_documents_follow_the_held_out_split(task_dir, reference):
+    """lm-eval documents get the tune / test split of every other task, by their doc_id; the
+    records of one side are the same documents, scored the same, as in a run over all (up to
+    fp32 summation order: other documents share a batch, so padding and reductions differ)."""
+    from slimbench.tasks.lmeval_bridge import run_lmeval
+    from slimbench.tasks.splits import split_of
+
+    spec = LmEvalSpec(("slim_mc",), str(task_dir))
+    (whole,) = run_lmeval(*reference, spec, resamples=0)
+    (test,) = run_lmeval(*reference, spec, resamples=0, split="test")
+    (later,) = run_lmeval(*reference, spec, resamples=0, split="tune", offset=2, limit=2)
+    by_id = {r["id"]: r for r in whole.records()}
+    want = [i for i in range(12) if split_of(i) == "test"]
+    assert [r["id"] for r in test.records()] == want and 0 < len(want) < 12
+    for r in test.records():
+        same = by_id[r["id"]]
+        assert {k: v for k, v in r.items() if k != "responses"} == \
+            {k: v for k, v in same.items() if k != "responses"}
+        mine, theirs = ([ll for ll, _ in x["responses"]["none"]] for x in (r, same))
+        assert mine == pytest.approx(theirs, rel=1e-6, abs=1e-5)
+    assert [r["id"] for r in later.records()] == [i for i in range(12)
+                                                  if split_of(i) == "tune"][2:4]

@@ -86,6 +86,17 @@ def test_unstructured_step_on_reference_records_sparsity(tmp_path):
     assert count_parameters(back.model) == (m.parameters, m.nonzero_parameters)
 
 
+@pytest.mark.slow
+def test_wanda_at_a_share_that_rounds_per_row_builds(tmp_path):
+    """Wanda zeroes round(0.3 x 192) = 58 of each 192-input row (30.2%) and 230 of each
+    768-input row (29.9%): the step accepts the rounding, and no more."""
+    m = run_step("prune_unstructured", {"method": "wanda", "sparsity": 0.3}, "reference",
+                 tmp_path / "w")
+    s = m.report["sparsity"]
+    assert s["realized"] != 0.3 and abs(s["realized"] - 0.3) <= 0.5 / 192
+    assert m.nonzero_parameters == m.parameters - s["zeros"]
+
+
 def test_bad_unstructured_configs():
     with pytest.raises(UsageError, match="need 0 < N < M"):
         UnstructuredPruneConfig(n_m="4:2")

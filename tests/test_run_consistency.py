@@ -182,7 +182,7 @@ def test_non_finite_numbers_are_not_valid(make_run, tmp_path, capsys, where, lit
     ("[" * 100000 + "]" * 100000, "nests deeper than 100 levels"),
     ("[" * 150 + "]" * 150, "nests deeper than 100 levels"),
     ('{"document": [1], "schema_version": 1}', "document must be one of 'cell', 'eval', "
-                                               "'results', got [1]"),
+                                               "'results', 'search', got [1]"),
     ('{"document": {"a": 1}, "schema_version": 1}', "document must be one of"),
 ])
 def test_validate_never_overflows_nor_raises_a_type_error(tmp_path, capsys, text, message):

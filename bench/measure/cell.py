@@ -128,6 +128,18 @@ def require_tokenizer(loaded) -> None:
     raise UsageError(f"{info.spec}: quality tasks need a tokenizer, and {why}")
 
 
+def scoring_runtime(artifact: str, device: str, threads: int | None):
+    """A loaded artifact (``LoadedModel``: its ``info`` and tokenizer) and the runtime that
+    scores it, as a suite cell makes them: what a caller above this layer (the recipe search)
+    scores tasks on without a runtime of its own."""
+    from slimbench.bench.runtimes import make_runtime
+    from slimbench.compress.loader import LoadOptions, load_artifact
+
+    loaded = load_artifact(artifact, LoadOptions(device=device))
+    require_tokenizer(loaded)
+    return loaded, make_runtime(loaded, threads=threads)
+
+
 def latency_cell(model: str, device: str = "cpu", threads: int | None = None,
                  config: dict | None = None, dtype: str | None = None) -> CellResult:
     """Load ``model`` and measure the configured scenarios: an ok ``CellResult`` named after

@@ -1,6 +1,7 @@
 """One memory taxonomy for every cell. Each field is defined once, in the results schema
-(``slimbench/schema/measurements.py``, ``Memory``; ``FIELDS`` here), and the README's table is
-checked against it by a test. The functions here return that ``Memory`` record.
+(``slimbench/schema/measurements.py``, ``Memory``; ``FIELDS`` here), and the table of
+docs/measurements.md is checked against it by a test. The functions here return that
+``Memory`` record.
 
 Peak RSS is the kernel's high-water mark for the process (VmHWM), which is why every cell runs
 in its own process: a shared process would report the largest model it ever loaded.

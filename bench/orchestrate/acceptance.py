@@ -5,7 +5,8 @@ on any machine it is made on; nothing is compared with figures from another day 
 
 - quality (``task.metric``): ``non_inferior: a`` / ``no_significant_loss: a`` are the paired
   bootstrap tests of ``tasks/paired.py`` (non-inferiority / significance, allowance
-  ``a x |baseline|``) on the per-example outputs both cells saved.
+  ``a x |baseline|``, or ``a`` in the metric's units with ``mode: absolute``) on the
+  per-example outputs both cells saved.
 - latency (any metric of ``bench/measure/scenarios.py``: ``decode_ms_per_token``,
   ``prefill_ms``, ``generate_ms``, ``ttft_ms``, ``tpot_ms``, ``tokens_per_s``): one
   interleaved A/B (``bench/measure/paired.py``) per (variant, device, scenario) between the
@@ -42,6 +43,7 @@ from slimbench.bench.orchestrate.suite import (
     QUALITY_CRITERIA,
     SIZE_CRITERIA,
     Suite,
+    rule_parts,
     suite_baselines,
 )
 from slimbench.errors import SlimbenchError, UsageError
@@ -61,12 +63,14 @@ class Criterion:
     metric: str
     name: str
     threshold: float
+    mode: str = "relative"  # a quality criterion's allowance: x |baseline| or metric units
 
     def check(self, status: str, why: str, **more) -> Check:
-        """Its verdict."""
+        """Its verdict (an absolute allowance's mode recorded; relative, the default, not)."""
+        mode = {"mode": self.mode} if self.mode != "relative" else {}
         return Check(variant=self.variant, baseline=self.baseline, device=self.device,
                      metric=self.metric, criterion=self.name, threshold=self.threshold,
-                     status=status, why=why, **more)
+                     status=status, why=why, **mode, **more)
 
 
 def evaluate_acceptance(suite: Suite, run_dir: Path, say=print,
@@ -97,8 +101,8 @@ def evaluate_acceptance(suite: Suite, run_dir: Path, say=print,
         base = baselines[variant]
         for device in suite.devices:
             for metric, rule in criteria.items():
-                (name, threshold), = rule.items()
-                crit = Criterion(variant, base, device, metric, name, threshold)
+                name, threshold, mode = rule_parts(rule)
+                crit = Criterion(variant, base, device, metric, name, threshold, mode)
                 check = judge.cells_problem(crit) or judge.check(crit)
                 checks.append(dataclasses.replace(check, shown=_shown(check)))
     line = verdict_line(checks)
@@ -132,7 +136,13 @@ def verdict_line(checks: list[Check]) -> str:
 
 def _name(check: Check) -> str:
     return (f"{check.variant} vs {check.baseline} on {check.device}: "
-            f"{check.metric} {check.criterion} {check.threshold:g}")
+            f"{check.metric} {_rule_text(check)}")
+
+
+def _rule_text(check: Check) -> str:
+    """``non_inferior 0.02``; ``no_significant_loss 2 absolute`` for an absolute allowance."""
+    mode = " absolute" if check.mode == "absolute" else ""
+    return f"{check.criterion} {check.threshold:g}{mode}"
 
 
 def _shown(check: Check) -> str:
@@ -158,7 +168,7 @@ def markdown(checks: list[Check], name: str) -> str:
              "| why |", "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         lines.append("| " + " | ".join(cell(x) for x in (
-            c.variant, c.baseline, c.device, c.metric, f"{c.criterion} {c.threshold:g}",
+            c.variant, c.baseline, c.device, c.metric, _rule_text(c),
             c.status.upper(), c.shown, c.why)) + " |")
     return "\n".join(lines + ["", verdict_line(checks), ""])
 
@@ -231,7 +241,7 @@ class _Judge:
             out = paired_test(sides[0].examples, sides[1].examples, sides[0].kind, score,
                               sides[0].options.get(score, {}),
                               ref.quality[task].metrics[score].higher_is_better, test,
-                              "relative", crit.threshold)
+                              crit.mode, crit.threshold)
         except UsageError as e:
             return crit.check("fail", f"{metric}: {e}")
         return crit.check(out.status, out.why, value=out.delta, ci95=out.ci95, paired=out)

@@ -16,6 +16,7 @@
       ort-int8:                     # judged within the run (bench/orchestrate/acceptance.py)
         perplexity.perplexity: {non_inferior: 0.02}     # paired bootstrap, 95% bad end
         method_name.f1: {no_significant_loss: 0.05}     # fails only on a significant loss
+        next_line.acc: {no_significant_loss: 2, mode: absolute}   # 2 points (default: relative)
         decode_ms_per_token: {speedup_at_least: 1.5}    # paired interleaved A/B, 95% low end
         prefill_ms: {slowdown_at_most: 0.05}            # A/B ratio's 95% high end <= 1.05
         model_bytes_on_disk: {ratio_at_most: 0.6}       # size / memory rows of the run
@@ -231,6 +232,9 @@ LATENCY_CRITERIA = ("speedup_at_least", "slowdown_at_most")
 SIZE_CRITERIA = ("ratio_at_most",)
 CRITERIA = (*QUALITY_CRITERIA, *LATENCY_CRITERIA, *SIZE_CRITERIA)
 METRIC_ALIASES = {"bytes_on_disk": "model_bytes_on_disk"}  # the manifest's name for it
+# a quality criterion's allowance: ``relative`` (x |baseline|, the default) or ``absolute``
+# (metric units: 2 is two points of an accuracy in percent)
+QUALITY_MODES = ("relative", "absolute")
 PAIRED_KEYS = ("min_seconds", "max_seconds", "precision", "trial_seconds")  # PairedConfig's
 
 
@@ -270,13 +274,7 @@ def _criterion(suite: Suite, variant: Variant, metric: str, rule, where: str) ->
     from slimbench.schema import Memory
     from slimbench.tasks.specs import resolve_task
 
-    if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in CRITERIA:
-        raise UsageError(f"{where}: give one criterion of {', '.join(CRITERIA)}, e.g. "
-                         f"{{non_inferior: 0.02}}, got {rule!r}")
-    (name, value), = rule.items()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-            value) or value <= 0:
-        raise UsageError(f"{where}: {name} must be a number > 0, got {value!r}")
+    name, value, mode = check_rule(rule, where)
     memory = {f.name for f in dataclasses.fields(Memory)}
     known = (f"latency: {', '.join(SCENARIO_OF_METRIC)}; size and memory: "
              f"{', '.join(sorted(memory | set(METRIC_ALIASES)))}; quality: task.metric")
@@ -314,7 +312,43 @@ def _criterion(suite: Suite, variant: Variant, metric: str, rule, where: str) ->
         for v in (variant, base):
             if not v.quality:
                 raise UsageError(f"{where}: variant {v.name} is not scored (quality: false)")
-    return {name: float(value)}
+    return make_rule(name, value, mode)
+
+
+def check_rule(rule, where: str) -> tuple[str, float, str]:
+    """One ``{criterion: number}`` rule, its form and figure checked (not its metric): the
+    criterion's name, figure and mode. A quality criterion may add ``mode: relative|absolute``
+    and may be 0 (no loss allowed); the others need a figure > 0."""
+    names = [k for k in rule if k != "mode"] if isinstance(rule, dict) else []
+    if len(names) != 1 or names[0] not in CRITERIA:
+        raise UsageError(f"{where}: give one criterion of {', '.join(CRITERIA)}, e.g. "
+                         f"{{non_inferior: 0.02}}, got {rule!r}")
+    name = names[0]
+    value, mode, quality = rule[name], rule.get("mode", "relative"), name in QUALITY_CRITERIA
+    if "mode" in rule and not quality:
+        raise UsageError(f"{where}: mode applies to the quality criteria "
+                         f"({', '.join(QUALITY_CRITERIA)}) only, not to {name}")
+    if mode not in QUALITY_MODES:
+        raise UsageError(f"{where}: mode must be relative (x |baseline|) or absolute (metric "
+                         f"units), got {mode!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value) or value < 0 or (value == 0 and not quality):
+        raise UsageError(f"{where}: {name} must be a number {'>= 0' if quality else '> 0'}, "
+                         f"got {value!r}")
+    return name, float(value), mode
+
+
+def make_rule(name: str, value: float, mode: str = "relative") -> dict:
+    """A checked rule as ``Suite.acceptance`` holds it: ``{criterion: number}``, plus
+    ``mode: absolute`` where the allowance is absolute (relative, the default, is left out, so
+    a suite's record reads as it did before modes existed)."""
+    return {name: float(value)} | ({"mode": mode} if mode != "relative" else {})
+
+
+def rule_parts(rule: dict) -> tuple[str, float, str]:
+    """A parsed rule's criterion, figure and mode (``make_rule`` inverted)."""
+    (name, value), = ((k, v) for k, v in rule.items() if k != "mode")
+    return name, value, rule.get("mode", "relative")
 
 
 def _parse_acceptance(data: dict, suite: Suite, source: str) -> dict:

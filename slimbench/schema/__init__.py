@@ -1,7 +1,8 @@
 """The typed records every layer exchanges and slimbench writes: the result documents
 (``documents.py``), their parts (``measurements.py``), the environment record
-(``environment.py``), the verdicts of the gate and of acceptance criteria (``checks.py``) and
-the codec that checks them (``codec.py``).
+(``environment.py``), the verdicts of the gate and of acceptance criteria (``checks.py``),
+what a recipe search tried and chose (``search.py``) and the codec that checks them
+(``codec.py``).
 
 It lives in the package root, below every layer, so that ``compress`` can return an ``Artifact``,
 ``bench`` a ``CellResult`` and ``reports`` read both without importing each other.
@@ -46,4 +47,12 @@ from slimbench.schema.measurements import (  # noqa: F401 - the schema's public 
     QualityScore,
     Scenario,
     Score,
+)
+from slimbench.schema.search import (  # noqa: F401 - the schema's public names
+    SEARCH_FORMAT,
+    Candidate,
+    Screen,
+    SearchResult,
+    Speed,
+    Step,
 )

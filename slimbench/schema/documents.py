@@ -1,15 +1,17 @@
-"""The results schema: every result slimbench writes is one of three typed documents.
+"""The results schema: every result slimbench writes is one of four typed documents.
 
 - ``CellResult``: one cell of a run (``RUN/cells/<cell>.json``; ``latency_cell``'s return);
 - ``EvalResult``: what ``slimbench eval --out`` writes;
-- ``ResultsFile``: a run's tidy rows (``RUN/results.json``, committed baselines).
+- ``ResultsFile``: a run's tidy rows (``RUN/results.json``, committed baselines);
+- ``SearchResult``: what ``slimbench search`` tried and chose (``OUT/search.json``,
+  ``search.py``).
 
-Each carries ``schema_version`` (``SCHEMA_VERSION``) and ``document`` (which of the three).
+Each carries ``schema_version`` (``SCHEMA_VERSION``) and ``document`` (which of the four).
 Producers build these types and write ``to_dict()``; consumers read with ``load_document``,
 which checks every field and names the first one that does not fit. Files of another
 version are refused in one line: their fields may mean something else.
 
-``python -m slimbench.schema`` prints the JSON Schema of the three, generated from these
+``python -m slimbench.schema`` prints the JSON Schema of the four, generated from these
 types (committed as ``slimbench/schema/results.schema.json``, for other tools; slimbench
 validates with the types themselves).
 """
@@ -33,8 +35,9 @@ from slimbench.schema.measurements import (  # noqa: F401 - the schema's parts, 
     Scenario,
     Score,
 )
+from slimbench.schema.search import SearchResult
+from slimbench.schema.version import SCHEMA_VERSION  # noqa: F401 - named here too
 
-SCHEMA_VERSION = 1
 RESULTS_FORMAT = 1  # results.json's own marker, older than schema_version: kept, so that
 # results files written before the schema (the committed demo baseline) still load as version 1
 
@@ -253,14 +256,15 @@ class ResultsFile(Typed):
         return None
 
 
-DOCUMENTS = {"cell": CellResult, "eval": EvalResult, "results": ResultsFile}
-Document = CellResult | EvalResult | ResultsFile
+DOCUMENTS = {"cell": CellResult, "eval": EvalResult, "results": ResultsFile,
+             "search": SearchResult}
+Document = CellResult | EvalResult | ResultsFile | SearchResult
 
 
 def load_document(data: Any, source: str | Path, want: str | None = None) -> Document:
     """The typed document of parsed JSON ``data`` read from ``source``.
 
-    ``want`` (cell, eval, results) refuses the other kinds. A results file without
+    ``want`` (cell, eval, results, search) refuses the other kinds. A results file without
     ``schema_version`` (written before it existed) reads as version 1: its rows format is
     unchanged.
 
@@ -299,12 +303,13 @@ def load_file(path: str | Path, want: str | None = None) -> Document:
 
 
 def generate() -> dict:
-    """The JSON Schema of the three documents (``slimbench/schema/results.schema.json``)."""
+    """The JSON Schema of the four documents (``slimbench/schema/results.schema.json``)."""
     return json_schema(
-        [CellResult, EvalResult, ResultsFile], title="slimbench results",
+        [CellResult, EvalResult, ResultsFile, SearchResult], title="slimbench results",
         description=f"slimbench results schema version {SCHEMA_VERSION}: a cell result, an "
-                    "eval --out file or a run's results file. Generated from "
-                    "slimbench/schema/documents.py by `python -m slimbench.schema`. "
+                    "eval --out file, a run's results file or a search's search.json. "
+                    "Generated from slimbench/schema/documents.py and search.py by "
+                    "`python -m slimbench.schema`. "
                     "Every number is finite: NaN and Infinity (which Python's json would "
                     "write) are refused.")
 

@@ -1,0 +1,173 @@
+"""`slimbench search` end to end on a reduced space of the embedded reference: a winner
+confirmed on examples no screen looked at, a quality-breaker stopped at the first look, an
+impossible budget answered with the closest candidates, and a SIGKILLed search resumed without
+building, screening or timing anything twice. Plus the pieces without a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slimbench.bench.cli import main
+from slimbench.bench.orchestrate.search import SearchConfig, _dominates, closest
+from slimbench.bench.orchestrate.search_budget import parse_budget
+from slimbench.bench.orchestrate.search_space import parse_space
+from slimbench.bench.orchestrate.search_state import SearchState
+from slimbench.compress.recipe import load_recipe
+from slimbench.errors import UsageError
+from slimbench.schema import load_file
+from slimbench.schema.search import Candidate, Screen, Step
+from slimbench.tasks.splits import split_of
+
+BUDGET = ("perplexity.perplexity: {non_inferior: 0.02}\n"
+          "next_line.acc: {no_significant_loss: 5, mode: absolute}\n")
+# torch int8 and ORT int8 keep quality; structured pruning at 0.5 without distillation breaks
+# it (perplexity x20 on the reference)
+SPACE = ("candidates:\n  - torch_dynamic_int8\n  - {prune_structured: {ratio: 0.5}}\n"
+         "  - [export_onnx, ort_dynamic_int8]\n")
+LIMITS = ["--tune-limit", "48", "--test-limit", "64", "--ab-seconds", "2", "--threads", "2"]
+
+
+def _files(tmp_path, budget=BUDGET, space=SPACE):
+    (tmp_path / "budget.yaml").write_text(budget)
+    (tmp_path / "space.yaml").write_text(space)
+    return ["--budget", str(tmp_path / "budget.yaml"), "--space", str(tmp_path / "space.yaml"),
+            "--cache", str(tmp_path / "cache")]
+
+
+def _search(capsys, tmp_path, out, *extra, budget=BUDGET, space=SPACE):
+    rc = main(["search", "reference", *_files(tmp_path, budget, space), "--out", str(out),
+               *LIMITS, *extra])
+    got = capsys.readouterr()
+    return rc, got.out, got.err
+
+
+@pytest.mark.slow
+def test_search_confirms_a_winner_on_examples_it_never_screened(capsys, tmp_path):
+    out = tmp_path / "s"
+    rc, stdout, err = _search(capsys, tmp_path, out)
+    assert rc == 0, err
+    result = load_file(out / "search.json", "search")
+    by = {c.name: c for c in result.candidates}
+    assert result.tried == 3 and result.winner is not None
+    winner = by[result.winner]
+    assert winner.status == "winner" and winner.confirmation
+    assert all(t.status == "pass" and t.n == 64 for t in winner.confirmation)
+    assert winner.speed.speedup > 1 and winner.speed.pairs > 0
+    # the quality-breaker stopped at the first look: 16 of the 48 tune texts
+    broken = by["c02"]
+    assert (broken.status, broken.stage) == ("rejected", "screen")
+    (ppl,) = [s for s in broken.screening if s.task == "perplexity"]
+    assert ppl.status == "fail" and ppl.examples == 16 < 48 and ppl.looks == 1
+    assert broken.tune_examples == 16 and broken.speed is None and not broken.confirmation
+    # screening saw only tune, the confirmation only test
+    state = out / "state"
+    for side, split in (("baseline", "tune"), ("baseline", "test")):
+        ids = [json.loads(line)["id"] for line in (state / f"{side}.{split}.jsonl").open()]
+        assert ids and {split_of(i) for i in ids} == {split}
+    assert load_recipe(out / "best-recipe.yaml").steps == [(s.name, s.params)
+                                                           for s in winner.steps]
+    assert "best-suite.yaml" in os.listdir(out) and (out / "frontier.html").is_file()
+    assert f"winner {result.winner}" in stdout
+    assert main(["validate", str(out / "search.json")]) == 0
+
+
+@pytest.mark.slow
+def test_an_impossible_budget_names_the_closest_and_exits_1(capsys, tmp_path):
+    out = tmp_path / "s"
+    space = "candidates:\n  - torch_dynamic_int8\n  - {prune_structured: {ratio: 0.5}}\n"
+    rc, _, err = _search(capsys, tmp_path, out, budget=(
+        "perplexity.perplexity: {non_inferior: 0.0001}\n"), space=space)
+    assert rc == 1
+    assert "no candidate meets the budget; closest: c01 (torch_dynamic_int8)" in err
+    result = load_file(out / "search.json", "search")
+    assert result.winner is None and [c.status for c in result.candidates] == ["rejected"] * 2
+    assert all(c.screening for c in result.candidates)  # every measured candidate is kept
+    assert result.closest[0].startswith("c01") and len(result.closest) == 2
+    assert not (out / "best-recipe.yaml").exists() and not (out / "best-suite.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_redoing_anything(capsys, tmp_path):
+    out = tmp_path / "s"
+    space = "candidates:\n  - torch_dynamic_int8\n  - [export_onnx, ort_dynamic_int8]\n"
+    args = ["search", "reference", *_files(tmp_path, space=space), "--out", str(out), *LIMITS]
+    proc = subprocess.Popen([sys.executable, "-m", "slimbench.bench.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first = out / "state" / "c01.json"
+    deadline = time.monotonic() + 600
+    try:  # killed once c01 is timed: c02 is screened, and maybe being timed
+        while not (first.is_file() and json.loads(first.read_text())["speed"]):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {n: (out / "state" / n).read_bytes() for n in ("c01.json", "c02.json",
+                                                             "baseline.tune.jsonl")}
+    assert main(args) == 2  # the folder holds a search: --resume, or another --out
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    log = capsys.readouterr().out
+    assert not re.search(r"^\[c0\d \d/\d\]", log, re.M)  # nothing built again
+    assert not re.search(r"c0[12] .*: passed screening", log)  # nothing screened again
+    assert not re.search(r"c01 .*: timed", log)  # nor c01 timed again
+    assert (out / "state" / "baseline.tune.jsonl").read_bytes() == \
+        before["baseline.tune.jsonl"]
+    c01 = load_file(out / "search.json", "search").candidate("c01")
+    was = Candidate.from_dict(json.loads(before["c01.json"]))
+    assert (c01.screening, c01.speed, c01.content_key) == (was.screening, was.speed,
+                                                           was.content_key)
+
+
+def test_a_budget_for_another_metric_or_an_unmeasured_ceiling_is_refused():
+    space = parse_space({"candidates": ["torch_dynamic_int8"]}, "s", "reference")
+    for text, want in (({"perplexity.perplexity": {"non_inferior": 0.02},
+                         "prefill_ms": {"speedup_at_least": 1.1}},
+                        "prefill_ms is not the objective's metric (decode_ms_per_token"),
+                       ({"perplexity.perplexity": {"non_inferior": 0.02},
+                         "rss_bytes": {"ratio_at_most": 0.9}},
+                        "not rss_bytes")):
+        with pytest.raises(UsageError, match=want.replace("(", r"\(")):
+            SearchConfig("reference", parse_budget(text, "b.yaml"), space, "s", Path("o"))
+
+
+def test_a_folder_is_resumed_only_for_the_same_question(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UsageError, match="exists and is not a search's folder"):
+        SearchState(tmp_path / "mine", {"model": "reference"}, resume=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    SearchState(tmp_path / "s", {"model": "reference", "alpha": 0.05}, resume=False)
+    with pytest.raises(UsageError, match="holds a search already: give --resume"):
+        SearchState(tmp_path / "s", {"model": "reference", "alpha": 0.05}, resume=False)
+    with pytest.raises(UsageError, match=r"asked something else \(differs in: alpha\)"):
+        SearchState(tmp_path / "s", {"model": "reference", "alpha": 0.01}, resume=True)
+
+
+def _cand(name, degradation, nbytes, status="screened"):
+    screen = Screen("perplexity", "perplexity", "non_inferior", 0.02, "pass", 16, 1, 0.0125,
+                    degradation, (degradation - 0.01, degradation + 0.01))
+    return Candidate(name, [Step("torch_dynamic_int8")], "k", status, "screen",
+                     "" if status == "screened" else "x", bytes_on_disk=nbytes,
+                     screening=[screen])
+
+
+def test_dominance_and_the_closest_candidates():
+    a, b, c = _cand("a", 0.001, 100), _cand("b", 0.002, 200), _cand("c", 0.001, 300)
+    assert _dominates(a, b) and _dominates(a, c) and not _dominates(b, c)
+    assert not _dominates(a, a)  # as good on every axis, better on none
+    far, near = _cand("far", 0.5, 10, "rejected"), _cand("near", 0.03, 10, "rejected")
+    budget = parse_budget({"perplexity.perplexity": {"non_inferior": 0.02}}, "b")
+    got = closest([far, near], budget)
+    assert [g.split(" ")[0] for g in got] == ["near", "far"]
+    assert "perplexity.perplexity +0.03 on 16 tune examples vs allowance 0.02" in got[0]
