@@ -401,8 +401,10 @@ def cmd_search(args) -> None:
           + (f"winner {result.winner}: {args.out / 'best-recipe.yaml'}" if result.winner
              else "no candidate meets the budget"))
     if not result.winner:
-        raise GateFailed("no candidate meets the budget; closest: "
-                         + "; ".join(result.closest) + f" (see {args.out / 'search.json'})")
+        near = ("closest: " + "; ".join(result.closest) if result.closest
+                else "none was scored (see each candidate's reason)")
+        raise GateFailed(f"no candidate meets the budget; {near} (see "
+                         f"{args.out / 'search.json'})")
 
 
 def cmd_compare(args) -> None:

@@ -350,14 +350,17 @@ def _header(result: SearchResult) -> dict:
     examples = sum(c.tune_examples for c in cands)
     splits = (f"Screening looked only at the {result.searched_on} split of each evaluation set "
               f"({examples:,} {result.searched_on} examples scored over all candidates); the "
-              f"confirmation used the {result.confirmed_on} split: examples that were never "
-              "searched on, nor used to choose any candidate.")
+              f"confirmation used the {result.confirmed_on} split: examples no screen looked "
+              "at. Candidates were confirmed in order of their objective until one passed, "
+              f"at most {result.max_confirmations}.")
     tests = (f"Screening: sequential paired tests against the baseline, at an overall level "
              f"α = {result.screening_alpha:g} spent evenly over each test's planned looks (the "
              "α of each look is in the table), a candidate stopped as soon as a criterion "
-             f"clearly failed or passed. Confirmation: the budget's paired tests at α = "
-             f"{result.alpha:g} on {result.confirmed_on}; the confirmation alone decides "
-             "whether a candidate meets the budget.")
+             f"clearly failed or passed. Confirmation: the budget's paired tests on "
+             f"{result.confirmed_on}, each at α = {result.alpha:g} / "
+             f"{result.max_confirmations} (so that up to {result.max_confirmations} "
+             f"confirmations keep a false pass within α = {result.alpha:g}); the confirmation "
+             "alone decides whether a candidate meets the budget.")
     if result.winner is not None:
         w = result.candidate(result.winner)
         verdict = (f"Winner: {w.name} ({_recipe(w)}): {_speed(w)}, confirmed on "

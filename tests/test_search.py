@@ -167,7 +167,100 @@ def test_dominance_and_the_closest_candidates():
     assert _dominates(a, b) and _dominates(a, c) and not _dominates(b, c)
     assert not _dominates(a, a)  # as good on every axis, better on none
     far, near = _cand("far", 0.5, 10, "rejected"), _cand("near", 0.03, 10, "rejected")
-    budget = parse_budget({"perplexity.perplexity": {"non_inferior": 0.02}}, "b")
-    got = closest([far, near], budget)
+    got = closest([far, near])
     assert [g.split(" ")[0] for g in got] == ["near", "far"]
     assert "perplexity.perplexity +0.03 on 16 tune examples vs allowance 0.02" in got[0]
+
+
+class _Quiet:
+    """The bits of a Search that stage() and confirm_best() use, without a model."""
+
+    def __init__(self, tmp_path, confirm=None):
+        from slimbench.bench.orchestrate.search import Search, _Clock
+
+        self.search = object.__new__(Search)
+        self.search.state = SearchState(tmp_path / "o", {"model": "m"}, resume=False)
+        self.search.clock, self.search.say = _Clock(None), lambda *a: None
+        self.search.baseline_examples = lambda split: {"t": []}
+        self.search.confirm = confirm
+
+
+def _timed(name, speedup, status="screened", confirmation=()):
+    from slimbench.schema.search import Speed
+
+    c = _cand(name, 0.001, 100, status)
+    return Candidate(**{**{f: getattr(c, f) for f in c.__dataclass_fields__},
+                        "speed": Speed("decode_ms_per_token", speedup, (speedup, speedup), 8),
+                        "confirmation": list(confirmation),
+                        "why": "" if status != "not_confirmed" else "x"})
+
+
+def _test(status):
+    from slimbench.schema.checks import PairedTest
+
+    return PairedTest("perplexity", 40.0, 40.1, 0.1, (0.05, 0.15), 0.02, 64, 1000, 0, status,
+                      "w", "non_inferiority", 0.8, 0.1, (0.05, 0.15), 0.05, 0.001)
+
+
+def test_one_candidate_s_error_fails_it_alone_and_is_saved(tmp_path):
+    q = _Quiet(tmp_path)
+
+    def boom(rec):
+        raise RuntimeError("ORT session: bad graph")
+
+    out = q.search.stage(_cand("c01", 0.001, 100), boom, "latency")
+    assert (out.status, out.stage, out.why) == ("failed", "latency",
+                                                "RuntimeError: ORT session: bad graph")
+    assert q.search.state.candidate("c01") == out  # a resume does not meet it again
+
+
+def test_confirmation_goes_best_first_stops_at_a_pass_and_reuses_saved_ones(tmp_path):
+    calls = []
+
+    def confirm(rec, test):
+        calls.append(rec.name)
+        passed = rec.name != "fast"
+        return Candidate(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
+                            "status": "winner" if passed else "not_confirmed",
+                            "why": "" if passed else "x",
+                            "confirmation": [_test("pass" if passed else "fail")]})
+
+    q = _Quiet(tmp_path, confirm)
+    # "old" won an earlier, shorter run (saved with its confirmation); this run timed faster ones
+    records = {"old": _timed("old", 2.0, "winner", [_test("pass")]),
+               "fast": _timed("fast", 5.0), "mid": _timed("mid", 3.0),
+               "slow": _timed("slow", 1.5)}
+    winner, confirmed = q.search.confirm_best(records)
+    assert (winner, confirmed, calls) == ("mid", ["fast", "mid"], ["fast", "mid"])
+    assert records["fast"].status == "not_confirmed" and records["mid"].status == "winner"
+    assert records["old"].status == "screened" and "mid is better" in records["old"].why
+    assert records["slow"].status == "screened" and not records["slow"].confirmation
+    calls.clear()  # a resume of this very search confirms nothing again
+    assert q.search.confirm_best(records) == ("mid", ["fast", "mid"]) and calls == []
+
+
+def test_at_most_max_confirmations_are_made(tmp_path):
+    from slimbench.bench.orchestrate.search import MAX_CONFIRMATIONS
+
+    def confirm(rec, test):
+        return Candidate(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
+                            "status": "not_confirmed", "why": "x",
+                            "confirmation": [_test("fail")]})
+
+    q = _Quiet(tmp_path, confirm)
+    records = {f"c{i}": _timed(f"c{i}", 10.0 - i) for i in range(MAX_CONFIRMATIONS + 2)}
+    winner, confirmed = q.search.confirm_best(records)
+    assert winner is None and len(confirmed) == MAX_CONFIRMATIONS
+    assert [r.status for r in records.values()].count("screened") == 2
+
+
+@pytest.mark.slow
+def test_the_memory_objective_measures_each_side_s_peak(capsys, tmp_path):
+    out = tmp_path / "s"
+    rc, _, err = _search(capsys, tmp_path, out, "--objective", "memory", "--tune-limit", "16",
+                         "--test-limit", "16",
+                         space="candidates:\n  - [export_onnx, ort_dynamic_int8]\n")
+    (c,) = load_file(out / "search.json", "search").candidates
+    assert c.speed is not None and c.speed.metric == "peak_rss_bytes", (c.status, c.why, err)
+    assert c.speed.ci95 is None and c.speed.pairs == 0 and 0.2 < c.speed.speedup < 5
+    assert rc == (0 if c.status == "winner" else 1)

@@ -211,8 +211,8 @@ def test_frontier_page(tmp_path):
         assert '<tr class="grey"' in row, name
     assert "6 candidates, 5 tried" in html and "Confirmed on test, in this order: c01" in html
     assert "only at the tune split" in html and "used the test split" in html
-    assert "never searched on" in html
-    assert "sequential paired tests" in html and "α = 0.05" in html
+    assert "examples no screen looked at" in html and "at most 1." in html
+    assert "sequential paired tests" in html and "each at α = 0.05 / 1" in html
     # user text escaped everywhere: the why, the budget, the environment
     assert EVIL not in html and "<script" not in html
     assert "&lt;script&gt;document.title" in html and "&lt;no kernel&gt;" in html

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,10 @@ OBJECTIVES: dict[str, tuple[str | None, str]] = {
 # the share of --max-minutes after which no new candidate is screened (the rest is for
 # timing the survivors and confirming) and after which no new survivor is timed
 SCREEN_SHARE, TIME_SHARE = 0.6, 0.85
-SCREEN_RESAMPLES = 400  # the sequential screen's bootstrap (its looks' intervals)
+# the sequential screen's bootstrap: a look's interval at 1 - 0.05/4 has 0.625% in each tail,
+# 12 resamples of 2000 (400 would leave 2.5: too few for a stable percentile)
+SCREEN_RESAMPLES = 2000
+MAX_CONFIRMATIONS = 3  # each at alpha / 3: the chance of a false "meets the budget" <= alpha
 # ceilings a search checks: the artifact's own figures, and a peak measured in a process
 CEILINGS = {"model_bytes_on_disk": "bytes_on_disk", "parameters": "parameters",
             "nonzero_parameters": "nonzero_parameters", "peak_rss_bytes": None}
@@ -101,6 +105,8 @@ class SearchConfig:
         for name, a in (("alpha", self.alpha), ("screening alpha", self.screening_alpha)):
             if not 0 < a < 0.5:
                 raise UsageError(f"{name} must be in (0, 0.5), got {a}")
+        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise UsageError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise UsageError(f"--max-minutes must be positive, got {self.max_minutes}")
         metric = OBJECTIVES[self.objective][1]
@@ -149,21 +155,30 @@ def _record(c: SpaceCandidate, **fields) -> Candidate:
                      **(base | fields))
 
 
-def _worst_miss(c: Candidate, budget: Budget) -> tuple[float, str]:
-    """How far the candidate's evidence is from the budget (<= 0: inside it), and in words:
-    the largest excess of a degradation over its allowance, screening or confirmation."""
+def _excess(degradation: float, allowance: float) -> float:
+    """How far beyond its allowance a degradation is, as a share of the allowance (<= 0:
+    within it), so that screens (relative) and confirmations (metric units) rank together."""
+    if allowance > 0:
+        return (degradation - allowance) / allowance
+    return float("inf") if degradation > 0 else degradation
+
+
+def _worst_miss(c: Candidate) -> tuple[float, str]:
+    """How far the candidate's quality evidence is from the budget (the largest excess of a
+    degradation over its allowance, screening or confirmation), and in words; a candidate
+    whose quality was inside it missed by its reason (latency, a ceiling)."""
     worst, words = float("-inf"), ""
     for s in c.screening:
-        if s.degradation - s.allowance > worst:
-            worst = s.degradation - s.allowance
+        if _excess(s.degradation, s.allowance) > worst:
+            worst = _excess(s.degradation, s.allowance)
             words = (f"{s.task}.{s.metric} {s.degradation:+.4g} on {s.examples} tune examples "
                      f"vs allowance {s.allowance:.4g}")
     for t in c.confirmation:
-        if t.degradation - t.allowance > worst:
-            worst = t.degradation - t.allowance
+        if _excess(t.degradation, t.allowance) > worst:
+            worst = _excess(t.degradation, t.allowance)
             words = (f"{t.metric} {t.degradation:+.4g} on {t.n} test examples vs allowance "
                      f"{t.allowance:.4g}")
-    return worst, words
+    return worst, words if worst > 0 or not c.why else c.why
 
 
 def _dominates(a: Candidate, b: Candidate) -> bool:
@@ -177,11 +192,10 @@ def _dominates(a: Candidate, b: Candidate) -> bool:
     return all(x <= y for x, y in axes) and any(x < y for x, y in axes)
 
 
-def closest(candidates: list[Candidate], budget: Budget, k: int = 3) -> list[str]:
+def closest(candidates: list[Candidate], k: int = 3) -> list[str]:
     """With no winner: the ``k`` candidates whose evidence came nearest the budget, each with
     what it missed by."""
-    measured = [(_worst_miss(c, budget), c) for c in candidates
-                if c.screening or c.confirmation]
+    measured = [(_worst_miss(c), c) for c in candidates if c.screening or c.confirmation]
     measured.sort(key=lambda x: x[0][0])
     return [f"{c.name} ({recipe_text((s.name, s.params) for s in c.steps)}): {c.status} at "
             f"{c.stage}; {words or c.why}" for (_, words), c in measured[:k]]
@@ -361,12 +375,25 @@ class Search:
             run = run_isolated(CELL, {
                 "artifact": spec, "device": self.cfg.device, "threads": self.threads,
                 "latency": {"prefill": [32], "decode_contexts": [], "new_tokens": 4,
-                            "generate_prompt": None, "repeats": 1, "min_seconds": 0.0},
+                            "generate_prompt": 0, "repeats": 1, "min_seconds": 0.0},
                 "tasks": [], "task_limit": None, "quality": False},
                 preload=cell_preload(self.cfg.device))
-            memory = run.result.result.memory if run.status == "ok" else None
-            self._peak[spec] = memory.peak_rss_bytes if memory else None
+            if run.status != "ok":
+                raise SlimbenchError(f"peak memory of {spec}: {run.reason}")
+            self._peak[spec] = run.result.result.memory.peak_rss_bytes
         return self._peak[spec]
+
+    def rebuilt(self, rec: Candidate) -> str:
+        """The screened candidate's artifact, from the cache; the very artifact that was
+        screened (a slimbench that builds it differently now gives another key: refused)."""
+        key, path = self.build(SpaceCandidate(rec.name, tuple((s.name, s.params)
+                                                             for s in rec.steps)))
+        if isinstance(path, Exception):
+            raise path
+        if key != rec.content_key:
+            raise SlimbenchError(f"its artifact is no longer the one screened (content key "
+                                 f"{key} != {rec.content_key}): start a new search")
+        return path
 
     def objective(self, rec: Candidate) -> Candidate:
         """Stage 4: the objective against the baseline; a candidate short of the budget's
@@ -375,10 +402,7 @@ class Search:
 
         t0 = time.monotonic()
         scenario, metric = OBJECTIVES[self.cfg.objective]
-        _, path = self.build(SpaceCandidate(rec.name, tuple((s.name, s.params)
-                                                             for s in rec.steps)))
-        if isinstance(path, Exception):  # built before: the cache must give it back
-            return dataclasses.replace(rec, status="failed", stage="latency", why=str(path))
+        path = self.rebuilt(rec)
         if scenario is None:  # exact figures, no interval: bytes, or one peak each
             mine, theirs = ((rec.bytes_on_disk, self.baseline_facts().bytes_on_disk)
                             if metric == "model_bytes_on_disk"
@@ -419,10 +443,7 @@ class Search:
         from slimbench.tasks.paired import paired_test
 
         t0 = time.monotonic()
-        _, path = self.build(SpaceCandidate(rec.name, tuple((s.name, s.params)
-                                                             for s in rec.steps)))
-        if isinstance(path, Exception):
-            return dataclasses.replace(rec, status="failed", stage="confirm", why=str(path))
+        path = self.rebuilt(rec)
         model, tests = self.load(path), []
         for task in self.specs:
             cand = self.score(model, task, "test", 0, self.limit("test"))
@@ -430,7 +451,7 @@ class Search:
                 options, higher = self.metric_info(task, q.metric)
                 tests.append(paired_test(test[task], cand, self.specs[task].kind, q.metric,
                                          options, higher, q.test, q.mode, q.allowance,
-                                         level=1 - self.cfg.alpha))
+                                         level=1 - self.cfg.alpha / MAX_CONFIRMATIONS))
         failed = [t for t in tests if t.status == "fail"]
         return dataclasses.replace(
             rec, status="not_confirmed" if failed else "winner", stage="confirm",
@@ -457,6 +478,21 @@ class Search:
                  f"{' (' + screened + ')' if screened else ''}{speed}"
                  f"{': ' + rec.why if rec.why else ''}")
 
+    def stage(self, rec: Candidate, work, stage: str) -> Candidate:
+        """``work(rec)``, or ``rec`` failed at ``stage`` with the reason: one candidate's
+        error (a runtime that will not load, a worker that died) ends that candidate, never
+        the search, and is saved, so a resume does not meet it again."""
+        try:
+            out = work(rec)
+        except Exception as e:  # noqa: BLE001 - any error of one candidate is its own
+            log.debug("candidate %s failed at %s", rec.name, stage, exc_info=True)
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            out = dataclasses.replace(rec, status="failed", stage=stage, why=(
+                why if isinstance(e, SlimbenchError) else f"{type(e).__name__}: {why}"))
+        self.state.save(out)
+        self.progress(out)
+        return out
+
     def run(self) -> SearchResult:
         from slimbench.bench.measure import environment
 
@@ -470,42 +506,30 @@ class Search:
             saved = self.state.candidate(c.name)
             if saved is not None:
                 records[c.name] = saved
-                continue
-            if self.clock.past(SCREEN_SHARE):
+            elif self.clock.past(SCREEN_SHARE):
                 records[c.name] = _record(c, why="not screened: the time budget ran out")
+            else:
+                records[c.name] = self.stage(_record(c), lambda r, c=c: self.screen(c, tune),
+                                             "screen")
+        # survivors that another survivor matches or beats on every measured axis (quality,
+        # bytes) are timed last, only if time is left: the undominated ones first
+        alive = [r for r in records.values() if r.status in ("screened", "dominated")]
+        order = sorted(alive, key=lambda r: any(_dominates(o, r) for o in alive))
+        for r in order:
+            if r.speed is not None or r.status == "failed":
                 continue
-            records[c.name] = self.screen(c, tune)
-            self.state.save(records[c.name])
-            self.progress(records[c.name])
-        alive = [r for r in records.values() if r.status == "screened"]
-        for r in alive:  # dominated survivors are not timed
-            if r.speed is None and any(_dominates(o, r) for o in alive if o is not r):
-                better = next(o.name for o in alive if _dominates(o, r))
-                records[r.name] = dataclasses.replace(
-                    r, status="dominated", why=f"{better} is as good or better on quality "
-                    "and bytes")
-                self.state.save(records[r.name])
-        for r in [r for r in records.values() if r.status == "screened" and r.speed is None]:
-            if self.clock.past(TIME_SHARE):
-                break
-            records[r.name] = self.objective(r)
-            self.state.save(records[r.name])
-            self.progress(records[r.name])
-        ranked = sorted((r for r in records.values() if r.speed is not None
-                         and r.status in ("screened", "winner", "not_confirmed")),
-                        key=lambda r: (-r.speed.speedup, r.bytes_on_disk or 0))
-        confirmed, winner, test = [], None, None
-        for r in ranked:  # stage 5, best first, until one passes
-            if r.status == "screened":
-                test = test or self.baseline_examples("test")
-                records[r.name] = self.confirm(r, test)
-                self.state.save(records[r.name])
-                self.progress(records[r.name])
-            confirmed.append(r.name)
-            if records[r.name].status == "winner":
-                winner = r.name
-                break
-        for name, r in records.items():  # passed screening, never timed or confirmed
+            dominated = next((o.name for o in alive if _dominates(o, r)), None)
+            if self.clock.past(TIME_SHARE) or (dominated and cfg.objective == "size"):
+                if dominated:
+                    records[r.name] = dataclasses.replace(r, status="dominated", why=(
+                        f"{dominated} is as good or better on quality and bytes; not timed"))
+                    self.state.save(records[r.name])
+                    self.progress(records[r.name])
+                continue
+            records[r.name] = self.stage(dataclasses.replace(r, status="screened"),
+                                         self.objective, "latency")
+        winner, confirmed = self.confirm_best(records)
+        for name, r in records.items():  # passed screening, never timed
             if r.status == "screened" and r.speed is None:
                 records[name] = dataclasses.replace(
                     r, status="not_reached", why="passed screening; not timed: the time "
@@ -516,8 +540,35 @@ class Search:
             objective=cfg.objective, budget=cfg.budget.to_dict(), space=cfg.space,
             alpha=cfg.alpha, screening_alpha=cfg.screening_alpha, candidates=result,
             tried=sum(r.status != "not_reached" for r in result), confirmed=confirmed,
-            winner=winner, closest=[] if winner else closest(result, cfg.budget),
-            seconds=self.clock.seconds(), environment=environment.capture().to_dict())
+            winner=winner, closest=[] if winner else closest(result),
+            seconds=self.clock.seconds(), environment=environment.capture().to_dict(),
+            max_confirmations=MAX_CONFIRMATIONS)
+
+    def confirm_best(self, records: dict[str, Candidate]) -> tuple[str | None, list[str]]:
+        """Stage 5 over the timed candidates, best objective first, until one passes or
+        ``MAX_CONFIRMATIONS`` were made (each at alpha / MAX_CONFIRMATIONS, so that trying
+        several on the same test examples keeps the chance of a false pass within alpha).
+        A confirmation saved by an earlier run is reused, never redone."""
+        ranked = sorted((r for r in records.values() if r.speed is not None
+                         and r.status in ("screened", "winner", "not_confirmed")),
+                        key=lambda r: (-r.speed.speedup, r.bytes_on_disk or 0))
+        winner, confirmed, test = None, [], None
+        for r in ranked:
+            if winner is None and len(confirmed) < MAX_CONFIRMATIONS:
+                if not r.confirmation:
+                    test = test or self.baseline_examples("test")
+                    records[r.name] = self.stage(r, lambda x, t=test: self.confirm(x, t),
+                                                 "confirm")
+                confirmed.append(r.name)
+                passed = all(t.status == "pass" for t in records[r.name].confirmation)
+                if records[r.name].status != "failed":
+                    records[r.name] = dataclasses.replace(
+                        records[r.name], status="winner" if passed else "not_confirmed")
+                    winner = r.name if passed else None
+            elif r.status == "winner":  # a resumed search found a better one first
+                records[r.name] = dataclasses.replace(r, status="screened", why=(
+                    f"confirmed, but {winner} is better at the objective"))
+        return winner, confirmed
 
 
 def run_search(cfg: SearchConfig, say=print) -> SearchResult:

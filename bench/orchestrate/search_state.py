@@ -4,8 +4,8 @@
                                     the candidates' recipes; a resume must ask the same
     OUT/state/<name>.json           a candidate's record so far (``schema.search.Candidate``),
                                     rewritten after each stage it passes
-    OUT/state/<side>.<split>.jsonl  per-example outputs (``*.examples.jsonl`` records) of the
-                                    baseline or a candidate on tune / test
+    OUT/state/baseline.<split>.jsonl  the baseline's per-example outputs (``*.examples.jsonl``
+                                    records) on tune / test, scored once
 
 Every file is written atomically after the work it records, so a search killed at any moment
 resumes from its last finished stage; artifacts come back from the content-addressed cache.

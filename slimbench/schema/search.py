@@ -170,7 +170,9 @@ class SearchResult(Typed):
         objective: decode, prefill, generate, size or memory.
         budget: the budget file as given (criteria, ceilings, minimum speedup).
         space: where the candidates came from (a file, or "default-<device>").
-        alpha: the confirmation test's two-sided level.
+        alpha: the confirmation's overall level: each confirmation test runs at
+            alpha / max_confirmations, so that confirming up to that many candidates on the
+            same test examples keeps the chance of a false "meets the budget" within alpha.
         screening_alpha: the screening tests' overall level (spent over the looks).
         searched_on: the split every screening test used (always "tune").
         confirmed_on: the split of the confirmation (always "test"); no example of it was
@@ -178,6 +180,7 @@ class SearchResult(Typed):
         candidates: every candidate, in the order of the space.
         tried: candidates decided (not "not_reached").
         confirmed: names of the candidates that went to confirmation, in that order.
+        max_confirmations: how many candidates the search confirms at most.
         winner: the confirmed candidate with the best objective, or null.
         closest: with no winner, the candidates that came closest, best first: each entry
             the candidate's name, optionally followed by what it missed by in words
@@ -204,6 +207,7 @@ class SearchResult(Typed):
     closest: list[str]
     seconds: float
     environment: dict
+    max_confirmations: int = 1
     searched_on: Literal["tune"] = "tune"
     confirmed_on: Literal["test"] = "test"
     slimbench_search: Literal[1] = SEARCH_FORMAT
