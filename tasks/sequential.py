@@ -14,7 +14,10 @@ planned looks). A wrong pass at look k (the interval's bad end within the allowa
 true degradation is beyond it) has probability at most ``alpha / (2 looks)``, so by the union
 bound the probability of a wrong pass at *any* look, whichever look the screen stops at, is at
 most ``looks x alpha / (2 looks) = alpha / 2``: the one-sided error of a single test on a 95%
-interval for ``alpha`` = 0.05. The same holds for a wrong fail. The bound takes no credit for
+interval for ``alpha`` = 0.05. An early wrong fail (the whole interval beyond the allowance
+while the truth is within it) is bounded the same way; at the last look, where the plain test
+decides, a candidate whose true degradation sits just inside its allowance fails about half
+the time, as it would with one test at the end. The bound takes no credit for
 the looks being nested prefixes (strongly correlated), so it is conservative: the real error is
 smaller, and a candidate near its allowance needs a little more evidence than a single test at
 the end would ask for (O'Brien-Fleming or Pocock boundaries spend alpha more efficiently; the
