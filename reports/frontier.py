@@ -326,8 +326,8 @@ def _figures(result: SearchResult, on_frontier: list[str]) -> list[dict]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, markerscale=0.6)
         figures.append({"svg": _svg(fig), "caption": (
-            "bytes × quality: every screened candidate, timed or not (dominated ones were not "
-            "timed)")})
+            "bytes × quality: every screened candidate, timed or not (dominated ones are timed "
+            "last, when time is left)")})
     return figures
 
 
