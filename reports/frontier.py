@@ -18,6 +18,7 @@ user's YAML.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from slimbench.reports.html import TEMPLATE as _REPORT_TEMPLATE
 from slimbench.reports.html import _fmt, _svg
@@ -248,7 +249,7 @@ def _figures(result: SearchResult, on_frontier: list[str]) -> list[dict]:
     def size(c) -> float:
         return 30 + 270 * (c.bytes_on_disk or 0) / biggest
 
-    def style(c) -> dict:
+    def style(c) -> dict[str, Any]:  # matplotlib scatter keyword arguments
         if c.status == "winner":
             return dict(marker="*", color="#d4a000", edgecolors="black", zorder=4)
         if c.status in ACCEPTED:

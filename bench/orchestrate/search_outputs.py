@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from slimbench import atomic
 from slimbench.errors import SlimbenchError, UsageError
@@ -38,13 +39,13 @@ def recipe_steps(result: SearchResult, name: str) -> list:
             for s in result.candidate(name).steps]
 
 
-def best_recipe(result: SearchResult, model: str) -> dict:
+def best_recipe(result: SearchResult, model: str) -> dict[str, Any]:
     """``best-recipe.yaml``'s document: the winner's steps on ``model``."""
     return {"model": model, "steps": recipe_steps(result, result.winner)}
 
 
 def best_suite(result: SearchResult, budget_acceptance: dict, tasks: list, model: str,
-               device: str, threads: int | None) -> dict:
+               device: str, threads: int | None) -> dict[str, Any]:
     """``best-suite.yaml``'s document: baseline and winner, judged by the budget."""
     suite = {"name": "search-best",
              "variants": {"baseline": {"model": model},

@@ -338,7 +338,7 @@ def check_rule(rule, where: str) -> tuple[str, float, str]:
     return name, float(value), mode
 
 
-def make_rule(name: str, value: float, mode: str = "relative") -> dict:
+def make_rule(name: str, value: float, mode: str = "relative") -> dict[str, float | str]:
     """A checked rule as ``Suite.acceptance`` holds it: ``{criterion: number}``, plus
     ``mode: absolute`` where the allowance is absolute (relative, the default, is left out, so
     a suite's record reads as it did before modes existed)."""
