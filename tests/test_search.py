@@ -264,3 +264,19 @@ def test_the_memory_objective_measures_each_side_s_peak(capsys, tmp_path):
     assert c.speed is not None and c.speed.metric == "peak_rss_bytes", (c.status, c.why, err)
     assert c.speed.ci95 is None and c.speed.pairs == 0 and 0.2 < c.speed.speedup < 5
     assert rc == (0 if c.status == "winner" else 1)
+
+
+def test_past_the_time_budget_only_the_first_confirmation_runs(tmp_path):
+    from slimbench.bench.orchestrate.search import _Clock
+
+    def confirm(rec, test):
+        return Candidate(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
+                            "status": "not_confirmed", "why": "x",
+                            "confirmation": [_test("fail")]})
+
+    q = _Quiet(tmp_path, confirm)
+    q.search.clock = _Clock(1.0)
+    q.search.clock.t0 -= 120  # two minutes into a one-minute budget
+    records = {f"c{i}": _timed(f"c{i}", 10.0 - i) for i in range(3)}
+    assert q.search.confirm_best(records) == (None, ["c0"])
+    assert [r.status for r in records.values()] == ["not_confirmed", "screened", "screened"]
