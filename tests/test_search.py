@@ -239,15 +239,16 @@ def test_confirmation_goes_best_first_stops_at_a_pass_and_reuses_saved_ones(tmp_
     assert q.search.confirm_best(records) == ("mid", ["fast", "mid"]) and calls == []
 
 
+def _never_confirmed(rec, test):
+    """A confirmation that fails (the stand-in for stage 5 without a model)."""
+    return Candidate(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
+                        "status": "not_confirmed", "why": "x", "confirmation": [_test("fail")]})
+
+
 def test_at_most_max_confirmations_are_made(tmp_path):
     from slimbench.bench.orchestrate.search import MAX_CONFIRMATIONS
 
-    def confirm(rec, test):
-        return Candidate(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
-                            "status": "not_confirmed", "why": "x",
-                            "confirmation": [_test("fail")]})
-
-    q = _Quiet(tmp_path, confirm)
+    q = _Quiet(tmp_path, _never_confirmed)
     records = {f"c{i}": _timed(f"c{i}", 10.0 - i) for i in range(MAX_CONFIRMATIONS + 2)}
     winner, confirmed = q.search.confirm_best(records)
     assert winner is None and len(confirmed) == MAX_CONFIRMATIONS
@@ -269,12 +270,7 @@ def test_the_memory_objective_measures_each_side_s_peak(capsys, tmp_path):
 def test_past_the_time_budget_only_the_first_confirmation_runs(tmp_path):
     from slimbench.bench.orchestrate.search import _Clock
 
-    def confirm(rec, test):
-        return Candidate(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
-                            "status": "not_confirmed", "why": "x",
-                            "confirmation": [_test("fail")]})
-
-    q = _Quiet(tmp_path, confirm)
+    q = _Quiet(tmp_path, _never_confirmed)
     q.search.clock = _Clock(1.0)
     q.search.clock.t0 -= 120  # two minutes into a one-minute budget
     records = {f"c{i}": _timed(f"c{i}", 10.0 - i) for i in range(3)}
