@@ -7,9 +7,11 @@ each step looked at (screening: *tune* only; confirmation: *test*, examples neve
 and which tests decided (sequential paired screens, the confirmation's paired tests); the
 Pareto frontier of the objective's speedup against quality (the worst screening degradation as
 a share of its allowance; marker size: bytes on disk) and a second panel of bytes against
-quality, with the budget drawn (allowance, minimum speedup, byte ceiling), candidates that were
-rejected, failed, dominated or not confirmed greyed, the frontier connected and the winner
-marked; a table of every candidate with its evidence; the budget and the environment.
+quality, with the budget drawn (allowance, minimum speedup, byte ceiling: the budget's
+``ratio_at_most`` on bytes times the baseline's bytes, drawn with the baseline when search.json
+records them), candidates that were rejected, failed, dominated or not confirmed greyed, the
+frontier connected and the winner marked; a table of every candidate with its evidence; the
+budget and the environment.
 
 Every string goes through Jinja2's autoescaping: candidate recipes and the budget come from the
 user's YAML.
@@ -38,6 +40,9 @@ pre{background:#f6f6f6;padding:.6em;display:inline-block}
 # is drawn through these; every other one is greyed
 ACCEPTED = ("screened", "winner")
 GREYED = ("failed", "rejected", "dominated", "not_confirmed", "not_reached")
+# a budget's ceiling on bytes is an acceptance rule relative to the baseline, under the
+# metric's name or its alias (bench/orchestrate/suite.py METRIC_ALIASES)
+BYTES_METRICS = ("model_bytes_on_disk", "bytes_on_disk")
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>slimbench search: {{ r.model }}</title>
@@ -156,9 +161,19 @@ def min_speedup(result: SearchResult) -> float | None:
 
 
 def max_bytes(result: SearchResult) -> float | None:
-    """The budget's ceiling on bytes on disk, if it has one."""
-    return _budget_figure(result, ("max_bytes", "bytes_at_most", "max_bytes_on_disk",
-                                   "model_bytes_on_disk_at_most"))
+    """The budget's ceiling on bytes on disk: its ``ratio_at_most`` on model_bytes_on_disk
+    (or bytes_on_disk) times the baseline's bytes on disk; None without such a rule, or
+    without the baseline's bytes (a search.json written before they were recorded)."""
+    baseline = result.baseline_bytes_on_disk
+    criteria = result.budget.get("criteria")
+    if not baseline or not isinstance(criteria, dict):
+        return None
+    for metric in BYTES_METRICS:
+        rule = criteria.get(metric)
+        ratio = rule.get("ratio_at_most") if isinstance(rule, dict) else None
+        if isinstance(ratio, int | float) and not isinstance(ratio, bool):
+            return ratio * baseline
+    return None
 
 
 def _pct(x: float) -> str:
@@ -321,7 +336,11 @@ def _figures(result: SearchResult, on_frontier: list[str]) -> list[dict]:
         ceiling = max_bytes(result)
         if ceiling is not None:
             ax.axvline(ceiling / 1e6, color="#b00020", linestyle=":", linewidth=1,
-                       label="bytes ceiling")
+                       label=f"bytes ceiling {ceiling / 1e6:.3g} MB")
+        if result.baseline_bytes_on_disk:
+            # the original's size: a ceiling is read as a share of it
+            ax.axvline(result.baseline_bytes_on_disk / 1e6, color="#888888", linestyle="--",
+                       linewidth=1, label="baseline")
         ax.set_xlabel("MB on disk (lower is better)", fontsize=8)
         ax.set_ylabel("worst degradation / allowance on tune (lower is better)", fontsize=8)
         ax.grid(alpha=0.3)

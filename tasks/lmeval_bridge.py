@@ -323,6 +323,29 @@ def split_docs(task, split: str, offset: int, limit: int | None) -> list[int]:
     return ids[:limit] if limit else ids
 
 
+def _entry(metric: str, filter_name: str, fn, higher: bool | None) -> dict[str, Any]:
+    """A metric's ``metric_list`` entry in an lm-eval task's results (``task_spec``): its key,
+    direction (lm-eval's; higher when it gives none), aggregation, and lm-eval's names."""
+    return {"metric": _metric_key(metric, filter_name),
+            "higher_is_better": bool(higher) if higher is not None else True,
+            "aggregation": _aggregation_name(fn), "lm_eval_metric": metric,
+            "filter": filter_name}
+
+
+def metric_entries(spec: LmEvalSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per task of ``spec``: each metric it may report (``acc``: every aggregated metric
+    under every filter of its config) -> the ``metric_list`` entry its results will carry,
+    known before any document is scored, so a budget's criteria are checked before work."""
+    out = {}
+    for name, task in load_tasks(spec).items():
+        directions, aggregations = task.higher_is_better(), task.aggregation()
+        filters = [f["name"] for f in task.config.filter_list or []] or ["none"]
+        entries = (_entry(m, f, aggregations[m], directions.get(m))
+                   for f in filters for m in aggregations)
+        out[name] = {e["metric"]: e for e in entries}
+    return out
+
+
 def _task_result(name: str, task, out: dict[str, Any], seconds: float, resamples: int, seed: int,
                  protocol: dict[str, Any], spec: LmEvalSpec) -> TaskResult:
     """One lm-eval task's outcome as ``run_task`` returns a task's."""
@@ -348,9 +371,7 @@ def _task_result(name: str, task, out: dict[str, Any], seconds: float, resamples
             if higher is None:
                 res["direction"] = "lm-eval gives none; taken as higher is better"
             metrics[key] = res
-            metric_list.append({"metric": key, "higher_is_better": res["higher_is_better"],
-                                "aggregation": _aggregation_name(fn), "lm_eval_metric": metric,
-                                "filter": filter_name})
+            metric_list.append(_entry(metric, filter_name, fn, higher))
             for s, item in zip(rows, items, strict=True):
                 record = per_doc.setdefault(s["doc_id"], {
                     "id": s["doc_id"], "target": _plain(s["target"]),

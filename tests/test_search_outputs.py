@@ -16,7 +16,14 @@ from slimbench.bench.orchestrate.search_outputs import (
     write_outputs,
 )
 from slimbench.compress.recipe import load_recipe
-from slimbench.reports.frontier import frontier, min_speedup, missed_by, quality_ratio
+from slimbench.reports.frontier import (
+    frontier,
+    frontier_html,
+    max_bytes,
+    min_speedup,
+    missed_by,
+    quality_ratio,
+)
 from slimbench.schema import (
     SCHEMA_VERSION,
     Candidate,
@@ -113,12 +120,14 @@ def validate(capsys, path):
     return rc, out, err
 
 
-def test_search_json_round_trips_and_validates(tmp_path, capsys):
-    result = _result()
+@pytest.mark.parametrize("baseline_bytes", [None, 1_000_000])
+def test_search_json_round_trips_and_validates(tmp_path, capsys, baseline_bytes):
+    result = _result(baseline_bytes_on_disk=baseline_bytes)
     _write(tmp_path, result)
     path = tmp_path / "search.json"
     data = json.loads(path.read_text())
     assert data["document"] == "search" and data["schema_version"] == SCHEMA_VERSION
+    assert data["baseline_bytes_on_disk"] == baseline_bytes
     assert data["searched_on"] == "tune" and data["confirmed_on"] == "test"
     assert SearchResult.from_dict(data) == result
     assert load_file(path, "search") == result
@@ -218,6 +227,39 @@ def test_frontier_page(tmp_path):
     assert "&lt;script&gt;document.title" in html and "&lt;no kernel&gt;" in html
     assert html.count("<svg") == 2  # objective × quality, bytes × quality
     assert "Closest candidates" not in html
+
+
+# the budget's ceiling on bytes, as the search records it: a ratio of the baseline's bytes
+HALF_THE_BYTES = {"ratio_at_most": 0.5}
+
+
+@pytest.mark.parametrize("metric", ["model_bytes_on_disk", "bytes_on_disk"])  # and its alias
+def test_frontier_draws_the_bytes_ceiling_against_the_baseline(metric):
+    budget = BUDGET | {"criteria": BUDGET["criteria"] | {metric: HALF_THE_BYTES}}
+    result = _result(budget=budget, baseline_bytes_on_disk=1_000_000)
+    assert max_bytes(result) == 500_000
+    html = frontier_html(result)
+    # matplotlib draws text as paths, each preceded by a comment holding the text
+    assert "<!-- bytes ceiling 0.5 MB -->" in html and "<!-- baseline -->" in html
+    assert html.count("<svg") == 2
+
+
+def test_a_search_json_without_baseline_bytes_draws_no_ceiling(tmp_path, capsys):
+    # an older search.json: it has the ceiling in its budget, not the baseline's bytes
+    budget = BUDGET | {"criteria": BUDGET["criteria"] | {"model_bytes_on_disk": HALF_THE_BYTES}}
+    _write(tmp_path, _result(budget=budget))
+    path = tmp_path / "search.json"
+    data = json.loads(path.read_text())
+    del data["baseline_bytes_on_disk"]
+    path.write_text(json.dumps(data))
+    assert validate(capsys, path)[0] == 0
+    old = load_file(path, "search")
+    assert old.baseline_bytes_on_disk is None and max_bytes(old) is None
+    html = frontier_html(old)
+    assert "bytes ceiling" not in html and "<!-- baseline -->" not in html
+    assert html.count("<svg") == 2
+    # baseline bytes but no ceiling in the budget: the baseline alone
+    assert max_bytes(_result(baseline_bytes_on_disk=1_000_000)) is None
 
 
 def test_no_winner_writes_no_best_and_removes_a_stale_one(tmp_path):

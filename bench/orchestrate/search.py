@@ -218,14 +218,15 @@ class Search:
     def __init__(self, cfg: SearchConfig, say=print) -> None:
         from slimbench.bench.measure import environment
         from slimbench.compress.cache import ArtifactCache
-        from slimbench.tasks.specs import resolve_task
 
         self.cfg, self.say = cfg, say
-        self.specs = {task: resolve_task(task) for task in cfg.budget.tasks}
-        for task, spec in self.specs.items():
-            if spec.kind == "lm_eval":
-                raise UsageError(f"budget task {task}: lm-eval tasks are not searched yet "
-                                 "(their documents have no tune / test split here)")
+        self.specs = {task: cfg.budget.task_spec(task) for task in cfg.budget.tasks}
+        self.metrics = {task: self._metrics(task) for task in self.specs}
+        for q in cfg.budget.quality:
+            if q.metric not in self.metrics[q.task]:
+                raise UsageError(f"{cfg.budget.source}: {q.key}: task {q.task} has no metric "
+                                 f"{q.metric!r} (its metrics: "
+                                 f"{', '.join(self.metrics[q.task])})")
         self.state = SearchState(cfg.out, cfg.asked(), resume=cfg.resume)
         self.cache = ArtifactCache(cfg.cache or cfg.out.parent / ".artifacts", say)
         self.threads = environment.set_threads(cfg.threads)
@@ -247,11 +248,19 @@ class Search:
 
     def score(self, model: _Loaded, task: str, split: str, offset: int = 0,
               limit: int | None = None) -> list[dict[str, Any]]:
-        """Per-example records of ``task`` on ``split`` rows ``offset..offset+limit``."""
+        """Per-example records of ``task`` on ``split`` rows ``offset..offset+limit`` (an
+        lm-eval task: its documents, split by index as ``split_docs`` does)."""
         from slimbench.tasks.generation import run_task
 
-        res = run_task(model.runtime, model.tokenizer, self.specs[task], limit,
-                       resamples=SCREEN_RESAMPLES, split=split, offset=offset)
+        spec = self.specs[task]
+        if spec.kind == "lm_eval":
+            from slimbench.tasks.lmeval_bridge import run_lmeval
+
+            (res,) = run_lmeval(model.runtime, model.tokenizer, spec, limit,
+                                resamples=SCREEN_RESAMPLES, split=split, offset=offset)
+        else:
+            res = run_task(model.runtime, model.tokenizer, spec, limit,
+                           resamples=SCREEN_RESAMPLES, split=split, offset=offset)
         return res.records()
 
     def limit(self, split: str) -> int | None:
@@ -272,13 +281,29 @@ class Search:
         self.base = self.base or self.load(self.base_path)
         return self.base
 
-    def metric_info(self, task: str, metric: str) -> tuple[dict[str, Any], bool]:
-        """A budget metric's options (as its task's metric_list gives them) and direction."""
+    def _metrics(self, task: str) -> dict[str, tuple[dict[str, Any], bool]]:
+        """Each metric of ``task``: its options (as the task's metric_list gives them: for
+        lm-eval, its aggregation, from lm-eval's task) and direction."""
         from slimbench.reports.consistency import metric_options
 
         spec = self.specs[task]
-        entry = next(m for m in spec.metric_list if m.metric == metric)
-        return metric_options(spec.to_dict()).get(metric, {}), entry.higher_is_better
+        if spec.kind == "lm_eval":
+            from slimbench.tasks.lmeval_bridge import metric_entries
+
+            found = metric_entries(spec)
+            if list(found) != [task]:  # a group or tag: its leaf tasks are what is scored
+                raise UsageError(f"{self.cfg.budget.source}: lm-eval {task} is a group of "
+                                 f"{', '.join(found)}: name the tasks themselves")
+            entries = list(found[task].values())
+        else:
+            entries = spec.to_dict()["metric_list"]
+        options = metric_options({"metric_list": entries})
+        return {e["metric"]: (options.get(e["metric"], {}), bool(e["higher_is_better"]))
+                for e in entries}
+
+    def metric_info(self, task: str, metric: str) -> tuple[dict[str, Any], bool]:
+        """A budget metric's options and direction (``_metrics``)."""
+        return self.metrics[task][metric]
 
     # -- stages --------------------------------------------------------------------------
 
@@ -542,7 +567,8 @@ class Search:
             tried=sum(r.status != "not_reached" for r in result), confirmed=confirmed,
             winner=winner, closest=[] if winner else closest(result),
             seconds=self.clock.seconds(), environment=environment.capture().to_dict(),
-            max_confirmations=MAX_CONFIRMATIONS)
+            max_confirmations=MAX_CONFIRMATIONS,
+            baseline_bytes_on_disk=self.baseline_facts().bytes_on_disk)
 
     def confirm_best(self, records: dict[str, Candidate]) -> tuple[str | None, list[str]]:
         """Stage 5 over the timed candidates, best objective first, until one passes or
@@ -578,7 +604,7 @@ def run_search(cfg: SearchConfig, say=print) -> SearchResult:
     from slimbench.bench.orchestrate.search_outputs import write_outputs
 
     result = Search(cfg, say).run()
-    write_outputs(cfg.out, result, cfg.budget.to_acceptance(), list(cfg.budget.tasks),
+    write_outputs(cfg.out, result, cfg.budget.to_acceptance(), cfg.budget.suite_tasks,
                   cfg.model, cfg.device, cfg.threads)
     return result
 

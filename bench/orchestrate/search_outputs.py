@@ -44,8 +44,8 @@ def best_recipe(result: SearchResult, model: str) -> dict[str, Any]:
     return {"model": model, "steps": recipe_steps(result, result.winner)}
 
 
-def best_suite(result: SearchResult, budget_acceptance: dict, tasks: list, model: str,
-               device: str, threads: int | None) -> dict[str, Any]:
+def best_suite(result: SearchResult, budget_acceptance: dict, tasks: list[str | dict],
+               model: str, device: str, threads: int | None) -> dict[str, Any]:
     """``best-suite.yaml``'s document: baseline and winner, judged by the budget."""
     suite = {"name": "search-best",
              "variants": {"baseline": {"model": model},
@@ -100,8 +100,9 @@ def remove_stale_best(out: Path) -> list[Path]:
     return removed
 
 
-def write_outputs(out: Path, result: SearchResult, budget_acceptance: dict, tasks: list[str],
-                  model: str, device: str, threads: int | None) -> None:
+def write_outputs(out: Path, result: SearchResult, budget_acceptance: dict,
+                  tasks: list[str | dict], model: str, device: str, threads: int | None
+                  ) -> None:
     """Write ``search.json``, ``frontier.html`` and, with a winner, ``best-recipe.yaml`` and
     ``best-suite.yaml`` into ``out`` (each atomically; ``search.json`` last, so that a reader
     who sees it sees the rest of this search too).
@@ -111,7 +112,8 @@ def write_outputs(out: Path, result: SearchResult, budget_acceptance: dict, task
         result: what the search tried and chose.
         budget_acceptance: the budget as suite acceptance criteria, ``metric: {criterion:
             number}`` (``bench/orchestrate/suite.py``), for ``best-suite.yaml``.
-        tasks: the tasks the budget names, as a suite lists them.
+        tasks: the tasks the budget names, as a suite lists them (names, task files,
+            ``{lm_eval: ...}`` entries).
         model: the input model's spec.
         device: cpu or cuda.
         threads: intra-op threads, or None for the default.

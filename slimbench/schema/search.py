@@ -169,6 +169,9 @@ class SearchResult(Typed):
         threads: intra-op threads of every measurement.
         objective: decode, prefill, generate, size or memory.
         budget: the budget file as given (criteria, ceilings, minimum speedup).
+        baseline_bytes_on_disk: the uncompressed model's bytes on disk, which the budget's
+            ceilings on bytes (``ratio_at_most``) compare against, or null when not known
+            (search.json files written before it was recorded).
         space: where the candidates came from (a file, or "default-<device>").
         alpha: the confirmation's overall level: each confirmation test runs at
             alpha / max_confirmations, so that confirming up to that many candidates on the
@@ -208,6 +211,7 @@ class SearchResult(Typed):
     seconds: float
     environment: dict
     max_confirmations: int = 1
+    baseline_bytes_on_disk: int | None = None
     searched_on: Literal["tune"] = "tune"
     confirmed_on: Literal["test"] = "test"
     slimbench_search: Literal[1] = SEARCH_FORMAT
