@@ -267,6 +267,18 @@ def test_the_memory_objective_measures_each_side_s_peak(capsys, tmp_path):
     assert rc == (0 if c.status == "winner" else 1)
 
 
+def test_an_a_b_is_cut_to_what_is_left_of_the_time_budget():
+    from slimbench.bench.orchestrate.search import _Clock
+
+    assert _Clock(None).cap(10.0, 3.0) == 10.0
+    clock = _Clock(1.0)
+    assert clock.cap(10.0, 3.0) == 10.0  # 60 s left
+    clock.t0 -= 55
+    assert 3.0 < clock.cap(10.0, 3.0) <= 5.0  # 5 s left
+    clock.t0 -= 10
+    assert clock.cap(10.0, 3.0) == 3.0  # past it: the minimum, never less
+
+
 def test_past_the_time_budget_only_the_first_confirmation_runs(tmp_path):
     from slimbench.bench.orchestrate.search import _Clock
 

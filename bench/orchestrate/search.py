@@ -71,7 +71,8 @@ class SearchConfig:
         device: cpu or cuda.
         threads: intra-op threads of every measurement (None: all cores).
         max_minutes: the time budget (None: none); screening stops at 60% of it, timing at
-            85%; the first confirmation always runs, a further one only inside the budget.
+            85% (an A/B that starts runs its minimum, and stops at the budget's end past
+            that); the first confirmation always runs, a further one only inside the budget.
         alpha: the confirmation's overall level (each test at alpha / MAX_CONFIRMATIONS).
         screening_alpha: the sequential screens' overall level.
         tune_limit: tune examples per task at most (None: every one).
@@ -147,6 +148,12 @@ class _Clock:
 
     def past(self, share: float) -> bool:
         return self.limit is not None and self.seconds() > share * self.limit
+
+    def cap(self, seconds: float, floor: float) -> float:
+        """``seconds``, cut to what is left of the budget, never under ``floor``."""
+        if self.limit is None:
+            return seconds
+        return max(floor, min(seconds, self.limit - self.seconds()))
 
 
 def _record(c: SpaceCandidate, **fields) -> Candidate:
@@ -440,7 +447,7 @@ class Search:
             low, high = self.cfg.ab_seconds
             res = paired_compare(self.cfg.model, path, PairedConfig(
                 scenario=scenario, device=self.cfg.device, threads=self.threads,
-                min_seconds=low, max_seconds=high))
+                min_seconds=low, max_seconds=self.clock.cap(high, low)))
             speed = Speed(metric, res.speedup, tuple(res.speedup_ci95), res.pairs,
                           list(res.warnings))
         rec = dataclasses.replace(rec, stage="latency", speed=speed,
