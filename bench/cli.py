@@ -279,8 +279,9 @@ def cmd_run(args) -> None:
                          f"{args.out / 'acceptance.md'}")
 
 
-def _executor(args):
-    """``run``'s executor (None: local), its flags checked before any work."""
+def _executor(args, search: bool = False):
+    """``run``'s (``search``'s) executor (None: local), its flags checked before any
+    work."""
     from slimbench.errors import UsageError
 
     if args.executor == "local":
@@ -293,9 +294,10 @@ def _executor(args):
     if args.artifact_store is not None and args.cache is not None:
         raise UsageError("--artifact-store is the Ray executor's --cache: give one of them")
     from slimbench.bench.orchestrate.ray_executor import RayExecutor
+    from slimbench.bench.orchestrate.search_ray import RaySearchExecutor
 
-    return RayExecutor(args.address, args.artifact_store, args.verbose,
-                       connect_timeout=args.connect_timeout)
+    return (RaySearchExecutor if search else RayExecutor)(
+        args.address, args.artifact_store, args.verbose, connect_timeout=args.connect_timeout)
 
 
 def _judge_acceptance(suite, run_dir: Path, verbose: int) -> list[str]:
@@ -396,7 +398,8 @@ def cmd_demo(args) -> None:
 def cmd_search(args) -> None:
     from slimbench.bench.orchestrate.search import run_search, search_config
 
-    result = run_search(search_config(args))
+    cfg = search_config(args)  # the budget, the space and every flag checked before any work
+    result = run_search(cfg, executor=_executor(args, search=True))
     print(f"{result.tried} candidates decided in {result.seconds / 60:.1f} min; "
           + (f"winner {result.winner}: {args.out / 'best-recipe.yaml'}" if result.winner
              else "no candidate meets the budget"))

@@ -104,19 +104,24 @@ def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="skip cells already finished ok")
     run.add_argument("--cache", type=Path,
                      help="artifact cache (default: .artifacts beside the run directory)")
-    run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="where the cells run: local (one after another on this machine, "
-                          "the default) or ray (Ray tasks on a cluster; needs the extra "
-                          "slimbench[ray])")
-    run.add_argument("--address", metavar="ADDR",
-                     help="with --executor ray: the cluster: auto, HOST:PORT or "
-                          "ray://HOST[:PORT] (default: start one on this machine)")
-    run.add_argument("--connect-timeout", type=float, metavar="S",
-                     help="with --executor ray and --address: give up (exit 2) when the "
-                          "cluster does not answer within S seconds (default 30)")
-    run.add_argument("--artifact-store", type=Path, metavar="DIR",
-                     help="with --executor ray: the artifact cache, on a filesystem every "
-                          "node mounts at the same path (default: as --cache)")
+    _executor_args(run, "the cells")
+
+
+def _executor_args(sp: argparse.ArgumentParser, what: str) -> None:
+    """``--executor`` and the Ray executor's flags (``run``, ``search``)."""
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help=f"where {what} run: local (one after another on this machine, "
+                         "the default) or ray (Ray tasks on a cluster; needs the extra "
+                         "slimbench[ray])")
+    sp.add_argument("--address", metavar="ADDR",
+                    help="with --executor ray: the cluster: auto, HOST:PORT or "
+                         "ray://HOST[:PORT] (default: start one on this machine)")
+    sp.add_argument("--connect-timeout", type=float, metavar="S",
+                    help="with --executor ray and --address: give up (exit 2) when the "
+                         "cluster does not answer within S seconds (default 30)")
+    sp.add_argument("--artifact-store", type=Path, metavar="DIR",
+                    help="with --executor ray: the artifact cache, on a filesystem every "
+                         "node mounts at the same path (default: as --cache)")
 
 
 def _gate_args(gate: argparse.ArgumentParser) -> None:
@@ -230,3 +235,4 @@ def _search_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cache", type=Path, help="artifact cache (default: OUT/../.artifacts)")
     sp.add_argument("--resume", action="store_true",
                     help="go on with the search in OUT, redoing nothing already decided")
+    _executor_args(sp, "the candidates' screens and A/Bs")

@@ -18,8 +18,11 @@ first it fails:
    examples no screening looked at. The first candidate that passes is the answer; one that
    fails there is reported as such, and the next is confirmed.
 
-Quality is scored in this process on one runtime per candidate; latency in the A/B's own
-worker processes. Every decision is saved as it is made (``search_state.py``).
+The work on one candidate's artifact (stages 2-4) is ``search_stages.Stages``; this module
+decides. Stages 1-4 run one candidate after another here (``LocalExecutor``: quality scored in
+this process, latency in the A/B's own worker processes), or side by side as Ray tasks
+(``search_ray.py``, ``--executor ray``); the baseline's scores and the confirmations run here
+either way. Every decision is saved as it is made (``search_state.py``).
 """
 
 from __future__ import annotations
@@ -33,28 +36,17 @@ from typing import Any
 
 from slimbench.bench.orchestrate.search_budget import Budget
 from slimbench.bench.orchestrate.search_space import SpaceCandidate
+from slimbench.bench.orchestrate.search_stages import CEILINGS, OBJECTIVES, Facts, Loaded, Stages
 from slimbench.bench.orchestrate.search_state import SearchState
 from slimbench.errors import SlimbenchError, UsageError
-from slimbench.schema.search import Candidate, Screen, SearchResult, Speed, Step
+from slimbench.schema.search import Candidate, SearchResult, Speed, Step
 
 log = logging.getLogger(__name__)
 
-# objective -> (A/B scenario, metric); size and memory are not timed
-OBJECTIVES: dict[str, tuple[str | None, str]] = {
-    "decode": ("decode", "decode_ms_per_token"), "prefill": ("prefill", "prefill_ms"),
-    "generate": ("generate", "generate_ms"), "size": (None, "model_bytes_on_disk"),
-    "memory": (None, "peak_rss_bytes"),
-}
 # the share of --max-minutes after which no new candidate is screened (the rest is for
 # timing the survivors and confirming) and after which no new survivor is timed
 SCREEN_SHARE, TIME_SHARE = 0.6, 0.85
-# the sequential screen's bootstrap: a look's interval at 1 - 0.05/4 has 0.625% in each tail,
-# 12 resamples of 2000 (400 would leave 2.5: too few for a stable percentile)
-SCREEN_RESAMPLES = 2000
 MAX_CONFIRMATIONS = 3  # each at alpha / 3: the chance of a false "meets the budget" <= alpha
-# ceilings a search checks: the artifact's own figures, and a peak measured in a process
-CEILINGS = {"model_bytes_on_disk": "bytes_on_disk", "parameters": "parameters",
-            "nonzero_parameters": "nonzero_parameters", "peak_rss_bytes": None}
 
 
 @dataclasses.dataclass
@@ -208,109 +200,58 @@ def closest(candidates: list[Candidate], k: int = 3) -> list[str]:
             f"{c.stage}; {words or c.why}" for (_, words), c in measured[:k]]
 
 
-@dataclasses.dataclass
-class _Loaded:
-    """One model loaded for scoring: its runtime, tokenizer and facts."""
-
-    runtime: Any
-    tokenizer: Any
-    bytes_on_disk: int | None
-    parameters: int
-    nonzero_parameters: int
-
-
 class Search:
-    """One run of the stages over the space (module docstring)."""
+    """One run of the stages over the space (module docstring).
 
-    def __init__(self, cfg: SearchConfig, say=print) -> None:
+    ``executor`` runs stages 1-4 of many candidates: ``LocalExecutor`` (one after another,
+    in this process) or ``search_ray.RaySearchExecutor`` (as Ray tasks, side by side);
+    the baseline's scores and the confirmations run here either way.
+    """
+
+    def __init__(self, cfg: SearchConfig, say=print, executor=None) -> None:
         from slimbench.bench.measure import environment
-        from slimbench.compress.cache import ArtifactCache
+        from slimbench.bench.orchestrate.search_stages import task_metrics
 
         self.cfg, self.say = cfg, say
-        self.specs = {task: cfg.budget.task_spec(task) for task in cfg.budget.tasks}
-        self.metrics = {task: self._metrics(task) for task in self.specs}
-        for q in cfg.budget.quality:
-            if q.metric not in self.metrics[q.task]:
-                raise UsageError(f"{cfg.budget.source}: {q.key}: task {q.task} has no metric "
-                                 f"{q.metric!r} (its metrics: "
-                                 f"{', '.join(self.metrics[q.task])})")
-        self.state = SearchState(cfg.out, cfg.asked(), resume=cfg.resume)
-        self.cache = ArtifactCache(cfg.cache or cfg.out.parent / ".artifacts", say)
+        self.specs, self.metrics = task_metrics(cfg.budget)  # checked before any work
+        # opened by run(), after the executor's checks, so that a refusal writes nothing
+        self.state: SearchState | None = None
+        self.cache: Any = None  # compress.cache.ArtifactCache
         self.threads = environment.set_threads(cfg.threads)
         self.clock = _Clock(cfg.max_minutes)
-        self.base_path = cfg.model
-        self.base: _Loaded | None = None
-        self._base_examples: dict[str, list[dict[str, Any]]] = {}
-        self._peak: dict[str, int | None] = {}
+        self.executor = executor or LocalExecutor()
+        self.base: Loaded | None = None
+        self._stages: Stages | None = None
 
-    # -- models and examples -------------------------------------------------------------
+    # -- the baseline --------------------------------------------------------------------
 
-    def load(self, spec: str) -> _Loaded:
-        from slimbench.bench.measure.cell import scoring_runtime
+    def baseline(self) -> Loaded:
+        """The baseline, loaded once (for its scores and facts)."""
+        if self.base is None:
+            self.base = self.stages_without_facts().load(self.cfg.model)
+        return self.base
 
-        loaded, runtime = scoring_runtime(spec, self.cfg.device, self.threads)
-        info = loaded.info
-        return _Loaded(runtime, loaded.tokenizer, info.bytes_on_disk, info.parameters,
-                       info.nonzero_parameters)
+    def stages_without_facts(self) -> Stages:
+        cfg = self.cfg
+        return Stages(cfg.model, cfg.budget, self.specs, self.metrics, cfg.device,
+                      self.threads, cfg.objective, cfg.screening_alpha, cfg.tune_limit,
+                      cfg.test_limit, Facts(None, 0, 0))
 
-    def score(self, model: _Loaded, task: str, split: str, offset: int = 0,
-              limit: int | None = None) -> list[dict[str, Any]]:
-        """Per-example records of ``task`` on ``split`` rows ``offset..offset+limit`` (an
-        lm-eval task: its documents, split by index as ``split_docs`` does)."""
-        from slimbench.tasks.generation import run_task
-
-        spec = self.specs[task]
-        if spec.kind == "lm_eval":
-            from slimbench.tasks.lmeval_bridge import run_lmeval
-
-            (res,) = run_lmeval(model.runtime, model.tokenizer, spec, limit,
-                                resamples=SCREEN_RESAMPLES, split=split, offset=offset)
-        else:
-            res = run_task(model.runtime, model.tokenizer, spec, limit,
-                           resamples=SCREEN_RESAMPLES, split=split, offset=offset)
-        return res.records()
-
-    def limit(self, split: str) -> int | None:
-        return self.cfg.tune_limit if split == "tune" else self.cfg.test_limit
+    def stages(self) -> Stages:
+        """The per-candidate work (``search_stages.py``), with the baseline's facts."""
+        if self._stages is None:
+            self._stages = dataclasses.replace(self.stages_without_facts(),
+                                               base=self.baseline().facts)
+        return self._stages
 
     def baseline_examples(self, split: str) -> dict[str, list[dict[str, Any]]]:
         """The baseline's records on every budget task's ``split`` rows (scored once, saved):
         test rows only when the first confirmation needs them."""
         saved = self.state.examples("baseline", split)
         if saved is None:
-            self.base = self.base or self.load(self.base_path)
-            saved = [r for task in self.specs
-                     for r in self.score(self.base, task, split, 0, self.limit(split))]
+            saved = self.stages().score_all(self.baseline(), split)
             self.state.save_examples("baseline", split, saved)
         return {task: [r for r in saved if r["task"] == task] for task in self.specs}
-
-    def baseline_facts(self) -> _Loaded:
-        self.base = self.base or self.load(self.base_path)
-        return self.base
-
-    def _metrics(self, task: str) -> dict[str, tuple[dict[str, Any], bool]]:
-        """Each metric of ``task``: its options (as the task's metric_list gives them: for
-        lm-eval, its aggregation, from lm-eval's task) and direction."""
-        from slimbench.reports.consistency import metric_options
-
-        spec = self.specs[task]
-        if spec.kind == "lm_eval":
-            from slimbench.tasks.lmeval_bridge import metric_entries
-
-            found = metric_entries(spec)
-            if list(found) != [task]:  # a group or tag: its leaf tasks are what is scored
-                raise UsageError(f"{self.cfg.budget.source}: lm-eval {task} is a group of "
-                                 f"{', '.join(found)}: name the tasks themselves")
-            entries = list(found[task].values())
-        else:
-            entries = spec.to_dict()["metric_list"]
-        options = metric_options({"metric_list": entries})
-        return {e["metric"]: (options.get(e["metric"], {}), bool(e["higher_is_better"]))
-                for e in entries}
-
-    def metric_info(self, task: str, metric: str) -> tuple[dict[str, Any], bool]:
-        """A budget metric's options and direction (``_metrics``)."""
-        return self.metrics[task][metric]
 
     # -- stages --------------------------------------------------------------------------
 
@@ -325,95 +266,24 @@ class Search:
         except Exception as e:  # noqa: BLE001 - one step's library error fails one candidate
             return key, RuntimeError(f"{type(e).__name__}: {e}")
 
-    def ceilings(self, rec: Candidate, path: str) -> str | None:
-        """Why the candidate is over a ceiling of the budget, or None."""
-        base = self.baseline_facts()
-        for ceiling in self.cfg.budget.ceilings:
-            attr = CEILINGS[ceiling.field]
-            if attr is None:
-                mine, theirs = self.peak_rss(path), self.peak_rss(self.cfg.model)
-            else:
-                mine, theirs = getattr(rec, attr), getattr(base, attr)
-            if mine is None or not theirs:
-                return f"{ceiling.metric}: not known for this artifact or the baseline"
-            if mine / theirs > ceiling.ratio:
-                return (f"{ceiling.metric} {mine / theirs:.3f} x the baseline's, over the "
-                        f"ceiling {ceiling.ratio:g}")
-        return None
-
-    def screen(self, c: SpaceCandidate, tune: dict[str, list[dict[str, Any]]]) -> Candidate:
-        """Build, facts, and the sequential screens on tune (stages 1-3)."""
-        from slimbench.tasks.sequential import look_sizes, screen_look
-
+    def built(self, c: SpaceCandidate) -> tuple[Candidate, str | None]:
+        """Stage 1: the candidate built (its record with the content key and the build's
+        seconds, and its artifact's path), or its record failed at build (and None)."""
         t0 = time.monotonic()
         key, path = self.build(c)
+        rec = _record(c, content_key=key, seconds=time.monotonic() - t0)
         if isinstance(path, Exception):
-            return _record(c, content_key=key, status="failed", stage="build",
-                           why=str(path).splitlines()[0] if str(path) else type(path).__name__,
-                           seconds=time.monotonic() - t0)
-        try:
-            model = self.load(path)
-        except SlimbenchError as e:
-            return _record(c, content_key=key, status="failed", stage="build", why=str(e),
-                           seconds=time.monotonic() - t0)
-        rec = _record(c, content_key=key, status="screened", stage="screen",
-                      bytes_on_disk=model.bytes_on_disk, parameters=model.parameters,
-                      nonzero_parameters=model.nonzero_parameters)
-        over = self.ceilings(rec, path)
-        if over:
-            return dataclasses.replace(rec, status="rejected", stage="facts", why=over,
-                                       seconds=time.monotonic() - t0)
-        screens, used = [], 0
-        for task in self.specs:
-            crits = [q for q in self.cfg.budget.quality if q.task == task]
-            base, cand = tune[task], []
-            sizes = look_sizes(len(base))
-            for look, n in enumerate(sizes, 1):
-                cand += self.score(model, task, "tune", len(cand), n - len(cand))
-                for q in list(crits):
-                    options, higher = self.metric_info(task, q.metric)
-                    res = screen_look(base[:n], cand, self.specs[task].kind, q.metric, options,
-                                      higher, q.criterion, q.allowance, q.mode, look,
-                                      len(sizes), alpha=self.cfg.screening_alpha,
-                                      resamples=SCREEN_RESAMPLES)
-                    if res.status != "continue":
-                        screens.append(Screen(task, q.metric, q.criterion, q.allowance,
-                                              res.status, n, look, res.alpha_per_look,
-                                              res.degradation, tuple(res.ci), q.mode))
-                        crits.remove(q)
-                if not crits or any(s.status == "fail" for s in screens):
-                    break
-            used += len(cand)
-            failed = [s for s in screens if s.status == "fail"]
-            if failed:
-                s = failed[0]
-                lo, hi = s.degradation_ci
-                return dataclasses.replace(
-                    rec, status="rejected", stage="screen", screening=screens,
-                    tune_examples=used, seconds=time.monotonic() - t0,
-                    why=(f"{s.task}.{s.metric}: degradation {s.degradation:+.4g} "
-                         f"[{lo:+.4g}, {hi:+.4g}] against the allowance {s.allowance:g} "
-                         f"after {s.examples} of {len(tune[s.task])} tune examples"))
-        return dataclasses.replace(rec, screening=screens, tune_examples=used,
-                                   seconds=time.monotonic() - t0)
+            return dataclasses.replace(rec, status="failed", stage="build", why=(
+                str(path).splitlines()[0] if str(path) else type(path).__name__)), None
+        return rec, path
 
-    def peak_rss(self, spec: str) -> int | None:
-        """Peak resident memory of a process that loads ``spec`` and decodes a few tokens
-        (the cell function, in its own process, as a suite cell measures it)."""
-        from slimbench.bench.measure.isolation import run_isolated
-        from slimbench.bench.orchestrate.runner import CELL, cell_preload
-
-        if spec not in self._peak:
-            run = run_isolated(CELL, {
-                "artifact": spec, "device": self.cfg.device, "threads": self.threads,
-                "latency": {"prefill": [32], "decode_contexts": [], "new_tokens": 4,
-                            "generate_prompt": 0, "repeats": 1, "min_seconds": 0.0},
-                "tasks": [], "task_limit": None, "quality": False},
-                preload=cell_preload(self.cfg.device))
-            if run.status != "ok":
-                raise SlimbenchError(f"peak memory of {spec}: {run.reason}")
-            self._peak[spec] = run.result.result.memory.peak_rss_bytes
-        return self._peak[spec]
+    def screen(self, c: SpaceCandidate, tune: dict[str, list[dict[str, Any]]]) -> Candidate:
+        """Build, facts, and the sequential screens on tune (stages 1-3), here."""
+        rec, path = self.built(c)
+        if path is None:
+            return rec
+        out = self.stages().screen(rec, path, tune)
+        return dataclasses.replace(out, seconds=rec.seconds + out.seconds)
 
     def rebuilt(self, rec: Candidate) -> str:
         """The screened candidate's artifact, from the cache; the very artifact that was
@@ -427,31 +297,26 @@ class Search:
                                  f"{key} != {rec.content_key}): start a new search")
         return path
 
-    def objective(self, rec: Candidate) -> Candidate:
-        """Stage 4: the objective against the baseline; a candidate short of the budget's
-        minimum speedup (the low end of its interval) is rejected here."""
-        from slimbench.bench.measure.paired import PairedConfig, paired_compare
+    def ab_seconds(self) -> tuple[float, float]:
+        """The next A/B's (least, most) seconds: at most what is left of the time budget."""
+        low, high = self.cfg.ab_seconds
+        return low, self.clock.cap(high, low)
 
+    def objective(self, rec: Candidate) -> Candidate:
+        """Stage 4 here: the objective measured (``Stages.measure``), then judged."""
         t0 = time.monotonic()
-        scenario, metric = OBJECTIVES[self.cfg.objective]
-        path = self.rebuilt(rec)
-        if scenario is None:  # exact figures, no interval: bytes, or one peak each
-            mine, theirs = ((rec.bytes_on_disk, self.baseline_facts().bytes_on_disk)
-                            if metric == "model_bytes_on_disk"
-                            else (self.peak_rss(path), self.peak_rss(self.cfg.model)))
-            if not mine or not theirs:
-                return dataclasses.replace(rec, status="failed", stage="latency",
-                                           why=f"{metric}: not measured")
-            speed = Speed(metric, theirs / mine, None, 0)
-        else:
-            low, high = self.cfg.ab_seconds
-            res = paired_compare(self.cfg.model, path, PairedConfig(
-                scenario=scenario, device=self.cfg.device, threads=self.threads,
-                min_seconds=low, max_seconds=self.clock.cap(high, low)))
-            speed = Speed(metric, res.speedup, tuple(res.speedup_ci95), res.pairs,
-                          list(res.warnings))
+        speed = self.stages().measure(rec, self.rebuilt(rec), self.ab_seconds())
+        return self.judge(rec, speed, time.monotonic() - t0)
+
+    def judge(self, rec: Candidate, speed: Speed | None, seconds: float) -> Candidate:
+        """Stage 4's decision on a measured objective: a candidate short of the budget's
+        minimum speedup (the low end of its interval) is rejected here."""
+        metric = OBJECTIVES[self.cfg.objective][1]
+        if speed is None:
+            return dataclasses.replace(rec, status="failed", stage="latency",
+                                       why=f"{metric}: not measured")
         rec = dataclasses.replace(rec, stage="latency", speed=speed,
-                                  seconds=rec.seconds + time.monotonic() - t0)
+                                  seconds=rec.seconds + seconds)
         budget = self.cfg.budget
         low_end = speed.ci95[0] if speed.ci95 else speed.speedup
         if budget.min_speedup is not None and low_end < budget.min_speedup:
@@ -476,11 +341,12 @@ class Search:
 
         t0 = time.monotonic()
         path = self.rebuilt(rec)
-        model, tests = self.load(path), []
+        stages = self.stages()
+        model, tests = stages.load(path), []
         for task in self.specs:
-            cand = self.score(model, task, "test", 0, self.limit("test"))
+            cand = stages.score(model, task, "test", 0, stages.limit("test"))
             for q in (q for q in self.cfg.budget.quality if q.task == task):
-                options, higher = self.metric_info(task, q.metric)
+                options, higher = self.metrics[task][q.metric]
                 tests.append(paired_test(test[task], cand, self.specs[task].kind, q.metric,
                                          options, higher, q.test, q.mode, q.allowance,
                                          level=1 - self.cfg.alpha / MAX_CONFIRMATIONS))
@@ -527,39 +393,29 @@ class Search:
 
     def run(self) -> SearchResult:
         from slimbench.bench.measure import environment
+        from slimbench.compress.cache import ArtifactCache
 
-        cfg, records = self.cfg, {}
+        cfg = self.cfg
+        self.state = self.state or SearchState(cfg.out, cfg.asked(), resume=cfg.resume)
+        self.cache = self.cache or ArtifactCache(cfg.cache or cfg.out.parent / ".artifacts",
+                                                 self.say)
         self.say(f"search: {len(cfg.candidates)} candidates of {cfg.space} on {cfg.model}, "
                  f"objective {cfg.objective}, budget "
                  f"{', '.join(q.describe() for q in cfg.budget.quality)}"
                  + (f", at most {cfg.max_minutes:g} minutes" if cfg.max_minutes else ""))
         tune = self.baseline_examples("tune")
-        for c in cfg.candidates:  # stages 1-3, each candidate saved as it is decided
-            saved = self.state.candidate(c.name)
-            if saved is not None:
-                records[c.name] = saved
-            elif self.clock.past(SCREEN_SHARE):
-                records[c.name] = _record(c, why="not screened: the time budget ran out")
-            else:
-                records[c.name] = self.stage(_record(c), lambda r, c=c: self.screen(c, tune),
-                                             "screen")
+        # stages 1-3, each candidate saved as it is decided; records in the space's order
+        records = {c.name: self.state.candidate(c.name) for c in cfg.candidates}
+        for rec in self.executor.screen(self, [c for c in cfg.candidates
+                                               if records[c.name] is None], tune):
+            records[rec.name] = rec
         # survivors that another survivor matches or beats on every measured axis (quality,
         # bytes) are timed last, only if time is left: the undominated ones first
         alive = [r for r in records.values() if r.status in ("screened", "dominated")]
         order = sorted(alive, key=lambda r: any(_dominates(o, r) for o in alive))
-        for r in order:
-            if r.speed is not None or r.status == "failed":
-                continue
-            dominated = next((o.name for o in alive if _dominates(o, r)), None)
-            if self.clock.past(TIME_SHARE) or (dominated and cfg.objective == "size"):
-                if dominated:
-                    records[r.name] = dataclasses.replace(r, status="dominated", why=(
-                        f"{dominated} is as good or better on quality and bytes; not timed"))
-                    self.state.save(records[r.name])
-                    self.progress(records[r.name])
-                continue
-            records[r.name] = self.stage(dataclasses.replace(r, status="screened"),
-                                         self.objective, "latency")
+        untimed = [r for r in order if r.speed is None and r.status != "failed"]
+        for rec in self.executor.time(self, untimed, alive):
+            records[rec.name] = rec
         winner, confirmed = self.confirm_best(records)
         for name, r in records.items():  # passed screening, never timed
             if r.status == "screened" and r.speed is None:
@@ -575,7 +431,20 @@ class Search:
             winner=winner, closest=[] if winner else closest(result),
             seconds=self.clock.seconds(), environment=environment.capture().to_dict(),
             max_confirmations=MAX_CONFIRMATIONS,
-            baseline_bytes_on_disk=self.baseline_facts().bytes_on_disk)
+            baseline_bytes_on_disk=self.baseline().facts.bytes_on_disk)
+
+    def before_timing(self, r: Candidate, alive: list[Candidate]) -> Candidate | None:
+        """None: time survivor ``r`` now. Else what it stays: untimed (the time budget ran
+        out), or dominated by another survivor (saved; a size objective never times those)."""
+        dominated = next((o.name for o in alive if _dominates(o, r)), None)
+        if not (self.clock.past(TIME_SHARE) or (dominated and self.cfg.objective == "size")):
+            return None
+        if dominated:
+            r = dataclasses.replace(r, status="dominated", why=(
+                f"{dominated} is as good or better on quality and bytes; not timed"))
+            self.state.save(r)
+            self.progress(r)
+        return r
 
     def confirm_best(self, records: dict[str, Candidate]) -> tuple[str | None, list[str]]:
         """Stage 5 over the timed candidates, best objective first, until one passes or
@@ -606,11 +475,45 @@ class Search:
         return winner, confirmed
 
 
-def run_search(cfg: SearchConfig, say=print) -> SearchResult:
-    """Run the search and write its outputs (``search_outputs.py``)."""
+class LocalExecutor:
+    """Stages 1-4 of the candidates one after another, in this process."""
+
+    def prepare(self, search: Search) -> None:
+        """Nothing to connect to."""
+
+    def close(self) -> None:
+        """Nothing to let go of."""
+
+    def screen(self, search: Search, pending: list[SpaceCandidate],
+               tune: dict[str, list[dict[str, Any]]]):
+        """Each pending candidate's record after stages 1-3 (or untouched: past the time
+        budget's share for screening)."""
+        for c in pending:
+            if search.clock.past(SCREEN_SHARE):
+                yield _record(c, why="not screened: the time budget ran out")
+            else:
+                yield search.stage(_record(c), lambda r, c=c: search.screen(c, tune),
+                                   "screen")
+
+    def time(self, search: Search, untimed: list[Candidate], alive: list[Candidate]):
+        """Each survivor's record after stage 4, in ``untimed``'s order."""
+        for r in untimed:
+            held = search.before_timing(r, alive)
+            yield held if held is not None else search.stage(
+                dataclasses.replace(r, status="screened"), search.objective, "latency")
+
+
+def run_search(cfg: SearchConfig, say=print, executor=None) -> SearchResult:
+    """Run the search (stages 1-4 on ``executor``: None runs them here) and write its
+    outputs (``search_outputs.py``)."""
     from slimbench.bench.orchestrate.search_outputs import write_outputs
 
-    result = Search(cfg, say).run()
+    search = Search(cfg, say, executor)  # the budget's tasks checked before connecting
+    search.executor.prepare(search)
+    try:
+        result = search.run()
+    finally:
+        search.executor.close()
     write_outputs(cfg.out, result, cfg.budget.to_acceptance(), cfg.budget.suite_tasks,
                   cfg.model, cfg.device, cfg.threads)
     return result
@@ -637,5 +540,6 @@ def search_config(args) -> SearchConfig:
                         out=args.out, objective=args.objective, device=args.device,
                         threads=args.threads, max_minutes=args.max_minutes,
                         alpha=args.alpha, tune_limit=args.tune_limit,
-                        test_limit=args.test_limit, cache=args.cache, resume=args.resume,
+                        test_limit=args.test_limit, resume=args.resume,
+                        cache=getattr(args, "artifact_store", None) or args.cache,
                         ab_seconds=(min(3.0, args.ab_seconds / 3), args.ab_seconds))
