@@ -21,29 +21,9 @@ from slimbench.compress.reference import REFERENCE_DIR  # noqa: E402
 from slimbench.errors import UsageError  # noqa: E402
 from slimbench.tasks.evalsets import load_evalset  # noqa: E402
 from slimbench.tasks.lmeval_spec import LmEvalSpec, parse_lmeval  # noqa: E402
+from tests.lmeval_tasks import MC_YAML  # noqa: E402
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"  # the json builder reads local files only
-
-MC_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-num_fewshot: 0
-doc_to_text: "{{{{prompt}}}}{{{{sep}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
 
 ROLLING_YAML = """task: slim_rolling
 dataset_path: json

@@ -17,28 +17,10 @@ from slimbench.errors import UsageError
 from slimbench.schema import load_file
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.splits import split_of
+from tests.lmeval_tasks import MC_YAML
 
 MY_TASK = (Path(__file__).parents[1] / "tasks" / "defs" / "next_line.yaml").read_text().replace(
     "name: next_line", "name: my_lines")
-
-LMEVAL_MC = """task: slim_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-num_fewshot: 0
-doc_to_text: "{{{{prompt}}}}{{{{sep}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
 
 @pytest.fixture
 def my_task(tmp_path):
@@ -87,7 +69,7 @@ def lmeval_dir(tmp_path_factory):
     rows = [{k: r[k] for k in ("prompt", "sep", "choices", "label")}
             for r in load_evalset("next_line", 60)]
     (d / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "slim_mc.yaml").write_text(LMEVAL_MC.format(data=d / "mc.jsonl"))
+    (d / "slim_mc.yaml").write_text(MC_YAML.format(name="slim_mc", data=d / "mc.jsonl"))
     return d
 
 
@@ -104,7 +86,8 @@ def test_an_lm_eval_metric_is_checked_before_any_work(lmeval_dir, tmp_path, caps
         "slim_mc.f1: {non_inferior: 0.05}\n"))
     rc = main(["search", "reference", *files, "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
-    assert rc == 2 and "slim_mc.f1: task slim_mc has no metric 'f1' (its metrics: acc)" in err
+    assert rc == 2
+    assert "slim_mc.f1: task slim_mc has no metric 'f1' (its metrics: acc, acc_norm)" in err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "s").exists()
 
 

@@ -115,10 +115,7 @@ class RayExecutor:
         if indexed:  # Ray gives a task its GPU; an index names a GPU of one machine
             raise UsageError(f"devices {', '.join(indexed)}: with --executor ray, name the "
                              "device cuda; Ray assigns each CUDA cell a GPU of its own")
-        self._connected = ray_cluster.connect(self.ray, self.address, self.verbosity,
-                                             self.connect_timeout)
-        self.cluster = cluster = ray_cluster.cluster(self.ray)
-        log.info("ray: %s", cluster.describe())
+        cluster = self.connect()
         latency = latency_suite(suite)
         # a cell that times something, or that uses every core, must have its node alone
         self.exclusive = latency or not suite.threads
@@ -134,12 +131,24 @@ class RayExecutor:
                              f"{' and the ' + SLOT if self.exclusive else ''}; the largest "
                              f"has {cluster.most_cpus(self.exclusive):g} (lower threads, or "
                              "add such a node)")
-        if self.store is None and cluster.other_nodes():
+        self.warn_without_store("cells")
+        self._remote = self.ray.remote(_run_cell_task())
+
+    def connect(self) -> ray_cluster.Cluster:
+        """Connect, and read what the cluster's alive nodes offer."""
+        self._connected = ray_cluster.connect(self.ray, self.address, self.verbosity,
+                                             self.connect_timeout)
+        self.cluster = ray_cluster.cluster(self.ray)
+        log.info("ray: %s", self.cluster.describe())
+        return self.cluster
+
+    def warn_without_store(self, what: str) -> None:
+        """Other nodes read artifacts built here only through a folder they all mount."""
+        if self.store is None and self.cluster.other_nodes():
             log.warning("the Ray cluster has nodes besides this machine and no "
                         "--artifact-store was given: they can read artifacts built here only "
-                        "if the cache folder is on a mount they share (else their cells fail "
-                        "with the reason)")
-        self._remote = self.ray.remote(_run_cell_task())
+                        f"if the cache folder is on a mount they share (else their {what} "
+                        "fail with the reason)")
 
     def close(self) -> None:
         if self._connected:

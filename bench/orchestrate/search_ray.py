@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 from slimbench import __version__
-from slimbench.bench.orchestrate import ray_cluster
 from slimbench.bench.orchestrate.ray_executor import QUALITY_SHARE, SLOT, RayExecutor, node_path
 from slimbench.bench.orchestrate.search_stages import OBJECTIVES, Stages
 from slimbench.errors import SlimbenchError, UsageError
@@ -90,10 +89,7 @@ class RaySearchExecutor(RayExecutor):
         if cfg.device.startswith("cuda:"):  # Ray gives a task its GPU
             raise UsageError(f"--device {cfg.device}: with --executor ray, name the device "
                              "cuda; Ray assigns each task a GPU of its own")
-        self._connected = ray_cluster.connect(self.ray, self.address, self.verbosity,
-                                             self.connect_timeout)
-        self.cluster = cluster = ray_cluster.cluster(self.ray)
-        log.info("ray: %s", cluster.describe())
+        cluster = self.connect()
         self.threads, self.cuda = search.threads, cfg.device.startswith("cuda")
         timed = OBJECTIVES[cfg.objective][0] is not None
         if self.cuda and not cluster.has("GPU"):
@@ -109,11 +105,7 @@ class RaySearchExecutor(RayExecutor):
                              f"{' and the ' + SLOT if timed else ''}; the largest has "
                              f"{cluster.most_cpus(timed):g} (lower --threads, or add such a "
                              "node)")
-        if self.store is None and cluster.other_nodes():
-            log.warning("the Ray cluster has nodes besides this machine and no "
-                        "--artifact-store was given: they can read artifacts built here only "
-                        "if the cache folder is on a mount they share (else their candidates "
-                        "fail with the reason)")
+        self.warn_without_store("candidates")
         self.running = {}
         self._remote = self.ray.remote(run_stage)
 
