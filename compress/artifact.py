@@ -89,10 +89,10 @@ def artifact_trait(directory: Path) -> str | None:
     """Why ``directory``, which has no manifest, is a slimbench artifact all the same (None:
     it is not one).
 
-    An artifact without its manifest would load as something else: a torch int8 artifact
-    stores its float parent's weights and is quantized at load time as the manifest says, so
-    it would be measured as the float model, under no recipe. A user's own checkpoint has no
-    manifest either and must load as before, so only what slimbench alone makes counts: a
+    An artifact without its manifest would load as something else: a torch int8 artifact of
+    version 2 stores its float parent's weights and is quantized at load time as the manifest
+    says, so it would be measured as the float model, under no recipe. A user's own checkpoint
+    has no manifest either and must load as before, so only what slimbench alone makes counts: a
     folder named like an artifact cache's (``<key>-<step>``, a 20-hex key), a step folder
     that a ``compress --recipe`` output's ``recipe.json`` lists, and an ONNX model with a
     config.json and no safetensors, as ``export_onnx`` writes (slimbench reads ONNX models only
@@ -111,6 +111,8 @@ def artifact_trait(directory: Path) -> str | None:
     if ((directory / "config.json").is_file() and any(directory.glob("*.onnx"))
             and not any(directory.glob("*.safetensors"))):
         return "it holds an ONNX model"
+    if (directory / "int8_linears.safetensors").is_file():  # torch_int8_store.INT8_FILE
+        return "it holds torch int8 weights, as torch_dynamic_int8 writes them"
     return None
 
 

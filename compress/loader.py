@@ -100,10 +100,14 @@ class LoadedModel:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters); tied weights count once."""
+    """(parameters, nonzero parameters); tied weights count once, and torch's int8 Linears
+    (whose packed weights ``parameters()`` does not list) count too."""
+    from slimbench.compress.torch_int8_store import int8_parameters
+
     params = list(model.parameters())  # nn.Module.parameters() already de-duplicates ties
-    total = sum(p.numel() for p in params)
-    nonzero = sum(int(torch.count_nonzero(p).item()) for p in params)
+    total, nonzero = int8_parameters(model)
+    total += sum(p.numel() for p in params)
+    nonzero += sum(int(torch.count_nonzero(p).item()) for p in params)
     return total, nonzero
 
 
@@ -174,18 +178,35 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
                              "written; rebuild it")
     if manifest.format == "onnx":
         return _load_onnx(path, spec, manifest, opts)
-    loaded = _load_dir(path, spec, "artifact", opts)
+    transform = manifest.load_transform
+    if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
+        raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
+    step = STEPS.get(transform) if transform else None
+    loaded = _load_by_step(path, spec, step, manifest, opts) if step and step.load else None
+    if loaded is None:
+        loaded = _load_dir(path, spec, "artifact", opts)
+        if step is not None and step.transform is not None:
+            # the step re-applies itself and checks the result against the manifest
+            loaded = step.transform(loaded, make_config(step, manifest.config or {}),
+                                    manifest)
     info = loaded.info
     info.recipe, info.manifest = list(manifest.recipe), manifest.to_dict()
     info.random_weights = bool(manifest.random_weights)
     loaded.manifest = manifest
-    transform = manifest.load_transform
-    if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
-        raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
-    if transform:  # the step re-applies itself and checks the result against the manifest
-        step = STEPS.get(transform)
-        loaded = step.transform(loaded, make_config(step, manifest.config or {}), manifest)
     return loaded
+
+
+def _load_by_step(path: Path, spec: str, step, manifest: Manifest,
+                  opts: LoadOptions) -> LoadedModel | None:
+    """An artifact its step loads itself (``Step.load``: not a Hugging Face folder), or None
+    where the step says the folder is of its earlier, Hugging Face form."""
+    safe = sorted(path.glob("*.safetensors"))
+    _verify_safetensors(safe)
+    model = step.load(path, make_config(step, manifest.config or {}), manifest)
+    if model is None:
+        return None
+    return LoadedModel(model, _tokenizer(path, opts),
+                       _info(model, spec, "artifact", str(path.resolve()), opts, False, safe))
 
 
 def _load_onnx(path: Path, spec: str, manifest: Manifest, opts: LoadOptions) -> LoadedModel:

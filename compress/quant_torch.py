@@ -8,6 +8,10 @@ against it. Its deprecation warnings are silenced here only.
 The pitfall this module exists for: HF GPT-2 blocks use ``Conv1D``, so quantizing
 ``{nn.Linear}`` on a raw model touches only ``lm_head``. We normalize Conv1D -> Linear first
 (``conv1d.normalize_conv1d``) and then *count* what was quantized in every block.
+
+The artifact stores the int8 weights themselves (``torch_int8_store.py``) and loads without
+the float ones; an artifact of version 2 stored the float weights and is quantized again at
+load (``_quantize_on_load``), its coverage checked against its manifest either way.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from slimbench.compress.conv1d import normalize_conv1d
 from slimbench.compress.loader import LoadedModel, count_parameters
 from slimbench.compress.manifest import Manifest, StepReport
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
-from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
+from slimbench.compress.torch_int8_store import is_int8_folder, load_int8, save_int8
 from slimbench.errors import CompressionError, ModelLoadError, UsageError
 from slimbench.schema.codec import Typed
 
@@ -154,38 +158,56 @@ def require_full_coverage(audit: TorchInt8Audit) -> None:
             f"{expected} block linear layers: {audit.per_block_int8}")
 
 
-def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config,
-                      manifest: Manifest) -> LoadedModel:
-    """The load transform: ``load_artifact`` quantizes the stored float weights again.
+def _check_coverage(model: nn.Module, manifest: Manifest, what: str, where: str) -> None:
+    """The int8 coverage of a loaded model against the manifest's audit.
 
     Raises:
-        ModelLoadError: re-quantizing gave another coverage than the manifest recorded.
+        ModelLoadError: another coverage than the manifest recorded.
     """
-    loaded.model = quantize_dynamic_int8(loaded.model, config)
-    now = audit_quantization(loaded.model).to_dict()
+    now = audit_quantization(model).to_dict()
     then = manifest.report.get("quantization") or {}  # JSON: manifests of every version
     keys = ("block_linears", "block_linears_int8", "lm_head")
     if any(now[k] != then.get(k) for k in keys):
         raise ModelLoadError(
-            f"{loaded.info.spec!r}: re-applying {manifest.load_transform} gave "
-            f"{ {k: now[k] for k in keys} }, but the manifest recorded "
-            f"{ {k: then.get(k) for k in keys} }")
+            f"{where!r}: {what} gave {({k: now[k] for k in keys})}, but the manifest "
+            f"recorded {({k: then.get(k) for k in keys})}")
+
+
+def _quantize_on_load(loaded: LoadedModel, config: TorchDynamicInt8Config,
+                      manifest: Manifest) -> LoadedModel:
+    """The load transform of a version-2 artifact (float weights on disk): ``load_artifact``
+    quantizes them again, and the coverage must be the recorded one."""
+    loaded.model = quantize_dynamic_int8(loaded.model, config)
+    _check_coverage(loaded.model, manifest, f"re-applying {manifest.load_transform}",
+                    loaded.info.spec)
     return loaded
 
 
+def _load_int8(path: Path, config: TorchDynamicInt8Config, manifest: Manifest):
+    """The stored int8 model (``torch_int8_store.py``), its coverage checked against the
+    manifest; None for a version-2 artifact, which stores float weights."""
+    if not is_int8_folder(path):
+        return None
+    model = load_int8(path, config.engine)
+    _check_coverage(model, manifest, "the stored int8 model", str(path))
+    return model
+
+
 # version 2: the audit counts blocks by family (arch.py) and holds them to their projections
-@register_step("torch_dynamic_int8", TorchDynamicInt8Config, produces="torch-int8", version=2,
-               transform=_quantize_on_load,
+# version 3: the int8 weights are stored (torch_int8_store.py), not quantized again at load
+@register_step("torch_dynamic_int8", TorchDynamicInt8Config, produces="torch-int8", version=3,
+               transform=_quantize_on_load, load=_load_int8,
                help="PyTorch dynamic INT8 of every block Linear (Conv1D normalized first)")
 def _apply_torch_dynamic_int8(parent: LoadedModel, config: TorchDynamicInt8Config,
                               out: Path) -> StepReport:
     arch_of(parent.model, "torch_dynamic_int8")  # an unknown family: refused before any work
-    # packed int8 weights have no safetensors form: store the float weights, quantize on load
-    save_model(parent.model, parent.tokenizer, out)
     params, nonzero = count_parameters(parent.model)
     quantized = quantize_dynamic_int8(copy.deepcopy(parent.model), config)
     audit = audit_quantization(quantized)
     require_full_coverage(audit)
+    save_int8(quantized, out)
+    if parent.tokenizer is not None:
+        parent.tokenizer.save_pretrained(out)
     prompts = reference_prompts(parent.tokenizer, parent.model.config.vocab_size)
     return StepReport(
         format="hf", load_transform="torch_dynamic_int8", parameters=params,

@@ -46,6 +46,7 @@ class Step:
     produces: str | None = None  # None: the same kind as the input
     transform: Callable | None = None  # (loaded, config, manifest): re-applied at load time
     version: int = 1
+    load: Callable | None = None  # (path, config, manifest) -> model, for a non-HF folder
 
 
 class StepRegistry(Registry[Step]):
@@ -98,7 +99,8 @@ def _load_builtin_steps() -> None:
 
 def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("torch",),
                   produces: str | None = None, transform: Callable | None = None,
-                  version: int = 1, help: str = "") -> Callable[[Callable], Callable]:
+                  version: int = 1, load: Callable | None = None,
+                  help: str = "") -> Callable[[Callable], Callable]:
     """Register the decorated function as recipe step ``name``.
 
     Args:
@@ -111,6 +113,10 @@ def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("t
             recipe; it checks what it rebuilt against what the manifest recorded (raising
             ``ModelLoadError``).
         version: part of the step's cache keys: bump it when its output changes.
+        load: ``(path, config, Manifest) -> nn.Module | None`` for steps whose artifact is
+            not a Hugging Face folder: ``load_artifact`` calls it (with the step's
+            ``load_transform`` recorded) instead of transformers; None from it means the
+            folder is of an earlier version of the step, loaded the usual way.
         help: one line for ``slimbench ls`` (default: the function's docstring's first line).
 
     Returns:
@@ -133,7 +139,8 @@ def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("t
 
     def deco(apply: Callable) -> Callable:
         doc = (apply.__doc__ or "").strip().splitlines()
-        step = Step(name, config_cls, apply, tuple(accepts), produces, transform, version)
+        step = Step(name, config_cls, apply, tuple(accepts), produces, transform, version,
+                    load)
         STEPS.add(name, step, help or (doc[0] if doc else ""))
         return apply
 

@@ -4,10 +4,10 @@ The registry itself (``Step``, ``STEPS``, ``@register_step``, ``make_config``) l
 ``step_registry.py``, below the loader, and is re-exported here: step modules and callers
 import it from this module. See there for how a step is written and found.
 
-Steps whose result cannot be stored as safetensors (torch dynamic int8 packs weights into
-opaque objects) store the parent's weights plus a ``load_transform`` that ``load_artifact``
-re-applies and re-audits; such a manifest says so, and its ``bytes_on_disk`` is the float file
-it really is.
+A step whose artifact is not a Hugging Face folder records a ``load_transform`` (its name)
+and loads it itself (``Step.load``: torch dynamic int8 stores its int8 weights in a form of its
+own, ``torch_int8_store.py``); a step that stores its parent's weights plus a recipe re-applies
+and re-audits it at load (``Step.transform``).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_edited_model_rebuilds_and_flipped_byte_is_detected(model_dir, tmp_path,
     assert ppl(a, "int8") == ppl(b, "int8") and ppl(a, "plain") == ppl(b, "plain")  # ...redone
 
     # a byte flipped inside the cached int8 artifact's weights
-    weights = Path(cell(b, "int8")["cell"]["artifact"]) / "model.safetensors"
+    weights = Path(cell(b, "int8")["cell"]["artifact"]) / "int8_linears.safetensors"
     good = weights.read_bytes()
     data = bytearray(good)
     data[-5] ^= 0xFF
@@ -121,7 +121,7 @@ def test_edited_model_rebuilds_and_flipped_byte_is_detected(model_dir, tmp_path,
     again = ArtifactCache(cache, said.append)
     again._verified.add(weights.parent.name)  # as if fully verified earlier in this run
     assert again.build(str(tiny_dir), (("torch_dynamic_int8", {}),)) == str(weights.parent)
-    assert len(said) == 2 and "model.safetensors has" in said[0]
+    assert len(said) == 2 and "int8_linears.safetensors has" in said[0]
     assert "bytes, the manifest recorded" in said[0] and "torch_dynamic_int8" in said[1]
     assert weights.read_bytes() == good
 

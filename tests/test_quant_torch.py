@@ -149,3 +149,59 @@ def test_torch_bf16_cast_halves_bytes_and_keeps_quality(tmp_path, reference):
     assert abs(bf16 / fp32 - 1) < 0.01
     with pytest.raises(UsageError, match="dtype must be one of"):
         run_step("torch_cast", {"dtype": "int4"}, "reference", tmp_path / "bad")
+
+
+def test_the_artifact_stores_int8_and_loads_the_very_model_quantized(tmp_path, family_dirs,
+                                                                   family):
+    """Every family: the int8 weights on disk, no float copy of them, and the loaded model
+    is the one quantized in memory, logit for logit (tied or untied output projections)."""
+    from slimbench.compress.torch_int8_store import FLOAT_FILE, INT8_FILE
+
+    out = tmp_path / "int8"
+    manifest = run_step("torch_dynamic_int8", {}, str(family_dirs[family]), out)
+    assert {f for f in manifest.files} >= {INT8_FILE, FLOAT_FILE}
+    assert not list(out.glob("model*.safetensors"))  # nothing a float loader would take
+    parent = load_artifact(str(family_dirs[family]))
+    expected = quantize_dynamic_int8(copy.deepcopy(parent.model), TorchDynamicInt8Config())
+    loaded = load_artifact(str(out))
+    ids = torch.randint(0, parent.model.config.vocab_size, (2, 12), generator=torch.Generator()
+                        .manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, expected(ids).logits)
+    # the int8 weights count as parameters, as the float ones did
+    assert loaded.info.parameters == manifest.report["parameters"] == parent.info.parameters
+    int8_bytes = manifest.report["quantization"]["int8_weight_bytes"]
+    assert (out / INT8_FILE).stat().st_size < 1.1 * int8_bytes + 65536
+
+
+@pytest.mark.slow
+def test_the_gpt2_artifact_holds_one_byte_per_block_weight(tmp_path):
+    """On disk: one byte per block linear weight, four per other parameter (the tied
+    embedding and output projection once), and little else: 0.49 x the float file."""
+    out = tmp_path / "gpt2-int8"
+    manifest = run_step("torch_dynamic_int8", {}, "shape:gpt2", out)
+    int8 = manifest.report["quantization"]["int8_weight_bytes"]
+    rest = manifest.report["parameters"] - int8  # float: embeddings, norms, biases
+    assert int8 + 4 * rest <= manifest.bytes_on_disk <= int8 + 4 * rest + 1_000_000
+    assert manifest.bytes_on_disk < 0.5 * 4 * manifest.report["parameters"]
+
+
+def test_an_int8_file_that_does_not_fit_its_config_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from slimbench.compress.torch_int8_store import FLOAT_FILE, load_int8
+
+    out = tmp_path / "tiny-int8"
+    run_step("torch_dynamic_int8", {}, "shape:gpt2:n_layer=2,n_embd=64,n_head=4", out)
+    with safe_open(out / FLOAT_FILE, "pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["slimbench_ties"]) == {"lm_head.weight": "transformer.wte.weight"}
+    floats = load_file(out / FLOAT_FILE)
+    floats.pop("transformer.ln_f.weight")
+    save_file(floats, out / FLOAT_FILE, metadata=metadata)
+    with pytest.raises(ModelLoadError, match=r"does not fit its config \(\d+ tensors missing, "
+                                             r"e\.g\. \['transformer\.ln_f\.weight'\]"):
+        load_int8(out, "x86")
+    with pytest.raises(ModelLoadError, match="does not match its manifest"):
+        load_artifact(str(out))

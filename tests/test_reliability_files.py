@@ -121,6 +121,12 @@ def test_recipe_step_and_onnx_folders_without_manifest_are_refused(tiny_dir, tmp
     (onnx / "model.onnx").write_bytes(b"graph")
     with pytest.raises(ModelLoadError, match=r"\(it holds an ONNX model\) but has no manifest"):
         load_artifact(str(onnx))
+    int8 = tmp_path / "int8"  # a torch int8 artifact copied out of the cache, its manifest lost
+    shutil.copytree(tiny_dir, int8)
+    (int8 / "int8_linears.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=r"\(it holds torch int8 weights, as "
+                                             r"torch_dynamic_int8 writes them\) but has no"):
+        load_artifact(str(int8))
 
 
 def test_users_own_checkpoints_without_manifest_still_load(tiny_dir, tmp_path):
