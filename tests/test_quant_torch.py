@@ -205,3 +205,32 @@ def test_an_int8_file_that_does_not_fit_its_config_is_refused(tmp_path):
         load_int8(out, "x86")
     with pytest.raises(ModelLoadError, match="does not match its manifest"):
         load_artifact(str(out))
+
+
+def test_a_version_2_artifact_with_float_weights_still_loads_quantized(tmp_path):
+    """Before version 3 the step stored the float weights and quantized them at load: such
+    an artifact (here rewritten from a version-3 one) loads as the same int8 model."""
+    import hashlib
+
+    from slimbench.compress.step_io import save_model
+    from slimbench.compress.torch_int8_store import FLOAT_FILE, INT8_FILE
+
+    spec = "shape:gpt2:n_layer=2,n_embd=64,n_head=4"
+    out = tmp_path / "v2"
+    run_step("torch_dynamic_int8", {}, spec, out)
+    v3 = load_artifact(str(out))
+    (out / INT8_FILE).unlink()
+    (out / FLOAT_FILE).unlink()
+    save_model(load_artifact(spec).model, None, out)  # the float parent, as version 2 did
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"] = {f.name: {"bytes": f.stat().st_size,
+                                  "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+                         for f in sorted(out.iterdir()) if f.name != MANIFEST}
+    manifest["bytes_on_disk"] = sum(e["bytes"] for e in manifest["files"].values())
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    v2 = load_artifact(str(out))
+    assert audit_quantization(v2.model).block_linears_int8 == \
+        manifest["quantization"]["block_linears_int8"] > 0
+    ids = torch.arange(10).reshape(1, 10)
+    with torch.no_grad():
+        assert torch.equal(v2.model(ids).logits, v3.model(ids).logits)
