@@ -150,7 +150,7 @@ def test_artifact_files_have_the_umasks_modes(tmp_path, umask):
     finally:
         os.umask(old)
     modes = {p: p.stat().st_mode & 0o777 for p in [*path.iterdir(), *(tmp_path / "out").rglob("*")]}
-    assert "model.safetensors" in {p.name for p in modes}  # safetensors writes it 0600
+    assert "int8_linears.safetensors" in {p.name for p in modes}  # safetensors: 0600
     assert modes == {p: (0o777 if p.is_dir() else 0o666) & ~umask for p in modes}
     assert {p.stat().st_mode & 0o777 for p in (path, tmp_path / "out")} == {0o777 & ~umask}
 
