@@ -3,7 +3,7 @@ dynamic int8, deprecated) against torchao's int8 and int4 configs, eager and und
 ``torch.compile``, in one process with rounds interleaved, so host drift cancels in the ratios.
 
     python scripts/torchao_vs_torch_ao.py [--model shape:gpt2] [--threads 2] [--rounds 5]
-        [--prompt 128] [--new 32] [--no-compile]
+        [--prompt 128] [--new 32] [--no-compile] [--only int4 ...]
 
 torchao is not a dependency of slimbench (``pip install torchao`` beside it to run this).
 Prints per variant its median decode ms/token (KV-cached, batch 1), its median per-round ratio
@@ -42,8 +42,11 @@ def decode_ms(model, ids: torch.Tensor, new: int) -> tuple[float, list[int]]:
 
 def variants(base, compile_too: bool) -> dict:
     """Name -> a builder of that variant from a copy of ``base``."""
+    from torchao.prototype.quantization.int4.inference_workflow import (
+        Int8DynamicActivationInt4WeightConfig,
+        PrototypeInt4WeightOnlyConfig,
+    )
     from torchao.quantization import (
-        Int4WeightOnlyConfig,
         Int8DynamicActivationInt8WeightConfig,
         Int8WeightOnlyConfig,
         quantize_,
@@ -67,8 +70,10 @@ def variants(base, compile_too: bool) -> dict:
                                                                   TorchDynamicInt8Config()),
            "torchao int8 dyn-act int8 weight": ao(Int8DynamicActivationInt8WeightConfig()),
            "torchao int8 weight-only": ao(Int8WeightOnlyConfig()),
-           "torchao int4 weight-only g128 (opaque)": ao(Int4WeightOnlyConfig(
-               group_size=128, int4_packing_format="opaque"))}
+           # torchao's CPU int4 kernels are in its prototype namespace (0.18)
+           "torchao int4 weight-only g128": ao(PrototypeInt4WeightOnlyConfig(group_size=128)),
+           "torchao int8 dyn-act int4 weight g32": ao(
+               Int8DynamicActivationInt4WeightConfig(group_size=32))}
     if compile_too:
         for name in [n for n in out if n.startswith("torchao")]:
             out[f"{name} + compile"] = (lambda b: lambda: torch.compile(b(), dynamic=True))(
@@ -84,6 +89,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--only", nargs="*", default=(),
+                    help="variants whose name holds one of these (fp32 and torch.ao always run)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
@@ -95,6 +102,9 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(0))
     models, failed = {}, {}
     for name, build in variants(base, not args.no_compile).items():
+        if args.only and name not in ("fp32", "torch.ao dynamic int8") and not any(
+                o in name for o in args.only):
+            continue
         try:
             models[name] = build()
             decode_ms(models[name], ids, 4)  # warm-up (and compilation)
