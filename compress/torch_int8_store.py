@@ -60,7 +60,9 @@ def save_int8(model: nn.Module, out: Path) -> list[Path]:
         floats[key] = t.detach().contiguous()
     out = Path(out)
     save_file(int8, out / INT8_FILE, metadata={"format": "pt"})
-    save_file(floats, out / FLOAT_FILE, metadata={"format": "pt", _TIES: json.dumps(ties)})
+    # One metadata key only: safetensors writes its metadata in the order of a Rust HashMap,
+    # random per call, so two keys would give the same model different bytes (and sha256).
+    save_file(floats, out / FLOAT_FILE, metadata={_TIES: json.dumps(ties, sort_keys=True)})
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)

@@ -186,6 +186,25 @@ def test_the_gpt2_artifact_holds_one_byte_per_block_weight(tmp_path):
     assert manifest.bytes_on_disk < 0.5 * 4 * manifest.report["parameters"]
 
 
+def test_the_same_model_saves_to_the_same_bytes(tmp_path):
+    """The artifact's sha256 identifies its model: saved ten times, the bytes never differ
+    (safetensors orders a file's metadata keys at random, so the float file carries one)."""
+    import hashlib
+
+    from slimbench.compress.torch_int8_store import FLOAT_FILE, INT8_FILE, save_int8
+
+    model = quantize_dynamic_int8(load_artifact("shape:gpt2:n_layer=1,n_embd=32,n_head=2")
+                                  .model, TorchDynamicInt8Config())
+    digests = set()
+    for i in range(10):
+        out = tmp_path / str(i)
+        out.mkdir()
+        save_int8(model, out)
+        digests.add(tuple(hashlib.sha256((out / f).read_bytes()).hexdigest()
+                          for f in (FLOAT_FILE, INT8_FILE)))
+    assert len(digests) == 1
+
+
 def test_an_int8_file_that_does_not_fit_its_config_is_refused(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
