@@ -20,14 +20,23 @@ import json
 from pathlib import Path
 
 import torch
+import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
+from slimbench.compress.int8_embeddings import (
+    TIED_TO,
+    embedding_int8,
+    int8_embedding,
+    int8_projection,
+)
 from slimbench.errors import CompressionError, ModelLoadError
 
 INT8_FILE = "int8_linears.safetensors"
 FLOAT_FILE = "float_tensors.safetensors"
 _TIES = "slimbench_ties"  # FLOAT_FILE metadata: {tied key left out: the key stored}
+# INT8_FILE metadata: {"embeddings": [int8 embeddings], "ties": {int8 projection: embedding}}
+_LAYOUT = "slimbench_int8"
 
 
 def save_int8(model: nn.Module, out: Path) -> list[Path]:
@@ -35,20 +44,33 @@ def save_int8(model: nn.Module, out: Path) -> list[Path]:
     ``INT8_FILE`` and ``FLOAT_FILE``, plus its config; the files written."""
     from safetensors.torch import save_file
 
-    int8, quantized = {}, set()
+    int8, quantized, layout = {}, set(), {"embeddings": [], "ties": {}}
     for name, mod in model.named_modules():
+        if isinstance(mod, nnq.Embedding):
+            q, scale = embedding_int8(mod)
+            int8[f"{name}.weight"], int8[f"{name}.scale"] = q, scale
+            layout["embeddings"].append(name)
+            quantized.add(name)
         if not isinstance(mod, nnqd.Linear):
             continue
-        w = mod.weight()
-        if w.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-            raise CompressionError(f"{name}: int8 weights quantized {w.qscheme()}; only "
-                                   "per-tensor scales are stored")
-        int8[f"{name}.weight"] = w.int_repr().contiguous()
-        int8[f"{name}.scale"] = torch.tensor([w.q_scale()], dtype=torch.float64)
-        int8[f"{name}.zero_point"] = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+        quantized.add(name)
         if mod.bias() is not None:
             int8[f"{name}.bias"] = mod.bias().detach().contiguous()
-        quantized.add(name)
+        if getattr(mod, TIED_TO, None):  # its int8 matrix is its embedding's, stored once
+            layout["ties"][name] = getattr(mod, TIED_TO)
+            continue
+        w = mod.weight()
+        if w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            scale = torch.tensor([w.q_scale()], dtype=torch.float64)
+            zero_point = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+        elif w.qscheme() == torch.per_channel_affine and w.q_per_channel_axis() == 0:
+            scale, zero_point = w.q_per_channel_scales(), w.q_per_channel_zero_points()
+        else:
+            raise CompressionError(f"{name}: int8 weights quantized {w.qscheme()}; only "
+                                   "per-tensor and per-row scales are stored")
+        int8[f"{name}.weight"] = w.int_repr().contiguous()
+        int8[f"{name}.scale"] = scale.double().contiguous()
+        int8[f"{name}.zero_point"] = zero_point.long().contiguous()
     floats, ties, stored = {}, {}, {}
     for key, t in model.state_dict(keep_vars=False).items():
         if not isinstance(t, torch.Tensor) or _owner(key, quantized):
@@ -59,9 +81,9 @@ def save_int8(model: nn.Module, out: Path) -> list[Path]:
         stored[t.data_ptr()] = key
         floats[key] = t.detach().contiguous()
     out = Path(out)
-    save_file(int8, out / INT8_FILE, metadata={"format": "pt"})
-    # One metadata key only: safetensors writes its metadata in the order of a Rust HashMap,
-    # random per call, so two keys would give the same model different bytes (and sha256).
+    # One metadata key per file: safetensors writes its metadata in the order of a Rust
+    # HashMap, random per call, so two keys would give the same model different bytes (sha256).
+    save_file(int8, out / INT8_FILE, metadata={_LAYOUT: json.dumps(layout, sort_keys=True)})
     save_file(floats, out / FLOAT_FILE, metadata={_TIES: json.dumps(ties, sort_keys=True)})
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
@@ -94,16 +116,21 @@ def load_int8(path: Path, engine: str) -> nn.Module:
         model = AutoModelForCausalLM.from_config(config)
     torch.backends.quantized.engine = engine
     int8 = load_file(path / INT8_FILE)
-    names = sorted({k.rpartition(".")[0] for k in int8})
+    with safe_open(path / INT8_FILE, "pt") as f:
+        layout = json.loads((f.metadata() or {}).get(_LAYOUT, "{}"))
+    embeddings, tied = layout.get("embeddings", []), layout.get("ties", {})
+    names = sorted({k.rpartition(".")[0] for k in int8} | set(tied))
     for name in names:
-        weight = int8[f"{name}.weight"]
-        q = nnqd.Linear(weight.shape[1], weight.shape[0], bias_=f"{name}.bias" in int8,
-                        dtype=torch.qint8)
-        q.set_weight_bias(torch._make_per_tensor_quantized_tensor(
-            weight, float(int8[f"{name}.scale"]), int(int8[f"{name}.zero_point"])),
-            int8.get(f"{name}.bias"))
+        if name in embeddings:
+            module = int8_embedding(int8[f"{name}.weight"], int8[f"{name}.scale"])
+        elif name in tied:
+            module = int8_projection(int8[f"{tied[name]}.weight"], int8[f"{tied[name]}.scale"],
+                                     int8.get(f"{name}.bias"))
+            setattr(module, TIED_TO, tied[name])
+        else:
+            module = _linear(int8, name)
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, q)
+        setattr(model.get_submodule(parent) if parent else model, child, module)
     normalize_conv1d(model)  # a Conv1D left float is stored in Linear layout
     with safe_open(path / FLOAT_FILE, "pt") as f:
         ties = json.loads((f.metadata() or {}).get(_TIES, "{}"))
@@ -122,6 +149,18 @@ def load_int8(path: Path, engine: str) -> nn.Module:
         setattr(model.get_submodule(module), attr,
                 getattr(model.get_submodule(kept_module), kept_attr))
     return model.eval()
+
+
+def _linear(int8: dict[str, torch.Tensor], name: str) -> nnqd.Linear:
+    """The dynamic int8 Linear ``name`` of an ``INT8_FILE``: one scale, or one per row."""
+    weight, scale = int8[f"{name}.weight"], int8[f"{name}.scale"]
+    zero_point, bias = int8[f"{name}.zero_point"], int8.get(f"{name}.bias")
+    if scale.numel() != 1:
+        return int8_projection(weight, scale, bias)
+    q = nnqd.Linear(weight.shape[1], weight.shape[0], bias_=bias is not None, dtype=torch.qint8)
+    q.set_weight_bias(torch._make_per_tensor_quantized_tensor(
+        weight, float(scale), int(zero_point)), bias)
+    return q
 
 
 def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> bool:
@@ -145,17 +184,22 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> bool:
     return False
 
 
-def int8_parameters(model: nn.Module) -> tuple[int, int]:
-    """(weights, nonzero weights) of the int8 Linears, which ``parameters()`` does not list."""
+def int8_parameters(model: nn.Module, weights_only: bool = False) -> tuple[int, int]:
+    """(weights, nonzero weights) of the int8 Linears and Embeddings, which ``parameters()``
+    does not list; a tied int8 matrix counts once, as ``parameters()`` counts a tied weight.
+    ``weights_only``: their int8 weights without the float biases."""
     total = nonzero = 0
     for mod in model.modules():
-        if isinstance(mod, nnqd.Linear):
-            w = mod.weight().int_repr()
-            total += w.numel()
-            nonzero += int(torch.count_nonzero(w).item())
-            if mod.bias() is not None:
-                total += mod.bias().numel()
-                nonzero += int(torch.count_nonzero(mod.bias()).item())
+        tensors = []
+        if isinstance(mod, nnq.Embedding):
+            tensors = [embedding_int8(mod)[0]]
+        elif isinstance(mod, nnqd.Linear):
+            tensors = [] if getattr(mod, TIED_TO, None) else [mod.weight().int_repr()]
+            if mod.bias() is not None and not weights_only:
+                tensors.append(mod.bias())
+        for t in tensors:
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t).item())
     return total, nonzero
 
 

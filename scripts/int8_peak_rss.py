@@ -1,6 +1,7 @@
-"""Bytes on disk and peak resident memory of a float model against its torch int8 artifact,
-each loaded in a process of its own by the suite's cell function (load, a 32-token prefill,
-4 decode steps), alternating, as ``slimbench run`` measures a cell's memory.
+"""Bytes on disk and peak resident memory of a float model against its torch int8 artifacts
+(block Linears int8; and with the embeddings int8 too), each loaded in a process of its own
+by the suite's cell function (load, a 32-token prefill, 4 decode steps), alternating, as
+``slimbench run`` measures a cell's memory.
 
     python scripts/int8_peak_rss.py [--model shape:gpt2] [--work DIR] [--repeats 2]
 """
@@ -35,14 +36,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="int8-rss-"))
-    fp32, int8 = work / "fp32", work / "int8"
+    fp32, int8, emb = work / "fp32", work / "int8", work / "int8-embeddings"
     load_artifact(args.model).model.save_pretrained(fp32, safe_serialization=True)
     run_step("torch_dynamic_int8", {}, str(fp32), int8)
-    size = {d: sum(f.stat().st_size for f in d.glob("*.safetensors")) for d in (fp32, int8)}
-    print(f"bytes on disk: fp32 {size[fp32]:,}, int8 {size[int8]:,} "
-          f"({size[int8] / size[fp32]:.3f} x)")
+    run_step("torch_dynamic_int8", {"include_embeddings": True}, str(fp32), emb)
+    size = {d: sum(f.stat().st_size for f in d.glob("*.safetensors")) for d in (fp32, int8, emb)}
+    for d in (fp32, int8, emb):
+        print(f"bytes on disk {d.name}: {size[d]:,} ({size[d] / size[fp32]:.3f} x fp32)")
     for _ in range(args.repeats):
-        for d in (fp32, int8):
+        for d in (fp32, int8, emb):
             print(f"peak RSS {d.name}: {peak_rss(str(d)) / 1e9:.3f} GB", flush=True)
 
 

@@ -113,6 +113,23 @@ def test_int8_artifact_round_trip(tmp_path, reference):
         load_artifact(str(out), LoadOptions(dtype="bfloat16"))
 
 
+@pytest.mark.slow
+def test_int8_embeddings_cost_little_quality_on_the_reference(tmp_path, reference):
+    """The reference with its tied embedding int8 per row as well: one int8 matrix for both
+    ends, perplexity within 3% of fp32's and the top-1 token mostly kept."""
+    out = tmp_path / "ref-int8-emb"
+    manifest = run_step("torch_dynamic_int8", {"include_embeddings": True}, "reference", out)
+    assert manifest.report["dtypes"]["embeddings"] == "int8 (per row)"
+    assert manifest.report["parity"]["top1_agreement"] >= 0.9
+    loaded = load_artifact(str(out))
+    head, emb = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
+    assert torch.equal(head.weight().dequantize(), emb.weight().dequantize())  # still tied
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=40)]
+    fp32 = perplexity(TorchRuntime(reference), reference.tokenizer, texts).perplexity
+    int8 = perplexity(TorchRuntime(loaded), loaded.tokenizer, texts).perplexity
+    assert int8 != fp32 and abs(int8 / fp32 - 1) < 0.03
+
+
 def test_tampered_manifest_is_refused(tmp_path):
     out = tmp_path / "tiny-int8"
     run_step("torch_dynamic_int8", {}, "shape:gpt2:n_layer=2,n_embd=64,n_head=4", out)
@@ -151,18 +168,22 @@ def test_torch_bf16_cast_halves_bytes_and_keeps_quality(tmp_path, reference):
         run_step("torch_cast", {"dtype": "int4"}, "reference", tmp_path / "bad")
 
 
+@pytest.mark.parametrize("embeddings", [False, True])
 def test_the_artifact_stores_int8_and_loads_the_very_model_quantized(tmp_path, family_dirs,
-                                                                   family):
+                                                                   family, embeddings):
     """Every family: the int8 weights on disk, no float copy of them, and the loaded model
-    is the one quantized in memory, logit for logit (tied or untied output projections)."""
+    is the one quantized in memory, logit for logit (tied or untied output projections),
+    with its embeddings float or int8."""
     from slimbench.compress.torch_int8_store import FLOAT_FILE, INT8_FILE
 
     out = tmp_path / "int8"
-    manifest = run_step("torch_dynamic_int8", {}, str(family_dirs[family]), out)
+    params = {"include_embeddings": embeddings}
+    manifest = run_step("torch_dynamic_int8", params, str(family_dirs[family]), out)
     assert {f for f in manifest.files} >= {INT8_FILE, FLOAT_FILE}
     assert not list(out.glob("model*.safetensors"))  # nothing a float loader would take
     parent = load_artifact(str(family_dirs[family]))
-    expected = quantize_dynamic_int8(copy.deepcopy(parent.model), TorchDynamicInt8Config())
+    expected = quantize_dynamic_int8(copy.deepcopy(parent.model),
+                                     TorchDynamicInt8Config(**params))
     loaded = load_artifact(str(out))
     ids = torch.randint(0, parent.model.config.vocab_size, (2, 12), generator=torch.Generator()
                         .manual_seed(0))
@@ -170,20 +191,33 @@ def test_the_artifact_stores_int8_and_loads_the_very_model_quantized(tmp_path, f
         assert torch.equal(loaded.model(ids).logits, expected(ids).logits)
     # the int8 weights count as parameters, as the float ones did
     assert loaded.info.parameters == manifest.report["parameters"] == parent.info.parameters
-    int8_bytes = manifest.report["quantization"]["int8_weight_bytes"]
-    assert (out / INT8_FILE).stat().st_size < 1.1 * int8_bytes + 65536
+    audit = manifest.report["quantization"]
+    assert audit["embeddings"] == audit_quantization(loaded.model).embeddings == \
+        ("int8" if embeddings else "float")
+    assert audit["lm_head"] == ("int8" if embeddings else "float")
+    # a tied int8 matrix once: the file is its int8 bytes and little more
+    assert (out / INT8_FILE).stat().st_size < 1.1 * audit["int8_weight_bytes"] + 65536
+    emb = parent.model.get_input_embeddings().weight
+    tied = parent.model.get_output_embeddings().weight is emb
+    blocks = audit_quantization(quantize_dynamic_int8(
+        copy.deepcopy(parent.model), TorchDynamicInt8Config())).int8_weight_bytes
+    extra = (emb.numel() * (1 if tied else 2)) if embeddings else 0
+    assert audit["int8_weight_bytes"] == blocks + extra
 
 
 @pytest.mark.slow
-def test_the_gpt2_artifact_holds_one_byte_per_block_weight(tmp_path):
-    """On disk: one byte per block linear weight, four per other parameter (the tied
-    embedding and output projection once), and little else: 0.49 x the float file."""
+@pytest.mark.parametrize("embeddings, ratio", [(False, 0.5), (True, 0.35)])
+def test_the_gpt2_artifact_holds_one_byte_per_int8_weight(tmp_path, embeddings, ratio):
+    """On disk: one byte per int8 weight (block linears, and with ``include_embeddings`` the
+    tied embedding and output projection once), four per other parameter, little else:
+    0.49x the float file, 0.26x with the embeddings."""
     out = tmp_path / "gpt2-int8"
-    manifest = run_step("torch_dynamic_int8", {}, "shape:gpt2", out)
+    manifest = run_step("torch_dynamic_int8", {"include_embeddings": embeddings},
+                        "shape:gpt2", out)
     int8 = manifest.report["quantization"]["int8_weight_bytes"]
     rest = manifest.report["parameters"] - int8  # float: embeddings, norms, biases
     assert int8 + 4 * rest <= manifest.bytes_on_disk <= int8 + 4 * rest + 1_000_000
-    assert manifest.bytes_on_disk < 0.5 * 4 * manifest.report["parameters"]
+    assert manifest.bytes_on_disk < ratio * 4 * manifest.report["parameters"]
 
 
 def test_the_same_model_saves_to_the_same_bytes(tmp_path):
