@@ -15,7 +15,7 @@ CHROMIUM := $(shell command -v chromium || command -v chromium-browser || comman
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,lmeval,ray]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,lmeval,ray,openvino]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,6 +18,7 @@ KINDS = {
     "torch-int8": "a torch dynamic-int8 artifact (quantized again at load)",
     "torch-cast": "a float16/bfloat16 torch artifact",
     "onnx": "an ONNX artifact",
+    "openvino": "an OpenVINO artifact",
 }
 
 
@@ -29,8 +30,8 @@ def spec_kind(spec: str) -> str:
     manifest = read_manifest(path)
     if manifest is None:
         return "torch"
-    if manifest.format == "onnx":
-        return "onnx"
+    if manifest.format in ("onnx", "openvino"):
+        return manifest.format
     if manifest.load_transform:
         return "torch-int8"
     if (manifest.load_dtype or "float32") != "float32":

@@ -178,6 +178,8 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
                              "written; rebuild it")
     if manifest.format == "onnx":
         return _load_onnx(path, spec, manifest, opts)
+    if manifest.format == "openvino":
+        return _load_openvino(path, spec, manifest, opts)
     transform = manifest.load_transform
     if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
         raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
@@ -231,6 +233,29 @@ def _load_onnx(path: Path, spec: str, manifest: Manifest, opts: LoadOptions) -> 
         device=opts.device, weights_sha256=digest, recipe=list(manifest.recipe),
         manifest=manifest.to_dict())
     return LoadedModel(model, _tokenizer(path, opts), info, manifest)
+
+
+def _load_openvino(path: Path, spec: str, manifest: Manifest,
+                   opts: LoadOptions) -> LoadedModel:
+    from slimbench.compress.openvino_model import OV_BIN, OV_XML, OvModel
+
+    if opts.device != "cpu" or opts.dtype not in (None, "float32"):
+        raise UsageError(f"{spec!r} is an OpenVINO artifact: it runs on cpu, its dtype fixed "
+                         f"at export (got --device {opts.device}, --dtype {opts.dtype})")
+    config = AutoConfig.from_pretrained(path)
+    files = [path / OV_XML, path / OV_BIN]
+    h = hashlib.sha256()
+    for f in files:  # the bytes measured: the graph and its weights
+        digest = sha256_file(f, h)
+    info = Artifact(
+        spec=spec, kind="artifact", path=str(path.resolve()),
+        random_weights=bool(manifest.random_weights), model_type=config.model_type,
+        parameters=manifest.report["parameters"],
+        nonzero_parameters=manifest.report["nonzero_parameters"],
+        bytes_on_disk=sum(f.stat().st_size for f in files), dtype="float32",
+        device="cpu", weights_sha256=digest, recipe=list(manifest.recipe),
+        manifest=manifest.to_dict())
+    return LoadedModel(OvModel(path / OV_XML, config), _tokenizer(path, opts), info, manifest)
 
 
 def spec_max_positions(spec: str) -> int | None:

@@ -1,6 +1,7 @@
 """Every registered runtime is a whole ``CausalLM``: each member present and each answer alike.
 
-Both runtimes run one tiny random GPT-2: the torch model itself and its ONNX export. Their
+Every runtime runs one tiny random GPT-2: the torch model itself, its ONNX export and that
+export as an OpenVINO IR. Their
 forward with a KV cache must give the full forward's logits, and their greedy tokens must be
 identical (the minGPT bar).
 """
@@ -27,13 +28,16 @@ TYPES = {"backend": str, "device": str, "max_length": int, "vocab_size": int,
 
 @pytest.fixture(scope="module")
 def runtimes(tmp_path_factory, tiny_model, ref_tokenizer):
-    """{backend: runtime} for the tiny model as a torch directory and as its ONNX export."""
+    """{backend: runtime} for the tiny model as a torch directory, its ONNX export and its
+    OpenVINO IR."""
     tiny = tmp_path_factory.mktemp("proto") / "tiny"
     tiny_model.save_pretrained(tiny)
     ref_tokenizer.save_pretrained(tiny)
     onnx_dir = tiny.parent / "tiny-onnx"
     run_step("export_onnx", {}, str(tiny), onnx_dir)
-    rts = [make_runtime(load_artifact(str(d)), threads=2) for d in (tiny, onnx_dir)]
+    ov_dir = tiny.parent / "tiny-openvino"
+    run_step("export_openvino", {}, str(onnx_dir), ov_dir)
+    rts = [make_runtime(load_artifact(str(d)), threads=2) for d in (tiny, onnx_dir, ov_dir)]
     return {rt.backend: rt for rt in rts}
 
 
@@ -51,9 +55,10 @@ def test_every_registered_runtime_is_built(runtimes):
     assert {type(rt) for rt in runtimes.values()} == set(RUNTIMES.values())
     assert isinstance(runtimes["torch"], TorchRuntime)
     assert isinstance(runtimes["onnxruntime"], OrtRuntime)
+    assert type(runtimes["openvino"]).__name__ == "OvRuntime"
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_runtime_has_every_member(runtimes, backend):
     rt = runtimes[backend]
     assert isinstance(rt, CausalLM)
@@ -69,11 +74,12 @@ def test_runtime_has_every_member(runtimes, backend):
 
 def test_placement_by_backend(runtimes):
     assert runtimes["torch"].placement() is None
+    assert runtimes["openvino"].placement() is None  # its CPU plugin runs the whole graph
     placed = runtimes["onnxruntime"].placement()
     assert placed.primary == "CPUExecutionProvider" and placed.fallback_nodes == 0
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_cached_forward_equals_full_forward(runtimes, backend):
     rt = runtimes[backend]
     ids = np.random.default_rng(0).integers(0, rt.vocab_size, size=(2, 12))
@@ -91,18 +97,19 @@ def test_cached_forward_equals_full_forward(runtimes, backend):
     np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
-def test_backends_agree(runtimes):
-    torch_rt, ort_rt = runtimes["torch"], runtimes["onnxruntime"]
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_backends_agree(runtimes, backend):
+    torch_rt, rt = runtimes["torch"], runtimes[backend]
     prompts = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
     want = [torch_rt.greedy_generate(p, 24) for p in prompts]
-    assert [ort_rt.greedy_generate(p, 24) for p in prompts] == want
-    assert ort_rt.greedy_generate_batch(prompts, 24) == want
+    assert [rt.greedy_generate(p, 24) for p in prompts] == want
+    assert rt.greedy_generate_batch(prompts, 24) == want
     assert torch_rt.greedy_generate_batch(prompts, 24) == want
     assert len({tuple(w) for w in want}) > 1  # not one degenerate continuation for all
-    for a, b in zip(torch_rt.next_token_logprobs(prompts), ort_rt.next_token_logprobs(prompts),
+    for a, b in zip(torch_rt.next_token_logprobs(prompts), rt.next_token_logprobs(prompts),
                     strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    for a, b in zip(torch_rt.token_logprobs(prompts[:2]), ort_rt.token_logprobs(prompts[:2]),
+    for a, b in zip(torch_rt.token_logprobs(prompts[:2]), rt.token_logprobs(prompts[:2]),
                     strict=True):
         assert a.shape == (len(b),) and a.dtype == np.float64
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -111,8 +118,8 @@ def test_backends_agree(runtimes):
 def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
     # the optional forward arguments mean the same on every backend: a left-padded batch,
     # positions from the mask, logits of the last position only, then one cached step
-    torch_rt, ort_rt = runtimes["torch"], runtimes["onnxruntime"]
-    assert torch_rt.batched_generation and ort_rt.batched_generation
+    ort_rt = runtimes["onnxruntime"]
+    assert all(rt.batched_generation for rt in runtimes.values())
     ids = np.array([[0, 0, 0, 5, 17, 300], [9, 8, 7, 6, 5, 4]])
     mask = (ids != 0).astype(np.int64)
     step_mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
@@ -123,8 +130,9 @@ def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
                              last_only=True)
         got[name] = (_array(logits), _array(step))
         assert got[name][0].shape == got[name][1].shape == (2, 1, rt.vocab_size)
-    for a, b in zip(got["torch"], got["onnxruntime"], strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    for backend in ("onnxruntime", "openvino"):
+        for a, b in zip(got["torch"], got[backend], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
     # row 0 alone, unpadded, continues exactly as in the batch
     alone, past = ort_rt.forward(ids[:1, 3:], last_only=True)
     np.testing.assert_allclose(alone[0], got["onnxruntime"][0][0], atol=1e-5)

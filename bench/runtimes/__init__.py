@@ -5,6 +5,7 @@ runtime for a loaded model by ``backend_of``:
 
     ``onnxruntime``  an exported ``.onnx`` graph (``OnnxModel``)  -> ``OrtRuntime``
     ``torch``        a Hugging Face torch model                   -> ``TorchRuntime`` (eager)
+    ``openvino``     a stateful OpenVINO IR (``OvModel``)          -> ``OvRuntime``
 
 Entries are registered by module path, so listing them imports neither torch's nor ONNX
 Runtime's runtime. Adding a runtime is one module and one registration: subclass
@@ -33,12 +34,18 @@ RUNTIMES.add_lazy("torch", "slimbench.bench.runtimes.torch_runtime:TorchRuntime"
                   "PyTorch eager on cpu or cuda (float32, float16, bfloat16)")
 RUNTIMES.add_lazy("onnxruntime", "slimbench.bench.runtimes.ort_runtime:OrtRuntime",
                   "ONNX Runtime for ONNX artifacts (CPU EP; CUDA EP on cuda)")
+RUNTIMES.add_lazy("openvino", "slimbench.bench.runtimes.ov_runtime:OvRuntime",
+                  "OpenVINO for OpenVINO artifacts (CPU plugin; KV cache in the request's "
+                  "state); needs slimbench[openvino]")
 
 
 def backend_of(loaded: LoadedModel) -> str:
     """The ``RUNTIMES`` name that runs what ``load_artifact`` returned."""
     from slimbench.compress.onnx_model import OnnxModel
+    from slimbench.compress.openvino_model import OvModel
 
+    if isinstance(loaded.model, OvModel):
+        return "openvino"
     return "onnxruntime" if isinstance(loaded.model, OnnxModel) else "torch"
 
 

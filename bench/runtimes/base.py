@@ -18,6 +18,25 @@ from slimbench.compress.onnx_model import positions_from_mask
 from slimbench.schema.measurements import Placement
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def picked_logprobs(ids: np.ndarray, lengths: list[int], logits: np.ndarray) -> list[np.ndarray]:
+    """``token_logprobs`` of right-padded ``ids`` from their (B, T, V) numpy logits."""
+    lp = log_softmax(logits[:, :-1])
+    picked = np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
+    return [picked[i, : n - 1] for i, n in enumerate(lengths)]
+
+
+def all_logprobs(lengths: list[int], logits: np.ndarray) -> list[np.ndarray]:
+    """``next_token_logprobs`` of right-padded rows from their (B, T, V) numpy logits."""
+    lp = log_softmax(logits)  # (B, T, V) float64
+    return [lp[i, :n] for i, n in enumerate(lengths)]
+
+
 class RuntimeBase(abc.ABC):
     """Base of every runtime: a ``CausalLM`` once the abstract methods are written.
 

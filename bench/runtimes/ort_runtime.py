@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimbench.bench.runtimes.base import RuntimeBase
+from slimbench.bench.runtimes.base import RuntimeBase, all_logprobs, picked_logprobs
 from slimbench.bench.runtimes.ort_kv import KVPool, OrtPast
 from slimbench.compress.arch import head_dim, max_positions, n_kv_heads, n_layers
 from slimbench.compress.loader import LoadedModel
@@ -45,12 +45,6 @@ from slimbench.schema.measurements import Placement
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 INITIAL_POSITIONS = 2048
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 class OrtRuntime(RuntimeBase):
@@ -281,12 +275,8 @@ class OrtRuntime(RuntimeBase):
         return ids, lengths, logits
 
     def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        ids, lengths, logits = self._scored(batch)
-        lp = log_softmax(logits[:, :-1])
-        picked = np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
-        return [picked[i, : n - 1] for i, n in enumerate(lengths)]
+        return picked_logprobs(*self._scored(batch))
 
     def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
         _, lengths, logits = self._scored(batch)
-        lp = log_softmax(logits)  # (B, T, V) float64
-        return [lp[i, :n] for i, n in enumerate(lengths)]
+        return all_logprobs(lengths, logits)

@@ -1,0 +1,144 @@
+"""The OpenVINO backend: export_openvino on every family, its runtime against torch, NNCF's
+int8 / int4 weights counted and measured, the KV tickets of a stateful request, refusals.
+
+A test taking ``family`` runs once per family of tests/conftest.py.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+from slimbench.bench.cli import main
+from slimbench.bench.runtimes import make_runtime
+from slimbench.compress.artifact import read_manifest
+from slimbench.compress.loader import load_artifact
+from slimbench.compress.openvino_model import OV_BIN
+from slimbench.compress.steps import run_step
+from slimbench.errors import UsageError
+from slimbench.tasks.evalsets import load_evalset
+from slimbench.tasks.perplexity import perplexity
+
+PROMPTS = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
+
+
+@pytest.fixture(scope="module")
+def ov_export(family_exports, tmp_path_factory):
+    """(family, weights="float32", **params) -> its OpenVINO artifact, built once."""
+    root = tmp_path_factory.mktemp("openvino")
+    done = {}
+
+    def get(family: str, weights: str = "float32", **params):
+        key = (family, weights, tuple(sorted(params.items())))
+        if key not in done:
+            out = root / f"{family}-{weights}-{len(done)}"
+            run_step("export_openvino", {"weights": weights, **params},
+                     str(family_exports(family)), out)
+            done[key] = out
+        return done[key]
+
+    return get
+
+
+def test_fp32_runs_as_torch_does(family, family_dirs, ov_export):
+    """fp32: perplexity within 1e-4 relative of torch's, greedy tokens identical one prompt
+    at a time and in a left-padded batch, the cache inside the request."""
+    out = ov_export(family)
+    manifest = read_manifest(out)
+    assert manifest.format == "openvino" and manifest.recipe == ["export_onnx", "export_openvino"]
+    audit = manifest.report["quantization"]
+    assert audit["compressed_matmuls"] == 0 and audit["weight_matmuls"] > 0
+    assert audit["stateful_variables"] == 2 * 2  # key and value of each of 2 blocks
+    assert manifest.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    ov = make_runtime(load_artifact(str(out)), threads=2)
+    parent = load_artifact(str(family_dirs[family]))
+    torch_rt = make_runtime(parent)
+    assert ov.backend == "openvino" and ov.vocab_size == torch_rt.vocab_size
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=8)]
+    want = perplexity(torch_rt, parent.tokenizer, texts).perplexity
+    assert perplexity(ov, parent.tokenizer, texts).perplexity == pytest.approx(want, rel=1e-4)
+    greedy = [torch_rt.greedy_generate(p, 16) for p in PROMPTS]
+    assert [ov.greedy_generate(p, 16) for p in PROMPTS] == greedy
+    assert ov.greedy_generate_batch(PROMPTS, 16) == greedy
+    for a, b in zip(ov.token_logprobs(PROMPTS[:2]), torch_rt.token_logprobs(PROMPTS[:2]),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["int8_asym", "int8_sym", "int4_sym", "int4_asym"])
+def test_nncf_compresses_every_weight_matmul(ov_export, weights):
+    fp32 = read_manifest(ov_export("llama"))
+    out = ov_export("llama", weights, group_size=32)
+    audit = read_manifest(out).report["quantization"]
+    assert audit["compressed_matmuls"] == audit["weight_matmuls"] == \
+        fp32.report["quantization"]["weight_matmuls"]
+    assert audit["compressed_gathers"] == 1  # the token embedding
+    low = {"int8": {"u8", "i8"}, "int4": {"u4", "i4"}}[weights[:4]]
+    assert set(audit["constants_by_type"]) & low and "f32" not in audit["constants_by_type"]
+    size = (out / OV_BIN).stat().st_size
+    assert size < 0.3 * (ov_export("llama") / OV_BIN).stat().st_size
+    if weights.startswith("int4"):
+        assert size < (ov_export("llama", "int8_asym", group_size=32) / OV_BIN).stat().st_size
+    rt = make_runtime(load_artifact(str(out)), threads=2)
+    assert len(rt.greedy_generate(PROMPTS[0], 8)) == 8
+
+
+@pytest.mark.slow
+def test_compressed_reference_keeps_its_quality(tmp_path):
+    """The reference in OpenVINO: int8 within 1% of fp32's perplexity, int4 within 8%."""
+    onnx_dir = tmp_path / "onnx"
+    run_step("export_onnx", {}, "reference", onnx_dir)
+    reference = load_artifact("reference")
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=40)]
+    fp32 = perplexity(make_runtime(reference), reference.tokenizer, texts).perplexity
+    for weights, bound, params in (("int8_sym", 0.01, {}), ("int4_sym", 0.08,
+                                                           {"group_size": 64})):
+        out = tmp_path / weights
+        manifest = run_step("export_openvino", {"weights": weights, **params}, str(onnx_dir),
+                            out)
+        assert manifest.report["parity"]["top1_agreement"] >= 0.85
+        loaded = load_artifact(str(out))
+        ppl = perplexity(make_runtime(loaded, threads=2), loaded.tokenizer, texts).perplexity
+        assert ppl != fp32 and abs(ppl / fp32 - 1) < bound, (weights, ppl, fp32)
+
+
+def test_sequences_under_way_keep_their_own_cache(ov_export):
+    """Two sequences interleaved (the paired A/B keeps one per slot) continue as each alone;
+    scoring in between leaves both; a ticket that moved on is refused."""
+    rt = make_runtime(load_artifact(str(ov_export("gpt2"))), threads=2)
+    a, b = np.array([[5, 17, 300, 2]]), np.array([[9, 8, 7]])
+    alone = {}
+    for name, ids in (("a", a), ("b", b)):
+        logits, past = rt.forward(ids)
+        step, _ = rt.forward(np.array([[11]]), past)
+        alone[name] = step
+    la, pa = rt.forward(a)
+    lb, pb = rt.forward(b)
+    rt.forward(np.array([[1, 2, 3, 4, 5, 6]]), keep_cache=False)
+    sa, pa2 = rt.forward(np.array([[11]]), pa)
+    sb, _ = rt.forward(np.array([[11]]), pb)
+    np.testing.assert_allclose(sa, alone["a"], atol=1e-6)
+    np.testing.assert_allclose(sb, alone["b"], atol=1e-6)
+    with pytest.raises(ValueError, match="stale or mismatched KV cache"):
+        rt.forward(np.array([[12]]), pa)  # pa2 is its sequence's newest
+    rt.forward(np.array([[12]]), pa2)
+
+
+def test_refusals(family_exports, tmp_path, capsys, monkeypatch):
+    llama = str(family_exports("llama"))
+    with pytest.raises(UsageError, match="group_size 48 does not divide .* choose a divisor"):
+        run_step("export_openvino", {"weights": "int4_sym", "group_size": 48}, llama,
+                 tmp_path / "g48")
+    with pytest.raises(UsageError, match="weights must be one of float32, int8_asym"):
+        run_step("export_openvino", {"weights": "int3"}, llama, tmp_path / "int3")
+    with pytest.raises(UsageError, match="takes an ONNX export with attention: ops.*fused"):
+        run_step("export_openvino", {}, str(family_exports("llama", "fused")), tmp_path / "f")
+    with pytest.raises(UsageError, match="export_openvino needs an ONNX artifact; "
+                                         ".reference. is a float32 torch"):
+        run_step("export_openvino", {}, "reference", tmp_path / "torch")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    capsys.readouterr()
+    code = main(["compress", llama, "--step", "export_openvino", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'slimbench[openvino]'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
