@@ -151,9 +151,12 @@ class ArtifactCache:
         teacher = config.get("teacher") if name == "distill" else None
         if teacher is not None:  # the teacher's content determines the student too
             config["teacher"] = self.identity(teacher)
+        versions = _versions()
+        if step.libraries:  # an optional engine's converter (Step.libraries)
+            versions |= package_versions(step.libraries)
         return _digest({"parent": parent_key, "step": name, "config": config,
                         "step_version": step.version, "slimbench": __version__,
-                        "versions": _versions()})[:KEY_CHARS]
+                        "versions": versions})[:KEY_CHARS]
 
     def build(self, model: str, recipe, label: str = "") -> str:
         """The path of the artifact that ``recipe`` makes from ``model``, built as needed.

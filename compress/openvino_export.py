@@ -23,7 +23,14 @@ from slimbench.compress.arch import arch_of, n_layers
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.manifest import StepReport
 from slimbench.compress.onnx_model import kv_names
-from slimbench.compress.openvino_model import OV_BIN, OV_XML, OvModel, import_openvino, ov_logits_fn
+from slimbench.compress.openvino_model import (
+    BEAM_IDX,
+    OV_BIN,
+    OV_XML,
+    OvModel,
+    import_openvino,
+    ov_logits_fn,
+)
 from slimbench.compress.parity import parity, reference_prompts
 from slimbench.compress.step_io import copy_side_files
 from slimbench.compress.steps import register_step
@@ -119,11 +126,27 @@ def audit_ir(model) -> OvWeightAudit:
 def make_stateful(model, layers: int) -> None:
     """Turn the past inputs and present outputs into variables (in place); each variable's
     first value is an empty cache (batch of the call's ``input_ids``, 0 positions). Without
-    that initial value OpenVINO would start from a batch-0 tensor and fail at the Concat."""
+    that initial value OpenVINO would start from a batch-0 tensor and fail at the Concat.
+
+    Each past is first gathered by a ``beam_idx`` input (which row of the cache each row
+    continues), as OpenVINO's own exports do: OpenVINO GenAI requires the input, and the CPU
+    plugin's stateful-attention fusion expects the Gather. slimbench feeds 0..batch-1."""
+    from openvino import Type
     from openvino import opset13 as ops
     from openvino._offline_transformations import apply_make_stateful_transformation
 
     past, present = kv_names(layers)
+    batch_dim = model.input("input_ids").get_partial_shape()[0]
+    beam_idx = ops.parameter([batch_dim], Type.i32, name=BEAM_IDX)
+    beam_idx.output(0).get_tensor().add_names({BEAM_IDX})
+    model.add_parameters([beam_idx])
+    for name in past:
+        port = model.input(name)
+        consumers = port.get_target_inputs()
+        gathered = ops.gather(port, beam_idx, ops.constant(0))
+        for consumer in consumers:
+            consumer.replace_source_output(gathered.output(0))
+    model.validate_nodes_and_infer_types()
     apply_make_stateful_transformation(model, dict(zip(past, present, strict=True)))
     batch = ops.gather(ops.shape_of(model.input("input_ids"), output_type="i64"),
                        ops.constant([0]), ops.constant(0))
@@ -175,6 +198,7 @@ def require_coverage(audit: OvWeightAudit, config: ExportOpenvinoConfig) -> None
 
 
 @register_step("export_openvino", ExportOpenvinoConfig, accepts=("onnx",), produces="openvino",
+               libraries=("openvino", "nncf"),
                help="OpenVINO stateful IR of an ONNX artifact; NNCF int8 / int4 weights")
 def _apply_export_openvino(parent: LoadedModel, config: ExportOpenvinoConfig,
                            out: Path) -> StepReport:

@@ -47,6 +47,10 @@ class Step:
     transform: Callable | None = None  # (loaded, config, manifest): re-applied at load time
     version: int = 1
     load: Callable | None = None  # (path, config, manifest) -> model, for a non-HF folder
+    # libraries beyond cache.LIBRARIES whose version changes what this step writes (an
+    # optional engine's converter): in this step's cache keys only, so that installing an
+    # extra does not invalidate every other artifact
+    libraries: tuple[str, ...] = ()
 
 
 class StepRegistry(Registry[Step]):
@@ -100,6 +104,7 @@ def _load_builtin_steps() -> None:
 def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("torch",),
                   produces: str | None = None, transform: Callable | None = None,
                   version: int = 1, load: Callable | None = None,
+                  libraries: tuple[str, ...] = (),
                   help: str = "") -> Callable[[Callable], Callable]:
     """Register the decorated function as recipe step ``name``.
 
@@ -117,6 +122,7 @@ def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("t
             not a Hugging Face folder: ``load_artifact`` calls it (with the step's
             ``load_transform`` recorded) instead of transformers; None from it means the
             folder is of an earlier version of the step, loaded the usual way.
+        libraries: distributions whose versions join the step's cache keys (``Step``).
         help: one line for ``slimbench ls`` (default: the function's docstring's first line).
 
     Returns:
@@ -140,7 +146,7 @@ def register_step(name: str, config_cls: type, *, accepts: tuple[str, ...] = ("t
     def deco(apply: Callable) -> Callable:
         doc = (apply.__doc__ or "").strip().splitlines()
         step = Step(name, config_cls, apply, tuple(accepts), produces, transform, version,
-                    load)
+                    load, tuple(libraries))
         STEPS.add(name, step, help or (doc[0] if doc else ""))
         return apply
 

@@ -142,3 +142,38 @@ def test_refusals(family_exports, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'slimbench[openvino]'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_the_engine_versions_key_its_artifacts_only(tmp_path, monkeypatch):
+    """Another NNCF or OpenVINO builds another OpenVINO artifact; other steps' keys do not
+    depend on whether the extra is installed."""
+    from slimbench.compress import cache as cache_module
+    from slimbench.compress.cache import ArtifactCache
+
+    real = cache_module.package_versions
+    cache = ArtifactCache(tmp_path / "cache", lambda _: None)
+    keys = []
+    for nncf in ("3.4.0", "3.5.0", None):
+        monkeypatch.setattr(cache_module, "package_versions", lambda names, v=nncf: {
+            n: (v if n in ("nncf", "openvino") else real((n,))[n]) for n in names})
+        keys.append((cache.step_key("parent", "export_openvino", {}),
+                     cache.step_key("parent", "torch_dynamic_int8", {})))
+    assert len({ov for ov, _ in keys}) == 3 and len({t for _, t in keys}) == 1
+
+
+def test_a_sequence_moves_between_its_two_graphs(ov_export):
+    """Begun on the last-position graph (generation), a chunk that wants every position's
+    logits continues on the full graph with the same cache: the logits of one full forward."""
+    rt = make_runtime(load_artifact(str(ov_export("llama"))), threads=2)
+    ids = np.random.default_rng(1).integers(0, rt.vocab_size, size=(2, 10))
+    full, _ = rt.forward(ids, keep_cache=False)
+    first, past = rt.forward(ids[:, :6], last_only=True)
+    assert first.shape == (2, 1, rt.vocab_size) and past.graph == "last"
+    np.testing.assert_allclose(first[:, 0], full[:, 5], atol=1e-5)
+    chunk, moved = rt.forward(ids[:, 6:9], past)
+    assert moved.graph == "full" and moved.length == 9
+    np.testing.assert_allclose(chunk, full[:, 6:9], atol=1e-5)
+    with pytest.raises(ValueError, match="stale"):
+        rt.forward(ids[:, 9:], past)
+    step, _ = rt.forward(ids[:, 9:], moved)
+    np.testing.assert_allclose(step[:, 0], full[:, 9], atol=1e-5)
