@@ -19,6 +19,7 @@ KINDS = {
     "torch-cast": "a float16/bfloat16 torch artifact",
     "onnx": "an ONNX artifact",
     "openvino": "an OpenVINO artifact",
+    "ctranslate2": "a CTranslate2 artifact",
 }
 
 
@@ -30,7 +31,7 @@ def spec_kind(spec: str) -> str:
     manifest = read_manifest(path)
     if manifest is None:
         return "torch"
-    if manifest.format in ("onnx", "openvino"):
+    if manifest.format in ("onnx", "openvino", "ctranslate2"):
         return manifest.format
     if manifest.load_transform:
         return "torch-int8"

@@ -180,6 +180,8 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
         return _load_onnx(path, spec, manifest, opts)
     if manifest.format == "openvino":
         return _load_openvino(path, spec, manifest, opts)
+    if manifest.format == "ctranslate2":
+        return _load_ctranslate2(path, spec, manifest, opts)
     transform = manifest.load_transform
     if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
         raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
@@ -239,15 +241,32 @@ def _load_openvino(path: Path, spec: str, manifest: Manifest,
                    opts: LoadOptions) -> LoadedModel:
     from slimbench.compress.openvino_model import OV_BIN, OV_XML, OvModel
 
-    if opts.device != "cpu" or opts.dtype not in (None, "float32"):
-        raise UsageError(f"{spec!r} is an OpenVINO artifact: it runs on cpu, its dtype fixed "
-                         f"at export (got --device {opts.device}, --dtype {opts.dtype})")
     config = AutoConfig.from_pretrained(path)
-    files = [path / OV_XML, path / OV_BIN]
+    info = _engine_info(path, spec, manifest, opts, "OpenVINO", config,
+                        [path / OV_XML, path / OV_BIN])
+    return LoadedModel(OvModel(path / OV_XML, config), _tokenizer(path, opts), info, manifest)
+
+
+def _load_ctranslate2(path: Path, spec: str, manifest: Manifest,
+                      opts: LoadOptions) -> LoadedModel:
+    from slimbench.compress.ctranslate2_model import CT2_BIN, CT2_VOCAB, HF_CONFIG, Ct2Model
+
+    config = AutoConfig.from_pretrained(path / HF_CONFIG)
+    info = _engine_info(path, spec, manifest, opts, "CTranslate2", config,
+                        [path / CT2_BIN, path / CT2_VOCAB])
+    return LoadedModel(Ct2Model(path, config), _tokenizer(path, opts), info, manifest)
+
+
+def _engine_info(path: Path, spec: str, manifest: Manifest, opts: LoadOptions, engine: str,
+                 config, files: list[Path]) -> Artifact:
+    """The record of an artifact another engine runs (its formats fixed at export, cpu)."""
+    if opts.device != "cpu" or opts.dtype not in (None, "float32"):
+        raise UsageError(f"{spec!r} is an {engine} artifact: it runs on cpu, its dtype fixed "
+                         f"at export (got --device {opts.device}, --dtype {opts.dtype})")
     h = hashlib.sha256()
-    for f in files:  # the bytes measured: the graph and its weights
+    for f in files:  # the bytes measured: the model and what it reads with it
         digest = sha256_file(f, h)
-    info = Artifact(
+    return Artifact(
         spec=spec, kind="artifact", path=str(path.resolve()),
         random_weights=bool(manifest.random_weights), model_type=config.model_type,
         parameters=manifest.report["parameters"],
@@ -255,7 +274,6 @@ def _load_openvino(path: Path, spec: str, manifest: Manifest,
         bytes_on_disk=sum(f.stat().st_size for f in files), dtype="float32",
         device="cpu", weights_sha256=digest, recipe=list(manifest.recipe),
         manifest=manifest.to_dict())
-    return LoadedModel(OvModel(path / OV_XML, config), _tokenizer(path, opts), info, manifest)
 
 
 def spec_max_positions(spec: str) -> int | None:

@@ -17,6 +17,7 @@ tensors assigned, not copied. So the int8 artifact loads in less memory than its
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,17 +121,20 @@ def load_int8(path: Path, engine: str) -> nn.Module:
         layout = json.loads((f.metadata() or {}).get(_LAYOUT, "{}"))
     embeddings, tied = layout.get("embeddings", []), layout.get("ties", {})
     names = sorted({k.rpartition(".")[0] for k in int8} | set(tied))
-    for name in names:
-        if name in embeddings:
-            module = int8_embedding(int8[f"{name}.weight"], int8[f"{name}.scale"])
-        elif name in tied:
-            module = int8_projection(int8[f"{tied[name]}.weight"], int8[f"{tied[name]}.scale"],
-                                     int8.get(f"{name}.bias"))
-            setattr(module, TIED_TO, tied[name])
-        else:
-            module = _linear(int8, name)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, module)
+    with warnings.catch_warnings():  # torch's quantized tensors warn that they are deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        for name in names:
+            if name in embeddings:
+                module = int8_embedding(int8[f"{name}.weight"], int8[f"{name}.scale"])
+            elif name in tied:
+                kept = tied[name]
+                module = int8_projection(int8[f"{kept}.weight"], int8[f"{kept}.scale"],
+                                         int8.get(f"{name}.bias"))
+                setattr(module, TIED_TO, tied[name])
+            else:
+                module = _linear(int8, name)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module)
     normalize_conv1d(model)  # a Conv1D left float is stored in Linear layout
     with safe_open(path / FLOAT_FILE, "pt") as f:
         ties = json.loads((f.metadata() or {}).get(_TIES, "{}"))

@@ -32,6 +32,10 @@ class CausalLM(Protocol):
             where it runs them one at a time (an ONNX graph without an attention-mask input,
             exported before export_onnx version 2). Tasks size their batches by it and report
             which was used.
+        external_cache: True where ``forward`` takes and returns the KV cache; False for an
+            engine that keeps it inside its own generator (CTranslate2): there only
+            ``greedy_start`` / ``greedy_step`` continue a sequence, and ``forward`` scores
+            without a cache.
     """
 
     backend: str
@@ -39,6 +43,7 @@ class CausalLM(Protocol):
     max_length: int
     vocab_size: int
     batched_generation: bool
+    external_cache: bool
 
     def forward(self, input_ids: Any, past: Any = None, keep_cache: bool = True,
                 attention_mask: Any = None, position_ids: Any = None,
@@ -105,4 +110,15 @@ class CausalLM(Protocol):
     def greedy_generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
                               stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
         """``greedy_generate`` for each prompt; each result as if generated alone."""
+        ...
+
+    def greedy_start(self, prompt: Any) -> tuple[Any, Any]:
+        """The prefill of a greedy generation: ``(tokens, state)``, the (B, 1) greedy next
+        token of each row of ``prompt`` (B, T) and what continues it. The latency scenarios
+        time this and ``greedy_step`` on every backend."""
+        ...
+
+    def greedy_step(self, tokens: Any, state: Any) -> tuple[Any, Any]:
+        """One cached decode step of a greedy generation fed ``tokens`` (B, 1), the previous
+        step's: ``(next tokens, state)``. Only the newest state can be continued."""
         ...

@@ -26,6 +26,7 @@ from slimbench.bench.measure.paired import (
 )
 from slimbench.bench.measure.paired_worker import WorkerModel
 from slimbench.bench.measure.scenarios import SCENARIOS
+from slimbench.bench.runtimes.base import RuntimeBase
 from slimbench.errors import UsageError
 
 
@@ -231,6 +232,8 @@ class _FakeRuntime:
 
     def sync(self):
         pass
+
+    greedy_start, greedy_step = RuntimeBase.greedy_start, RuntimeBase.greedy_step
 
 
 def _bench(monkeypatch, scenario, slowdown=0.0, new_tokens=4):

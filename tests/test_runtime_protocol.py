@@ -1,7 +1,7 @@
 """Every registered runtime is a whole ``CausalLM``: each member present and each answer alike.
 
-Every runtime runs one tiny random GPT-2: the torch model itself, its ONNX export and that
-export as an OpenVINO IR. Their
+Every runtime runs one tiny random GPT-2: the torch model itself, its ONNX export, that
+export as an OpenVINO IR, and its CTranslate2 conversion. Their
 forward with a KV cache must give the full forward's logits, and their greedy tokens must be
 identical (the minGPT bar).
 """
@@ -23,7 +23,7 @@ ATTRIBUTES = sorted(CausalLM.__annotations__)
 METHODS = sorted(name for name, obj in vars(CausalLM).items()
                  if inspect.isfunction(obj) and not name.startswith("_"))
 TYPES = {"backend": str, "device": str, "max_length": int, "vocab_size": int,
-         "batched_generation": bool}
+         "batched_generation": bool, "external_cache": bool}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,10 @@ def runtimes(tmp_path_factory, tiny_model, ref_tokenizer):
     run_step("export_onnx", {}, str(tiny), onnx_dir)
     ov_dir = tiny.parent / "tiny-openvino"
     run_step("export_openvino", {}, str(onnx_dir), ov_dir)
-    rts = [make_runtime(load_artifact(str(d)), threads=2) for d in (tiny, onnx_dir, ov_dir)]
+    ct2_dir = tiny.parent / "tiny-ct2"
+    run_step("export_ctranslate2", {}, str(tiny), ct2_dir)
+    rts = [make_runtime(load_artifact(str(d)), threads=2)
+           for d in (tiny, onnx_dir, ov_dir, ct2_dir)]
     return {rt.backend: rt for rt in rts}
 
 
@@ -47,7 +50,8 @@ def _array(logits) -> np.ndarray:
 
 def test_protocol_declares_what_callers_use():
     assert {"forward", "sync", "placement", "token_logprobs", "next_token_logprobs",
-            "greedy_generate", "greedy_generate_batch"} <= set(METHODS)
+            "greedy_generate", "greedy_generate_batch", "greedy_start",
+            "greedy_step"} <= set(METHODS)
     assert set(TYPES) == set(ATTRIBUTES)
 
 
@@ -56,9 +60,10 @@ def test_every_registered_runtime_is_built(runtimes):
     assert isinstance(runtimes["torch"], TorchRuntime)
     assert isinstance(runtimes["onnxruntime"], OrtRuntime)
     assert type(runtimes["openvino"]).__name__ == "OvRuntime"
+    assert type(runtimes["ctranslate2"]).__name__ == "Ct2Runtime"
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino", "ctranslate2"])
 def test_runtime_has_every_member(runtimes, backend):
     rt = runtimes[backend]
     assert isinstance(rt, CausalLM)
@@ -75,6 +80,7 @@ def test_runtime_has_every_member(runtimes, backend):
 def test_placement_by_backend(runtimes):
     assert runtimes["torch"].placement() is None
     assert runtimes["openvino"].placement() is None  # its CPU plugin runs the whole graph
+    assert runtimes["ctranslate2"].placement() is None
     placed = runtimes["onnxruntime"].placement()
     assert placed.primary == "CPUExecutionProvider" and placed.fallback_nodes == 0
 
@@ -97,7 +103,7 @@ def test_cached_forward_equals_full_forward(runtimes, backend):
     np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "ctranslate2"])
 def test_backends_agree(runtimes, backend):
     torch_rt, rt = runtimes["torch"], runtimes[backend]
     prompts = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
@@ -119,12 +125,14 @@ def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
     # the optional forward arguments mean the same on every backend: a left-padded batch,
     # positions from the mask, logits of the last position only, then one cached step
     ort_rt = runtimes["onnxruntime"]
-    assert all(rt.batched_generation for rt in runtimes.values())
+    assert all(rt.batched_generation for rt in runtimes.values())  # every backend batches
     ids = np.array([[0, 0, 0, 5, 17, 300], [9, 8, 7, 6, 5, 4]])
     mask = (ids != 0).astype(np.int64)
     step_mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
     got = {}
     for name, rt in runtimes.items():
+        if not rt.external_cache:  # its cache is its generator's (greedy_start below)
+            continue
         logits, past = rt.forward(ids, attention_mask=mask, last_only=True)
         step, _ = rt.forward(np.array([[11], [12]]), past, attention_mask=step_mask,
                              last_only=True)
@@ -138,3 +146,31 @@ def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
     np.testing.assert_allclose(alone[0], got["onnxruntime"][0][0], atol=1e-5)
     alone, _ = ort_rt.forward(np.array([[11]]), past)
     np.testing.assert_allclose(alone[0], got["onnxruntime"][1][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino", "ctranslate2"])
+def test_greedy_start_and_steps_generate_what_greedy_generate_does(runtimes, backend):
+    """What the latency scenarios time on every backend (an engine that keeps its cache
+    inside, CTranslate2, included): the same tokens as a plain greedy generation."""
+    rt = runtimes[backend]
+    prompt = [9, 8, 7, 6, 5, 4, 3]
+    tokens, state = rt.greedy_start(torch.tensor([prompt]))
+    got = [int(_array(tokens)[0, 0])]
+    for _ in range(11):
+        tokens, state = rt.greedy_step(tokens, state)
+        got.append(int(_array(tokens)[0, 0]))
+    assert got == runtimes["torch"].greedy_generate(prompt, 12)
+
+
+def test_an_engine_that_keeps_its_cache_says_so(runtimes):
+    ct2 = runtimes["ctranslate2"]
+    assert not ct2.external_cache
+    assert all(rt.external_cache for name, rt in runtimes.items() if name != "ctranslate2")
+    with pytest.raises(ValueError, match="keeps its KV cache inside its generator"):
+        ct2.forward(np.array([[5, 17]]))
+    tokens, old = ct2.greedy_start(torch.tensor([[5, 17, 300]]))
+    ct2.greedy_start(torch.tensor([[9, 8]]))  # one generation at a time: the old one ends
+    with pytest.raises(ValueError, match="stale generation state"):
+        ct2.greedy_step(tokens, old)
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        ct2.greedy_start(torch.tensor([[5, 17], [9, 8]]))

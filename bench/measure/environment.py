@@ -18,7 +18,8 @@ from slimbench.schema.environment import Cpu, Environment, Git, Gpu
 from slimbench.versions import package_versions
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "onnxruntime",
-            "torch-pruning", "sacrebleu", "rouge-score", "pandas", "numpy", "openvino", "nncf")
+            "torch-pruning", "sacrebleu", "rouge-score", "pandas", "numpy", "openvino", "nncf",
+            "ctranslate2")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
              "amx_bf16", "amx_int8")
 

@@ -96,29 +96,30 @@ Timings = PrefillTimings | DecodeTimings | GenerateTimings
 
 def prefill_unit(rt: CausalLM, prompt, new_tokens: int = 0,
                  clock: Clock | None = None) -> PrefillTimings:
-    """One forward over the prompt with logits for the last position only: what a
-    generation's first step needs (the output projection over every position is a scoring
-    cost, ~30% of a gpt2-size prefill's FLOPs). ``new_tokens`` is unused."""
+    """A generation's first step (``greedy_start``): one forward over the prompt with logits
+    for the last position only (the output projection over every position is a scoring cost,
+    ~30% of a gpt2-size prefill's FLOPs) and its greedy token. ``new_tokens`` is unused."""
     clock = clock or clock_of(rt)
     t0 = time.perf_counter()
-    rt.forward(prompt, last_only=True)
+    rt.greedy_start(prompt)
     return PrefillTimings(forward=clock(t0))
 
 
 @dataclasses.dataclass
 class DecodeState:
-    """A decode under way: the last logits, the KV cache and how many steps are done."""
+    """A decode under way: the last greedy tokens, what continues them and how many steps
+    are done."""
 
-    logits: object
+    tokens: object
     past: object
     done: int = 0
 
 
 def decode_start(rt: CausalLM, prompt) -> DecodeState:
     """The untimed prefill of a decode: the context's KV cache."""
-    logits, past = rt.forward(prompt, last_only=True)
+    tokens, past = rt.greedy_start(prompt)
     rt.sync()
-    return DecodeState(logits, past)
+    return DecodeState(tokens, past)
 
 
 def decode_steps(rt: CausalLM, state: DecodeState, steps: int,
@@ -128,7 +129,7 @@ def decode_steps(rt: CausalLM, state: DecodeState, steps: int,
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state.logits, state.past = rt.forward(state.logits[:, -1:].argmax(-1), state.past)
+        state.tokens, state.past = rt.greedy_step(state.tokens, state.past)
         times.append(clock(t0))
     state.done += steps
     return DecodeTimings(steps=times)
@@ -150,13 +151,13 @@ def generate_unit(rt: CausalLM, prompt, new_tokens: int,
     clock = clock or clock_of(rt)
     rt.sync()  # nothing queued before may land in this unit's clock
     t0 = time.perf_counter()
-    logits, past = rt.forward(prompt, last_only=True)
-    tokens = [logits[:, -1:].argmax(-1)]
+    token, past = rt.greedy_start(prompt)
+    tokens = [token]
     ttft = clock(t0)
     t1 = time.perf_counter()
     for _ in range(new_tokens - 1):
-        logits, past = rt.forward(tokens[-1], past)
-        tokens.append(logits[:, -1:].argmax(-1))
+        token, past = rt.greedy_step(tokens[-1], past)
+        tokens.append(token)
     rest = clock(t1) if new_tokens > 1 else 0.0
     return GenerateTimings(ttft=ttft, rest=rest, batch=prompt.shape[0], new_tokens=new_tokens,
                            tokens=tokens)

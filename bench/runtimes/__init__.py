@@ -6,6 +6,7 @@ runtime for a loaded model by ``backend_of``:
     ``onnxruntime``  an exported ``.onnx`` graph (``OnnxModel``)  -> ``OrtRuntime``
     ``torch``        a Hugging Face torch model                   -> ``TorchRuntime`` (eager)
     ``openvino``     a stateful OpenVINO IR (``OvModel``)          -> ``OvRuntime``
+    ``ctranslate2``  a CTranslate2 model (``Ct2Model``)             -> ``Ct2Runtime``
 
 Entries are registered by module path, so listing them imports neither torch's nor ONNX
 Runtime's runtime. Adding a runtime is one module and one registration: subclass
@@ -37,15 +38,21 @@ RUNTIMES.add_lazy("onnxruntime", "slimbench.bench.runtimes.ort_runtime:OrtRuntim
 RUNTIMES.add_lazy("openvino", "slimbench.bench.runtimes.ov_runtime:OvRuntime",
                   "OpenVINO for OpenVINO artifacts (CPU plugin; KV cache in the request's "
                   "state); needs slimbench[openvino]")
+RUNTIMES.add_lazy("ctranslate2", "slimbench.bench.runtimes.ct2_runtime:Ct2Runtime",
+                  "CTranslate2's Generator for CTranslate2 artifacts (KV cache inside the "
+                  "generator); needs slimbench[ctranslate2]")
 
 
 def backend_of(loaded: LoadedModel) -> str:
     """The ``RUNTIMES`` name that runs what ``load_artifact`` returned."""
+    from slimbench.compress.ctranslate2_model import Ct2Model
     from slimbench.compress.onnx_model import OnnxModel
     from slimbench.compress.openvino_model import OvModel
 
     if isinstance(loaded.model, OvModel):
         return "openvino"
+    if isinstance(loaded.model, Ct2Model):
+        return "ctranslate2"
     return "onnxruntime" if isinstance(loaded.model, OnnxModel) else "torch"
 
 

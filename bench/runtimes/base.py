@@ -37,6 +37,24 @@ def all_logprobs(lengths: list[int], logits: np.ndarray) -> list[np.ndarray]:
     return [lp[i, :n] for i, n in enumerate(lengths)]
 
 
+class ForwardScoring:
+    """``token_logprobs`` and ``next_token_logprobs`` of a runtime from one cacheless forward
+    over the right-padded batch (its mask with it); a runtime may override ``_scored``."""
+
+    def _scored(self, batch: list[list[int]]) -> tuple[np.ndarray, list[int], Any]:
+        ids, lengths = self._padded(batch)
+        logits, _ = self.forward(ids, keep_cache=False,
+                                 attention_mask=self._right_mask(lengths, ids.shape[1]))
+        return ids, lengths, logits
+
+    def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        return picked_logprobs(*self._scored(batch))
+
+    def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        _, lengths, logits = self._scored(batch)
+        return all_logprobs(lengths, logits)
+
+
 class RuntimeBase(abc.ABC):
     """Base of every runtime: a ``CausalLM`` once the abstract methods are written.
 
@@ -57,6 +75,8 @@ class RuntimeBase(abc.ABC):
     # False where a row's outputs depend on the rest of its batch (see
     # OnnxModel.batch_invariant); the generation protocol records it
     batch_invariant = True
+    # False for an engine whose KV cache stays inside its own generator (CausalLM)
+    external_cache = True
 
     @abc.abstractmethod
     def forward(self, input_ids: Any, past: Any = None, keep_cache: bool = True,
@@ -79,6 +99,17 @@ class RuntimeBase(abc.ABC):
     @abc.abstractmethod
     def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
         """See ``CausalLM.next_token_logprobs``."""
+
+    def greedy_start(self, prompt: Any) -> tuple[Any, Any]:
+        """See ``CausalLM.greedy_start``: a prefill with the last position's logits only, and
+        its argmax (tokens stay in the backend's array type, on its device)."""
+        logits, past = self.forward(prompt, last_only=True)
+        return logits[:, -1:].argmax(-1), past
+
+    def greedy_step(self, tokens: Any, state: Any) -> tuple[Any, Any]:
+        """See ``CausalLM.greedy_step``: one cached forward of ``tokens`` and its argmax."""
+        logits, past = self.forward(tokens, state)
+        return logits[:, -1:].argmax(-1), past
 
     def _padded(self, batch: list[list[int]]) -> tuple[np.ndarray, list[int]]:
         """Right-padded (B, T) ids; under a causal mask pads after a sequence change nothing."""

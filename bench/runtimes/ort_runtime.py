@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimbench.bench.runtimes.base import RuntimeBase, all_logprobs, picked_logprobs
+from slimbench.bench.runtimes.base import ForwardScoring, RuntimeBase
 from slimbench.bench.runtimes.ort_kv import KVPool, OrtPast
 from slimbench.compress.arch import head_dim, max_positions, n_kv_heads, n_layers
 from slimbench.compress.loader import LoadedModel
@@ -47,7 +47,7 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 INITIAL_POSITIONS = 2048
 
 
-class OrtRuntime(RuntimeBase):
+class OrtRuntime(ForwardScoring, RuntimeBase):
     """Runs an ONNX artifact in an ORT session (one per runtime, threads fixed).
 
     Args:
@@ -274,9 +274,4 @@ class OrtRuntime(RuntimeBase):
         logits, _ = self.forward(ids, keep_cache=False, attention_mask=mask)
         return ids, lengths, logits
 
-    def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        return picked_logprobs(*self._scored(batch))
 
-    def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        _, lengths, logits = self._scored(batch)
-        return all_logprobs(lengths, logits)

@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from slimbench.bench.runtimes.base import RuntimeBase, all_logprobs, picked_logprobs
+from slimbench.bench.runtimes.base import ForwardScoring, RuntimeBase
 from slimbench.compress.arch import max_positions
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.openvino_model import ov_feeds
@@ -40,7 +40,7 @@ class OvPast:
     step: int
 
 
-class OvRuntime(RuntimeBase):
+class OvRuntime(ForwardScoring, RuntimeBase):
     """Runs an OpenVINO artifact with one infer request per sequence under way.
 
     The IR is compiled twice, the second lazily: ``last`` with its logits index fixed to the
@@ -139,16 +139,3 @@ class OvRuntime(RuntimeBase):
     def placement(self) -> None:
         """OpenVINO's CPU plugin runs the whole graph; there is nothing to place."""
         return None
-
-    def _scored(self, batch: list[list[int]]):
-        ids, lengths = self._padded(batch)
-        mask = self._right_mask(lengths, ids.shape[1])
-        logits, _ = self.forward(ids, keep_cache=False, attention_mask=mask)
-        return ids, lengths, logits
-
-    def token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        return picked_logprobs(*self._scored(batch))
-
-    def next_token_logprobs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        _, lengths, logits = self._scored(batch)
-        return all_logprobs(lengths, logits)

@@ -1,0 +1,115 @@
+"""The CTranslate2 backend: export_ctranslate2 on every family, its runtime against torch,
+int8 / int16 weights counted from model.bin, the scenarios on an engine that keeps its cache,
+refusals.
+
+A test taking ``family`` runs once per family of tests/conftest.py.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+from slimbench.bench.cli import main
+from slimbench.bench.measure.scenarios import decode_latency, generate_latency, prefill_latency
+from slimbench.bench.runtimes import make_runtime
+from slimbench.compress.artifact import read_manifest
+from slimbench.compress.ctranslate2_export import FAMILIES
+from slimbench.compress.ctranslate2_model import CT2_BIN
+from slimbench.compress.loader import load_artifact
+from slimbench.compress.steps import run_step
+from slimbench.errors import UsageError
+from slimbench.tasks.evalsets import load_evalset
+from slimbench.tasks.perplexity import perplexity
+
+PROMPTS = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
+
+
+@pytest.fixture(scope="module")
+def ct2_export(family_dirs, tmp_path_factory):
+    """(family, quantization="float32") -> its CTranslate2 artifact, built once."""
+    root = tmp_path_factory.mktemp("ct2")
+    done = {}
+
+    def get(family: str, quantization: str = "float32"):
+        if (family, quantization) not in done:
+            out = root / f"{family}-{quantization}"
+            run_step("export_ctranslate2", {"quantization": quantization},
+                     str(family_dirs[family]), out)
+            done[family, quantization] = out
+        return done[family, quantization]
+
+    return get
+
+
+def test_fp32_runs_as_torch_does(family, family_dirs, ct2_export, tmp_path):
+    """fp32: perplexity within 1e-4 relative of torch's, greedy tokens identical one prompt
+    at a time and in a batch, log-probs within 1e-4 (a family CTranslate2 cannot convert is
+    refused before any work, by name)."""
+    if family not in FAMILIES:
+        with pytest.raises(UsageError, match=f"cannot read this {family} model"):
+            run_step("export_ctranslate2", {}, str(family_dirs[family]), tmp_path / "x")
+        assert not (tmp_path / "x").exists()
+        return
+    out = ct2_export(family)
+    manifest = read_manifest(out)
+    assert manifest.format == "ctranslate2" and manifest.recipe == ["export_ctranslate2"]
+    assert manifest.report["parity"]["max_abs_logit_diff"] <= 1e-4
+    ct2 = make_runtime(load_artifact(str(out)), threads=2)
+    parent = load_artifact(str(family_dirs[family]))
+    torch_rt = make_runtime(parent)
+    assert ct2.backend == "ctranslate2" and ct2.vocab_size == torch_rt.vocab_size
+    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=8)]
+    want = perplexity(torch_rt, parent.tokenizer, texts).perplexity
+    assert perplexity(ct2, parent.tokenizer, texts).perplexity == pytest.approx(want, rel=1e-4)
+    greedy = [torch_rt.greedy_generate(p, 16) for p in PROMPTS]
+    assert [ct2.greedy_generate(p, 16) for p in PROMPTS] == greedy
+    assert ct2.greedy_generate_batch(PROMPTS, 16) == greedy
+    for a, b in zip(ct2.token_logprobs(PROMPTS[:2]), torch_rt.token_logprobs(PROMPTS[:2]),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("quantization, stored", [("int8", "int8"), ("int8_float32", "int8"),
+                                                  ("int16", "int16")])
+def test_weights_are_stored_in_the_quantization(ct2_export, quantization, stored):
+    fp32 = read_manifest(ct2_export("gpt2")).report["quantization"]
+    out = ct2_export("gpt2", quantization)
+    audit = read_manifest(out).report["quantization"]
+    total = sum(fp32["weights_by_type"].values())
+    # every weight matrix but GPT-2's learned position table
+    assert audit["weights_compressed"] == audit["weights_by_type"][stored] == total - 1
+    assert audit["float_weights"] == ["decoder/position_encodings/encodings"]
+    size, fp32_size = ((d / CT2_BIN).stat().st_size for d in (out, ct2_export("gpt2")))
+    assert size < {"int8": 0.35, "int16": 0.6}[stored] * fp32_size
+    rt = make_runtime(load_artifact(str(out)), threads=2)
+    assert len(rt.greedy_generate(PROMPTS[0], 8)) == 8
+
+
+def test_the_latency_scenarios_run_on_an_engine_that_keeps_its_cache(ct2_export):
+    rt = make_runtime(load_artifact(str(ct2_export("llama", "int8"))), threads=2)
+    decode = decode_latency(rt, context=16, new_tokens=8, repeats=2)
+    assert decode.params["repeats"] == 2
+    assert {m.name for m in decode.measurements} == {"decode_ms_per_token"}
+    generate = generate_latency(rt, prompt_len=16, new_tokens=8, repeats=2)
+    assert {m.name for m in generate.measurements} >= {"ttft_ms", "tpot_ms", "tokens_per_s"}
+    prefill = prefill_latency(rt, seq_len=16, min_seconds=0.0)
+    assert all(m.median > 0 for s in (decode, generate, prefill) for m in s.measurements)
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        generate_latency(rt, prompt_len=16, new_tokens=8, repeats=1, batch=2)
+
+
+def test_refusals(family_dirs, family_exports, tmp_path, capsys, monkeypatch):
+    gpt2 = str(family_dirs["gpt2"])
+    with pytest.raises(UsageError, match="quantization must be one of float32, int8"):
+        run_step("export_ctranslate2", {"quantization": "int4"}, gpt2, tmp_path / "int4")
+    with pytest.raises(UsageError, match="export_ctranslate2 needs a float32 torch model; "
+                                         ".* is an ONNX artifact"):
+        run_step("export_ctranslate2", {}, str(family_exports("gpt2")), tmp_path / "onnx")
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if the extra were missing
+    capsys.readouterr()
+    code = main(["compress", gpt2, "--step", "export_ctranslate2", "--out",
+                 str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'slimbench[ctranslate2]'" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
