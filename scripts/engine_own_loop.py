@@ -1,15 +1,18 @@
-"""slimbench's OpenVINO runtime against OpenVINO's own generate loop (OpenVINO GenAI's
-``LLMPipeline``) on one OpenVINO artifact: decode ms/token of each, rounds interleaved in one
-process, so that the runtime slimbench measures is shown to run at the speed users deploy.
+"""slimbench's runtime for an engine's artifact against that engine's own generate loop:
+decode ms/token of each, rounds interleaved in one process, so that the runtime slimbench
+measures is shown to run at the speed users deploy.
 
-    pip install openvino-genai openvino-tokenizers   # matching the installed openvino
-    python scripts/openvino_own_loop.py ARTIFACT [--prompt 128] [--new-tokens 64] [--rounds 5]
+    python scripts/engine_own_loop.py ARTIFACT [--prompt 128] [--new-tokens 64] [--rounds 5]
 
-GenAI gets a copy of the artifact's IR whose ``logits_index`` input (slimbench's: the
-positions that get logits) is the constant [-1], the last position, as slimbench's runtime
-compiles it for generation; GenAI cannot feed the input. Both run greedy on the same prompt ids with
-the same threads; the figure is the median over rounds of each side's mean step time after
-the first token.
+- OpenVINO: GenAI's ``LLMPipeline`` (``pip install openvino-genai openvino-tokenizers``,
+  matching the installed openvino) on a copy of the IR whose ``logits_index`` input is the
+  constant [-1], as slimbench's runtime compiles it for generation (GenAI cannot feed it);
+  its figure is GenAI's own time per output token.
+- CTranslate2: one ``generate_batch`` of n tokens, its decode time that of n tokens less that
+  of one, per token (the engine's loop with no Python between steps).
+
+Both sides run greedy on the same prompt ids with the same threads; each figure is the median
+over rounds of a side's mean step time after the first token.
 """
 
 from __future__ import annotations
@@ -51,13 +54,12 @@ def genai_copy(artifact: Path, out: Path) -> Path:
 
 
 def slimbench_round(rt, prompt: np.ndarray, new_tokens: int) -> float:
-    """Mean seconds per decode step of one greedy generation on slimbench's runtime."""
-    logits, past = rt.forward(prompt, last_only=True)
-    token = logits[:, -1:].argmax(-1)
+    """Mean seconds per decode step of one greedy generation on slimbench's runtime, by the
+    calls its latency scenarios time (``greedy_start``, ``greedy_step``)."""
+    token, state = rt.greedy_start(prompt)
     t0 = time.perf_counter()
     for _ in range(new_tokens - 1):
-        logits, past = rt.forward(token, past)
-        token = logits[:, -1:].argmax(-1)
+        token, state = rt.greedy_step(token, state)
     return (time.perf_counter() - t0) / (new_tokens - 1)
 
 
@@ -74,6 +76,34 @@ def genai_round(pipe, prompt: np.ndarray, new_tokens: int) -> float:
     return result.perf_metrics.get_tpot().mean / 1000
 
 
+def ct2_round(generator, tokens: list[str], new_tokens: int) -> float:
+    """CTranslate2's own loop: (time of n tokens - time of 1) / (n - 1)."""
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        generator.generate_batch([tokens], beam_size=1, sampling_topk=1, max_length=n,
+                                 min_length=n, include_prompt_in_result=False)
+        return time.perf_counter() - t0
+
+    return (run(new_tokens) - run(1)) / (new_tokens - 1)
+
+
+def own_loop(rt, loaded, prompt: np.ndarray, args, tmp: Path):
+    """(engine's name, one round of its own loop) for the runtime's engine."""
+    if rt.backend == "ctranslate2":
+        tokens = [rt.tokens[i] for i in prompt[0]]
+        return "CTranslate2 generate_batch", lambda: ct2_round(rt.generator, tokens,
+                                                               args.new_tokens)
+    if rt.backend != "openvino":
+        raise SystemExit(f"{args.artifact}: a {rt.backend} artifact; this script compares "
+                         "the openvino and ctranslate2 runtimes with their engines' loops")
+    import openvino_genai as og
+
+    pipe = og.LLMPipeline(str(genai_copy(args.artifact, tmp / "m")), "CPU",
+                          {"INFERENCE_NUM_THREADS": args.threads,
+                           "INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"})
+    return "GenAI LLMPipeline", lambda: genai_round(pipe, prompt, args.new_tokens)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact", type=Path)
@@ -82,17 +112,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    import openvino_genai as og
-
     loaded = load_artifact(str(args.artifact))
     rt = make_runtime(loaded, threads=args.threads)
     prompt = np.random.default_rng(0).integers(0, rt.vocab_size, (1, args.prompt))
-    with tempfile.TemporaryDirectory(prefix="ov-genai-") as tmp:
-        pipe = og.LLMPipeline(str(genai_copy(args.artifact, Path(tmp) / "m")), "CPU",
-                              {"INFERENCE_NUM_THREADS": args.threads,
-                               "INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"})
+    with tempfile.TemporaryDirectory(prefix="own-loop-") as tmp:
+        engine, own = own_loop(rt, loaded, prompt, args, Path(tmp))
         sides = {"slimbench": lambda: slimbench_round(rt, prompt, args.new_tokens),
-                 "genai": lambda: genai_round(pipe, prompt, args.new_tokens)}
+                 engine: own}
         for run in sides.values():  # warm-up
             run()
         times: dict[str, list[float]] = {k: [] for k in sides}
@@ -100,11 +126,10 @@ def main() -> None:
             for name in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
                 times[name].append(sides[name]())
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    print(f"{args.artifact.name}: decode ms/token, median of {args.rounds} interleaved rounds "
-          f"(prompt {args.prompt}, {args.new_tokens} new tokens, {args.threads} threads): "
-          f"slimbench {ms['slimbench']:.2f}, GenAI LLMPipeline {ms['genai']:.2f} "
-          f"(slimbench / GenAI {ms['slimbench'] / ms['genai']:.3f})")
-
+    print(f"{args.artifact.name} ({rt.backend}): decode ms/token, median of {args.rounds} "
+          f"interleaved rounds (prompt {args.prompt}, {args.new_tokens} new tokens, "
+          f"{args.threads} threads): slimbench {ms['slimbench']:.2f}, {engine} "
+          f"{ms[engine]:.2f} (slimbench / engine {ms['slimbench'] / ms[engine]:.3f})")
 
 if __name__ == "__main__":
     main()
