@@ -2,8 +2,9 @@
 stored as ``quantization`` says, by CTranslate2's own Transformers converter.
 
 The parent is saved as a Hugging Face folder first (a shape or a pruned model has none) and
-converted from there. A model without a tokenizer (a random-weight shape) gets a vocabulary
-of placeholder strings: slimbench feeds ids, which CTranslate2's generation takes as strings.
+converted from there. A model without a tokenizer (a random-weight shape) is converted with a
+tokenizer of placeholder strings: slimbench feeds ids, which CTranslate2's generation takes as
+strings (through the artifact's vocabulary).
 The audit counts the stored 2-D weights per type from ``model.bin`` itself; the parity
 compares CTranslate2's logits with the torch parent's.
 """
@@ -75,19 +76,39 @@ def convert(parent: LoadedModel, out: Path, quantization: str) -> None:
     """Write the CTranslate2 model of ``parent`` into ``out``."""
     ct2 = import_ctranslate2()
     with tempfile.TemporaryDirectory(prefix="slimbench-ct2-") as tmp:
-        save_model(parent.model, parent.tokenizer, Path(tmp))
-        # the converter's steps, not convert(): a model without a tokenizer needs its
-        # vocabulary completed between loading and validation (a private call, kept in one
-        # place; CTranslate2 4.x)
+        save_model(parent.model, parent.tokenizer or _placeholder_tokenizer(parent.model.config),
+                   Path(tmp))
+        # the converter's steps, not convert(): the vocabulary is fitted to the embedding
+        # between loading and validation (a private call, kept in one place; CTranslate2 4.x)
         spec = _converter(ct2)(tmp)._load()
         if spec is None:
             raise CompressionError("CTranslate2 cannot convert this model")
-        tokens = list(spec._vocabulary)
+        # a tokenizer with fewer tokens than embedding rows gets placeholders for the rest;
+        # tokens past the embedding (a loader's additions) can never be produced: dropped
         size = spec.get_vocabulary_size()
+        tokens = list(spec._vocabulary)[:size]
         spec.register_vocabulary(tokens + [f"<slimbench_{i}>" for i in range(len(tokens), size)])
         spec.validate()
         spec.optimize(quantization=quantization)
         spec.save(str(out))
+
+
+def _placeholder_tokenizer(config):
+    """A tokenizer of placeholder strings, one per id, for a model that has none (a
+    random-weight shape): the converter of every family loads one for the vocabulary and
+    the special tokens; slimbench feeds ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<slimbench_{i}>": i for i in range(config.vocab_size)}
+
+    def token(i) -> str:
+        return f"<slimbench_{i if isinstance(i, int) and 0 <= i < len(vocab) else 0}>"
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=token(0))),
+        bos_token=token(config.bos_token_id), eos_token=token(config.eos_token_id),
+        unk_token=token(0))
 
 
 def _converter(ct2):

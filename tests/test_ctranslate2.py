@@ -113,3 +113,15 @@ def test_refusals(family_dirs, family_exports, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'slimbench[ctranslate2]'" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_model_without_a_tokenizer_converts_and_runs_on_ids(tmp_path):
+    """A random-weight shape has no tokenizer: converted with placeholder token strings, it
+    runs on ids as the torch model does, and no tokenizer is written."""
+    spec = "shape:llama-135m:num_hidden_layers=1"
+    out = tmp_path / "ct2"
+    run_step("export_ctranslate2", {}, spec, out)
+    assert not (out / "tokenizer.json").exists()
+    ct2 = make_runtime(load_artifact(str(out)), threads=2)
+    torch_rt = make_runtime(load_artifact(spec))
+    assert ct2.greedy_generate(PROMPTS[1], 8) == torch_rt.greedy_generate(PROMPTS[1], 8)
