@@ -222,3 +222,22 @@ def make_run(tmp_path):
 def fuzz_run(tmp_path_factory):
     """One consistent run directory, the template the fuzz tests mutate copies of."""
     return _make_run(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """(step, parent path, **params) -> the step's artifact of that parent, built once per
+    session by ``run_step`` (tests only read it)."""
+    from slimbench.compress.steps import run_step
+
+    root = tmp_path_factory.mktemp("built")
+    done = {}
+
+    def get(step: str, parent, **params):
+        key = (step, str(parent), tuple(sorted(params.items())))
+        if key not in done:
+            done[key] = out = root / f"{step}-{len(done)}"
+            run_step(step, params, str(parent), out)
+        return done[key]
+
+    return get

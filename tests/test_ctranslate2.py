@@ -25,21 +25,11 @@ from slimbench.tasks.perplexity import perplexity
 PROMPTS = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
 
 
-@pytest.fixture(scope="module")
-def ct2_export(family_dirs, tmp_path_factory):
+@pytest.fixture
+def ct2_export(family_dirs, built):
     """(family, quantization="float32") -> its CTranslate2 artifact, built once."""
-    root = tmp_path_factory.mktemp("ct2")
-    done = {}
-
-    def get(family: str, quantization: str = "float32"):
-        if (family, quantization) not in done:
-            out = root / f"{family}-{quantization}"
-            run_step("export_ctranslate2", {"quantization": quantization},
-                     str(family_dirs[family]), out)
-            done[family, quantization] = out
-        return done[family, quantization]
-
-    return get
+    return lambda family, quantization="float32": built(
+        "export_ctranslate2", family_dirs[family], quantization=quantization)
 
 
 def test_fp32_runs_as_torch_does(family, family_dirs, ct2_export, tmp_path):

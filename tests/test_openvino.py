@@ -22,22 +22,11 @@ from slimbench.tasks.perplexity import perplexity
 PROMPTS = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
 
 
-@pytest.fixture(scope="module")
-def ov_export(family_exports, tmp_path_factory):
+@pytest.fixture
+def ov_export(family_exports, built):
     """(family, weights="float32", **params) -> its OpenVINO artifact, built once."""
-    root = tmp_path_factory.mktemp("openvino")
-    done = {}
-
-    def get(family: str, weights: str = "float32", **params):
-        key = (family, weights, tuple(sorted(params.items())))
-        if key not in done:
-            out = root / f"{family}-{weights}-{len(done)}"
-            run_step("export_openvino", {"weights": weights, **params},
-                     str(family_exports(family)), out)
-            done[key] = out
-        return done[key]
-
-    return get
+    return lambda family, weights="float32", **params: built(
+        "export_openvino", family_exports(family), weights=weights, **params)
 
 
 def test_fp32_runs_as_torch_does(family, family_dirs, ov_export):
