@@ -115,3 +115,21 @@ def test_a_model_without_a_tokenizer_converts_and_runs_on_ids(tmp_path):
     ct2 = make_runtime(load_artifact(str(out)), threads=2)
     torch_rt = make_runtime(load_artifact(spec))
     assert ct2.greedy_generate(PROMPTS[1], 8) == torch_rt.greedy_generate(PROMPTS[1], 8)
+
+
+def test_a_cell_reports_the_batches_the_engine_cannot_time_as_na(ct2_export):
+    """A sweep with batches: CTranslate2 times batch 1, and the cell says n/a, with the
+    reason, for the rest (not a failed cell, not a faked figure)."""
+    from slimbench.bench.measure.cell import LatencyConfig, measure_latency
+
+    loaded = load_artifact(str(ct2_export("gpt2")))
+    rt = make_runtime(loaded, threads=2)
+    cfg = LatencyConfig(prefill=(8,), decode_contexts=(8,), new_tokens=4, generate_prompt=8,
+                        generate_batches=(1, 2), batches=(1, 4), repeats=1, min_seconds=0.0)
+    out = measure_latency(rt, loaded, cfg, "cpu")
+    tags = {(s.scenario, s.tag) for s in out.latency.scenarios}
+    assert ("generate", "8") in tags and ("generate", "8x2") not in tags
+    assert ("prefill", "8") in tags and ("prefill", "8x4") not in tags
+    na = [w for w in out.warnings if ": n/a: " in w]
+    assert sorted(w.split(":")[0] for w in na) == ["generate@8x2", "prefill@8x4"]
+    assert all("streams one prompt at a time" in w for w in na)

@@ -199,15 +199,25 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> Ce
     results += [scenarios.decode_latency(rt, c, cfg.new_tokens, cfg.repeats,
                                          min_seconds=cfg.min_seconds)
                 for c in cfg.decode_contexts]
+    # what the engine cannot time is declared and reported n/a, never imitated
+    limit, why = getattr(rt, "stepped_batch_limit", None), getattr(rt, "stepped_batch_why", "")
+    not_timed = []
+
+    def timed(batches, what: str) -> tuple[int, ...]:
+        kept = tuple(b for b in batches if limit is None or b <= limit)
+        not_timed.extend(f"{what}x{b}: n/a: {why}" for b in batches if b not in kept)
+        return kept
+
     if cfg.generate_prompt:
         # batch 1 is the plain generate scenario (tag "64"); each further batch of the sweep
         # adds one tagged "64x8", so the batch-1 point is measured once, whatever the sweep
-        batches = tuple(dict.fromkeys((1, *cfg.generate_batches)))
+        batches = timed(tuple(dict.fromkeys((1, *cfg.generate_batches))),
+                        f"generate@{cfg.generate_prompt}")
         results += scenarios.generate_sweep(rt, cfg.generate_prompt, batches, cfg.new_tokens,
                                             cfg.repeats, min_seconds=cfg.min_seconds)
-    if cfg.batches:
-        results += scenarios.batch_sweep(rt, cfg.prefill[0], tuple(cfg.batches),
-                                         cfg.min_seconds)
+    kept = timed(tuple(cfg.batches or ()), f"prefill@{cfg.prefill[0]}") if cfg.batches else ()
+    if kept:
+        results += scenarios.batch_sweep(rt, cfg.prefill[0], kept, cfg.min_seconds)
     env = environment.capture(bandwidth=True, seeds={"inputs": 0})
     weights = loaded.info.bytes_on_disk
     if weights and device == "cpu":
@@ -219,7 +229,7 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> Ce
                 s.derived["floor_fraction"] = floor_ms / s.measurement(
                     "decode_ms_per_token").median
     warnings = [f"{s.scenario}@{s.tag} {m.name}: {w}" for s in results for m in s.measurements
-                for w in m.warnings]
+                for w in m.warnings] + not_timed
     placement = rt.placement()
     if placement and placement.fallback_nodes:
         warnings.append(f"{placement.fallback_nodes} ONNX nodes ran on a fallback "

@@ -77,6 +77,10 @@ class RuntimeBase(abc.ABC):
     batch_invariant = True
     # False for an engine whose KV cache stays inside its own generator (CausalLM)
     external_cache = True
+    # the largest batch greedy_start / greedy_step take (None: any), and why; the cell
+    # reports larger sweep points n/a with the reason
+    stepped_batch_limit: int | None = None
+    stepped_batch_why = ""
 
     @abc.abstractmethod
     def forward(self, input_ids: Any, past: Any = None, keep_cache: bool = True,

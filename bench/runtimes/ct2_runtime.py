@@ -62,6 +62,9 @@ class Ct2Runtime(ForwardScoring, RuntimeBase):
     backend = "ctranslate2"
     batched_generation = True
     external_cache = False
+    stepped_batch_limit = 1
+    stepped_batch_why = ("CTranslate2 streams one prompt at a time: a batch's per-step times "
+                         "are not offered")
 
     def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
         self.ct2 = loaded.model
@@ -111,8 +114,7 @@ class Ct2Runtime(ForwardScoring, RuntimeBase):
         """See ``CausalLM.greedy_start``; one prompt (a (1, T) batch) at a time."""
         ids = np.asarray(prompt.cpu() if hasattr(prompt, "cpu") else prompt, dtype=np.int64)
         if ids.shape[0] != 1:
-            raise ValueError("CTranslate2 streams one prompt at a time: a batch's per-step "
-                             "times are not offered (greedy_generate_batch generates it)")
+            raise ValueError(f"{self.stepped_batch_why} (greedy_generate_batch generates it)")
         _close(self._open)
         tokens, permit, closed = queue.Queue(), threading.Semaphore(0), threading.Event()
 
