@@ -242,7 +242,7 @@ def _load_openvino(path: Path, spec: str, manifest: Manifest,
     from slimbench.compress.openvino_model import OV_BIN, OV_XML, OvModel
 
     config = AutoConfig.from_pretrained(path)
-    info = _engine_info(path, spec, manifest, opts, "OpenVINO", config,
+    info = _engine_info(path, spec, manifest, opts, "an OpenVINO", config,
                         [path / OV_XML, path / OV_BIN])
     return LoadedModel(OvModel(path / OV_XML, config), _tokenizer(path, opts), info, manifest)
 
@@ -252,7 +252,7 @@ def _load_ctranslate2(path: Path, spec: str, manifest: Manifest,
     from slimbench.compress.ctranslate2_model import CT2_BIN, CT2_VOCAB, HF_CONFIG, Ct2Model
 
     config = AutoConfig.from_pretrained(path / HF_CONFIG)
-    info = _engine_info(path, spec, manifest, opts, "CTranslate2", config,
+    info = _engine_info(path, spec, manifest, opts, "a CTranslate2", config,
                         [path / CT2_BIN, path / CT2_VOCAB])
     return LoadedModel(Ct2Model(path, config), _tokenizer(path, opts), info, manifest)
 
@@ -261,7 +261,7 @@ def _engine_info(path: Path, spec: str, manifest: Manifest, opts: LoadOptions, e
                  config, files: list[Path]) -> Artifact:
     """The record of an artifact another engine runs (its formats fixed at export, cpu)."""
     if opts.device != "cpu" or opts.dtype not in (None, "float32"):
-        raise UsageError(f"{spec!r} is an {engine} artifact: it runs on cpu, its dtype fixed "
+        raise UsageError(f"{spec!r} is {engine} artifact: it runs on cpu, its dtype fixed "
                          f"at export (got --device {opts.device}, --dtype {opts.dtype})")
     h = hashlib.sha256()
     for f in files:  # the bytes measured: the model and what it reads with it

@@ -89,7 +89,12 @@ def test_the_latency_scenarios_run_on_an_engine_that_keeps_its_cache(ct2_export)
         generate_latency(rt, prompt_len=16, new_tokens=8, repeats=1, batch=2)
 
 
-def test_refusals(family_dirs, family_exports, tmp_path, capsys, monkeypatch):
+def test_refusals(family_dirs, family_exports, ct2_export, tmp_path, capsys, monkeypatch):
+    from slimbench.compress.loader import LoadOptions
+
+    with pytest.raises(UsageError, match="is a CTranslate2 artifact: it runs on cpu, its dtype "
+                                         "fixed at export"):
+        load_artifact(str(ct2_export("gpt2")), LoadOptions(dtype="bfloat16"))
     gpt2 = str(family_dirs["gpt2"])
     with pytest.raises(UsageError, match="quantization must be one of float32, int8"):
         run_step("export_ctranslate2", {"quantization": "int4"}, gpt2, tmp_path / "int4")

@@ -113,7 +113,12 @@ def test_sequences_under_way_keep_their_own_cache(ov_export):
     rt.forward(np.array([[12]]), pa2)
 
 
-def test_refusals(family_exports, tmp_path, capsys, monkeypatch):
+def test_refusals(family_exports, ov_export, tmp_path, capsys, monkeypatch):
+    from slimbench.compress.loader import LoadOptions
+
+    with pytest.raises(UsageError, match="is an OpenVINO artifact: it runs on cpu, its dtype "
+                                         "fixed at export"):
+        load_artifact(str(ov_export("llama")), LoadOptions(dtype="float16"))
     llama = str(family_exports("llama"))
     with pytest.raises(UsageError, match="group_size 48 does not divide .* choose a divisor"):
         run_step("export_openvino", {"weights": "int4_sym", "group_size": 48}, llama,
