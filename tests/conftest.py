@@ -241,3 +241,36 @@ def built(tmp_path_factory):
         return done[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def runs_as_torch():
+    """(artifact dir, parent dir, backend) -> None: asserts that the artifact's runtime is its
+    fp32 torch parent: perplexity within 1e-4 relative, greedy tokens identical one prompt at
+    a time and batched, log-probs within 1e-4 (the bar for another engine's fp32 export)."""
+    import numpy as np
+
+    from slimbench.bench.runtimes import make_runtime
+    from slimbench.compress.loader import load_artifact
+    from slimbench.tasks.evalsets import load_evalset
+    from slimbench.tasks.perplexity import perplexity
+
+    prompts = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
+
+    def check(artifact, parent_dir, backend: str) -> None:
+        rt = make_runtime(load_artifact(str(artifact)), threads=2)
+        parent = load_artifact(str(parent_dir))
+        torch_rt = make_runtime(parent)
+        assert rt.backend == backend and rt.vocab_size == torch_rt.vocab_size
+        texts = [r["text"] for r in load_evalset("lm_stdlib", limit=8)]
+        want = perplexity(torch_rt, parent.tokenizer, texts).perplexity
+        assert perplexity(rt, parent.tokenizer, texts).perplexity == pytest.approx(want,
+                                                                                   rel=1e-4)
+        greedy = [torch_rt.greedy_generate(p, 16) for p in prompts]
+        assert [rt.greedy_generate(p, 16) for p in prompts] == greedy
+        assert rt.greedy_generate_batch(prompts, 16) == greedy
+        for a, b in zip(rt.token_logprobs(prompts[:2]), torch_rt.token_logprobs(prompts[:2]),
+                        strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+
+    return check

@@ -7,7 +7,6 @@ A test taking ``family`` runs once per family of tests/conftest.py.
 
 import sys
 
-import numpy as np
 import pytest
 
 from slimbench.bench.cli import main
@@ -19,8 +18,6 @@ from slimbench.compress.ctranslate2_model import CT2_BIN
 from slimbench.compress.loader import load_artifact
 from slimbench.compress.steps import run_step
 from slimbench.errors import UsageError
-from slimbench.tasks.evalsets import load_evalset
-from slimbench.tasks.perplexity import perplexity
 
 PROMPTS = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
 
@@ -32,7 +29,7 @@ def ct2_export(family_dirs, built):
         "export_ctranslate2", family_dirs[family], quantization=quantization)
 
 
-def test_fp32_runs_as_torch_does(family, family_dirs, ct2_export, tmp_path):
+def test_fp32_runs_as_torch_does(family, family_dirs, ct2_export, tmp_path, runs_as_torch):
     """fp32: perplexity within 1e-4 relative of torch's, greedy tokens identical one prompt
     at a time and in a batch, log-probs within 1e-4 (a family CTranslate2 cannot convert is
     refused before any work, by name)."""
@@ -45,19 +42,7 @@ def test_fp32_runs_as_torch_does(family, family_dirs, ct2_export, tmp_path):
     manifest = read_manifest(out)
     assert manifest.format == "ctranslate2" and manifest.recipe == ["export_ctranslate2"]
     assert manifest.report["parity"]["max_abs_logit_diff"] <= 1e-4
-    ct2 = make_runtime(load_artifact(str(out)), threads=2)
-    parent = load_artifact(str(family_dirs[family]))
-    torch_rt = make_runtime(parent)
-    assert ct2.backend == "ctranslate2" and ct2.vocab_size == torch_rt.vocab_size
-    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=8)]
-    want = perplexity(torch_rt, parent.tokenizer, texts).perplexity
-    assert perplexity(ct2, parent.tokenizer, texts).perplexity == pytest.approx(want, rel=1e-4)
-    greedy = [torch_rt.greedy_generate(p, 16) for p in PROMPTS]
-    assert [ct2.greedy_generate(p, 16) for p in PROMPTS] == greedy
-    assert ct2.greedy_generate_batch(PROMPTS, 16) == greedy
-    for a, b in zip(ct2.token_logprobs(PROMPTS[:2]), torch_rt.token_logprobs(PROMPTS[:2]),
-                    strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    runs_as_torch(out, family_dirs[family], "ctranslate2")
 
 
 @pytest.mark.parametrize("quantization, stored", [("int8", "int8"), ("int8_float32", "int8"),

@@ -29,7 +29,7 @@ def ov_export(family_exports, built):
         "export_openvino", family_exports(family), weights=weights, **params)
 
 
-def test_fp32_runs_as_torch_does(family, family_dirs, ov_export):
+def test_fp32_runs_as_torch_does(family, family_dirs, ov_export, runs_as_torch):
     """fp32: perplexity within 1e-4 relative of torch's, greedy tokens identical one prompt
     at a time and in a left-padded batch, the cache inside the request."""
     out = ov_export(family)
@@ -39,19 +39,7 @@ def test_fp32_runs_as_torch_does(family, family_dirs, ov_export):
     assert audit["compressed_matmuls"] == 0 and audit["weight_matmuls"] > 0
     assert audit["stateful_variables"] == 2 * 2  # key and value of each of 2 blocks
     assert manifest.report["parity"]["max_abs_logit_diff"] <= 1e-4
-    ov = make_runtime(load_artifact(str(out)), threads=2)
-    parent = load_artifact(str(family_dirs[family]))
-    torch_rt = make_runtime(parent)
-    assert ov.backend == "openvino" and ov.vocab_size == torch_rt.vocab_size
-    texts = [r["text"] for r in load_evalset("lm_stdlib", limit=8)]
-    want = perplexity(torch_rt, parent.tokenizer, texts).perplexity
-    assert perplexity(ov, parent.tokenizer, texts).perplexity == pytest.approx(want, rel=1e-4)
-    greedy = [torch_rt.greedy_generate(p, 16) for p in PROMPTS]
-    assert [ov.greedy_generate(p, 16) for p in PROMPTS] == greedy
-    assert ov.greedy_generate_batch(PROMPTS, 16) == greedy
-    for a, b in zip(ov.token_logprobs(PROMPTS[:2]), torch_rt.token_logprobs(PROMPTS[:2]),
-                    strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    runs_as_torch(out, family_dirs[family], "openvino")
 
 
 @pytest.mark.parametrize("weights", ["int8_asym", "int8_sym", "int4_sym", "int4_asym"])
