@@ -15,23 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from slimbench.errors import UsageError
+from slimbench.extras import import_extra
 
 CT2_BIN = "model.bin"
 CT2_VOCAB = "vocabulary.json"
 HF_CONFIG = "hf_config"  # the folder of the Hugging Face config (config.json is CTranslate2's)
-EXTRA = "pip install 'slimbench[ctranslate2]'"
 # model.bin's type ids (CTranslate2's DataType enum, include/ctranslate2/types.h)
 _TYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 
 
 def import_ctranslate2():
     """The ``ctranslate2`` module, or one line naming the extra that installs it."""
-    try:
-        import ctranslate2
-    except ImportError:
-        raise UsageError(f"CTranslate2 is not installed; {EXTRA}") from None
-    return ctranslate2
+    return import_extra("ctranslate2", "ctranslate2", "CTranslate2")
 
 
 @dataclasses.dataclass

@@ -35,6 +35,7 @@ from slimbench.compress.parity import parity, reference_prompts
 from slimbench.compress.step_io import copy_side_files
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
+from slimbench.extras import import_extra
 from slimbench.schema.codec import Typed
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,7 @@ def compress(model, config: ExportOpenvinoConfig):
     mode = WEIGHT_MODES[config.weights]
     if mode is None:
         return model
-    try:
-        import nncf
-    except ImportError:
-        raise UsageError("NNCF is not installed; pip install 'slimbench[openvino]'") from None
+    nncf = import_extra("nncf", "openvino", "NNCF")
     # NNCF prints a table and a progress bar per call: quiet unless -v
     nncf.set_log_level(logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR)
     kwargs = {}

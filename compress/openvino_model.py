@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from slimbench.compress.onnx_model import LOGITS_INDEX, MASK, POSITIONS, positions_from_mask
-from slimbench.errors import UsageError
+from slimbench.extras import import_extra
 
 OV_XML = "openvino_model.xml"
 OV_BIN = "openvino_model.bin"
 BEAM_IDX = "beam_idx"  # which cache row each row continues (export_openvino's make_stateful)
-EXTRA = "pip install 'slimbench[openvino]'"
 # compiled as the artifact is: float32 compute and cache (see the module docstring)
 PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
               "KV_CACHE_PRECISION": "f32"}
@@ -32,11 +31,7 @@ PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
 
 def import_openvino():
     """The ``openvino`` module, or one line naming the extra that installs it."""
-    try:
-        import openvino
-    except ImportError:
-        raise UsageError(f"OpenVINO is not installed; {EXTRA}") from None
-    return openvino
+    return import_extra("openvino", "openvino", "OpenVINO")
 
 
 @dataclasses.dataclass

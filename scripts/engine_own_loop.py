@@ -87,7 +87,7 @@ def ct2_round(generator, tokens: list[str], new_tokens: int) -> float:
     return (run(new_tokens) - run(1)) / (new_tokens - 1)
 
 
-def own_loop(rt, loaded, prompt: np.ndarray, args, tmp: Path):
+def own_loop(rt, prompt: np.ndarray, args, tmp: Path):
     """(engine's name, one round of its own loop) for the runtime's engine."""
     if rt.backend == "ctranslate2":
         tokens = [rt.tokens[i] for i in prompt[0]]
@@ -112,11 +112,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    loaded = load_artifact(str(args.artifact))
-    rt = make_runtime(loaded, threads=args.threads)
+    rt = make_runtime(load_artifact(str(args.artifact)), threads=args.threads)
     prompt = np.random.default_rng(0).integers(0, rt.vocab_size, (1, args.prompt))
     with tempfile.TemporaryDirectory(prefix="own-loop-") as tmp:
-        engine, own = own_loop(rt, loaded, prompt, args, Path(tmp))
+        engine, own = own_loop(rt, prompt, args, Path(tmp))
         sides = {"slimbench": lambda: slimbench_round(rt, prompt, args.new_tokens),
                  engine: own}
         for run in sides.values():  # warm-up

@@ -94,8 +94,9 @@ def test_sequences_under_way_keep_their_own_cache(ov_export):
     rt.forward(np.array([[1, 2, 3, 4, 5, 6]]), keep_cache=False)
     sa, pa2 = rt.forward(np.array([[11]]), pa)
     sb, _ = rt.forward(np.array([[11]]), pb)
-    np.testing.assert_allclose(sa, alone["a"], atol=1e-6)
-    np.testing.assert_allclose(sb, alone["b"], atol=1e-6)
+    # the same graph on the same inputs: equal but for reduction order, 64-term fp32 sums
+    np.testing.assert_allclose(sa, alone["a"], atol=1e-5)
+    np.testing.assert_allclose(sb, alone["b"], atol=1e-5)
     with pytest.raises(ValueError, match="stale or mismatched KV cache"):
         rt.forward(np.array([[12]]), pa)  # pa2 is its sequence's newest
     rt.forward(np.array([[12]]), pa2)

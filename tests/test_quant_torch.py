@@ -120,7 +120,8 @@ def test_int8_embeddings_cost_little_quality_on_the_reference(tmp_path, referenc
     out = tmp_path / "ref-int8-emb"
     manifest = run_step("torch_dynamic_int8", {"include_embeddings": True}, "reference", out)
     assert manifest.report["dtypes"]["embeddings"] == "int8 (per row)"
-    assert manifest.report["parity"]["top1_agreement"] >= 0.9
+    # 0.96 here (AMX); int8 GEMMs differ by ISA (AVX2, VNNI, AMX): a margin, not one machine's
+    assert manifest.report["parity"]["top1_agreement"] >= 0.85
     loaded = load_artifact(str(out))
     head, emb = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
     assert torch.equal(head.weight().dequantize(), emb.weight().dequantize())  # still tied

@@ -215,7 +215,7 @@ def measure_latency(rt: CausalLM, loaded, cfg: LatencyConfig, device: str) -> Ce
                         f"generate@{cfg.generate_prompt}")
         results += scenarios.generate_sweep(rt, cfg.generate_prompt, batches, cfg.new_tokens,
                                             cfg.repeats, min_seconds=cfg.min_seconds)
-    kept = timed(tuple(cfg.batches or ()), f"prefill@{cfg.prefill[0]}") if cfg.batches else ()
+    kept = timed(tuple(cfg.batches), f"prefill@{cfg.prefill[0]}") if cfg.batches else ()
     if kept:
         results += scenarios.batch_sweep(rt, cfg.prefill[0], kept, cfg.min_seconds)
     env = environment.capture(bandwidth=True, seeds={"inputs": 0})
