@@ -108,10 +108,17 @@ def test_closing_cancels_what_is_still_running(cluster):
 
     from slimbench.bench.orchestrate.search_ray import RaySearchExecutor
 
-    executor = RaySearchExecutor("auto")  # the module's cluster: close() leaves it up
-    ref = cluster.remote(_sleep).remote(120)
-    executor.running = {ref: (SimpleNamespace(name="c01"), "latency")}
-    executor.close()
-    with pytest.raises(cluster.exceptions.TaskCancelledError):
-        cluster.get(ref, timeout=60)
-    assert executor.running == {} and cluster.is_initialized()
+    # tasks closed on at once, as they are being handed to workers: a cancel that reaches a
+    # task its worker has not started yet can be lost in Ray, and close() must not lose it
+    for _ in range(5):
+        executor = RaySearchExecutor("auto")  # the module's cluster: close() leaves it up
+        refs = [cluster.remote(_sleep).remote(120) for _ in range(3)]
+        executor.running = {r: (SimpleNamespace(name=f"c0{i}"), "latency")
+                            for i, r in enumerate(refs)}
+        executor.close()
+        done, _ = cluster.wait(refs, num_returns=len(refs), timeout=0)
+        assert len(done) == len(refs)  # ended when close() returns, not 120 s later
+        for ref in refs:
+            with pytest.raises(cluster.exceptions.TaskCancelledError):
+                cluster.get(ref, timeout=1)
+        assert executor.running == {} and cluster.is_initialized()

@@ -57,6 +57,30 @@ SLOT = ray_cluster.SLOT
 QUALITY_SHARE = 0.01  # of a node's latency slot per quality-only cell: up to 100 pack
 NO_GPU = "no CUDA GPU in the Ray cluster (no alive node offers a GPU)"
 POLL_S = 0.5  # how long the driver waits for a result at a time: Ctrl-C is handled between
+CANCEL_S = 15.0  # how long cancelling waits for the cancelled tasks to end
+
+
+def cancel_tasks(ray, refs, deadline_s: float = CANCEL_S) -> list:
+    """Force-cancel every task of ``refs`` and wait until each has ended; return those still
+    not ended after ``deadline_s``.
+
+    One ``ray.cancel`` is not enough: a task that its worker has received but not yet started
+    can miss the cancel and run on to its end (ray-project/ray#24359, #46157), so the cancel
+    is repeated for whatever has not ended while the deadline lasts.
+    """
+    import time
+
+    pending, end = list(refs), time.monotonic() + deadline_s
+    while pending:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as e:  # noqa: BLE001 - a task that ended meanwhile
+                log.info("cancelling %s: %s", ref, e)
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        if time.monotonic() > end:
+            break
+    return pending
 
 
 def latency_suite(suite: Suite) -> bool:
@@ -269,14 +293,13 @@ class RayExecutor:
             self._collect(job, running, done, bar, wait=False)
         except BaseException as e:  # noqa: BLE001 - cancelling matters more than these
             log.warning("could not write every finished cell: %s", e)
-        for ref in running:
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception as e:  # noqa: BLE001 - a task that ended meanwhile
-                log.info("cancelling %s: %s", running[ref].id, e)
+        left = cancel_tasks(self.ray, running)
         if running:
             job.say(f"cancelled {len(running)} cell(s) still queued or running on the Ray "
                     f"cluster: {', '.join(h.id for h in running.values())}")
+        if left:
+            log.warning("%d cell(s) did not end within %gs of cancelling: %s", len(left),
+                        CANCEL_S, ", ".join(running[r].id for r in left))
 
 
 def _run_cell_task():

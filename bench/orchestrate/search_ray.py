@@ -31,7 +31,14 @@ import time
 from typing import Any
 
 from slimbench import __version__
-from slimbench.bench.orchestrate.ray_executor import QUALITY_SHARE, SLOT, RayExecutor, node_path
+from slimbench.bench.orchestrate.ray_executor import (
+    CANCEL_S,
+    QUALITY_SHARE,
+    SLOT,
+    RayExecutor,
+    cancel_tasks,
+    node_path,
+)
 from slimbench.bench.orchestrate.search_stages import OBJECTIVES, Stages
 from slimbench.errors import SlimbenchError, UsageError
 
@@ -111,14 +118,14 @@ class RaySearchExecutor(RayExecutor):
 
     def close(self) -> None:
         """Cancel whatever is still queued or running, then disconnect."""
-        for ref, (rec, stage) in list(getattr(self, "running", {}).items()):
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception as e:  # noqa: BLE001 - a task that ended meanwhile
-                log.info("cancelling %s's %s: %s", rec.name, stage, e)
-        if getattr(self, "running", None):
+        running = getattr(self, "running", None) or {}
+        if running:
+            left = cancel_tasks(self.ray, running)
             log.warning("cancelled %d task(s) still queued or running on the Ray cluster: %s",
-                        len(self.running), ", ".join(r.name for r, _ in self.running.values()))
+                        len(running), ", ".join(r.name for r, _ in running.values()))
+            if left:
+                log.warning("%d task(s) did not end within %gs of cancelling: %s", len(left),
+                            CANCEL_S, ", ".join(running[r][0].name for r in left))
             self.running = {}
         super().close()
 
