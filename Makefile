@@ -15,7 +15,7 @@ CHROMIUM := $(shell command -v chromium || command -v chromium-browser || comman
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,lmeval,ray,openvino,ctranslate2]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,lmeval,ray,openvino,ctranslate2,genai]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,6 +27,7 @@ from slimbench.compress.ctranslate2_model import (
 from slimbench.compress.loader import LoadedModel
 from slimbench.compress.manifest import StepReport
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.placeholder_tokenizer import placeholder_tokenizer
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
@@ -76,7 +77,7 @@ def convert(parent: LoadedModel, out: Path, quantization: str) -> None:
     """Write the CTranslate2 model of ``parent`` into ``out``."""
     ct2 = import_ctranslate2()
     with tempfile.TemporaryDirectory(prefix="slimbench-ct2-") as tmp:
-        save_model(parent.model, parent.tokenizer or _placeholder_tokenizer(parent.model.config),
+        save_model(parent.model, parent.tokenizer or placeholder_tokenizer(parent.model.config),
                    Path(tmp))
         # the converter's steps, not convert(): the vocabulary is fitted to the embedding
         # between loading and validation (a private call, kept in one place; CTranslate2 4.x)
@@ -91,24 +92,6 @@ def convert(parent: LoadedModel, out: Path, quantization: str) -> None:
         spec.validate()
         spec.optimize(quantization=quantization)
         spec.save(str(out))
-
-
-def _placeholder_tokenizer(config):
-    """A tokenizer of placeholder strings, one per id, for a model that has none (a
-    random-weight shape): the converter of every family loads one for the vocabulary and
-    the special tokens; slimbench feeds ids."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"<slimbench_{i}>": i for i in range(config.vocab_size)}
-
-    def token(i) -> str:
-        return f"<slimbench_{i if isinstance(i, int) and 0 <= i < len(vocab) else 0}>"
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=token(0))),
-        bos_token=token(config.bos_token_id), eos_token=token(config.eos_token_id),
-        unk_token=token(0))
 
 
 def _converter(ct2):

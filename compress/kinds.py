@@ -20,6 +20,7 @@ KINDS = {
     "onnx": "an ONNX artifact",
     "openvino": "an OpenVINO artifact",
     "ctranslate2": "a CTranslate2 artifact",
+    "genai": "an ONNX Runtime GenAI artifact",
 }
 
 
@@ -31,7 +32,7 @@ def spec_kind(spec: str) -> str:
     manifest = read_manifest(path)
     if manifest is None:
         return "torch"
-    if manifest.format in ("onnx", "openvino", "ctranslate2"):
+    if manifest.format in ("onnx", "openvino", "ctranslate2", "genai"):
         return manifest.format
     if manifest.load_transform:
         return "torch-int8"

@@ -182,6 +182,8 @@ def _load_local(path: Path, spec: str, opts: LoadOptions) -> LoadedModel:
         return _load_openvino(path, spec, manifest, opts)
     if manifest.format == "ctranslate2":
         return _load_ctranslate2(path, spec, manifest, opts)
+    if manifest.format == "genai":
+        return _load_genai(path, spec, manifest, opts)
     transform = manifest.load_transform
     if transform and (opts.device != "cpu" or opts.dtype not in (None, "float32")):
         raise UsageError(f"{spec!r} is a {transform} artifact: it runs on cpu in float32 only")
@@ -255,6 +257,16 @@ def _load_ctranslate2(path: Path, spec: str, manifest: Manifest,
     info = _engine_info(path, spec, manifest, opts, "a CTranslate2", config,
                         [path / CT2_BIN, path / CT2_VOCAB])
     return LoadedModel(Ct2Model(path, config), _tokenizer(path, opts), info, manifest)
+
+
+def _load_genai(path: Path, spec: str, manifest: Manifest, opts: LoadOptions) -> LoadedModel:
+    from slimbench.compress.genai_model import GENAI_CONFIG, GENAI_ONNX, GenaiModel
+
+    config = AutoConfig.from_pretrained(path)
+    files = [path / GENAI_CONFIG] + sorted(path / n for n in manifest.files
+                                          if n.startswith(GENAI_ONNX))
+    info = _engine_info(path, spec, manifest, opts, "an ONNX Runtime GenAI", config, files)
+    return LoadedModel(GenaiModel(path, config), _tokenizer(path, opts), info, manifest)
 
 
 def _engine_info(path: Path, spec: str, manifest: Manifest, opts: LoadOptions, engine: str,

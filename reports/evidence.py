@@ -83,7 +83,8 @@ def load_evidence(path: Path) -> dict[str, CellEvidence]:
             continue
         tasks = {task: ev for task, score in res.quality.items()
                  if (ev := _task_evidence(run_dir / "cells", task, score))}
-        fp = fingerprint(res.environment) if res.environment else recorded.get(res.cell.id)
+        fp = fingerprint(res.environment, res.cell.backend) if res.environment else \
+            recorded.get(res.cell.id)
         out[res.cell.id] = CellEvidence(fp, res.cell.artifact, tasks, res.cell.content_key,
                                         list(res.cell.recipe))
     return out

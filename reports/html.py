@@ -376,7 +376,8 @@ def render_html(run_dir: Path, name: str, baseline: str | None) -> Path:
     environment += [(f"package {k}", v) for k, v in (env.get("packages") or {}).items() if v]
     floors = {(c.cell.variant, c.cell.backend, c.cell.device): f for c in cells
               if c.status == "ok" and (f := _floor(c))}
-    fingerprints = {c.cell.id: fingerprint(c.environment) for c in cells if c.status == "ok"}
+    fingerprints = {c.cell.id: fingerprint(c.environment, c.cell.backend) for c in cells
+                    if c.status == "ok"}
     warnings += _environments_note(cells, fingerprints)
     columns, summary = _summary(rows, metrics, baselines, floors, fingerprints)
     html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(

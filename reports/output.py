@@ -53,7 +53,8 @@ def write_tables(run_dir: Path, baseline_variant: str | None = None) -> Written:
         if (run_dir / "suite.json").is_file() else None
     from slimbench.fingerprint import fingerprint
 
-    environments = {c.cell.id: fingerprint(c.environment) for c in cells if c.status == "ok"}
+    environments = {c.cell.id: fingerprint(c.environment, c.cell.backend) for c in cells
+                    if c.status == "ok"}
     results = ResultsFile(rows=rows, suite=suite, environments=environments)
     atomic.write_json(run_dir / "results.json", results.to_dict())
     atomic.write_text(run_dir / "results.csv", to_frame(rows).to_csv(index=False))

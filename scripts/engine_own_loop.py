@@ -10,6 +10,9 @@ measures is shown to run at the speed users deploy.
   its figure is GenAI's own time per output token.
 - CTranslate2: one ``generate_batch`` of n tokens, its decode time that of n tokens less that
   of one, per token (the engine's loop with no Python between steps).
+- ONNX Runtime GenAI: the loop of its documentation and examples, a ``Generator`` that
+  ``append_tokens`` the prompt and calls ``generate_next_token`` per token, sized to the
+  generation (slimbench's runtime sizes its generators to the model's positions).
 
 Both sides run greedy on the same prompt ids with the same threads; each figure is the median
 over rounds of a side's mean step time after the first token.
@@ -87,15 +90,32 @@ def ct2_round(generator, tokens: list[str], new_tokens: int) -> float:
     return (run(new_tokens) - run(1)) / (new_tokens - 1)
 
 
+def genai_own_round(model, prompt: np.ndarray, new_tokens: int) -> float:
+    """GenAI's own loop: mean seconds per ``generate_next_token`` after the first token."""
+    from slimbench.compress.genai_model import generator
+
+    g = generator(model, 1, prompt.shape[1] + new_tokens)
+    g.append_tokens(prompt.astype(np.int32))
+    g.generate_next_token()
+    t0 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        g.generate_next_token()
+    return (time.perf_counter() - t0) / (new_tokens - 1)
+
+
 def own_loop(rt, prompt: np.ndarray, args, tmp: Path):
     """(engine's name, one round of its own loop) for the runtime's engine."""
     if rt.backend == "ctranslate2":
         tokens = [rt.tokens[i] for i in prompt[0]]
         return "CTranslate2 generate_batch", lambda: ct2_round(rt.generator, tokens,
                                                                args.new_tokens)
+    if rt.backend == "genai":
+        return "GenAI Generator loop", lambda: genai_own_round(rt.model, prompt,
+                                                               args.new_tokens)
     if rt.backend != "openvino":
         raise SystemExit(f"{args.artifact}: a {rt.backend} artifact; this script compares "
-                         "the openvino and ctranslate2 runtimes with their engines' loops")
+                         "the openvino, ctranslate2 and genai runtimes with their engines' "
+                         "loops")
     import openvino_genai as og
 
     pipe = og.LLMPipeline(str(genai_copy(args.artifact, tmp / "m")), "CPU",

@@ -20,11 +20,17 @@ KERNEL_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_
               "amx_int8", "amx_bf16")
 # libraries whose kernels run during a measurement
 KERNEL_PACKAGES = ("torch", "onnxruntime-gpu", "onnxruntime", "transformers")
+# an engine's own libraries, held only for the cells that run on it: a torch cell's figures do
+# not change with OpenVINO's version (and a baseline made before the engine was installed
+# stays comparable)
+ENGINE_PACKAGES = {"openvino": ("openvino", "nncf"), "ctranslate2": ("ctranslate2",),
+                   "genai": ("onnxruntime-genai-cuda", "onnxruntime-genai")}
 
 
-def fingerprint(env: Environment | dict | None) -> dict | None:
+def fingerprint(env: Environment | dict | None, backend: str | None = None) -> dict | None:
     """``{"cpu", "isa", "threads", "gpu", "packages"}`` of an environment (None for none: a
-    figure with no environment cannot be shown comparable).
+    figure with no environment cannot be shown comparable); ``packages`` holds the engine's
+    own libraries too for a figure measured on ``backend`` (``ENGINE_PACKAGES``).
 
     ``env`` is the typed record or the mapping a document holds; a mapping is read with
     ``Environment.read``, which takes what fits of a record of any age or shape. The
@@ -39,7 +45,8 @@ def fingerprint(env: Environment | dict | None) -> dict | None:
             "isa": sorted(f for f in KERNEL_ISA if flags.get(f)),
             "threads": record.torch_threads,
             "gpu": record.gpu.name if record.gpu else None,
-            "packages": {p: record.packages.get(p) for p in KERNEL_PACKAGES
+            "packages": {p: record.packages.get(p)
+                         for p in KERNEL_PACKAGES + ENGINE_PACKAGES.get(backend, ())
                          if record.packages.get(p)}}
 
 

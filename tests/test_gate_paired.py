@@ -275,6 +275,23 @@ def test_fingerprint_of_a_real_and_of_a_malformed_environment():
     assert f"threads: {fp['threads']} -> {fp['threads'] + 1}" in differences(fp, other)
 
 
+def test_an_engines_own_libraries_are_held_for_its_cells_only():
+    """An OpenVINO cell's fingerprint holds the openvino and nncf versions (another version
+    is a kernel difference); a torch cell's does not, so a baseline made before an engine was
+    installed or upgraded stays comparable for the torch and ONNX Runtime cells."""
+    from slimbench.fingerprint import fingerprint, kernel_differences
+
+    env = {"cpu": {"model": "c"}, "packages": {"torch": "2.13.0", "openvino": "2025.4.0",
+                                               "nncf": "2.19.0", "ctranslate2": "4.8.5"}}
+    newer = env | {"packages": env["packages"] | {"openvino": "2026.0.0"}}
+    assert set(fingerprint(env, "openvino")["packages"]) == {"torch", "openvino", "nncf"}
+    assert set(fingerprint(env, "ctranslate2")["packages"]) == {"torch", "ctranslate2"}
+    assert set(fingerprint(env, "torch")["packages"]) == {"torch"}
+    assert kernel_differences(fingerprint(env, "openvino"), fingerprint(newer, "openvino")) \
+        == ["openvino: 2025.4.0 -> 2026.0.0"]
+    assert kernel_differences(fingerprint(env, "torch"), fingerprint(newer, "torch")) == []
+
+
 def test_identical_outputs_say_so(tmp_path):
     base = _run(tmp_path, "b", [_rouge_task(REFS)], _env())
     same = _run(tmp_path, "same", [_rouge_task(REFS)], _env())

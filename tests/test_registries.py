@@ -90,13 +90,13 @@ def test_listing_backends_and_families_imports_no_backend():
     code = ("import json, sys; from slimbench.bench.runtimes import RUNTIMES; "
             "names = RUNTIMES.names(); helps = [RUNTIMES.describe(n) for n in names]; "
             "print(json.dumps({'names': names, 'helps': helps, 'loaded': sorted(m for m in "
-            "('onnxruntime', 'openvino', 'ctranslate2', "
+            "('onnxruntime', 'openvino', 'ctranslate2', 'onnxruntime_genai', "
             "'slimbench.bench.runtimes.ort_runtime', 'slimbench.bench.runtimes.ov_runtime', "
-            "'slimbench.bench.runtimes.ct2_runtime', "
+            "'slimbench.bench.runtimes.ct2_runtime', 'slimbench.bench.runtimes.genai_runtime', "
             "'slimbench.bench.runtimes.torch_runtime') if m in sys.modules)}))")
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                     text=True, check=True).stdout)
-    assert out["names"] == ["ctranslate2", "onnxruntime", "openvino", "torch"]
+    assert out["names"] == ["ctranslate2", "genai", "onnxruntime", "openvino", "torch"]
     assert all(out["helps"])
     assert out["loaded"] == []
 

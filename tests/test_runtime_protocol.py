@@ -1,7 +1,8 @@
 """Every registered runtime is a whole ``CausalLM``: each member present and each answer alike.
 
 Every runtime runs one tiny random GPT-2: the torch model itself, its ONNX export, that
-export as an OpenVINO IR, and its CTranslate2 conversion. Their
+export as an OpenVINO IR, and its CTranslate2 conversion; ONNX Runtime GenAI, whose builder
+has no GPT-2, runs a tiny random Llama of the same size, against that Llama in torch. Their
 forward with a KV cache must give the full forward's logits, and their greedy tokens must be
 identical (the minGPT bar).
 """
@@ -27,9 +28,9 @@ TYPES = {"backend": str, "device": str, "max_length": int, "vocab_size": int,
 
 
 @pytest.fixture(scope="module")
-def runtimes(tmp_path_factory, tiny_model, ref_tokenizer):
-    """{backend: runtime} for the tiny model as a torch directory, its ONNX export and its
-    OpenVINO IR."""
+def runtimes(tmp_path_factory, tiny_model, ref_tokenizer, make_family_model):
+    """{backend: runtime} for the tiny model as a torch directory, its ONNX export, its
+    OpenVINO IR and its CTranslate2 model; GenAI's for a tiny Llama (``torch_of``)."""
     tiny = tmp_path_factory.mktemp("proto") / "tiny"
     tiny_model.save_pretrained(tiny)
     ref_tokenizer.save_pretrained(tiny)
@@ -39,9 +40,22 @@ def runtimes(tmp_path_factory, tiny_model, ref_tokenizer):
     run_step("export_openvino", {}, str(onnx_dir), ov_dir)
     ct2_dir = tiny.parent / "tiny-ct2"
     run_step("export_ctranslate2", {}, str(tiny), ct2_dir)
+    llama = tiny.parent / "tiny-llama"
+    make_family_model("llama", max_position_embeddings=64).save_pretrained(llama)
+    ref_tokenizer.save_pretrained(llama)
+    genai_dir = tiny.parent / "tiny-genai"
+    run_step("export_genai", {}, str(llama), genai_dir)
     rts = [make_runtime(load_artifact(str(d)), threads=2)
-           for d in (tiny, onnx_dir, ov_dir, ct2_dir)]
-    return {rt.backend: rt for rt in rts}
+           for d in (tiny, onnx_dir, ov_dir, ct2_dir, genai_dir)]
+    out = {rt.backend: rt for rt in rts}
+    out["torch-llama"] = make_runtime(load_artifact(str(llama)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_of(runtimes):
+    """backend -> the torch runtime of the model that backend runs here."""
+    return lambda backend: runtimes["torch-llama" if backend == "genai" else "torch"]
 
 
 def _array(logits) -> np.ndarray:
@@ -57,13 +71,14 @@ def test_protocol_declares_what_callers_use():
 
 def test_every_registered_runtime_is_built(runtimes):
     assert {type(rt) for rt in runtimes.values()} == set(RUNTIMES.values())
+    assert type(runtimes["genai"]).__name__ == "GenaiRuntime"
     assert isinstance(runtimes["torch"], TorchRuntime)
     assert isinstance(runtimes["onnxruntime"], OrtRuntime)
     assert type(runtimes["openvino"]).__name__ == "OvRuntime"
     assert type(runtimes["ctranslate2"]).__name__ == "Ct2Runtime"
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino", "ctranslate2"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino", "ctranslate2", "genai"])
 def test_runtime_has_every_member(runtimes, backend):
     rt = runtimes[backend]
     assert isinstance(rt, CausalLM)
@@ -81,6 +96,7 @@ def test_placement_by_backend(runtimes):
     assert runtimes["torch"].placement() is None
     assert runtimes["openvino"].placement() is None  # its CPU plugin runs the whole graph
     assert runtimes["ctranslate2"].placement() is None
+    assert runtimes["genai"].placement() is None
     placed = runtimes["onnxruntime"].placement()
     assert placed.primary == "CPUExecutionProvider" and placed.fallback_nodes == 0
 
@@ -103,9 +119,9 @@ def test_cached_forward_equals_full_forward(runtimes, backend):
     np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "ctranslate2"])
-def test_backends_agree(runtimes, backend):
-    torch_rt, rt = runtimes["torch"], runtimes[backend]
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "ctranslate2", "genai"])
+def test_backends_agree(runtimes, torch_of, backend):
+    torch_rt, rt = torch_of(backend), runtimes[backend]
     prompts = [[5, 17, 300, 2], [9, 8, 7, 6, 5, 4, 3], [1000]]
     want = [torch_rt.greedy_generate(p, 24) for p in prompts]
     assert [rt.greedy_generate(p, 24) for p in prompts] == want
@@ -131,7 +147,8 @@ def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
     step_mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
     got = {}
     for name, rt in runtimes.items():
-        if not rt.external_cache:  # its cache is its generator's (greedy_start below)
+        # an engine's cache is its generator's (greedy_start below); torch-llama: GenAI's
+        if not rt.external_cache or name == "torch-llama":
             continue
         logits, past = rt.forward(ids, attention_mask=mask, last_only=True)
         step, _ = rt.forward(np.array([[11], [12]]), past, attention_mask=step_mask,
@@ -148,10 +165,11 @@ def test_forward_with_mask_positions_and_last_only_agrees(runtimes):
     np.testing.assert_allclose(alone[0], got["onnxruntime"][1][0], atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino", "ctranslate2"])
-def test_greedy_start_and_steps_generate_what_greedy_generate_does(runtimes, backend):
-    """What the latency scenarios time on every backend (an engine that keeps its cache
-    inside, CTranslate2, included): the same tokens as a plain greedy generation."""
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino", "ctranslate2", "genai"])
+def test_greedy_start_and_steps_generate_what_greedy_generate_does(runtimes, torch_of,
+                                                                   backend):
+    """What the latency scenarios time on every backend (the engines that keep their cache
+    inside, CTranslate2 and GenAI, included): the same tokens as a plain greedy generation."""
     rt = runtimes[backend]
     prompt = [9, 8, 7, 6, 5, 4, 3]
     tokens, state = rt.greedy_start(torch.tensor([prompt]))
@@ -159,13 +177,15 @@ def test_greedy_start_and_steps_generate_what_greedy_generate_does(runtimes, bac
     for _ in range(11):
         tokens, state = rt.greedy_step(tokens, state)
         got.append(int(_array(tokens)[0, 0]))
-    assert got == runtimes["torch"].greedy_generate(prompt, 12)
+    assert got == torch_of(backend).greedy_generate(prompt, 12)
 
 
 def test_an_engine_that_keeps_its_cache_says_so(runtimes):
     ct2 = runtimes["ctranslate2"]
     assert not ct2.external_cache
-    assert all(rt.external_cache for name, rt in runtimes.items() if name != "ctranslate2")
+    assert not runtimes["genai"].external_cache
+    assert all(rt.external_cache for name, rt in runtimes.items()
+               if name not in ("ctranslate2", "genai"))
     with pytest.raises(ValueError, match="keeps its KV cache inside its generator"):
         ct2.forward(np.array([[5, 17]]))
     tokens, old = ct2.greedy_start(torch.tensor([[5, 17, 300]]))

@@ -19,7 +19,7 @@ from slimbench.versions import package_versions
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime-gpu", "onnxruntime",
             "torch-pruning", "sacrebleu", "rouge-score", "pandas", "numpy", "openvino", "nncf",
-            "ctranslate2")
+            "ctranslate2", "onnxruntime-genai-cuda", "onnxruntime-genai")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
              "amx_bf16", "amx_int8")
 

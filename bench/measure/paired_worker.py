@@ -121,7 +121,7 @@ class _Bench:
             recipe=list(info.recipe), bytes_on_disk=info.bytes_on_disk,
             weights_sha256=info.weights_sha256, pid=os.getpid()),
             # captured after threads are set and the model is loaded: what the trials run in
-            fingerprint(environment.capture()))
+            fingerprint(environment.capture(), rt.backend))
         self._states = {}  # decode in steps: slot -> the DecodeState of a unit under way
 
     def _timed(self, t0: float) -> float:

@@ -7,6 +7,7 @@ runtime for a loaded model by ``backend_of``:
     ``torch``        a Hugging Face torch model                   -> ``TorchRuntime`` (eager)
     ``openvino``     a stateful OpenVINO IR (``OvModel``)          -> ``OvRuntime``
     ``ctranslate2``  a CTranslate2 model (``Ct2Model``)             -> ``Ct2Runtime``
+    ``genai``        an ONNX Runtime GenAI model (``GenaiModel``)   -> ``GenaiRuntime``
 
 Entries are registered by module path, so listing them imports neither torch's nor ONNX
 Runtime's runtime. Adding a runtime is one module and one registration: subclass
@@ -41,11 +42,15 @@ RUNTIMES.add_lazy("openvino", "slimbench.bench.runtimes.ov_runtime:OvRuntime",
 RUNTIMES.add_lazy("ctranslate2", "slimbench.bench.runtimes.ct2_runtime:Ct2Runtime",
                   "CTranslate2's Generator for CTranslate2 artifacts (KV cache inside the "
                   "generator); needs slimbench[ctranslate2]")
+RUNTIMES.add_lazy("genai", "slimbench.bench.runtimes.genai_runtime:GenaiRuntime",
+                  "ONNX Runtime GenAI's Generator for GenAI artifacts (KV cache inside the "
+                  "generator); needs slimbench[genai]")
 
 
 def backend_of(loaded: LoadedModel) -> str:
     """The ``RUNTIMES`` name that runs what ``load_artifact`` returned."""
     from slimbench.compress.ctranslate2_model import Ct2Model
+    from slimbench.compress.genai_model import GenaiModel
     from slimbench.compress.onnx_model import OnnxModel
     from slimbench.compress.openvino_model import OvModel
 
@@ -53,6 +58,8 @@ def backend_of(loaded: LoadedModel) -> str:
         return "openvino"
     if isinstance(loaded.model, Ct2Model):
         return "ctranslate2"
+    if isinstance(loaded.model, GenaiModel):
+        return "genai"
     return "onnxruntime" if isinstance(loaded.model, OnnxModel) else "torch"
 
 
