@@ -16,7 +16,8 @@ MODELS = {"gpt2": "gpt2-124M", "llama-135m": "llama-135m", "ref": "reference"}
 FORMATS = {"": "torch fp32", "torch-int8": "torch int8 (+ embeddings)", "ort-int8": "ORT int8",
            "ort-int4": "ORT int4", "ov-fp32": "OpenVINO fp32", "ov-int8": "OpenVINO int8",
            "ov-int4": "OpenVINO int4", "ct2-fp32": "CTranslate2 fp32",
-           "ct2-int8": "CTranslate2 int8"}
+           "ct2-int8": "CTranslate2 int8", "genai-int8": "ORT GenAI int8",
+           "genai-int4": "ORT GenAI int4"}
 
 
 def split(variant: str) -> tuple[str, str]:

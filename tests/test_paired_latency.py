@@ -328,6 +328,21 @@ def test_summarize_result_structure():
     assert res.verdict_line.startswith("verdict: slower (ratio ")
 
 
+def test_an_engines_own_library_is_no_difference_of_environment():
+    """A cross-engine A/B (GenAI against ONNX Runtime): each worker's fingerprint holds its
+    engine's libraries; only a library both hold at different versions is a difference."""
+    pairs = [(10.0 + i % 3, 13.0 + i % 3) for i in range(12)]
+    fp = {"cpu": "X", "isa": ["avx2"], "threads": 2, "gpu": None, "packages": {"torch": "2"}}
+    genai = dict(fp, packages={"torch": "2", "onnxruntime-genai-cuda": "0.18.0"})
+    res = summarize_trials("a", "b", PairedConfig(), _trials(pairs), 12.5,
+                           {"baseline": genai, "candidate": fp})
+    assert not any("environments differ" in w for w in res.warnings)
+    res = summarize_trials("a", "b", PairedConfig(), _trials(pairs), 12.5,
+                           {"baseline": genai, "candidate": dict(fp, packages={"torch": "3"})})
+    assert [w for w in res.warnings if "environments differ" in w] == [
+        "the two workers' environments differ: torch: 2 -> 3"]
+
+
 def test_summarize_warns_when_the_interval_is_wider_than_the_min_effect():
     pairs = [(10.0, 10.0 * (0.7 + 0.6 * (i % 2))) for i in range(12)]
     res = summarize_trials("a", "a", PairedConfig(), _trials(pairs), 60.0, {})

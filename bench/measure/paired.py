@@ -92,6 +92,16 @@ def classify(ratio: float, ci95: tuple[float, float], min_effect: float) -> tupl
 
 # ---- the result (its record and its lines: paired_result.py) --------------------------------
 
+def _shared_packages(a: dict | None, b: dict | None) -> tuple[dict | None, dict | None]:
+    """Two workers' fingerprints with the libraries both hold: each engine's worker holds its
+    own engine's (``fingerprint``'s ``backend``), which is no difference of environment."""
+    if not a or not b:
+        return a, b
+    both = set(a.get("packages") or {}) & set(b.get("packages") or {})
+    return tuple(f | {"packages": {k: v for k, v in (f.get("packages") or {}).items()
+                                   if k in both}} for f in (a, b))
+
+
 def summarize_trials(baseline: str, candidate: str, config: PairedConfig, trials: list[dict],
               seconds: float, fingerprints: dict) -> PairedResult:
     """The result of the measured ``trials`` (``{"baseline": {metric: ms}, "candidate":
@@ -115,7 +125,8 @@ def summarize_trials(baseline: str, candidate: str, config: PairedConfig, trials
     elif width > config.precision:
         warnings.append(f"the interval (±{width:.1%}) did not reach ±{config.precision:.0%} "
                         f"in {config.max_seconds:g} s")
-    diff = differences(fingerprints.get("baseline"), fingerprints.get("candidate"))
+    diff = differences(*_shared_packages(fingerprints.get("baseline"),
+                                         fingerprints.get("candidate")))
     if diff:
         warnings.append("the two workers' environments differ: " + "; ".join(diff))
     by_order = {}
