@@ -1,4 +1,4 @@
-"""Unstructured pruning: magnitude (per layer or global), Wanda, and N:M masks.
+"""Unstructured pruning: magnitude (per layer or global), Wanda, SparseGPT, and N:M masks.
 
 Masks are made permanent (pruned weights are stored as zeros), and the audit counts the zeros
 that are really there. Dense kernels do the same work on zeros, so none of this speeds up
@@ -7,7 +7,13 @@ inference by itself; the manifest says so and reports what sparse storage would 
 Wanda (Sun et al., 2023) scores a weight by |W_ij| * ||X_j||_2, the norm of its input feature
 over calibration tokens, and prunes within each output row. torch-pruning's unstructured
 support is magnitude-only and offers neither Wanda nor N:M, so both are written here; they are
-a few tensor operations each.
+a few tensor operations each. SparseGPT (``compress/sparsegpt.py``) also re-fits the kept
+weights from the layer's inputs.
+
+Wanda and SparseGPT calibrate layer-wise and sequentially: block k's input statistics come from
+the model whose blocks 0..k-1 are already pruned. An embedding (and the lm_head tied to it) is
+scored by magnitude under every method: its input is a token id, not an activation; it is
+pruned first, so the blocks are calibrated on what they will see.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ from slimbench.compress.calibration import parent_calibration
 from slimbench.compress.loader import LoadedModel, count_parameters
 from slimbench.compress.manifest import StepReport
 from slimbench.compress.parity import parity, reference_prompts, torch_logits_fn
+from slimbench.compress.sparsegpt import BLOCK_SIZE, DAMP, prune_sequentially, sparsegpt_prune
 from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import register_step
 from slimbench.errors import CompressionError, UsageError
 from slimbench.schema.codec import Typed
 
-METHODS = ("magnitude", "wanda")
+METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("layer", "global")
 _NM = re.compile(r"^(\d+):(\d+)$")
 NO_SPEEDUP = ("unstructured sparsity: the weights are stored dense with zeros; dense kernels do "
@@ -40,15 +47,18 @@ NO_SPEEDUP = ("unstructured sparsity: the weights are stored dense with zeros; d
 @dataclasses.dataclass(frozen=True)
 class UnstructuredPruneConfig:
     """Args:
-        method: ``magnitude`` or ``wanda`` (needs calibration activations).
+        method: ``magnitude``, ``wanda`` or ``sparsegpt`` (the last two need calibration
+            activations).
         sparsity: share of weights to zero in the pruned layers (implied by ``n_m`` if given).
         scope: ``layer`` (each layer to ``sparsity``) or ``global`` (one magnitude threshold
             over all pruned layers; magnitude only, Wanda always compares within a row).
         n_m: semi-structured ``"N:M"`` masks: N of every M consecutive input weights kept.
         include_embeddings: prune the token embedding too (tied to lm_head in GPT-2).
         include_lm_head: prune an untied lm_head.
-        calib_samples: calibration sequences for Wanda (corpus train split).
+        calib_samples: calibration sequences for Wanda / SparseGPT (corpus train split).
         calib_seq_len: tokens per calibration sequence.
+        block_size: SparseGPT: columns per lazy batch update (and per unstructured mask).
+        damp: SparseGPT: share of the mean Hessian diagonal added to it.
     """
 
     method: str = "magnitude"
@@ -59,6 +69,8 @@ class UnstructuredPruneConfig:
     include_lm_head: bool = False
     calib_samples: int = 16
     calib_seq_len: int = 128
+    block_size: int = BLOCK_SIZE
+    damp: float = DAMP
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,8 +88,13 @@ class UnstructuredPruneConfig:
             raise UsageError("give sparsity (e.g. 0.5) or n_m (e.g. '2:4')")
         elif not 0 < self.sparsity < 1:
             raise UsageError(f"sparsity must be in (0, 1), got {self.sparsity}")
-        if self.method == "wanda" and self.scope == "global":
-            raise UsageError("wanda prunes within each output row; use scope 'layer'")
+        if self.method != "magnitude" and self.scope == "global":
+            raise UsageError(f"{self.method} prunes layer by layer; use scope 'layer'")
+        if self.block_size < 1 or not self.damp > 0:
+            raise UsageError("block_size must be >= 1 and damp > 0")
+        if self.method == "sparsegpt" and self.n_m and self.block_size % parse_n_m(self.n_m)[1]:
+            raise UsageError(f"block_size {self.block_size} must be a multiple of M in n_m "
+                             f"{self.n_m}")
         if self.calib_samples < 1 or self.calib_seq_len < 2:
             raise UsageError("calib_samples must be >= 1 and calib_seq_len >= 2")
 
@@ -123,29 +140,6 @@ def prunable_layers(model: nn.Module, config: UnstructuredPruneConfig) -> dict[s
     return layers
 
 
-@torch.no_grad()
-def input_norms(model: nn.Module, layers: dict[str, nn.Module],
-                batches: list) -> dict[str, torch.Tensor]:
-    """||X_j||_2 per input feature of each layer over all calibration tokens (Wanda)."""
-    sums: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, mod in layers.items():
-        if isinstance(mod, nn.Embedding):
-            continue  # an embedding's "input" is a token id: score it by magnitude alone
-
-        def hook(_m, args, name=name):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (tokens, in)
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-        hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        for ids in batches:
-            model(input_ids=torch.as_tensor(ids), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: v.sqrt() for k, v in sums.items()}
-
-
 def _mask_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean keep-mask with exactly the ``k`` lowest scores (of the flattened tensor) off."""
     keep = torch.ones(scores.numel(), dtype=torch.bool)
@@ -180,7 +174,7 @@ class SparsityAudit(Typed):
     """The zeros really present in the pruned layers (the manifest's ``sparsity``).
 
     Attributes:
-        method: magnitude or wanda.
+        method: magnitude, wanda or sparsegpt.
         scope: layer or global.
         n_m: the N:M pattern, or null.
         requested: the sparsity asked for.
@@ -210,33 +204,62 @@ class SparsityAudit(Typed):
 @torch.no_grad()
 def prune_unstructured(model: nn.Module, config: UnstructuredPruneConfig,
                        calibration: list | None = None) -> SparsityAudit:
-    """Zero weights of ``model`` in place; returns the sparsity audit."""
+    """Zero weights of ``model`` in place; returns the sparsity audit.
+
+    Args:
+        calibration: token-id batches (train split), for Wanda and SparseGPT.
+    """
+    if config.method != "magnitude" and not calibration:
+        raise UsageError(f"{config.method} needs calibration batches")
     layers = prunable_layers(model, config)
-    norms = input_norms(model, layers, calibration or []) if config.method == "wanda" else {}
-    if config.method == "wanda" and not norms:
-        raise UsageError("wanda needs calibration batches")
-    scores = {}
-    for name, mod in layers.items():
-        w = _rows_view(mod).float().abs()
-        scores[name] = w * norms[name][None, :] if name in norms else w
+    if config.method == "magnitude":
+        _prune_by_magnitude(layers, config)
+        return sparsity_audit(layers, config)
+    embeddings = {n: m for n, m in layers.items() if isinstance(m, nn.Embedding)}
+    for mod in embeddings.values():
+        _apply(mod, _mask(_rows_view(mod).float().abs(), config))
+    seen = {n: m for n, m in layers.items() if n not in embeddings}
+    sparsegpt = config.method == "sparsegpt"
+
+    def prune(_name: str, mod: nn.Module, stat: torch.Tensor, tokens: int) -> None:
+        w = _rows_view(mod)  # (out, in)
+        if sparsegpt:
+            n_m = parse_n_m(config.n_m) if config.n_m else None
+            new = sparsegpt_prune(w, stat * (2 / tokens), config.target_sparsity, n_m,
+                                  config.block_size, config.damp)
+            w.copy_(new.to(w.dtype))  # writes through the view
+        else:  # Wanda: |W_ij| * ||X_j||_2
+            _apply(mod, _mask(w.float().abs() * stat.sqrt().float()[None, :], config))
+
+    prune_sequentially(model, seen, calibration, gram=sparsegpt, prune=prune)
+    return sparsity_audit(layers, config)
+
+
+def _mask(scores: torch.Tensor, config: UnstructuredPruneConfig) -> torch.Tensor:
+    """Keep-mask of one layer's (out, in) scores: N:M groups, rows (Wanda) or the layer."""
+    if config.n_m is not None:
+        return _n_m_mask(scores, *parse_n_m(config.n_m))
+    if config.method == "wanda":
+        return _row_mask(scores, config.target_sparsity)
+    return _mask_lowest(scores, round(config.target_sparsity * scores.numel()))
+
+
+def _apply(mod: nn.Module, keep: torch.Tensor) -> None:
+    _rows_view(mod).mul_(keep.to(mod.weight.dtype))  # writes through the view
+
+
+def _prune_by_magnitude(layers: dict[str, nn.Module], config: UnstructuredPruneConfig) -> None:
+    scores = {name: _rows_view(mod).float().abs() for name, mod in layers.items()}
     if config.scope == "global":
         flat = torch.cat([s.flatten() for s in scores.values()])
         keep_all = _mask_lowest(flat, round(config.target_sparsity * flat.numel()))
-        masks, start = {}, 0
+        start = 0
         for name, s in scores.items():
-            masks[name] = keep_all[start: start + s.numel()].view_as(s)
+            _apply(layers[name], keep_all[start: start + s.numel()].view_as(s))
             start += s.numel()
-    elif config.n_m is not None:
-        n, m = parse_n_m(config.n_m)
-        masks = {name: _n_m_mask(s, n, m) for name, s in scores.items()}
-    elif config.method == "wanda":
-        masks = {name: _row_mask(s, config.target_sparsity) for name, s in scores.items()}
-    else:
-        masks = {name: _mask_lowest(s, round(config.target_sparsity * s.numel()))
-                 for name, s in scores.items()}
-    for name, mod in layers.items():
-        _rows_view(mod).mul_(masks[name].to(mod.weight.dtype))  # writes through the view
-    return sparsity_audit(layers, config)
+        return
+    for name, s in scores.items():
+        _apply(layers[name], _mask(s, config))
 
 
 def sparsity_audit(layers: dict[str, nn.Module],
@@ -260,25 +283,31 @@ def sparsity_audit(layers: dict[str, nn.Module],
 
 def rounding(model: nn.Module, config: UnstructuredPruneConfig) -> float:
     """How far the realized share may be from the requested one by rounding k = round(s * n)
-    alone: half a weight of the narrowest unit that is rounded (a row for Wanda), at least
-    1e-3."""
-    if config.method != "wanda" or config.n_m is not None:
+    alone: half a weight of the narrowest unit that is rounded (a row for Wanda, a block of
+    ``block_size`` columns, or the narrower last one, for SparseGPT), at least 1e-3."""
+    if config.method == "magnitude" or config.n_m is not None:
         return 1e-3
-    widths = [_rows_view(m).shape[1] for m in prunable_layers(model, config).values()]
-    return max(1e-3, 0.5 / min(widths))
+    units = []
+    for mod in prunable_layers(model, config).values():
+        rows, cols = _rows_view(mod).shape
+        units.append(cols if config.method == "wanda"
+                     else rows * (cols % config.block_size or config.block_size))
+    return max(1e-3, 0.5 / min(units))
 
 
-@register_step("prune_unstructured", UnstructuredPruneConfig,
-               help="magnitude / Wanda / N:M unstructured pruning (zeros stored; no dense "
-                    "speedup)")
+# version 2: Wanda calibrates block by block on the already pruned model (was: one dense pass)
+@register_step("prune_unstructured", UnstructuredPruneConfig, version=2,
+               help="magnitude / Wanda / SparseGPT / N:M unstructured pruning (zeros stored; "
+                    "no dense speedup)")
 def _apply_prune_unstructured(parent: LoadedModel, config: UnstructuredPruneConfig,
                               out: Path) -> StepReport:
     model = copy.deepcopy(parent.model)
     batches = (parent_calibration(parent, config.calib_samples, config.calib_seq_len)
-               if config.method == "wanda" else None)
+               if config.method != "magnitude" else None)
     audit = prune_unstructured(model, config, batches)
     # exact counts: k = round(s * n) zeros per layer (per row for Wanda, whose rows of 192
-    # inputs round 0.3 to 58/192 = 0.302), so the overall share is within that rounding
+    # inputs round 0.3 to 58/192 = 0.302; per block of columns for SparseGPT), so the overall
+    # share is within that rounding
     if abs(audit.realized - audit.requested) > rounding(model, config):
         raise CompressionError(f"realized sparsity {audit.realized:.4f} does not match the "
                                f"requested {audit.requested:.4f}")
