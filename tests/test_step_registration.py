@@ -19,10 +19,10 @@ from slimbench.compress.step_io import save_model
 from slimbench.compress.steps import STEPS, register_step
 from slimbench.errors import UsageError
 
-BUILTIN_STEPS = {"distill", "export_ctranslate2", "export_genai", "export_onnx", "export_openvino",
-                 "ort_dynamic_int8", "ort_fp16", "ort_optimize", "ort_static_int8",
-                 "ort_weight_int4", "prune_structured", "prune_unstructured", "torch_cast",
-                 "torch_dynamic_int8"}
+BUILTIN_STEPS = {"awq", "distill", "export_ctranslate2", "export_genai", "export_onnx",
+                 "export_openvino", "ort_dynamic_int8", "ort_fp16", "ort_optimize",
+                 "ort_static_int8", "ort_weight_int4", "prune_structured", "prune_unstructured",
+                 "smoothquant", "torch_cast", "torch_dynamic_int8"}
 
 
 @dataclasses.dataclass(frozen=True)
