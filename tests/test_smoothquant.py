@@ -124,7 +124,7 @@ def test_a_wrong_fold_is_caught(make_family_model):
 def test_smoothquant_is_exact_and_reduces_activation_outliers(family, make_family_model):
     parent = with_outliers(make_family_model(family))
     child = copy.deepcopy(parent)
-    audit = smoothquant(child, SmoothQuantConfig(alpha=0.5, lm_head=False), batches(), "test")
+    audit = smoothquant(child, SmoothQuantConfig(alpha=0.5), batches(), "test")
     assert_same_function(parent, child)
     assert_every_group_changed(parent, child)
     assert audit.groups == 2 * GROUPS_PER_BLOCK[family] == len(audit.group_names)
@@ -144,7 +144,7 @@ def test_smoothquant_is_exact_and_reduces_activation_outliers(family, make_famil
 def test_lm_head_is_untied_and_smoothed(family, make_family_model):
     parent = with_outliers(make_family_model(family))
     child = copy.deepcopy(parent)
-    audit = smoothquant(child, SmoothQuantConfig(alpha=0.5), batches(), "test")
+    audit = smoothquant(child, SmoothQuantConfig(alpha=0.5, lm_head=True), batches(), "test")
     tied = parent.lm_head.weight is parent.get_input_embeddings().weight
     assert audit.lm_head_untied == tied and tied == (family in ("gpt2", "qwen2", "opt"))
     assert audit.groups == 2 * GROUPS_PER_BLOCK[family] + 1
@@ -174,7 +174,8 @@ def test_calibration_reads_only_the_train_split(family_dirs, tmp_path, monkeypat
     splits, load = [], corpus.load_corpus
     monkeypatch.setattr(corpus, "load_corpus", lambda split, *a, **k: (
         splits.append(split), load(split, *a, **k))[1])
-    m = run_step("smoothquant", {"alpha": 0.5, "calib_samples": 2, "calib_seq_len": 16},
+    m = run_step("smoothquant", {"alpha": 0.5, "lm_head": True, "calib_samples": 2,
+                                 "calib_seq_len": 16},
                  str(family_dirs["gpt2"]), tmp_path / "sq")
     assert splits and set(splits) == {"train"}
     q = m.report["quantization"]
@@ -194,7 +195,7 @@ def test_chain_into_static_int8(family_dirs, tmp_path):
                      ("export_onnx", {}), ("ort_static_int8", {"samples": 2, "seq_len": 16})])
     sq, onnx, int8 = run_recipe(recipe, str(family_dirs["llama"]), tmp_path / "r",
                                 say=lambda _: None)
-    assert sq.report["quantization"]["groups"] == 7 and sq.report["quantization"]["searched"]
+    assert sq.report["quantization"]["groups"] == 6 and sq.report["quantization"]["searched"]
     assert sq.report["parity"]["max_abs_logit_diff"] <= 1e-4
     assert onnx.parent.spec == str(tmp_path / "r" / "01-smoothquant")
     q = int8.report["quantization"]
