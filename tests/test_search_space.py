@@ -192,14 +192,22 @@ def test_max_candidates_counts_after_duplicates_are_dropped():
 
 def test_the_default_cpu_space_covers_every_cpu_step():
     cands = default_space("cpu")
-    assert len(cands) == 53 <= 60
+    assert len(cands) == 64 <= 70
     raw = yaml.safe_load(default_space_path("cpu").read_text())
-    assert space_size(raw) == 53
+    assert space_size(raw) == 64
     steps = {name for c in cands for name, _ in c.steps}
     assert steps == {"torch_dynamic_int8", "export_onnx", "ort_dynamic_int8",
                      "ort_static_int8", "ort_weight_int4", "ort_optimize", "torch_cast",
-                     "prune_structured", "prune_unstructured", "distill"}
+                     "prune_structured", "prune_unstructured", "distill", "smoothquant",
+                     "awq"}
     params = [(n, p) for c in cands for n, p in c.steps]
+    assert {p["method"] for n, p in params if n == "prune_unstructured"} == {
+        "magnitude", "wanda", "sparsegpt"}
+    # AWQ's scales are searched for the int4 block that follows it
+    for c in cands:
+        awq = dict(c.steps).get("awq")
+        if awq:
+            assert awq["block_size"] == dict(c.steps)["ort_weight_int4"]["block_size"]
     assert {p["method"] for n, p in params if n == "ort_static_int8"} == {
         "minmax", "entropy", "percentile"}
     assert {p["algorithm"] for n, p in params if n == "ort_weight_int4"} == {
