@@ -37,6 +37,30 @@ def all_logprobs(lengths: list[int], logits: np.ndarray) -> list[np.ndarray]:
     return [lp[i, :n] for i, n in enumerate(lengths)]
 
 
+def cacheless_rows(engine: str, input_ids, past, keep_cache: bool, attention_mask,
+                   position_ids) -> tuple[np.ndarray, list[int]]:
+    """(ids (B, T), each row's length) of a ``forward`` call to an engine that keeps its KV
+    cache inside its generator (``external_cache = False``): such a forward scores right-padded
+    rows without a cache, positions counted from 0; anything else is refused, naming it."""
+    if past is not None or keep_cache:
+        raise ValueError(f"{engine} keeps its KV cache inside its generator: forward scores "
+                         "without one (keep_cache=False); a generation continues through "
+                         "greedy_start / greedy_step")
+    ids = np.asarray(input_ids.cpu() if hasattr(input_ids, "cpu") else input_ids,
+                     dtype=np.int64)
+    batch, seq = ids.shape
+    lengths = [seq] * batch
+    if attention_mask is not None:
+        mask = np.asarray(attention_mask)
+        lengths = [int(n) for n in mask.sum(-1)]
+        if not all(mask[i, :n].all() for i, n in enumerate(lengths)):
+            raise ValueError(f"{engine} takes right-padded rows only (ones, then zeros)")
+    if position_ids is not None and not (np.asarray(position_ids)
+                                         == np.arange(seq)[None, :]).all():
+        raise ValueError(f"{engine} counts positions itself (0, 1, ...)")
+    return ids, lengths
+
+
 class ForwardScoring:
     """``token_logprobs`` and ``next_token_logprobs`` of a runtime from one cacheless forward
     over the right-padded batch (its mask with it); a runtime may override ``_scored``."""

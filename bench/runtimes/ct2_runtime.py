@@ -26,7 +26,7 @@ import weakref
 
 import numpy as np
 
-from slimbench.bench.runtimes.base import ForwardScoring, RuntimeBase
+from slimbench.bench.runtimes.base import ForwardScoring, RuntimeBase, cacheless_rows
 from slimbench.compress.arch import max_positions
 from slimbench.compress.loader import LoadedModel
 
@@ -89,21 +89,9 @@ class Ct2Runtime(ForwardScoring, RuntimeBase):
                 position_ids=None, last_only: bool = False):
         """Logits (B, T, V) of right-padded ``input_ids`` without a cache (``keep_cache`` must
         be False): CTranslate2 keeps its cache inside its generator (``greedy_start``)."""
-        if past is not None or keep_cache:
-            raise ValueError("CTranslate2 keeps its KV cache inside its generator: forward "
-                             "scores without one (keep_cache=False); a generation continues "
-                             "through greedy_start / greedy_step")
-        ids = np.asarray(input_ids, dtype=np.int64)
-        batch, seq = ids.shape
-        lengths = [seq] * batch
-        if attention_mask is not None:
-            mask = np.asarray(attention_mask)
-            lengths = [int(n) for n in mask.sum(-1)]
-            if not all(mask[i, :n].all() for i, n in enumerate(lengths)):
-                raise ValueError("CTranslate2 takes right-padded rows only (ones, then zeros)")
-        if position_ids is not None and not (np.asarray(position_ids)
-                                             == np.arange(seq)[None, :]).all():
-            raise ValueError("CTranslate2 counts positions itself (0, 1, ...)")
+        ids, lengths = cacheless_rows("CTranslate2", input_ids, past, keep_cache,
+                                      attention_mask, position_ids)
+        seq = ids.shape[1]
         rows = [row[:n].tolist() for row, n in zip(ids, lengths, strict=True)]
         logits = np.array(self.generator.forward_batch(rows))
         if logits.shape[1] < seq:  # CTranslate2 returns the longest row's width

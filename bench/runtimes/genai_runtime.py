@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from slimbench.bench.runtimes.base import ForwardScoring, RuntimeBase
+from slimbench.bench.runtimes.base import ForwardScoring, RuntimeBase, cacheless_rows
 from slimbench.compress.arch import max_positions
 from slimbench.compress.genai_model import generator, prompt_logits
 from slimbench.compress.loader import LoadedModel
@@ -63,24 +63,11 @@ class GenaiRuntime(ForwardScoring, RuntimeBase):
                 position_ids=None, last_only: bool = False):
         """Logits (B, T, V) of right-padded ``input_ids`` without a cache (``keep_cache`` must
         be False): GenAI keeps its cache inside its generator (``greedy_start``)."""
-        if past is not None or keep_cache:
-            raise ValueError("ONNX Runtime GenAI keeps its KV cache inside its generator: "
-                             "forward scores without one (keep_cache=False); a generation "
-                             "continues through greedy_start / greedy_step")
-        ids = _as_ids(input_ids)
+        ids, lengths = cacheless_rows("ONNX Runtime GenAI", input_ids, past, keep_cache,
+                                      attention_mask, position_ids)
         batch, seq = ids.shape
         if seq > self.max_length:
             raise ValueError(f"{seq} positions exceed the model's {self.max_length}")
-        lengths = [seq] * batch
-        if attention_mask is not None:
-            mask = np.asarray(attention_mask)
-            lengths = [int(n) for n in mask.sum(-1)]
-            if not all(mask[i, :n].all() for i, n in enumerate(lengths)):
-                raise ValueError("ONNX Runtime GenAI takes right-padded rows only (ones, then "
-                                 "zeros)")
-        if position_ids is not None and not (np.asarray(position_ids)
-                                             == np.arange(seq)[None, :]).all():
-            raise ValueError("ONNX Runtime GenAI counts positions itself (0, 1, ...)")
         logits = np.zeros((batch, seq, self.vocab_size), dtype=np.float32)
         for n, rows in _by_length(lengths).items():
             logits[rows, :n] = prompt_logits(self.model, ids[rows, :n])
