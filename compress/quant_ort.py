@@ -114,6 +114,8 @@ class OnnxInt8Audit(Typed):
         per_block_int8: quantized MatMuls per block index.
         lm_head: the output projection in the child: int8, float or absent.
         float_weight_matmuls_left: float weight MatMuls left anywhere in the child.
+        activation_matmuls_int8: MatMuls of two activations (attention's Q K^T and
+            softmax V) that the child computes on int8 inputs: must be 0 (weights only).
         calibration: (static INT8) the calibration data.
     """
 
@@ -125,6 +127,7 @@ class OnnxInt8Audit(Typed):
     per_block_int8: dict[str, int]
     lm_head: str
     float_weight_matmuls_left: int
+    activation_matmuls_int8: int = 0
     calibration: StaticCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,10 +167,15 @@ def ort_static_int8(src: Path, dst: Path, config: OrtStaticInt8Config, onnx_mode
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
+    # the QDQ quantizer ignores MatMulConstBOnly (ORT 1.31: only the QOperator path reads
+    # it) and would quantize attention's Q K^T and softmax V as well, on one int8 scale per
+    # tensor for the probabilities: name the weight MatMuls instead
+    weights = weight_matmul_names(src)
     with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="slimbench-calib-") as tmp:
         cache = _calibrate(src, Reader(), method, config, Path(tmp))
         quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
+                        nodes_to_quantize=weights,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, calibration_cache_path=str(cache),
                         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True,
@@ -203,8 +211,8 @@ def _calibrate(src: Path, reader, method, config: OrtStaticInt8Config, tmp: Path
     return cache
 
 
-def weight_matmuls(path: Path, arch: Arch) -> dict[str, int]:
-    """MatMul nodes with a constant weight operand, per block (``lm_head`` and ``other`` too).
+def weight_matmul_names(path: Path) -> list[str]:
+    """Names of the MatMul nodes with a constant weight operand (an initializer).
 
     Every projection is such a MatMul: the export turns Conv1D and Gemm (OPT's MLP runs on
     flattened 2-D activations) into MatMul."""
@@ -212,12 +220,30 @@ def weight_matmuls(path: Path, arch: Arch) -> dict[str, int]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
+    return [node.name for node in graph.node
+            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits]
+
+
+def weight_matmuls(path: Path, arch: Arch) -> dict[str, int]:
+    """MatMul nodes with a constant weight operand, per block (``lm_head`` and ``other`` too)."""
     counts: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
-            where = where_in_graph(node.name, arch)
-            counts[where] = counts.get(where, 0) + 1
+    for name in weight_matmul_names(path):
+        where = where_in_graph(name, arch)
+        counts[where] = counts.get(where, 0) + 1
     return counts
+
+
+def activation_matmuls_int8(path: Path) -> int:
+    """MatMuls (QDQ) whose second operand is a DequantizeLinear of an activation, not of an
+    int8 initializer: attention's Q K^T or softmax V computed on int8 inputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    dq_activations = {n.output[0] for n in graph.node
+                      if n.op_type == "DequantizeLinear" and n.input[0] not in inits}
+    return sum(1 for n in graph.node
+               if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in dq_activations)
 
 
 def quantized_matmuls(path: Path, arch: Arch) -> dict[str, int]:
@@ -300,7 +326,8 @@ def audit_onnx_quantization(parent: Path, child: Path, model_config) -> OnnxInt8
         per_block_int8={k: after.get(k, 0) for k in blocks},
         lm_head="int8" if after.get("lm_head") else ("float" if before.get("lm_head")
                                                      else "absent"),
-        float_weight_matmuls_left=sum(left.values()))
+        float_weight_matmuls_left=sum(left.values()),
+        activation_matmuls_int8=activation_matmuls_int8(child))
 
 
 def require_onnx_coverage(audit: OnnxInt8Audit) -> None:
@@ -314,6 +341,10 @@ def require_onnx_coverage(audit: OnnxInt8Audit) -> None:
             f"ORT int8 quantized {audit.block_matmuls_int8} of {audit.block_matmuls} "
             f"block weight MatMuls in {audit.blocks} of {audit.layers} blocks; each "
             f"block has {per_block} projections: {audit.per_block_int8}")
+    if audit.activation_matmuls_int8:
+        raise CompressionError(
+            f"ORT int8 quantized {audit.activation_matmuls_int8} MatMuls of two activations "
+            "(attention's Q K^T / softmax V); only weight MatMuls may be int8")
 
 
 # version 2: the audit holds each block to its family's projections (arch.py)
@@ -331,7 +362,8 @@ def _apply_ort_dynamic_int8(parent: LoadedModel, config: OrtDynamicInt8Config,
     return _quantized_child(parent, out, quantize, weights, "dynamic uint8")
 
 
-@register_step("ort_static_int8", OrtStaticInt8Config, accepts=("onnx",), version=2,
+# version 3: weight MatMuls only (version 2 also quantized attention's Q K^T and softmax V)
+@register_step("ort_static_int8", OrtStaticInt8Config, accepts=("onnx",), version=3,
                help="ONNX Runtime static INT8 (QDQ) of weight MatMuls, calibrated on the "
                     "train corpus")
 def _apply_ort_static_int8(parent: LoadedModel, config: OrtStaticInt8Config,

@@ -9,7 +9,7 @@ from slimbench.compress.artifact import read_manifest
 from slimbench.compress.loader import LoadOptions, load_artifact
 from slimbench.compress.onnx_export import io_names
 from slimbench.compress.steps import run_step
-from slimbench.errors import UsageError
+from slimbench.errors import CompressionError, UsageError
 from slimbench.tasks.evalsets import load_evalset
 from slimbench.tasks.perplexity import perplexity
 
@@ -123,6 +123,7 @@ def test_ort_static_int8_qdq(exported, tmp_path):
     m = run_step("ort_static_int8", {"samples": 8}, str(exported), tmp_path / "minmax")
     q = m.report["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 16
+    assert q["activation_matmuls_int8"] == 0  # attention's Q K^T and softmax V stay float
     assert q["calibration"] == {"method": "minmax", "samples": 8, "seq_len": 128,
                                 "num_bins": None, "percentile": None,
                                 "source": "corpus train split"}
@@ -142,6 +143,24 @@ def test_ort_static_int8_qdq(exported, tmp_path):
     with pytest.raises(UsageError, match="num_bins must exceed 128"):
         run_step("ort_static_int8", {"method": "entropy", "num_bins": 128}, str(exported),
                  tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_static_int8_refuses_int8_attention_matmuls(exported, tmp_path, monkeypatch):
+    # without the named weight MatMuls, ORT's QDQ quantizer (which ignores MatMulConstBOnly)
+    # also quantizes each block's Q K^T and softmax V: the audit counts them and refuses
+    import onnxruntime.quantization as ortq
+
+    every_matmul = ortq.quantize_static
+
+    def unnamed(*args, nodes_to_quantize=None, **kwargs):
+        return every_matmul(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", unnamed)
+    with pytest.raises(CompressionError, match="quantized 8 MatMuls of two activations"):
+        run_step("ort_static_int8", {"samples": 2, "seq_len": 32}, str(exported),
+                 tmp_path / "all")
+    assert not (tmp_path / "all").exists()
 
 
 @pytest.mark.slow
