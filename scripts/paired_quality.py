@@ -2,7 +2,7 @@
 change in a task's headline metric with its paired bootstrap interval.
 
     python scripts/paired_quality.py BASE CAND [CAND ...] [--task perplexity] [--split test]
-        [--limit N] [--threads 2] [--resamples 2000]
+        [--limit N] [--threads 2] [--resamples 2000] [--share]
 
 BASE and each CAND are model specs (``reference``, an artifact folder). Every model is
 scored on the same rows of the task (``--split``: ``tune``, ``test`` or ``all``;
@@ -10,16 +10,22 @@ docs/splits.md), and the change ``candidate - baseline`` is bootstrapped over th
 resampled examples on both sides (``tasks/paired.py``). A change is called significant where
 its 95% interval excludes 0. This is how the compression methods of docs/compression.md are
 compared with the methods they improve on.
+
+``--share`` also gives each later candidate's change as a share of the first candidate's
+(``SmoothQuant's degradation is 0.3x plain static int8's``), with a 95% interval over the
+same resamples: BASE the float model, the first CAND the method improved on.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from slimbench.bench.measure.cell import scoring_runtime
 from slimbench.bench.measure.environment import cpu_info, set_threads
 from slimbench.tasks.generation import run_task
-from slimbench.tasks.paired import metric_rows, paired_bootstrap
+from slimbench.tasks.paired import metric_rows, paired_bootstrap, paired_samples
 from slimbench.tasks.specs import resolve_task
 
 
@@ -37,6 +43,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--share", action="store_true",
+                    help="each later candidate's change as a share of the first one's")
     args = ap.parse_args()
     set_threads(args.threads)
     task = resolve_task(args.task)
@@ -46,9 +54,12 @@ def main() -> None:
           f" is better), split {args.split}, {len(base)} examples; CPU {cpu.model}")
     base_rows, aggregate = metric_rows(base, task.kind, task.metric)
     print(f"  baseline {args.base}: {aggregate(base_rows):.4f}")
+    first = None  # (spec, change, resampled changes) of the first candidate
     for spec in args.candidates:
         cand_rows, _ = metric_rows(records(spec, task, args.split, args.limit, args.threads),
                                    task.kind, task.metric)
+        if args.share:
+            first = share(first, spec, base_rows, cand_rows, aggregate, args.resamples)
         boot = paired_bootstrap(base_rows, cand_rows, aggregate, args.resamples)
         lo, hi = boot.ci95
         rel = 100 / boot.baseline if boot.baseline else float("nan")
@@ -57,6 +68,21 @@ def main() -> None:
             "not significantly different"
         print(f"  {spec}: {boot.candidate:.4f}, change {boot.delta:+.4f} [{lo:+.4f}, {hi:+.4f}]"
               f" = {rel * boot.delta:+.2f}% [{rel * lo:+.2f}%, {rel * hi:+.2f}%]: {verdict}")
+
+
+def share(first, spec, base_rows, cand_rows, aggregate, resamples: int):
+    """Print ``spec``'s change as a share of the first candidate's (the same resampled
+    indices on all sides: ``paired_samples`` draws them from one seed); returns ``first``,
+    set from ``spec`` when unset."""
+    b, c = paired_samples(base_rows, cand_rows, aggregate, resamples)
+    change = aggregate(cand_rows) - aggregate(base_rows)
+    if first is None:
+        return spec, change, c - b
+    name, first_change, first_deltas = first
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = np.percentile((c - b) / first_deltas, [2.5, 97.5])
+    print(f"  {spec}: change {change / first_change:.2f}x [{lo:.2f}, {hi:.2f}] of {name}'s")
+    return first
 
 
 if __name__ == "__main__":

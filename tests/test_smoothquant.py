@@ -124,7 +124,7 @@ def test_a_wrong_fold_is_caught(make_family_model):
 def test_smoothquant_is_exact_and_reduces_activation_outliers(family, make_family_model):
     parent = with_outliers(make_family_model(family))
     child = copy.deepcopy(parent)
-    audit = smoothquant(child, SmoothQuantConfig(alpha=0.5), batches(), "test")
+    audit = smoothquant(child, SmoothQuantConfig(alpha=0.5, lm_head=False), batches(), "test")
     assert_same_function(parent, child)
     assert_every_group_changed(parent, child)
     assert audit.groups == 2 * GROUPS_PER_BLOCK[family] == len(audit.group_names)
@@ -195,11 +195,14 @@ def test_chain_into_static_int8(family_dirs, tmp_path):
                      ("export_onnx", {}), ("ort_static_int8", {"samples": 2, "seq_len": 16})])
     sq, onnx, int8 = run_recipe(recipe, str(family_dirs["llama"]), tmp_path / "r",
                                 say=lambda _: None)
-    assert sq.report["quantization"]["groups"] == 6 and sq.report["quantization"]["searched"]
+    # 3 groups per block, 2 blocks, and (the default) the final norm -> lm_head
+    assert sq.report["quantization"]["groups"] == 7 and sq.report["quantization"]["searched"]
+    assert sq.report["quantization"]["group_names"][-1].endswith("-> lm_head")
     assert sq.report["parity"]["max_abs_logit_diff"] <= 1e-4
     assert onnx.parent.spec == str(tmp_path / "r" / "01-smoothquant")
     q = int8.report["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 14
+    assert q["lm_head"] == "int8" and q["activation_matmuls_int8"] == 0
     assert int8.recipe == ["smoothquant", "export_onnx", "ort_static_int8"]
 
 
