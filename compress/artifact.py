@@ -14,6 +14,7 @@ taken for a leftover, whatever its name.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -33,6 +34,8 @@ from slimbench.errors import UsageError
 
 MANIFEST = "manifest.json"
 STAGING_MARK = ".slimbench-staging"  # see staging_dir
+# a step that fails with less free than this beside its output is blamed on the disk
+LOW_DISK_BYTES = 64 * 2**20
 KEY_CHARS = 20  # a cache key: 80 bits of sha256 (collisions are not a concern at cache sizes)
 # an artifact cache's folder, ``<key>-<step>`` (step names are SAFE_NAMEs, slimbench/names.py)
 CACHE_FOLDER = re.compile(rf"[0-9a-f]{{{KEY_CHARS}}}-[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
@@ -153,9 +156,29 @@ def staging_dir(out: Path):
         ordinary_modes(tmp)
         (tmp / STAGING_MARK).unlink()  # it marks a folder being written, not an artifact
         os.replace(tmp, out)  # atomic on one filesystem; fails if `out` appeared meanwhile
+    except Exception as e:
+        _blame_full_disk(e, tmp, out)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _blame_full_disk(e: Exception, tmp: Path, out: Path) -> None:
+    """Raise ENOSPC for ``out`` if the write failed on a (nearly) full disk.
+
+    Not every writer reports a full disk: the TorchScript ONNX exporter's C++ writer left a
+    truncated model.onnx without an error, and the failure came later, from the parser
+    ("Wire format was corrupt"). Measured before the staging folder is removed."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return
+    try:
+        free = shutil.disk_usage(tmp).free
+    except OSError:
+        return
+    if free < LOW_DISK_BYTES:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:.1f} MiB free; "
+                      f"the step failed with {type(e).__name__}: {e})", str(out)) from e
 
 
 def make_staging(parent: Path, out_name: str) -> Path:
