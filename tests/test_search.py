@@ -185,12 +185,13 @@ class _Quiet:
         self.search.confirm = confirm
 
 
-def _timed(name, speedup, status="screened", confirmation=()):
+def _timed(name, speedup, status="screened", confirmation=(), ci95=None):
     from slimbench.schema.search import Speed
 
     c = _cand(name, 0.001, 100, status)
     return Candidate(**{**{f: getattr(c, f) for f in c.__dataclass_fields__},
-                        "speed": Speed("decode_ms_per_token", speedup, (speedup, speedup), 8),
+                        "speed": Speed("decode_ms_per_token", speedup,
+                                       ci95 or (speedup, speedup), 8),
                         "confirmation": list(confirmation),
                         "why": "" if status != "not_confirmed" else "x"})
 
@@ -237,6 +238,16 @@ def test_confirmation_goes_best_first_stops_at_a_pass_and_reuses_saved_ones(tmp_
     assert records["slow"].status == "screened" and not records["slow"].confirmation
     calls.clear()  # a resume of this very search confirms nothing again
     assert q.search.confirm_best(records) == ("mid", ["fast", "mid"]) and calls == []
+
+
+def test_confirmation_ranks_by_the_speedup_the_a_b_vouches_for(tmp_path):
+    # a point of 195x with an interval reaching down to 0.5x (an A/B on a busy host) vouches
+    # for less than 5.7x [5.5, 5.9]: the sure one is confirmed first
+    q = _Quiet(tmp_path, _never_confirmed)
+    records = {"wild": _timed("wild", 195.0, ci95=(0.5, 400.0)),
+               "sure": _timed("sure", 5.7, ci95=(5.5, 5.9)),
+               "wide": _timed("wide", 6.0, ci95=(5.0, 7.0))}
+    assert q.search.confirm_best(records)[1] == ["sure", "wide", "wild"]
 
 
 def _never_confirmed(rec, test):
