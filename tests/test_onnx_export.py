@@ -124,7 +124,8 @@ def test_ort_static_int8_qdq(exported, tmp_path):
     q = m.report["quantization"]
     assert q["block_matmuls"] == q["block_matmuls_int8"] == 16
     assert q["activation_matmuls_int8"] == 0  # attention's Q K^T and softmax V stay float
-    assert q["calibration"] == {"method": "minmax", "samples": 8, "seq_len": 128,
+    # the default 512 tokens, capped at the reference's 256 positions
+    assert q["calibration"] == {"method": "minmax", "samples": 8, "seq_len": 256,
                                 "num_bins": None, "percentile": None,
                                 "source": "corpus train split"}
     graph = m.report["graph"]
