@@ -54,7 +54,7 @@ class OrtStaticInt8Config:
         seq_len: tokens per calibration sequence, capped at the model's positions. The
             ranges must cover the positions the model will run at: positions never
             calibrated can exceed them and clip (on the reference, 256 positions, calibrating
-            128 left static minmax at +0.38% perplexity on 256-token windows, 256 at +0.11%;
+            128 left static minmax at +0.38% perplexity on 256-token windows, 256 at +0.12%;
             docs/compression.md).
         per_channel: one weight scale per output channel.
         num_bins: histogram bins collected for ``entropy`` and ``percentile``. For entropy
